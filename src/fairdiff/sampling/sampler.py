@@ -1,0 +1,119 @@
+"""The one denoising loop.
+
+Every image has its own seed: its starting noise and every stochastic step draw from a generator seeded by that
+seed alone, so image i is the same whatever the batch size or the number of images asked for.
+
+A guidance wraps the denoiser call (k-diffusion style): it gets the step's position, the timestep, the current
+sample and a function that evaluates the denoiser, and returns the model output to use. Methods that steer
+sampling (e.g. h-space distribution guidance) plug in here; with no guidance the denoiser is called directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+DenoiseFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Guidance(Protocol):
+    """``guidance(step_index, t, sample, denoise) -> model_output`` (denoise(sample) gives the plain output)."""
+
+    def __call__(self, step_index: int, t: torch.Tensor, sample: torch.Tensor, denoise: DenoiseFn) -> torch.Tensor:
+        ...
+
+
+@torch.no_grad()
+def _no_grad_call(fn: DenoiseFn, x: torch.Tensor) -> torch.Tensor:
+    return fn(x)
+
+
+def sample(
+    unet: nn.Module,
+    scheduler,
+    seeds: Sequence[int],
+    *,
+    batch_size: int = 256,
+    num_steps: int = 50,
+    class_labels: Sequence[int] | torch.Tensor | None = None,
+    guidance: Guidance | None = None,
+    eta: float = 0.0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate one image per seed; returns a float tensor in [-1, 1] on the CPU, ``[N, C, H, W]``.
+
+    ``scheduler`` is a diffusers scheduler (DDIM or DDPM). ``class_labels`` (one per seed) conditions a
+    class-conditional U-Net. ``guidance`` may need gradients, so the loop only disables autograd around plain
+    denoiser calls.
+    """
+    device = torch.device(device) if device is not None else next(unet.parameters()).device
+    cfg = unet.config
+    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    seeds = [int(s) for s in seeds]
+    if class_labels is not None:
+        class_labels = torch.as_tensor(class_labels, dtype=torch.long)
+        if len(class_labels) != len(seeds):
+            raise ValueError("class_labels needs one label per seed")
+    was_training = unet.training
+    unet.eval()
+    out = []
+    n_batches = math.ceil(len(seeds) / batch_size)
+    bar = tqdm(total=len(seeds), desc="sampling", unit="img", disable=not progress, leave=False)
+    try:
+        for b in range(n_batches):
+            bs = seeds[b * batch_size : (b + 1) * batch_size]
+            gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
+            x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dtype)
+            labels = class_labels[b * batch_size : (b + 1) * batch_size].to(device) if class_labels is not None else None
+            scheduler.set_timesteps(num_steps)
+            x = x * scheduler.init_noise_sigma
+            for i, t in enumerate(scheduler.timesteps):
+                tt = t.to(device) if torch.is_tensor(t) else torch.tensor(t, device=device)
+                tb = tt.expand(x.shape[0])
+
+                def denoise(inp: torch.Tensor, _tb=tb, _labels=labels) -> torch.Tensor:
+                    inp = scheduler.scale_model_input(inp, _tb[0])
+                    return unet(inp, _tb, class_labels=_labels).sample
+
+                if guidance is None:
+                    eps = _no_grad_call(denoise, x)
+                else:
+                    eps = guidance(i, tb, x, denoise)
+                kw = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+                with torch.no_grad():
+                    x = scheduler.step(eps.detach(), t, x, generator=gens, **kw).prev_sample
+            out.append(x.float().clamp(-1, 1).cpu())
+            bar.update(len(bs))
+    finally:
+        bar.close()
+        unet.train(was_training)
+    return torch.cat(out)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float ``[N, C, H, W]`` -> uint8 ``[N, C, H, W]``."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def save_grid(images: np.ndarray, path, nrow: int | None = None, pad: int = 1) -> None:
+    """Write uint8 ``[N, C, H, W]`` images as one PNG grid."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    ncol = math.ceil(n / nrow)
+    grid = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[
+            i
+        ].transpose(1, 2, 0)
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    img.save(path)

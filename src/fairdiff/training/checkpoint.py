@@ -1,0 +1,171 @@
+"""Run folders, atomic checkpoints, and the diffusers-format model folder.
+
+Run folder: ``config.yaml``, ``manifest.json``, ``stats.jsonl``, ``checkpoint-N/`` (accelerate state: model,
+optimizer, LR schedule, EMA, RNG states, plus ``trainer_state.json`` with the step), ``model/`` (a diffusers
+``DDPMPipeline`` folder: ``unet/``, ``scheduler/``, ``model_index.json``; plus one folder per objective module,
+e.g. ``indicator/``), ``samples/``, ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fairdiff.config import RunConfig, dump_config, load_config
+from fairdiff.errors import RunDirError
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    out = []
+    for p in run_dir.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    cks = list_checkpoints(run_dir)
+    return cks[-1][1] if cks else None
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """``latest`` -> newest checkpoint (None if there is none yet); a path -> that checkpoint."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    p = Path(resume)
+    if not (p / "trainer_state.json").exists():
+        raise RunDirError(f"--resume {resume}: not a checkpoint folder")
+    return p
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool) -> None:
+    """Refuse to mix runs: a folder that holds another run needs --resume (same config) or --overwrite."""
+    cfg_file = run_dir / "config.yaml"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not cfg_file.exists():
+            raise RunDirError(f"output folder {run_dir} is not empty and holds no fairdiff run; use --overwrite")
+        elif resume is None:
+            raise RunDirError(f"output folder {run_dir} already holds a run; use --resume latest or --overwrite")
+        else:
+            old = load_config(cfg_file)
+            if dump_config(old) != dump_config(cfg):
+                diff = _first_difference(json.loads(json.dumps(_flat(old))), _flat(cfg))
+                raise RunDirError(f"cannot resume {run_dir}: its config differs ({diff}); use --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _flat(cfg: RunConfig) -> dict:
+    import dataclasses
+
+    out = {}
+    for sec, vals in dataclasses.asdict(cfg).items():
+        if isinstance(vals, dict):
+            for k, v in vals.items():
+                out[f"{sec}.{k}"] = v
+        else:
+            out[sec] = vals
+    return out
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    for k in b:
+        if a.get(k) != b[k]:
+            return f"{k}: {a.get(k)!r} -> {b[k]!r}"
+    return "?"
+
+
+def prune_checkpoints(run_dir: Path, limit: int) -> None:
+    cks = list_checkpoints(run_dir)
+    for _, p in cks[: max(0, len(cks) - limit)]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def atomic_dir_replace(tmp: Path, final: Path) -> None:
+    """Move a finished temp folder into place; an older folder of the same name is removed only afterwards."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_module(module: torch.nn.Module, folder: Path, config: dict) -> None:
+    """Save a plain module as ``model.safetensors`` + ``config.json`` (the layout diffusers uses)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_module_state(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None) -> None:
+    """Write a diffusers ``DDPMPipeline`` folder (loadable with ``DDPMPipeline.from_pretrained``) atomically."""
+    from diffusers import DDPMPipeline
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(str(tmp), safe_serialization=True)
+    for name, (module, config) in (extra or {}).items():
+        save_module(module, tmp / name, config)
+    atomic_dir_replace(tmp, folder)
+
+
+def model_dir(run_or_model: str | Path) -> Path:
+    """Accept a run folder (uses ``model/``) or a model folder itself."""
+    p = Path(run_or_model)
+    if (p / "model" / "unet").is_dir():
+        return p / "model"
+    if (p / "unet").is_dir():
+        return p
+    raise RunDirError(f"{p} holds no trained model (expected {p}/model/unet); has training finished?")
+
+
+def load_run_model(run_or_model: str | Path, device: str | torch.device = "cpu"):
+    """Load ``(unet, noise_scheduler_config)`` from a run or model folder."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    md = model_dir(run_or_model)
+    unet = UNet2DModel.from_pretrained(str(md / "unet")).to(device)
+    sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
+    return unet, sched.config
+
+
+def export_diffusers(run_or_model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the run's U-Net + scheduler as a diffusers ``DDPMPipeline`` folder at ``out``."""
+    from diffusers import DDPMScheduler
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"export folder {out} is not empty; use --overwrite")
+    unet, sched_cfg = load_run_model(run_or_model)
+    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg))
+    return out
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    p = Path(run_dir) / "config.yaml"
+    if not p.exists():
+        raise RunDirError(f"{run_dir} is not a fairdiff run (no config.yaml)")
+    return load_config(p)
