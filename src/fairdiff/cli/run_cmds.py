@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many optimizer steps")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate images from a trained run")
@@ -46,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     out = Path(args.out or f"runs/{cfg.name}")
-    res = train(cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    res = train(cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, stop_after=args.stop_after)
     print(f"trained {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f}; run folder {out}")
     return 0
 

@@ -93,7 +93,14 @@ def build_split(
         if len(pool) == 0:
             raise DataError(f"group {attribute}={g} has no images left for training after the held-out split")
     max_total = min(len(p) / s for p, s in zip(pools, shares) if s > 0)
-    total = int(np.floor(max_total + 1e-9)) if size is None else size
+    if size is None:
+        total = int(np.floor(max_total + 1e-9))
+        for cand in range(total, max(0, total - 1000), -1):  # prefer a size where the shares are exact
+            if all(abs(cand * s - round(cand * s)) < 1e-6 for s in shares):
+                total = cand
+                break
+    else:
+        total = size
     counts = _largest_remainder(total, shares)
     for g, c, pool in zip(groups, counts, pools):
         if c > len(pool):

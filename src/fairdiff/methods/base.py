@@ -64,6 +64,11 @@ class Objective:
         """Extra trainable modules owned by this objective (saved as ``model/<name>/``)."""
         return {}
 
+    def bind_modules(self, modules: dict[str, nn.Module]) -> None:
+        """Receive the trainer's prepared (device-placed, possibly DDP-wrapped) modules to use in ``loss``."""
+        for name, module in modules.items():
+            setattr(self, name, module)
+
     def per_sample_denoise(self, unet: nn.Module, batch: dict, noise_scheduler, generator) -> tuple:
         noisy, noise, t = add_noise(batch["pixel_values"], noise_scheduler, generator)
         eps = predict_noise(unet, noisy, t, batch)

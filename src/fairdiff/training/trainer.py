@@ -78,11 +78,14 @@ def train(
     overwrite: bool = False,
     quiet: bool = False,
     data: PreparedData | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train the denoiser of ``cfg`` with its method's objective into ``run_dir``.
 
     ``resume='latest'`` continues from the newest ``checkpoint-N`` (or starts fresh if there is none);
     ``overwrite`` removes an existing run first. ``data`` may be passed to reuse a prepared split.
+    ``stop_after`` ends this invocation after that many optimizer steps (with a checkpoint), as if interrupted;
+    the run then continues with ``resume='latest'``.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -151,6 +154,7 @@ def train(
     prepared = accelerator.prepare(unet, optimizer, lr_sched, *extra.values())
     unet, optimizer, lr_sched = prepared[:3]
     extra = dict(zip(names, prepared[3:]))
+    objective.bind_modules(extra)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -182,7 +186,8 @@ def train(
     unet.train()
     for m in extra.values():
         m.train()
-    for step in range(start, tc.steps):
+    end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    for step in range(start, end):
         for micro in range(tc.grad_accum):
             pos = step * tc.grad_accum + micro
             idx = batch_indices(n, global_bs, pos, tc.seed)[rank * tc.batch_size : (rank + 1) * tc.batch_size]
@@ -227,10 +232,13 @@ def train(
         if tc.sample_every and done % tc.sample_every == 0 and main:
             _sample_grid(cfg, _ema_copy(accelerator.unwrap_model(unet), ema), noise_scheduler,
                          run_dir / "grids" / f"step-{done:07d}.png")
-        if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
+        if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done in (tc.steps, end):
             _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit)
     if bar is not None:
         bar.close()
+    if end < tc.steps:  # stopped early on purpose: the checkpoint is the result
+        accelerator.end_training()
+        return TrainResult(run_dir, end, last_loss, time.time() - t0)
 
     # ---- final model (EMA weights) in diffusers format
     accelerator.wait_for_everyone()

@@ -1,0 +1,218 @@
+"""Pure metric functions over numpy arrays (see ``docs/metrics.md``).
+
+Every function here is stateless and typed: it takes predictions, probabilities, shares or features and
+returns numbers. Nothing here knows about models, runs or files, so the same code serves the evaluator,
+the streaming classes and the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+ArrayLike = np.ndarray | Sequence[float] | Sequence[int]
+
+
+def _as_shares(shares: ArrayLike) -> np.ndarray:
+    p = np.asarray(shares, dtype=np.float64)
+    if p.ndim < 1 or p.shape[-1] < 1:
+        raise ValueError("shares need at least one group")
+    return p
+
+
+def uniform_target(num_classes: int) -> np.ndarray:
+    """The default reference distribution: every group equally often."""
+    if num_classes < 1:
+        raise ValueError("num_classes must be at least 1")
+    return np.full(num_classes, 1.0 / num_classes)
+
+
+def resolve_target(target: ArrayLike | None, num_classes: int, tol: float = 1e-6) -> np.ndarray:
+    """Check a user target (length K, non-negative, sums to 1) or return the uniform one."""
+    if target is None:
+        return uniform_target(num_classes)
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    if t.shape[0] != num_classes:
+        raise ValueError(f"target has {t.shape[0]} values but there are {num_classes} groups")
+    if np.any(t < 0) or abs(float(t.sum()) - 1.0) > tol:
+        raise ValueError(f"target must be non-negative and sum to 1, got {t.tolist()} (sum {t.sum():g})")
+    return t
+
+
+# ------------------------------------------------------------------------------------------ histograms
+def group_histogram(predictions: ArrayLike, num_classes: int) -> np.ndarray:
+    """Hard group shares p_hat (length exactly ``num_classes``; absent groups count 0).
+
+    ``predictions`` are integer group indices (e.g. ``logits.argmax(1)``). The fixed length matters: a
+    histogram that drops absent groups would make an all-one-group sample look fair.
+    """
+    y = np.asarray(predictions).reshape(-1)
+    if y.size == 0:
+        raise ValueError("no predictions to count")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("predictions must be integer group indices")
+        y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"predictions must lie in [0, {num_classes - 1}]")
+    return np.bincount(y, minlength=num_classes).astype(np.float64) / y.size
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def soft_histogram(probs: np.ndarray, from_logits: bool = False) -> np.ndarray:
+    """Soft group shares p_bar = mean over images of the classifier's class probabilities."""
+    p = softmax(probs) if from_logits else np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError("probabilities must be a non-empty [N, K] array")
+    return p.mean(axis=0)
+
+
+# ------------------------------------------------------------------------------------------ fairness
+def fairness_discrepancy(shares: ArrayLike, target: ArrayLike | None = None) -> np.ndarray | float:
+    """FD = || p - p_ref ||_2 (Choi et al. 2020), uniform ``p_ref`` by default.
+
+    Binary with a uniform target this is sqrt(2) * |p_1 - 0.5|, in [0, 0.7071]. Accepts a batch of share
+    vectors ``[B, K]`` (returns ``[B]``) so bootstrap draws are scored in one call.
+    """
+    p = _as_shares(shares)
+    t = resolve_target(target, p.shape[-1])
+    d = np.sqrt(((p - t) ** 2).sum(axis=-1))
+    return float(d) if d.ndim == 0 else d
+
+
+def kl_to_target(shares: ArrayLike, target: ArrayLike | None = None, eps: float = 1e-6) -> np.ndarray | float:
+    """KL(p || p_ref) in nats; ``eps`` is added to both and they are renormalised so empty groups stay finite."""
+    p = _as_shares(shares) + eps
+    p = p / p.sum(axis=-1, keepdims=True)
+    t = resolve_target(target, p.shape[-1]) + eps
+    t = t / t.sum()
+    d = (p * (np.log(p) - np.log(t))).sum(axis=-1)
+    return float(d) if d.ndim == 0 else d
+
+
+def statistical_parity_difference(shares: ArrayLike) -> np.ndarray | float:
+    """SPD for generation: binary p_0 - p_1 (signed); K > 2: max_c p_c - min_c p_c (the largest gap)."""
+    p = _as_shares(shares)
+    if p.shape[-1] == 2:
+        d = p[..., 0] - p[..., 1]
+    else:
+        d = p.max(axis=-1) - p.min(axis=-1)
+    return float(d) if np.ndim(d) == 0 else d
+
+
+def mean_pairwise_gap(shares: ArrayLike) -> np.ndarray | float:
+    """mean_{i<j} |p_i - p_j| over all group pairs (the bias measure of Shen et al.)."""
+    p = _as_shares(shares)
+    k = p.shape[-1]
+    if k < 2:
+        d = np.zeros(p.shape[:-1])
+    else:
+        i, j = np.triu_indices(k, 1)
+        d = np.abs(p[..., i] - p[..., j]).mean(axis=-1)
+    return float(d) if np.ndim(d) == 0 else d
+
+
+def conditional_parity(predictions: ArrayLike, conditions: ArrayLike, num_classes: int) -> dict:
+    """Conditional scenario: for each group g, the share of images generated *for* g that are classified as g.
+
+    Returns ``{"rates": [K], "counts": [K], "gap": max - min}`` over groups that were requested at least once
+    (a group never requested has rate NaN and is left out of the gap).
+    """
+    y = np.asarray(predictions).reshape(-1).astype(np.int64)
+    c = np.asarray(conditions).reshape(-1).astype(np.int64)
+    if y.shape != c.shape:
+        raise ValueError("predictions and conditions must have the same length")
+    counts = np.bincount(c, minlength=num_classes)[:num_classes].astype(np.float64)
+    hits = np.bincount(c[y == c], minlength=num_classes)[:num_classes].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+    seen = rates[counts > 0]
+    gap = float(seen.max() - seen.min()) if seen.size else float("nan")
+    return {"rates": rates, "counts": counts.astype(np.int64), "gap": gap}
+
+
+# ------------------------------------------------------------------------------------------ quality
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased, ddof=1) covariance of ``[N, D]`` features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError("need at least two feature vectors [N, D]")
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between Gaussians: |mu1-mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}).
+
+    The trace of the matrix square root is taken as sum sqrt(eig(S1^{1/2} S2 S1^{1/2})): that matrix is
+    symmetric PSD with the same eigenvalues as S1 S2, so the result is real and stable even for the
+    rank-deficient covariances of small reference sets.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64).reshape(-1), np.asarray(mu2, np.float64).reshape(-1)
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError("mean / covariance shapes do not match")
+    r = _psd_sqrt(s1)
+    m = r @ s2 @ r
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt, 0.0))
+
+
+def frechet_distance_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """Frechet distance between the Gaussian fits of two feature sets."""
+    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+
+
+def _pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Squared distance of each row of ``x`` to its k-th nearest other row."""
+    n = x.shape[0]
+    if n <= k:
+        raise ValueError(f"need more than k={k} feature vectors, got {n}")
+    out = np.empty(n)
+    for s in range(0, n, chunk):
+        d = _pairwise_sq_dists(x[s : s + chunk], x)
+        # column k of the partition is the k-th neighbour: column 0 is the point itself (distance 0)
+        out[s : s + chunk] = np.partition(d, k, axis=1)[:, k]
+    return out
+
+
+def _coverage(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int) -> float:
+    """Share of ``queries`` that fall inside at least one ball (centre, radius)."""
+    inside = 0
+    for s in range(0, queries.shape[0], chunk):
+        d = _pairwise_sq_dists(queries[s : s + chunk], centres)
+        inside += int(np.any(d <= radii[None, :], axis=1).sum())
+    return inside / queries.shape[0]
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+    """Improved precision / recall (Kynkaanniemi et al. 2019) with k-NN manifolds in feature space.
+
+    Precision: share of generated features inside the real manifold (union of balls reaching each real
+    point's k-th nearest real neighbour). Recall: share of real features inside the generated manifold.
+    """
+    r = np.asarray(real, np.float64)
+    f = np.asarray(fake, np.float64)
+    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
+        raise ValueError("real and fake features must be [N, D] with the same D")
+    precision = _coverage(f, r, _knn_radii(r, k, chunk), chunk)
+    recall = _coverage(r, f, _knn_radii(f, k, chunk), chunk)
+    return precision, recall

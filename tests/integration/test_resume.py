@@ -1,0 +1,46 @@
+"""Resume equivalence: N steps straight equal N/2 steps, stop, --resume latest, N/2 more (CPU, bitwise)."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from fairdiff.config import load_config
+from fairdiff.training import train
+
+
+def _weights(run):
+    return load_file(str(run / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_resume_gives_identical_weights(tmp_path, tiny_overrides):
+    cfg = load_config(None, [*tiny_overrides, "train.steps=6", "train.checkpoint_every=100", "method.name=ddm",
+                             "method.indicator_widths=[32]", "train.lr_schedule=cosine"])
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(cfg, straight, quiet=True)
+    r = train(cfg, resumed, quiet=True, stop_after=3)
+    assert r.steps == 3 and (resumed / "checkpoint-3").is_dir() and not (resumed / "model").exists()
+    train(cfg, resumed, quiet=True, resume="latest")
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ia = load_file(str(straight / "model" / "indicator" / "model.safetensors"))
+    ib = load_file(str(resumed / "model" / "indicator" / "model.safetensors"))
+    assert all(torch.equal(ia[k], ib[k]) for k in ia)
+    # the log has one row per logged step, no duplicates from the interrupted part
+    steps = [line for line in (resumed / "stats.jsonl").read_text().splitlines()]
+    assert len(steps) == 3
+
+
+def test_clusters_mode_needs_no_labels(tmp_path, tiny_overrides):
+    import json
+
+    cfg = load_config(None, [*tiny_overrides, "train.steps=2", "method.name=ddm", "method.labels=clusters",
+                             "method.num_clusters=3", "method.indicator_widths=[16]"])
+    train(cfg, tmp_path / "cl", quiet=True)
+    m = json.loads((tmp_path / "cl" / "manifest.json").read_text())
+    assert m["clusters"]["k"] == 3 and sum(m["clusters"]["counts"]) == sum(m["train_counts"])
+    assert 0.0 <= m["clusters"]["nmi_with_attribute"] <= 1.0
+    ind = json.loads((tmp_path / "cl" / "model" / "indicator" / "config.json").read_text())
+    assert ind["num_classes"] == 3
