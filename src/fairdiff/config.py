@@ -114,7 +114,7 @@ class EvalConfig:
     confidence: float = 0.95
     n_samples: int = 1000
     seed: int = 0
-    classifier_steps: int = 400  # optimizer steps for the domain CNN (auto classifier)
+    classifier_steps: int = 300  # optimizer steps for the domain CNN (auto classifier)
     fid_features: str | None = None  # None = the classifier's penultimate layer; or a local TorchScript Inception
     pr_k: int = 3  # k of the k-NN manifolds for precision / recall
     batch_size: int = 500  # classifier forward batch

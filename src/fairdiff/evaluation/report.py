@@ -1,0 +1,171 @@
+"""``report.md`` and its charts: group shares against the target (with CIs), a sample grid, a metrics table."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from fairdiff.utils.io import atomic_write_text, write_json
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _fmt_ci(ci) -> str:
+    if not ci or ci[0] is None:
+        return ""
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def group_labels(metrics: dict) -> list[str]:
+    names = metrics.get("classifier", {}).get("class_names")
+    if names:
+        return list(names)
+    groups = metrics.get("data", {}).get("groups")
+    k = metrics["num_classes"]
+    if groups and len(groups) == k:
+        return [f"group {i} ({g})" for i, g in enumerate(groups)]
+    return [f"group {i}" for i in range(k)]
+
+
+def plot_shares(metrics: dict, path: Path, title: str | None = None) -> None:
+    """Bar chart of the hard group shares with bootstrap CI error bars, the target as a dashed marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = metrics["num_classes"]
+    shares = np.asarray(metrics["shares"], float)
+    labels = group_labels(metrics)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * k + 2), 3.2))
+    x = np.arange(k)
+    yerr = None
+    if metrics.get("shares_ci"):
+        ci = np.asarray(metrics["shares_ci"], float)
+        yerr = np.vstack([shares - ci[:, 0], ci[:, 1] - shares]).clip(min=0)
+    ax.bar(x, shares, yerr=yerr, capsize=4, color="#4C72B0", label="generated (classifier)")
+    tgt = np.asarray(metrics["target"], float)
+    ax.hlines(tgt, x - 0.4, x + 0.4, colors="#DD8452", linestyles="--", linewidth=2, label="target")
+    ax.set_xticks(x, labels, rotation=0 if k <= 4 else 45)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of generated images")
+    conf = metrics.get("bootstrap", {}).get("confidence", 0.95)
+    ax.set_title(title or f"Group shares (N={metrics['n']}, {int(conf * 100)}% CI)  FD={metrics['fd_hard']:.3f}")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metrics_table(metrics: dict) -> str:
+    """The main numbers as a markdown table (value, CI, what it means)."""
+    rows = [
+        ("FD (hard, L2)", metrics.get("fd_hard"), metrics.get("fd_hard_ci"), "||p_hat - target||_2; 0 = fair"),
+        ("FD (soft, L2)", metrics.get("fd_soft"), metrics.get("fd_soft_ci"), "same with mean softmax"),
+        ("KL(p_hat || target)", metrics.get("kl"), metrics.get("kl_ci"), "nats"),
+        ("SPD", metrics.get("spd"), metrics.get("spd_ci"),
+         "p_0 - p_1 (signed)" if metrics["num_classes"] == 2 else "max - min share"),
+        ("mean pairwise gap", metrics.get("mean_pairwise_gap"), metrics.get("mean_pairwise_gap_ci"),
+         "mean |p_i - p_j|"),
+    ]
+    if metrics.get("conditional_spd") is not None:
+        rows.append(("conditional SPD", metrics.get("conditional_spd"), metrics.get("conditional_spd_ci"),
+                     "gap of per-condition success rates"))
+    fid_key = "domain_fid" if metrics.get("domain_fid") is not None else "fid"
+    rows += [
+        ("domain FID" if fid_key == "domain_fid" else "FID", metrics.get(fid_key), None,
+         f"features: {metrics.get('quality_features')}"),
+        ("precision", metrics.get("precision"), None, f"k-NN manifold, k={metrics.get('pr_k')}"),
+        ("recall", metrics.get("recall"), None, f"vs {metrics.get('reference_n')} real held-out images"),
+    ]
+    lines = ["| metric | value | CI | note |", "|---|---|---|---|"]
+    lines += [f"| {n} | {_fmt(v)} | {_fmt_ci(ci)} | {note} |" for n, v, ci, note in rows]
+    return "\n".join(lines)
+
+
+def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None = None,
+                 grid_source: Path | None = None) -> Path:
+    """Write ``metrics.json``, ``shares.png``, ``samples.png`` and ``report.md`` into ``out_dir``."""
+    from fairdiff.sampling.sampler import save_grid
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", metrics)
+    plot_shares(metrics, out / "shares.png")
+    if grid_source is not None and Path(grid_source).exists():
+        if Path(grid_source).resolve() != (out / "samples.png").resolve():
+            shutil.copyfile(grid_source, out / "samples.png")
+    elif images is not None and len(images):
+        save_grid(images[:64], out / "samples.png", nrow=8)
+    clf = metrics["classifier"]
+    labels = group_labels(metrics)
+    share_rows = ["| group | share | CI | soft share | target |", "|---|---|---|---|---|"]
+    for i, lab in enumerate(labels):
+        ci = metrics["shares_ci"][i] if metrics.get("shares_ci") else None
+        share_rows.append(f"| {lab} | {metrics['shares'][i]:.4f} | {_fmt_ci(ci)} | "
+                          f"{metrics['soft_shares'][i]:.4f} | {metrics['target'][i]:.4f} |")
+    run = metrics.get("run") or {}
+    bs = metrics.get("bootstrap", {})
+    head = f"# Evaluation: {run.get('name', Path(metrics.get('samples', {}).get('path', str(out))).name)}"
+    acc = clf.get("accuracy")
+    parts = [
+        head, "",
+        f"- generated images N = {metrics['n']}"
+        + (f" (seeds {metrics['samples']['seeds'][0]}..{metrics['samples']['seeds'][1]})"
+           if metrics.get("samples", {}).get("seeds") else ""),
+        f"- classifier: `{clf['name']}`, accuracy on balanced held-out real images: "
+        + (f"{acc:.4f}" + (f" (n={clf['heldout_n']})" if clf.get("heldout_n") else "") if acc is not None else "unknown"),
+        f"- target: {metrics['target']}",
+        f"- CIs: {bs.get('method', 'percentile')} bootstrap over generated images, "
+        f"{bs.get('resamples')} resamples, {int(bs.get('confidence', 0.95) * 100)}% (seed {bs.get('seed')})",
+        "- FD is on the L2 scale: binary range [0, 0.7071]; "
+        + (f"on the |p_1 - 0.5| scale FD = {metrics['fd_hard_abs_scale']:.4f}"
+           if metrics.get("fd_hard_abs_scale") is not None else "see docs/metrics.md"),
+    ]
+    if run:
+        parts.append(f"- run: method `{run.get('method')}`, training shares {run.get('train_shares')}, "
+                     f"{run.get('train_steps')} steps, seed {run.get('train_seed')}")
+    if metrics.get("reference_shares"):
+        parts.append(f"- classifier shares on the real held-out images (should be near uniform): "
+                     f"{[round(x, 3) for x in metrics['reference_shares']]}")
+    parts += ["", "![group shares](shares.png)", "", "## Group shares", "", *share_rows, "",
+              "## Metrics", "", metrics_table(metrics), ""]
+    if metrics.get("conditional_rates") is not None:
+        parts += ["## Conditional scenario", "", "| condition | success rate | CI | n |", "|---|---|---|---|"]
+        cis = metrics.get("conditional_rates_ci") or [None] * len(labels)
+        for i, lab in enumerate(labels):
+            r = metrics["conditional_rates"][i]
+            parts.append(f"| {lab} | {_fmt(r)} | {_fmt_ci(cis[i])} | {metrics['conditional_counts'][i]} |")
+        parts.append("")
+    if (out / "samples.png").exists():
+        parts += ["## Samples", "", "![samples](samples.png)", ""]
+    parts += ["Quality numbers are only comparable between evaluations with the same feature extractor, "
+              "reference set and N.", ""]
+    training = _training_section(out / "report.md")
+    if training:
+        parts += [TRAINING_MARKER, "", training, ""]
+    atomic_write_text(out / "report.md", "\n".join(parts))
+    return out / "report.md"
+
+
+TRAINING_MARKER = "<!-- training report (kept from the trainer) -->"
+
+
+def _training_section(path: Path) -> str | None:
+    """The trainer writes its own ``report.md`` into the run folder; keep it below the evaluation."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    if TRAINING_MARKER in text:
+        return text.split(TRAINING_MARKER, 1)[1].strip() or None
+    if text.startswith("# Training run"):
+        return "#" + text.strip()  # demote its title under the evaluation
+    return None

@@ -1,0 +1,145 @@
+"""Evaluation classifiers: accuracy on digits (fast), caching, held-out exclusion, wrappers, input checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fairdiff.config import DataConfig, EvalConfig
+from fairdiff.errors import FairdiffError
+from fairdiff.models.classifier import (
+    Classifier,
+    DomainClassifierConfig,
+    _balanced_training_indices,
+    classifier_key,
+    domain_classifier,
+    from_callable,
+    load_classifier,
+    torchscript_classifier,
+)
+
+MNIST = Path.home() / ".cache" / "fairdiff" / "mnist" / "mnist.pkl.gz"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache(tmp_path_factory):
+    old = os.environ.get("FAIRDIFF_CACHE")
+    os.environ["FAIRDIFF_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("FAIRDIFF_CACHE", None)
+    else:
+        os.environ["FAIRDIFF_CACHE"] = old
+
+
+def _digits(groups, resolution=16):
+    return DataConfig(source="digits", groups=groups, shares=[1 / len(groups)] * len(groups), resolution=resolution)
+
+
+def test_digits_binary_accuracy_and_cache():
+    d = _digits([0, 1])
+    clf = domain_classifier(d, EvalConfig())
+    assert clf.accuracy >= 0.95
+    assert clf.info["heldout_n"] == 60 and clf.input_shape == (1, 16, 16)
+    folder = Path(clf.info["cache"])
+    assert (folder / "model.safetensors").exists() and (folder / "classifier.json").exists()
+    again = domain_classifier(d, EvalConfig())  # loaded from the cache: same weights, same numbers
+    x = np.random.default_rng(0).integers(0, 256, (5, 1, 16, 16), dtype=np.uint8)
+    np.testing.assert_allclose(clf(x), again(x), rtol=1e-5, atol=1e-5)
+    assert again.accuracy == clf.accuracy
+    logits, feats = clf.predict(x, batch_size=2)
+    assert logits.shape == (5, 2) and feats.shape == (5, 64)
+    # training shares do not change the classifier (the same judge for every run of a domain)
+    d2 = _digits([0, 1])
+    d2.shares = [0.8, 0.2]
+    assert classifier_key(d, DomainClassifierConfig()) == classifier_key(d2, DomainClassifierConfig())
+    d2.resolution = 8
+    assert classifier_key(d, DomainClassifierConfig()) != classifier_key(d2, DomainClassifierConfig())
+
+
+@pytest.mark.parametrize("pair", [[3, 8], [4, 9]])
+def test_digits_harder_pair_accuracy(pair):
+    clf = domain_classifier(_digits(pair), EvalConfig())
+    assert clf.accuracy >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("FAIRDIFF_SLOW"), reason="slow (~25 s); set FAIRDIFF_SLOW=1")
+def test_digits_ten_class_accuracy():
+    clf = domain_classifier(_digits(list(range(10))), EvalConfig())
+    assert clf.num_classes == 10
+    assert clf.accuracy >= 0.95
+
+
+@pytest.mark.skipif(not MNIST.exists(), reason="MNIST not fetched (fairdiff data fetch mnist)")
+def test_mnist_binary_accuracy():
+    d = DataConfig(source="mnist", path=str(MNIST), groups=[0, 1], shares=[0.5, 0.5], resolution=16,
+                   heldout_per_group=500)
+    clf = domain_classifier(d, EvalConfig())
+    assert clf.accuracy >= 0.97
+
+
+def test_training_indices_exclude_heldout_and_are_balanced():
+    attr = np.array([0] * 10 + [1] * 6 + [2] * 4)
+    held = np.array([0, 1, 10])
+    idx, lab = _balanced_training_indices(attr, [0, 1], held, None, 100, np.random.default_rng(0))
+    assert not set(held.tolist()) & set(idx.tolist())
+    assert np.bincount(lab).tolist() == [5, 5]  # min(8, 5) per group
+    assert set(attr[idx].tolist()) == {0, 1}
+    is_test = np.zeros(20, bool)
+    is_test[2:6] = True
+    idx, _ = _balanced_training_indices(attr, [0, 1], held, is_test, 100, np.random.default_rng(0))
+    assert not set(range(2, 6)) & set(idx.tolist())
+
+
+def test_check_images_rejects_wrong_size():
+    clf = from_callable(lambda x: np.zeros((len(x), 2)), "zeros", 2, accuracy=0.5, input_shape=(1, 16, 16))
+    with pytest.raises(FairdiffError, match="takes images 1x16x16"):
+        clf.check_images(np.zeros((3, 1, 28, 28), np.uint8))
+    with pytest.raises(FairdiffError):
+        clf.check_images(np.zeros((0, 1, 16, 16), np.uint8))
+    logits, feats = clf.predict(np.zeros((3, 1, 16, 16), np.uint8))
+    assert logits.shape == (3, 2) and feats is None
+
+
+def test_from_callable_any_logits_function():
+    def fn(x):
+        return torch.stack([torch.zeros(len(x)), torch.from_numpy(x.reshape(len(x), -1).mean(1) / 255.0)], 1)
+
+    clf = from_callable(fn, "bright", 2)
+    assert isinstance(clf, Classifier)
+    assert clf.predict(np.full((4, 1, 8, 8), 255, np.uint8))[0].argmax(1).tolist() == [1] * 4
+
+
+def test_torchscript_classifier(tmp_path):
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([-m, m], 1)
+
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    clf = load_classifier(str(path), None)
+    assert clf.num_classes == 2
+    assert clf(np.full((2, 1, 8, 8), 255, np.uint8)).argmax(1).tolist() == [1, 1]
+    with pytest.raises(FairdiffError):
+        torchscript_classifier(tmp_path / "missing.pt")
+    with pytest.raises(FairdiffError):
+        load_classifier(str(tmp_path / "model.xyz"), None)
+
+
+def test_onnx_without_runtime_is_a_clear_error(tmp_path):
+    f = tmp_path / "gender-v1.onnx"
+    f.write_bytes(b"not a model")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        with pytest.raises(FairdiffError, match="faces"):
+            load_classifier(str(f), None)
+    else:
+        with pytest.raises(Exception):
+            load_classifier(str(f), None)

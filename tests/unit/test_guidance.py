@@ -1,0 +1,162 @@
+"""Distribution guidance: h-space hooks, per-step heads, exactness at scale 0, step indexing, and its effect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fairdiff.errors import FairdiffError
+from fairdiff.methods.guidance import (
+    DistributionGuidance,
+    GuidanceHeads,
+    HeadsConfig,
+    distribution_loss,
+    load_heads,
+    parse_target,
+    schedule_timesteps,
+    train_heads,
+)
+from fairdiff.models import build_noise_scheduler, build_sampling_scheduler
+from fairdiff.models.hspace import capture_h, edit_h
+from fairdiff.models.unet import build_unet
+from fairdiff.sampling.sampler import sample
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two threads on two shared cores can be many times slower than one; these tests use one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 16, 1).eval()
+    return unet, build_noise_scheduler().config
+
+
+def _random_heads(unet, sched_cfg, num_steps: int, kind: str, attributes=None, seed: int = 0) -> GuidanceHeads:
+    with capture_h(unet) as seen, torch.no_grad():
+        unet(torch.zeros(1, 1, 16, 16), torch.tensor([10]))
+    cfg = HeadsConfig(attributes=attributes or {"group": 2}, num_steps=num_steps, scheduler=kind,
+                      timesteps=schedule_timesteps(kind, sched_cfg, num_steps), h_shape=list(seen[0].shape[1:]))
+    heads = GuidanceHeads(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bank in heads.banks.values():
+            bank.weight.copy_(torch.randn(bank.weight.shape, generator=g) * 0.05)
+    return heads.eval().requires_grad_(False)
+
+
+def test_hooks_capture_and_edit_mid_block(tiny):
+    unet, _ = tiny
+    x, t = torch.randn(3, 1, 16, 16), torch.full((3,), 500)
+    with torch.no_grad():
+        base = unet(x, t).sample
+        with capture_h(unet) as seen:
+            unet(x, t)
+        assert len(seen) == 1 and seen[0].shape == (3, 64, 4, 4)
+        with edit_h(lambda h: h, unet):
+            same = unet(x, t).sample
+        with edit_h(lambda h: h + 5.0):  # no U-Net given: the global hook finds the middle block
+            moved = unet(x, t).sample
+        after = unet(x, t).sample
+    assert torch.equal(base, same) and torch.equal(base, after)  # identity edit is exact; hooks are removed
+    assert not torch.allclose(base, moved)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_scale_zero_is_exactly_unguided(tiny, kind):
+    unet, sc = tiny
+    heads = _random_heads(unet, sc, 4, kind)
+    seeds = [3, 1, 4, 1, 5]
+    plain = sample(unet, build_sampling_scheduler(kind, sc), seeds, batch_size=5, num_steps=4, progress=False)
+    g = DistributionGuidance(heads, [0.5, 0.5], 0.0, unet=unet)
+    guided = sample(unet, build_sampling_scheduler(kind, sc), seeds, batch_size=5, num_steps=4, guidance=g,
+                    progress=False)
+    assert torch.equal(plain, guided)
+    g = DistributionGuidance(heads, [0.5, 0.5], 50.0, unet=unet)
+    moved = sample(unet, build_sampling_scheduler(kind, sc), seeds, batch_size=5, num_steps=4, guidance=g,
+                   progress=False)
+    assert not torch.equal(plain, moved)
+
+
+@pytest.mark.parametrize("kind,steps", [("ddim", 3), ("ddim", 7), ("ddpm", 4), ("ddpm", 9)])
+def test_step_indexing_by_position(tiny, kind, steps):
+    unet, sc = tiny
+    heads = _random_heads(unet, sc, steps, kind)
+    assert heads.banks["group"].weight.shape[0] == steps == heads.num_steps
+    g = DistributionGuidance(heads, [0.5, 0.5], 1.0, unet=unet)
+    sample(unet, build_sampling_scheduler(kind, sc), [0, 1], batch_size=2, num_steps=steps, guidance=g,
+           progress=False)
+    assert [r["step"] for r in g.history] == list(range(1, steps))  # every step but the first, by position
+    # heads made for another schedule refuse to guide instead of using the wrong head
+    other = "ddpm" if kind == "ddim" else "ddim"
+    for k, n in ((kind, steps + 1), (other, 50)):
+        g = DistributionGuidance(heads, [0.5, 0.5], 1.0, unet=unet)
+        if schedule_timesteps(k, sc, n)[:2] == heads.config.timesteps[:2] and n == steps:
+            continue
+        with pytest.raises(FairdiffError):
+            sample(unet, build_sampling_scheduler(k, sc), [0], batch_size=1, num_steps=n, guidance=g,
+                   progress=False)
+
+
+def test_gradient_step_does_not_depend_on_batch_size(tiny):
+    unet, sc = tiny
+    heads = _random_heads(unet, sc, 5, "ddim")
+    h = torch.randn(4, 64, 4, 4)
+    g = DistributionGuidance(heads, [0.75, 0.25], 10.0)
+    one = g._edit(h, 2) - h
+    two = g._edit(torch.cat([h, h]), 2) - torch.cat([h, h])  # same images twice: same batch share
+    assert torch.allclose(torch.cat([one, one]), two, atol=1e-5)
+    # classifier-free-guidance halves are guided separately: each half's share is its own
+    gh = DistributionGuidance(heads, [0.75, 0.25], 10.0, cfg_halves=True)
+    h2 = torch.randn(4, 64, 4, 4)
+    halves = gh._edit(torch.cat([h, h2]), 2) - torch.cat([h, h2])
+    assert torch.allclose(halves[:4], one, atol=1e-5)
+    assert set(gh.history[-1]["shares"]) == {"group/0", "group/1"}
+
+
+def test_several_attributes_and_targets(tiny, tmp_path):
+    unet, sc = tiny
+    heads = _random_heads(unet, sc, 3, "ddim", attributes={"a": 2, "b": 3})
+    path = heads.save(tmp_path / "heads.safetensors", {"note": 1})
+    back = load_heads(path)
+    assert back.config == heads.config
+    assert torch.equal(back.banks["b"].weight, heads.banks["b"].weight)
+    assert (tmp_path / "heads.json").exists()
+    g = DistributionGuidance(back, {"a": [0.75, 0.25], "b": "0.2,0.3,0.5"}, 5.0)
+    h = torch.randn(6, 64, 4, 4)
+    assert not torch.equal(g._edit(h, 1), h)
+    assert set(g.history[-1]["shares"]) == {"a", "b"}
+    with pytest.raises(FairdiffError):
+        DistributionGuidance(back, [0.5, 0.5], 1.0)  # several attributes need a target each
+    with pytest.raises(FairdiffError):
+        DistributionGuidance(back, {"c": [0.5, 0.5]}, 1.0)
+
+
+def test_parse_target_and_losses():
+    assert parse_target("0.75,0.25", 2) == [0.75, 0.25]
+    for bad, k in (("0.5,0.6", 2), ("0.5,0.5", 3), ("1,0", 2), ("a,b", 2)):
+        with pytest.raises(FairdiffError):
+            parse_target(bad, k)
+    p = torch.tensor([0.5, 0.5])
+    assert distribution_loss(p, p).item() == 0 and distribution_loss(p, p, "kl").abs().item() < 1e-7
+    assert distribution_loss(torch.tensor([0.8, 0.2]), p).item() == pytest.approx(0.36)
+
+
+def test_train_heads_shapes_and_accuracy(tiny):
+    unet, sc = tiny
+    g = torch.Generator().manual_seed(0)
+    # two trivially separable "groups": dark and bright images
+    labels = torch.arange(40) % 2
+    images = (labels.float() * 1.6 - 0.8).view(-1, 1, 1, 1) + 0.1 * torch.randn(40, 1, 16, 16, generator=g)
+    for mode in ("noise", "invert"):
+        res = train_heads(unet, sc, images, labels, 4, "ddpm", heldout_images=images, heldout_labels=labels,
+                          n_per_step=None, mode=mode, batch_size=16)
+        assert res.heads.num_steps == 4 and res.heads.config.timesteps == schedule_timesteps("ddpm", sc, 4)
+        acc = res.heldout_accuracy["group"]
+        assert len(acc) == 4 and acc[-1] > 0.9  # the least noisy step separates them
