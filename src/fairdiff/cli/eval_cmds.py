@@ -65,8 +65,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--n must be at least 1, got {args.n}")
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FairdiffError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    common = dict(n=args.n, classifier=args.classifier, target=target, bootstrap=args.bootstrap, out_dir=args.out,
-                  seed=args.seed, progress=not args.quiet)
+    common = {"n": args.n, "classifier": args.classifier, "target": target, "bootstrap": args.bootstrap,
+              "out_dir": args.out, "seed": args.seed, "progress": not args.quiet}
     if path.is_dir() and (path / "config.yaml").exists() and not args.config:
         m = evaluate_run(path, **common)
     else:

@@ -11,7 +11,8 @@ from fairdiff.errors import FairdiffError
 
 # each module has register(subparsers); its sub-commands set ``func(args) -> int``
 COMMAND_MODULES = ["fairdiff.cli.run_cmds", "fairdiff.cli.data_cmds"]
-OPTIONAL_MODULES = ["fairdiff.cli.eval_cmds", "fairdiff.cli.method_cmds", "fairdiff.cli.bench_cmds"]
+OPTIONAL_MODULES = ["fairdiff.cli.eval_cmds", "fairdiff.cli.method_cmds", "fairdiff.cli.bench_cmds",
+                    "fairdiff.cli.sd_cmds"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -108,6 +108,8 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
     unet, sched_cfg = load_run_model(args.run, dev)
     if unet.config.num_class_embeds:
         raise FairdiffError("train-heads needs an unconditional model (this run conditions on the group)")
+    if (Path(args.run) / "model" / "vae").is_dir():
+        raise FairdiffError("train-heads supports pixel-space models only (this run is a latent model)")
     data = prepare_data(cfg.data)
     res = train_heads(unet, sched_cfg, data.train_images, data.train_groups, args.steps, args.scheduler,
                       heldout_images=data.heldout_images, heldout_labels=data.heldout_groups,

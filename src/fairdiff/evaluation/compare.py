@@ -78,7 +78,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, evaluate_mi
     lines += ["| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |" for r in rows]
     text = ["# Run comparison", "",
             "FD on the L2 scale (binary range [0, 0.7071]); fd_hard_lo/hi: bootstrap CI.", "",
-            *lines, "", *(f"- note: {n}" for n in notes), "", "![comparison](compare.png)", ""]
+            *lines, "", *(f"- note: {n}" for n in notes), "", *seed_summary(metrics), "![comparison](compare.png)", ""]
     atomic_write_text(out / "compare.md", "\n".join(text))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS + ["dir"])
@@ -126,3 +126,36 @@ def _plot(rows: list[dict], metrics: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+SEED_METRICS = ("fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall")
+
+
+def seed_summary(metrics: list[dict]) -> list[str]:
+    """Mean +- std over runs that differ only in their training seed (same method, shares, steps, N).
+
+    The bootstrap CI covers the sampled images only; this covers training randomness, usually the larger part.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for m in metrics:
+        run = m.get("run") or {}
+        if run.get("train_seed") is None:
+            continue
+        key = (run.get("method"), str(run.get("train_shares")), run.get("train_steps"), run.get("conditional"),
+               m.get("n"), (m.get("classifier") or {}).get("name"))
+        groups.setdefault(key, []).append(m)
+    out = []
+    for key, ms in groups.items():
+        seeds = {(m.get("run") or {}).get("train_seed") for m in ms}
+        if len(seeds) < 2:
+            continue
+        if not out:
+            out = ["## Mean +- std over training seeds", "",
+                   "| method | train shares | seeds | " + " | ".join(SEED_METRICS) + " |",
+                   "|" + "---|" * (3 + len(SEED_METRICS))]
+        cells = []
+        for name in SEED_METRICS:
+            vals = np.array([m[name] for m in ms if m.get(name) is not None], float)
+            cells.append(f"{vals.mean():.4f} +- {vals.std(ddof=1):.4f}" if len(vals) > 1 else "")
+        out.append(f"| {key[0]} | {key[1]} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return [*out, ""] if out else []

@@ -33,6 +33,7 @@ from fairdiff.metrics import (
 )
 
 METRICS_VERSION = 1
+OWN_PNGS = {"grid.png", "shares.png", "samples.png", "compare.png"}  # charts, never samples
 
 
 def _jsonable(x: Any) -> Any:
@@ -172,7 +173,7 @@ def evaluate_images(
         else:
             real_f = fake_f = None
         if real_f is not None:
-            out["reference_n"] = int(len(real_f))
+            out["reference_n"] = len(real_f)
             fid_name = "domain_fid" if features is None else "fid"
             real_st, fake_st = FeatureStatistics(), FeatureStatistics()
             for s in range(0, len(fake_f), 4096):
@@ -210,7 +211,9 @@ def load_images(path: str | Path) -> dict:
     else:
         if not p.is_dir():
             raise FairdiffError(f"{p} is neither a samples folder nor a samples.npz file")
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.name != "grid.png")
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.name not in OWN_PNGS)
+        seeded = [f for f in files if f.name.startswith("seed")]
+        files = seeded or files  # sample_run names images seedNNNNNN.png; prefer those when present
         if not files:
             raise FairdiffError(f"samples folder {p} is empty (no samples.npz and no image files)")
         first = read_image(files[0], "RGB")
@@ -298,7 +301,7 @@ def evaluate_samples(
     seeds = data.get("seeds")
     metrics["samples"] = {
         "path": data["path"],
-        "available": int(len(data["images"])),
+        "available": len(data["images"]),
         "seeds": [int(seeds[0]), int(seeds[min(len(images), len(seeds)) - 1])] if seeds is not None and len(seeds) else None,
     }
     metrics["data"] = {"source": data_cfg.source, "attribute": data_cfg.attribute, "groups": list(data_cfg.groups),

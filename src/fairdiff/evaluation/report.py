@@ -24,6 +24,11 @@ def _fmt_ci(ci) -> str:
     return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def _esc(text: str) -> str:
+    """Escape pipes so formulas like ||p - q|| do not split a markdown table cell."""
+    return str(text).replace("|", "\\|")
+
+
 def group_labels(metrics: dict) -> list[str]:
     names = metrics.get("classifier", {}).get("class_names")
     if names:
@@ -31,7 +36,8 @@ def group_labels(metrics: dict) -> list[str]:
     groups = metrics.get("data", {}).get("groups")
     k = metrics["num_classes"]
     if groups and len(groups) == k:
-        return [f"group {i} ({g})" for i, g in enumerate(groups)]
+        attr = metrics.get("data", {}).get("attribute", "value")
+        return [f"group {i} ({attr}={g})" for i, g in enumerate(groups)]
     return [f"group {i}" for i in range(k)]
 
 
@@ -87,7 +93,7 @@ def metrics_table(metrics: dict) -> str:
         ("recall", metrics.get("recall"), None, f"vs {metrics.get('reference_n')} real held-out images"),
     ]
     lines = ["| metric | value | CI | note |", "|---|---|---|---|"]
-    lines += [f"| {n} | {_fmt(v)} | {_fmt_ci(ci)} | {note} |" for n, v, ci, note in rows]
+    lines += [f"| {_esc(n)} | {_fmt(v)} | {_fmt_ci(ci)} | {_esc(note)} |" for n, v, ci, note in rows]
     return "\n".join(lines)
 
 
@@ -116,19 +122,23 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
     bs = metrics.get("bootstrap", {})
     head = f"# Evaluation: {run.get('name', Path(metrics.get('samples', {}).get('path', str(out))).name)}"
     acc = clf.get("accuracy")
+    seeds = metrics.get("samples", {}).get("seeds")
+    seed_text = f" (seeds {seeds[0]}..{seeds[1]})" if seeds else ""
+    if acc is None:
+        acc_text = "unknown"
+    else:
+        acc_text = f"{acc:.4f}" + (f" (n={clf['heldout_n']})" if clf.get("heldout_n") else "")
+    abs_fd = metrics.get("fd_hard_abs_scale")
+    abs_text = f"on the |p_1 - 0.5| scale FD = {abs_fd:.4f}" if abs_fd is not None else "see docs/metrics.md"
+    conf_pct = round(bs.get("confidence", 0.95) * 100)
     parts = [
         head, "",
-        f"- generated images N = {metrics['n']}"
-        + (f" (seeds {metrics['samples']['seeds'][0]}..{metrics['samples']['seeds'][1]})"
-           if metrics.get("samples", {}).get("seeds") else ""),
-        f"- classifier: `{clf['name']}`, accuracy on balanced held-out real images: "
-        + (f"{acc:.4f}" + (f" (n={clf['heldout_n']})" if clf.get("heldout_n") else "") if acc is not None else "unknown"),
+        f"- generated images N = {metrics['n']}{seed_text}",
+        f"- classifier: `{clf['name']}`, accuracy on balanced held-out real images: {acc_text}",
         f"- target: {metrics['target']}",
-        f"- CIs: {bs.get('method', 'percentile')} bootstrap over generated images, "
-        f"{bs.get('resamples')} resamples, {int(bs.get('confidence', 0.95) * 100)}% (seed {bs.get('seed')})",
-        "- FD is on the L2 scale: binary range [0, 0.7071]; "
-        + (f"on the |p_1 - 0.5| scale FD = {metrics['fd_hard_abs_scale']:.4f}"
-           if metrics.get("fd_hard_abs_scale") is not None else "see docs/metrics.md"),
+        (f"- CIs: {bs.get('method', 'percentile')} bootstrap over generated images, "
+         f"{bs.get('resamples')} resamples, {conf_pct}% (seed {bs.get('seed')})"),
+        f"- FD is on the L2 scale: binary range [0, 0.7071]; {abs_text}",
     ]
     if run:
         parts.append(f"- run: method `{run.get('method')}`, training shares {run.get('train_shares')}, "
@@ -147,8 +157,8 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
         parts.append("")
     if (out / "samples.png").exists():
         parts += ["## Samples", "", "![samples](samples.png)", ""]
-    parts += ["Quality numbers are only comparable between evaluations with the same feature extractor, "
-              "reference set and N.", ""]
+    parts += [("Quality numbers are only comparable between evaluations with the same feature extractor, "
+               "reference set and N."), ""]
     training = _training_section(out / "report.md")
     if training:
         parts += [TRAINING_MARKER, "", training, ""]

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,7 @@ def heads_json_path(path: str | Path) -> Path:
 
 def load_heads(path: str | Path, device: str | torch.device = "cpu") -> GuidanceHeads:
     """Read heads written by :meth:`GuidanceHeads.save`, moved once to ``device`` and frozen."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -124,7 +124,7 @@ def load_heads(path: str | Path, device: str | torch.device = "cpu") -> Guidance
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         state = load_file(str(path))
-    except Exception as e:  # a corrupt or foreign file is a user mistake
+    except (SafetensorError, OSError) as e:  # a corrupt or foreign file is a user mistake
         raise FairdiffError(f"{path} is not a safetensors file: {e}") from None
     if "fairdiff_heads" not in meta:
         raise FairdiffError(f"{path} holds no fairdiff guidance heads (no 'fairdiff_heads' metadata)")
@@ -260,7 +260,7 @@ def train_heads(
     heldout_labels: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
     num_classes: int | Mapping[str, int] | None = None,
     n_per_step: int | None = 512,
-    mode: str = "noise",
+    mode: str = "invert",
     pool: str = "flatten",
     seed: int = 0,
     batch_size: int = 128,
@@ -418,7 +418,7 @@ class DistributionGuidance:
                     total = total + (sl.stop - sl.start) * distribution_loss(pbar, target, self.loss)
                     shares[f"{a}/{gi}" if len(groups) > 1 else a] = pbar.detach().cpu().tolist()
             (grad,) = torch.autograd.grad(total, hh)
-        self.history.append({"step": step, "loss": float(total) / b, "shares": shares})
+        self.history.append({"step": step, "loss": float(total.detach()) / b, "shares": shares})
         return (hh.detach() - self.scale * grad).to(h.dtype)
 
     def __call__(self, step_index: int, t: torch.Tensor, sample: torch.Tensor, denoise) -> torch.Tensor:

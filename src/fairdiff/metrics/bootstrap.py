@@ -9,8 +9,8 @@ Python loop over resamples: 1,000 resamples of 10,000 images take well under a s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

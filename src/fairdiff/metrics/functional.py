@@ -7,7 +7,7 @@ the streaming classes and the tests.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

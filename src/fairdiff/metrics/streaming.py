@@ -24,7 +24,7 @@ class FeatureStatistics:
         self.mean: np.ndarray | None = None
         self.m2: np.ndarray | None = None  # sum of outer products of deviations from the mean
 
-    def update(self, features: np.ndarray) -> "FeatureStatistics":
+    def update(self, features: np.ndarray) -> FeatureStatistics:
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2:
             raise ValueError("features must be [B, D]")
@@ -48,7 +48,7 @@ class FeatureStatistics:
         self.count = n
         return self
 
-    def merge(self, other: "FeatureStatistics") -> "FeatureStatistics":
+    def merge(self, other: FeatureStatistics) -> FeatureStatistics:
         """Fold another accumulator into this one (e.g. from another process)."""
         if other.count == 0:
             return self
@@ -68,7 +68,7 @@ class FeatureStatistics:
             raise ValueError("need at least two feature vectors")
         return self.mean.copy(), self.m2 / (self.count - 1)
 
-    def frechet_distance(self, other: "FeatureStatistics") -> float:
+    def frechet_distance(self, other: FeatureStatistics) -> float:
         return frechet_distance(*self.compute(), *other.compute())
 
 
@@ -86,7 +86,7 @@ class GroupHistogram:
         self.hard = np.zeros(self.num_classes, np.int64)
         self.soft = np.zeros(self.num_classes, np.float64)
 
-    def update(self, scores: np.ndarray, from_logits: bool = True) -> "GroupHistogram":
+    def update(self, scores: np.ndarray, from_logits: bool = True) -> GroupHistogram:
         s = np.asarray(scores, np.float64)
         if s.ndim != 2 or s.shape[1] != self.num_classes:
             raise ValueError(f"scores must be [B, {self.num_classes}]")
@@ -98,7 +98,7 @@ class GroupHistogram:
         self.count += s.shape[0]
         return self
 
-    def update_predictions(self, predictions: np.ndarray) -> "GroupHistogram":
+    def update_predictions(self, predictions: np.ndarray) -> GroupHistogram:
         """Add hard predictions only (integer group indices); soft shares then cover only scored batches."""
         y = np.asarray(predictions, np.int64).reshape(-1)
         self.hard += np.bincount(y, minlength=self.num_classes)[: self.num_classes]

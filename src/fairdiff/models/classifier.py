@@ -22,14 +22,14 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from fairdiff.errors import FairdiffError
 
@@ -320,7 +320,7 @@ def domain_classifier(data_cfg, eval_cfg=None, *, clf_cfg: DomainClassifierConfi
             "name": name, "key": key, "version": CLASSIFIER_VERSION, "num_classes": k,
             "in_channels": int(x_train.shape[1]), "resolution": int(x_train.shape[-1]),
             "groups": list(data_cfg.groups), "data": _data_key(data_cfg), "config": asdict(clf_cfg),
-            "train_per_group": int(len(idx) // k), "heldout_accuracy": acc, "heldout_n": int(len(x_held)),
+            "train_per_group": int(len(idx) // k), "heldout_accuracy": acc, "heldout_n": len(x_held),
             "train_seconds": round(time.perf_counter() - t0, 2),
         }
         if cache:
@@ -379,7 +379,10 @@ def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: st
         raise FairdiffError("onnxruntime is not installed; install the extra: pip install 'fairdiff[faces]'") from None
     if preprocess != "gender-v1":
         raise FairdiffError(f"unknown ONNX preprocessing '{preprocess}' (known: gender-v1)")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for corrupt / foreign files
+        raise FairdiffError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
     inp = sess.get_inputs()[0]
     shape = inp.shape
     size = shape[-1] if isinstance(shape[-1], int) else 32

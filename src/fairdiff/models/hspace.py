@@ -11,8 +11,8 @@ name (``UNetMidBlock*``); only one U-Net runs per denoiser call, so this finds t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -65,7 +65,6 @@ def capture_h(unet: nn.Module | None = None) -> Iterator[list[torch.Tensor]]:
 
     def hook(module, args, output):
         seen.append(_split(output)[0])
-        return None
 
     with _hook(unet, hook):
         yield seen

@@ -55,12 +55,13 @@ def build_unet(preset: str, sample_size: int, channels: int, num_class_embeds: i
     )
 
 
-def build_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear") -> DDPMScheduler:
-    """The training-time forward process (DDPM, epsilon prediction)."""
+def build_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+                          clip_sample: bool = True) -> DDPMScheduler:
+    """The training-time forward process (DDPM, epsilon prediction); ``clip_sample=False`` for latents."""
     kw: dict[str, Any] = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
     if beta_schedule == "scaled_linear":
         kw.update(beta_start=0.00085, beta_end=0.012)
-    return DDPMScheduler(prediction_type="epsilon", clip_sample=True, **kw)
+    return DDPMScheduler(prediction_type="epsilon", clip_sample=clip_sample, **kw)
 
 
 def build_sampling_scheduler(kind: str, train_scheduler_config: dict) -> DDIMScheduler | DDPMScheduler:

@@ -59,7 +59,7 @@ def sample_run(
 ) -> Path:
     """Draw ``n`` images (seeds ``seed .. seed+n-1``) from a trained run and write them to ``out_dir``."""
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.training.checkpoint import load_run_model
+    from fairdiff.training.checkpoint import load_model_vae, load_run_model
 
     run_dir = Path(run_dir)
     if n < 1:
@@ -71,8 +71,13 @@ def sample_run(
         class_labels = [i % k for i in range(n)]
     seeds = list(range(seed, seed + n))
     sched = build_sampling_scheduler(scheduler, sched_cfg)
+    vae = load_model_vae(run_dir, dev)  # latent model: the loop runs on latents, decoded afterwards
     imgs = sample(unet, sched, seeds, batch_size=batch_size, num_steps=steps, class_labels=class_labels,
-                  guidance=guidance, eta=eta, device=dev, progress=progress)
+                  guidance=guidance, eta=eta, device=dev, progress=progress, clip_output=vae is None)
+    if vae is not None:
+        from fairdiff.models.vae import decode
+
+        imgs = decode(vae, imgs, batch_size)
     out_dir = Path(out_dir) if out_dir else run_dir / "samples"
     info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "scheduler": scheduler, "eta": eta,
             **(meta or {})}

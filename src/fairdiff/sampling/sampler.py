@@ -46,12 +46,13 @@ def sample(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    clip_output: bool = True,
 ) -> torch.Tensor:
     """Generate one image per seed; returns a float tensor in [-1, 1] on the CPU, ``[N, C, H, W]``.
 
     ``scheduler`` is a diffusers scheduler (DDIM or DDPM). ``class_labels`` (one per seed) conditions a
     class-conditional U-Net. ``guidance`` may need gradients, so the loop only disables autograd around plain
-    denoiser calls.
+    denoiser calls. ``clip_output=False`` keeps the result unclamped (latents, decoded afterwards).
     """
     device = torch.device(device) if device is not None else next(unet.parameters()).device
     cfg = unet.config
@@ -89,7 +90,7 @@ def sample(
                 kw = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
                 with torch.no_grad():
                     x = scheduler.step(eps.detach(), t, x, generator=gens, **kw).prev_sample
-            out.append(x.float().clamp(-1, 1).cpu())
+            out.append(x.float().clamp(-1, 1).cpu() if clip_output else x.float().cpu())
             bar.update(len(bs))
     finally:
         bar.close()

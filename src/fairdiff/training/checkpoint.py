@@ -120,8 +120,11 @@ def load_module_state(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None) -> None:
-    """Write a diffusers ``DDPMPipeline`` folder (loadable with ``DDPMPipeline.from_pretrained``) atomically."""
+def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None, vae=None) -> None:
+    """Write a diffusers ``DDPMPipeline`` folder (loadable with ``DDPMPipeline.from_pretrained``) atomically.
+
+    A latent model also gets ``vae/`` (its frozen ``AutoencoderKL``), which sampling decodes through.
+    """
     from diffusers import DDPMPipeline
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -129,6 +132,8 @@ def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None =
     DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(str(tmp), safe_serialization=True)
     for name, (module, config) in (extra or {}).items():
         save_module(module, tmp / name, config)
+    if vae is not None:
+        vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
     atomic_dir_replace(tmp, folder)
 
 
@@ -150,6 +155,16 @@ def load_run_model(run_or_model: str | Path, device: str | torch.device = "cpu")
     unet = UNet2DModel.from_pretrained(str(md / "unet")).to(device)
     sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
     return unet, sched.config
+
+
+def load_model_vae(run_or_model: str | Path, device: str | torch.device = "cpu"):
+    """The frozen VAE of a latent model (``model/vae/``), or None for a pixel-space model."""
+    md = model_dir(run_or_model)
+    if not (md / "vae" / "config.json").is_file():
+        return None
+    from fairdiff.models.vae import load_vae
+
+    return load_vae(md / "vae", device)
 
 
 def export_diffusers(run_or_model: str | Path, out: str | Path, overwrite: bool = False) -> Path:

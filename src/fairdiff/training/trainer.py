@@ -124,8 +124,14 @@ def train(
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "manifest.json", manifest)
 
+    # ---- latent space (model.vae, see training/latent.py): train on frozen-VAE latents instead of pixels
+    images, vae = data.train_images, None
+    if cfg.model.vae:
+        from fairdiff.training.latent import encode_dataset
+
+        vae, images = encode_dataset(cfg.model.vae, data.train_images, accelerator.device)
     # ---- model, objective, optimizer
-    c, h, _ = data.image_shape
+    c, h, _ = images.shape[1:]
     n_cls = data.num_groups if cfg.model.conditional else None
     if cfg.model.pretrained:
         unet, _ = load_run_model(cfg.model.pretrained)
@@ -138,7 +144,8 @@ def train(
             )
     else:
         unet = build_unet(cfg.model.preset, h, c, n_cls)
-    noise_scheduler = build_noise_scheduler(cfg.model.num_train_timesteps, cfg.model.beta_schedule)
+    noise_scheduler = build_noise_scheduler(cfg.model.num_train_timesteps, cfg.model.beta_schedule,
+                                            clip_sample=vae is None)  # latents are not bounded to [-1, 1]
     objective: Objective = build_objective(cfg.method)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
     extra = objective.modules()
@@ -173,8 +180,8 @@ def train(
     # ---- loop
     world, rank = accelerator.num_processes, accelerator.process_index
     global_bs = tc.batch_size * world
-    n = len(data.train_images)
-    images, conds = data.train_images, data.train_groups
+    n = len(images)
+    conds = data.train_groups
     t0 = time.time()
     window: dict[str, list[float]] = {}
     last_loss = math.nan
@@ -231,7 +238,7 @@ def train(
                     bar.set_postfix(loss=f"{last_loss:.4f}")
         if tc.sample_every and done % tc.sample_every == 0 and main:
             _sample_grid(cfg, _ema_copy(accelerator.unwrap_model(unet), ema), noise_scheduler,
-                         run_dir / "grids" / f"step-{done:07d}.png")
+                         run_dir / "grids" / f"step-{done:07d}.png", vae=vae)
         if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done in (tc.steps, end):
             _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit)
     if bar is not None:
@@ -246,8 +253,8 @@ def train(
         final = _ema_copy(accelerator.unwrap_model(unet), ema)
         mods = {k: (accelerator.unwrap_model(m), getattr(objective, "module_configs", {}).get(k, {}))
                 for k, m in extra.items()}
-        write_model_folder(run_dir / "model", final, noise_scheduler, mods)
-        _sample_grid(cfg, final, noise_scheduler, run_dir / "train_grid.png")
+        write_model_folder(run_dir / "model", final, noise_scheduler, mods, vae=vae)
+        _sample_grid(cfg, final, noise_scheduler, run_dir / "train_grid.png", vae=vae)
         _write_train_report(cfg, run_dir, manifest)
     accelerator.end_training()
     return TrainResult(run_dir, tc.steps, last_loss, time.time() - t0)
@@ -268,14 +275,18 @@ def _ema_copy(unet, ema):
     return model.eval()
 
 
-def _sample_grid(cfg: RunConfig, unet, noise_scheduler, path: Path, n: int = 16) -> None:
+def _sample_grid(cfg: RunConfig, unet, noise_scheduler, path: Path, n: int = 16, vae=None) -> None:
     from fairdiff.sampling import sample, save_grid, to_uint8
 
     sched = build_sampling_scheduler("ddim", noise_scheduler.config)
     labels = [i % len(cfg.data.groups) for i in range(n)] if cfg.model.conditional else None
     dev = next(unet.parameters()).device
     imgs = sample(unet, sched, range(n), batch_size=n, num_steps=min(cfg.sample.steps, 25),
-                  class_labels=labels, device=dev, progress=False)
+                  class_labels=labels, device=dev, progress=False, clip_output=vae is None)
+    if vae is not None:  # latent model: decode through the VAE
+        from fairdiff.models.vae import decode
+
+        imgs = decode(vae, imgs)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid(to_uint8(imgs), path, nrow=8)
 

@@ -1,0 +1,75 @@
+"""``fairdiff train-heads`` and ``fairdiff sample --guidance`` end to end on a few-step synthetic run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fairdiff.cli.main import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Two threads on two shared cores can be many times slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, _one_thread):
+    out = tmp_path_factory.mktemp("gcli") / "run"
+    rc = main(["train", "data.source=synthetic", "data.synthetic_size=200", "data.resolution=16",
+               "model.preset=tiny", "train.steps=2", "train.batch_size=8", "train.checkpoint_every=1000",
+               "--out", str(out), "-q"])
+    assert rc == 0
+    return out
+
+
+def test_train_heads_then_guided_sample(run_dir, tmp_path, capsys):
+    heads = tmp_path / "heads.safetensors"
+    rc = main(["train-heads", str(run_dir), "--out", str(heads), "--steps", "3", "--n-per-step", "32",
+               "--batch-size", "32", "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "step   0" in out and "held-out" in out
+    info = json.loads(heads.with_suffix(".json").read_text())
+    assert info["num_steps"] == 3 and len(info["heldout_accuracy"]["group"]) == 3
+
+    common = [str(run_dir), "--n", "4", "--steps", "3", "--no-png", "--device", "cpu", "-q"]
+    assert main(["sample", *common, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["sample", *common, "--out", str(tmp_path / "zero"), "--guidance", str(heads), "--target",
+                 "0.5,0.5", "--scale", "0"]) == 0
+    assert main(["sample", *common, "--out", str(tmp_path / "g"), "--guidance", str(heads), "--target",
+                 "0.75,0.25", "--scale", "100"]) == 0
+    plain, zero, g = (np.load(tmp_path / d / "samples.npz")["images"] for d in ("plain", "zero", "g"))
+    assert np.array_equal(plain, zero) and not np.array_equal(plain, g)
+    meta = json.loads((tmp_path / "g" / "meta.json").read_text())
+    assert meta["guidance"]["target"] == [0.75, 0.25] and meta["guidance"]["scale"] == 100
+
+
+@pytest.mark.parametrize("extra", [
+    ["--target", "0.5,0.6", "--scale", "1"],
+    ["--target", "0.5,0.3,0.2", "--scale", "1"],
+    ["--target", "0.5,0.5"],
+    ["--steps", "4", "--target", "0.5,0.5", "--scale", "1"],
+])
+def test_guided_sample_user_mistakes_exit_2(run_dir, tmp_path, extra):
+    heads = tmp_path / "h.safetensors"
+    assert main(["train-heads", str(run_dir), "--out", str(heads), "--steps", "3", "--n-per-step", "16", "-q",
+                 "--device", "cpu"]) == 0
+    args = ["sample", str(run_dir), "--n", "2", "--no-png", "--device", "cpu", "-q", "--guidance", str(heads),
+            "--out", str(tmp_path / "s")]
+    if "--steps" not in extra:
+        args += ["--steps", "3"]
+    assert main(args + extra) == 2
+
+
+def test_missing_heads_and_target_without_guidance(run_dir, tmp_path):
+    assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--guidance", str(tmp_path / "nope.safetensors"),
+                 "--scale", "1", "-q", "--device", "cpu"]) == 2
+    assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--scale", "1", "-q"]) == 2
