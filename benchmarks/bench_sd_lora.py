@@ -23,9 +23,9 @@ from torch import nn
 
 PRESETS = {
     # a small SD-shaped U-Net for CPU runs: 3 levels, cross-attention in the first two, latents 4x16x16
-    "cpu": dict(widths=(32, 64, 64), cross=64, latent=16, heads=8),
+    "cpu": {"widths": (32, 64, 64), "cross": 64, "latent": 16, "heads": 8},
     # the Stable Diffusion 1.5 U-Net shape (860 M parameters), latents 4x64x64 (512 px images)
-    "sd15": dict(widths=(320, 640, 1280, 1280), cross=768, latent=64, heads=8),
+    "sd15": {"widths": (320, 640, 1280, 1280), "cross": 768, "latent": 64, "heads": 8},
 }
 
 

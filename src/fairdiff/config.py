@@ -255,6 +255,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     m = cfg.method
     if not 0.0 <= m.alpha <= 1.0:
         raise ConfigError(f"method.alpha: must lie in [0, 1], got {m.alpha}")
+    mc = cfg.model
+    if mc.vae_kl_weight < 0 or mc.vae_latent_channels < 1:
+        raise ConfigError("model.vae_kl_weight must be >= 0 and model.vae_latent_channels >= 1")
+    if mc.lora_rank < 1 or mc.lora_alpha <= 0 or not mc.lora_targets:
+        raise ConfigError("model.lora_rank must be >= 1, model.lora_alpha > 0 and model.lora_targets not empty")
     t = cfg.train
     for key in ("steps", "batch_size", "grad_accum"):
         if getattr(t, key) < 1:

@@ -33,6 +33,9 @@ def test_latent_ddm_end_to_end(tmp_path, capsys):
     z = np.load(out / "samples.npz")
     assert z["images"].shape == (3, 1, 16, 16) and z["images"].dtype == np.uint8
 
+    assert main(["export", str(run_dir), str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "vae" / "config.json").is_file()
+
     capsys.readouterr()
     assert main(["train", *TINY, f"model.vae={tmp_path / 'nothing'}", "train.steps=1",
                  "--out", str(tmp_path / "bad"), "-q"]) == 2

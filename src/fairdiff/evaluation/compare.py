@@ -64,6 +64,10 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, evaluate_mi
             raise FairdiffError(f"{d} has no metrics.json (run 'fairdiff evaluate {d}' first)")
         metrics.append(m)
         rows.append(_row(d, m))
+    names = [r["run"] for r in rows]
+    if len(set(names)) < len(names):  # config names collide (e.g. the default "run"): use folder names
+        for r in rows:
+            r["run"] = Path(r["dir"]).name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -16,8 +16,8 @@ from fairdiff.errors import ConfigError, RunDirError
 
 # each level but the last halves the resolution: "tiny" 2x, "small" 4x
 VAE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8),
-    "small": dict(block_out_channels=(32, 64, 128), layers_per_block=1, norm_num_groups=16),
+    "tiny": {"block_out_channels": (32, 64), "layers_per_block": 1, "norm_num_groups": 8},
+    "small": {"block_out_channels": (32, 64, 128), "layers_per_block": 1, "norm_num_groups": 16},
 }
 
 

@@ -64,6 +64,11 @@ def sample_run(
     run_dir = Path(run_dir)
     if n < 1:
         raise RunDirError("--n must be at least 1")
+    if (run_dir / "sd.json").is_file():  # an sd-finetune run: the diffusers pipeline with its LoRA applied
+        from fairdiff.training.sd_lora import sample_sd_run
+
+        return sample_sd_run(run_dir, n, out_dir=out_dir, seed=seed, steps=steps, device=device,
+                             batch_size=batch_size)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     unet, sched_cfg = load_run_model(run_dir, dev)
     if unet.config.num_class_embeds and class_labels is None:

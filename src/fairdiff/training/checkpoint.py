@@ -168,14 +168,14 @@ def load_model_vae(run_or_model: str | Path, device: str | torch.device = "cpu")
 
 
 def export_diffusers(run_or_model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write the run's U-Net + scheduler as a diffusers ``DDPMPipeline`` folder at ``out``."""
+    """Write the run's U-Net + scheduler (+ ``vae/`` of a latent model) as a diffusers ``DDPMPipeline`` folder."""
     from diffusers import DDPMScheduler
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunDirError(f"export folder {out} is not empty; use --overwrite")
     unet, sched_cfg = load_run_model(run_or_model)
-    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg))
+    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg), vae=load_model_vae(run_or_model))
     return out
 
 

@@ -124,8 +124,8 @@ def save_lora(folder: Path, unet: nn.Module, text_encoder: nn.Module | None) -> 
 
     kw = {}
     if text_encoder is not None:
-        kw = dict(text_encoder_lora_layers={k: v.detach().float().cpu() for k, v in lora_state(text_encoder).items()},
-                  text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict())
+        kw = {"text_encoder_lora_layers": {k: v.detach().float().cpu() for k, v in lora_state(text_encoder).items()},
+              "text_encoder_lora_adapter_metadata": text_encoder.peft_config["default"].to_dict()}
     StableDiffusionPipeline.save_lora_weights(
         str(folder), unet_lora_layers={k: v.detach().float().cpu() for k, v in lora_state(unet).items()},
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(), weight_name=LORA_FILE,
@@ -153,13 +153,12 @@ def finetune_sd_lora(
 
     run_dir = Path(run_dir)
     tc, mc = cfg.train, cfg.model
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"output folder {run_dir} is not empty; use --overwrite")
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"output folder {run_dir} is not empty; use --overwrite")
     prompts = read_prompts(prompt, prompts_file)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=1)
-    dev = accelerator.device
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    dev, main = accelerator.device, accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
     sd = load_sd(sd_path, "cpu")
     unet_targets = resolve_lora_targets(sd.unet, mc.lora_targets)
     te_targets = resolve_lora_targets(sd.text_encoder, list(TEXT_LORA_TARGETS), what="text encoder") \
@@ -190,13 +189,17 @@ def finetune_sd_lora(
         k = cfg.method.num_clusters or data.num_groups
         groups, num_groups = torch.from_numpy(cluster_groups(data.train_images, k, seed=tc.seed)), k
         manifest["clusters"] = {"k": k, "counts": np.bincount(groups.numpy(), minlength=k).tolist()}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    write_json(run_dir / "manifest.json", manifest)
-    write_json(run_dir / "sd.json", {"sd": str(Path(sd_path).resolve()), "prompts": prompts,
-                                     "unet_lora_targets": unet_targets, "text_encoder_lora_targets": te_targets,
-                                     "lora_rank": mc.lora_rank, "lora_alpha": mc.lora_alpha,
-                                     "latent_shape": list(latents.shape[1:])})
+    if main:  # the run folder is written by the main process only
+        if run_dir.exists() and overwrite:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "manifest.json", manifest)
+        write_json(run_dir / "sd.json", {"sd": str(Path(sd_path).resolve()), "prompts": prompts,
+                                         "unet_lora_targets": unet_targets, "text_encoder_lora_targets": te_targets,
+                                         "lora_rank": mc.lora_rank, "lora_alpha": mc.lora_alpha,
+                                         "latent_shape": list(latents.shape[1:])})
+    accelerator.wait_for_everyone()
 
     # ---- LoRA adapters, the adapter module, objective, optimizer
     add_lora(sd.unet, unet_targets, mc.lora_rank, mc.lora_alpha)
@@ -238,7 +241,7 @@ def finetune_sd_lora(
     prompt_of = torch.arange(n) % len(prompts)  # prompts cycled over the training images
     t0, window, last_loss = time.time(), {}, math.nan
     bar = None
-    if not quiet:
+    if not quiet and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tc.steps, desc=f"sd-lora {cfg.method.name}", unit="step")
@@ -248,10 +251,11 @@ def finetune_sd_lora(
     for step in range(tc.steps):
         for micro in range(tc.grad_accum):
             pos = step * tc.grad_accum + micro
-            idx = torch.from_numpy(batch_indices(n, tc.batch_size, pos, tc.seed))
+            idx = torch.from_numpy(batch_indices(n, tc.batch_size * world, pos, tc.seed)
+                                   [rank * tc.batch_size : (rank + 1) * tc.batch_size])
             batch = {"pixel_values": latents[idx].to(dev), "group": groups[idx].to(dev)}
             inner.prompt_index = prompt_of[idx]
-            out = objective.loss(model, batch, noise_scheduler, make_generator(tc.seed, "noise", pos, 0))
+            out = objective.loss(model, batch, noise_scheduler, make_generator(tc.seed, "noise", pos, rank))
             accelerator.backward(out.total / tc.grad_accum)
             for k, v in {"loss": out.total, **out.parts}.items():
                 window.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
@@ -270,7 +274,8 @@ def finetune_sd_lora(
             last_loss = row.get("loss", math.nan)
             row.update(step=done, lr=lr_sched.get_last_lr()[0], elapsed_s=round(time.time() - t0, 3))
             window = {}
-            append_jsonl(run_dir / "stats.jsonl", [row])
+            if main:
+                append_jsonl(run_dir / "stats.jsonl", [row])
             if bar is not None:
                 bar.set_postfix(loss=f"{last_loss:.4f}")
     if bar is not None:
@@ -279,6 +284,11 @@ def finetune_sd_lora(
     # ---- save: LoRA (U-Net + text encoder) in diffusers format, objective modules beside it
     from fairdiff.training.checkpoint import atomic_dir_replace, save_module
 
+    accelerator.wait_for_everyone()
+    seconds = time.time() - t0
+    if not main:
+        accelerator.end_training()
+        return SDResult(run_dir, tc.steps, last_loss, seconds)
     tmp = run_dir / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -287,16 +297,15 @@ def finetune_sd_lora(
     for k, m in extra.items():
         save_module(accelerator.unwrap_model(m), tmp / k, configs.get(k, {}))
     atomic_dir_replace(tmp, run_dir / "model")
-    seconds = time.time() - t0
     atomic_write_text(run_dir / "report.md", "\n".join([
         f"# Stable Diffusion LoRA run `{cfg.name}`", "",
         f"- base: `{sd_path}`; prompts: {prompts[:3]}{' ...' if len(prompts) > 3 else ''}",
         f"- method: **{cfg.method.name}**" + (f" (alpha {cfg.method.alpha})" if cfg.method.name == "ddm" else ""),
-        f"- LoRA rank {mc.lora_rank}, alpha {mc.lora_alpha}; U-Net targets {unet_targets}; "
-        f"text encoder targets {te_targets or 'none'}",
+        (f"- LoRA rank {mc.lora_rank}, alpha {mc.lora_alpha}; U-Net targets {unet_targets}; "
+         f"text encoder targets {te_targets or 'none'}"),
         f"- data: counts {manifest['train_counts']}, latents {list(latents.shape[1:])}",
-        f"- optimizer steps {tc.steps} (batch {tc.batch_size} x accumulation {tc.grad_accum}), "
-        f"final loss {last_loss:.4f}, time {seconds:.1f} s", ""]))
+        (f"- optimizer steps {tc.steps} (batch {tc.batch_size} x accumulation {tc.grad_accum}), "
+         f"final loss {last_loss:.4f}, time {seconds:.1f} s"), ""]))
     accelerator.end_training()
     return SDResult(run_dir, tc.steps, last_loss, seconds)
 
