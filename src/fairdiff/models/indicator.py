@@ -6,7 +6,7 @@ from torch import nn
 
 
 class MLPClassifier(nn.Module):
-    """``flatten -> [Linear -> ReLU] * len(widths) -> Linear(K)``; input is any tensor ``[B, ...]`` of ``in_features``."""
+    """``flatten -> [Linear -> ReLU] * len(widths) -> Linear(K)`` over any ``[B, ...]`` input of ``in_features``."""
 
     def __init__(self, in_features: int, num_classes: int, widths: tuple[int, ...] | list[int] = (1024, 512)):
         super().__init__()

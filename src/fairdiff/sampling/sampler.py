@@ -72,7 +72,9 @@ def sample(
             bs = seeds[b * batch_size : (b + 1) * batch_size]
             gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
             x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dtype)
-            labels = class_labels[b * batch_size : (b + 1) * batch_size].to(device) if class_labels is not None else None
+            labels = None
+            if class_labels is not None:
+                labels = class_labels[b * batch_size : (b + 1) * batch_size].to(device)
             scheduler.set_timesteps(num_steps)
             x = x * scheduler.init_noise_sigma
             for i, t in enumerate(scheduler.timesteps):

@@ -316,7 +316,8 @@ def _write_train_report(cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
         f"training counts {manifest['train_counts']} (shares {manifest['shares']}), "
         f"held-out counts {manifest['heldout_counts']}, seed {manifest['seed']}",
         f"- model: preset `{cfg.model.preset}`, {cfg.data.resolution}x{cfg.data.resolution}"
-        + (", conditional on the group" if cfg.model.conditional else ""),
+        + (", conditional on the group" if cfg.model.conditional else "")
+        + (f", in the latent space of the VAE `{cfg.model.vae}`" if cfg.model.vae else ""),
         f"- optimizer steps: {last.get('step', 0)} (batch {cfg.train.batch_size} x accumulation "
         f"{cfg.train.grad_accum}), final loss {last.get('loss', float('nan')):.4f}, "
         f"time {last.get('elapsed_s', 0):.1f} s",
