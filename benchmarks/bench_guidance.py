@@ -28,8 +28,9 @@ def main() -> None:
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--scale", type=float, default=1e-3, help="guidance scale; the work per step does not depend on it, "
-                    "but a large one changes the values (on CPU, denormals change speed)")
+    ap.add_argument("--scale", type=float, default=1e-3,
+                    help="guidance scale; the work per step does not depend on it, but a large one changes the "
+                    "values (on CPU, denormals change speed)")
     ap.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) (CPU)")
     a = ap.parse_args()
     if a.threads:
@@ -82,8 +83,10 @@ def main() -> None:
         times["guided"].append(once(guidance))
     plain, guided = min(times["plain"]), min(times["guided"])
     res = {
-        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name() if a.device.startswith("cuda")
+                   else f"cpu ({torch.get_num_threads()} threads)"),
         "model": a.run or f"{a.preset} {a.resolution}x{a.resolution}", "batch": a.batch, "steps": a.steps,
+        "scale": a.scale,
         "unguided_img_per_s": round(a.batch / plain, 2), "guided_img_per_s": round(a.batch / guided, 2),
         "slowdown": round(guided / plain, 3),
     }

@@ -37,7 +37,9 @@ def register(sub) -> None:
     g.add_argument("--guidance", metavar="HEADS", help="heads file from 'fairdiff train-heads'")
     g.add_argument("--target", default=None, help="target shares, e.g. 0.5,0.5 (default: uniform)")
     g.add_argument("--scale", type=float, default=None, help="guidance step size per image (0 = unguided)")
-    g.add_argument("--temperature", type=float, default=8.0, help="softmax temperature of the heads")
+    g.add_argument("--temperature", type=float, default=8.0,
+                   help="softmax temperature of the heads (8 as in the paper; use ~1 for a non-uniform target, "
+                   "since a high one pulls the predicted shares toward uniform)")
     g.add_argument("--guidance-loss", choices=["chi2", "kl"], default="chi2")
     plain = sp.get_default("func")
     sp.set_defaults(func=_guided(plain))
