@@ -299,11 +299,10 @@ def evaluate_samples(
         batch_size=ec.batch_size, progress=progress,
     )
     seeds = data.get("seeds")
-    metrics["samples"] = {
-        "path": data["path"],
-        "available": len(data["images"]),
-        "seeds": [int(seeds[0]), int(seeds[min(len(images), len(seeds)) - 1])] if seeds is not None and len(seeds) else None,
-    }
+    seed_range = None
+    if seeds is not None and len(seeds):
+        seed_range = [int(seeds[0]), int(seeds[min(len(images), len(seeds)) - 1])]
+    metrics["samples"] = {"path": data["path"], "available": len(data["images"]), "seeds": seed_range}
     metrics["data"] = {"source": data_cfg.source, "attribute": data_cfg.attribute, "groups": list(data_cfg.groups),
                        "resolution": data_cfg.resolution, "heldout_per_group": data_cfg.heldout_per_group}
     metrics["version"] = METRICS_VERSION

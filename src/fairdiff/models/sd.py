@@ -24,6 +24,8 @@ SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_LORA_TARGETS = ("to_q", "to_v", "query", "value")  # old and new names of attention projections
 TEXT_LORA_TARGETS = ("q_proj", "v_proj")
 
+_ATTN_NAMES = {'to_q', 'to_k', 'to_v', 'to_out', 'query', 'key', 'value', 'q_proj', 'k_proj', 'v_proj'}
+
 
 class SDFolderError(FairdiffError):
     """A path that is not a usable diffusers Stable Diffusion folder."""
@@ -121,7 +123,7 @@ def resolve_lora_targets(model: torch.nn.Module, targets: list[str] | tuple[str,
     if missing or not found:
         bad = missing or list(targets)
         raise ConfigError(f"model.lora_targets: {', '.join(bad)} not found in the {what} "
-                          f"(attention projections here: {', '.join(sorted(leaf & {'to_q', 'to_k', 'to_v', 'to_out', 'query', 'key', 'value', 'q_proj', 'k_proj', 'v_proj'})) or 'none'})")
+                          f"(attention projections here: {', '.join(sorted(leaf & _ATTN_NAMES)) or 'none'})")
     return found
 
 
@@ -186,7 +188,8 @@ def build_tiny_sd(out: str | Path, resolution: int = 32, seed: int = 0, overwrit
                             scaling_factor=0.18215)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+        num_attention_heads=4,
         max_position_embeddings=TINY_MAX_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1))
     unet = UNet2DConditionModel(
         sample_size=resolution // factor, in_channels=vae.config.latent_channels,
