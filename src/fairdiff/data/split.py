@@ -119,16 +119,20 @@ def build_split(
     )
 
 
+def match_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Grey -> colour by repetition, colour -> grey by the channel mean; ``None`` keeps the channels."""
+    if channels is None or channels == x.shape[1]:
+        return x
+    if x.shape[1] == 1:
+        return x.repeat(1, channels, 1, 1)
+    if channels == 1:
+        return x.mean(1, keepdim=True)
+    raise DataError(f"cannot turn {x.shape[1]} channels into {channels}")
+
+
 def to_tensor(images: np.ndarray, resolution: int, channels: int | None, mode: str = "resize") -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` -> float in [-1, 1] at ``resolution`` with ``channels`` channels."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
-    if channels is not None and channels != x.shape[1]:
-        if x.shape[1] == 1:
-            x = x.repeat(1, channels, 1, 1)
-        elif channels == 1:
-            x = x.mean(1, keepdim=True)
-        else:
-            raise DataError(f"cannot turn {x.shape[1]} channels into {channels}")
+    x = match_channels(torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0), channels)
     h = x.shape[-1]
     if h != resolution:
         if mode == "pad" and resolution > h:

@@ -349,14 +349,9 @@ GENDER_V1_MEAN = np.array([122.782, 117.001, 104.298], np.float32)
 
 def _resize_uint8(images: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` -> float32 0..255 at ``size`` x ``size`` with ``channels`` channels."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
-    if x.shape[1] != channels:
-        if x.shape[1] == 1:
-            x = x.repeat(1, channels, 1, 1)
-        elif channels == 1:
-            x = x.mean(1, keepdim=True)
-        else:
-            raise FairdiffError(f"cannot turn {x.shape[1]} channels into {channels}")
+    from fairdiff.data.split import match_channels
+
+    x = match_channels(torch.from_numpy(np.ascontiguousarray(images)).float(), channels)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp_(0, 255)
