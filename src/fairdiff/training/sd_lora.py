@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fairdiff.training.steps import optimizer_step, record_parts
 from fairdiff.config import RunConfig, save_config
 from fairdiff.errors import ConfigError, RunDirError
 from fairdiff.methods import DataInfo, build_objective
@@ -257,15 +258,8 @@ def finetune_sd_lora(
             inner.prompt_index = prompt_of[idx]
             out = objective.loss(model, batch, noise_scheduler, make_generator(tc.seed, "noise", pos, rank))
             accelerator.backward(out.total / tc.grad_accum)
-            for k, v in {"loss": out.total, **out.parts}.items():
-                window.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
-        if tc.clip_mode == "norm":
-            accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-        elif tc.clip_mode == "value":
-            accelerator.clip_grad_value_(params, tc.max_grad_norm)
-        optimizer.step()
-        lr_sched.step()
-        optimizer.zero_grad(set_to_none=True)
+            record_parts(window, out)
+        optimizer_step(accelerator, params, optimizer, lr_sched, tc)
         done = step + 1
         if bar is not None:
             bar.update(1)

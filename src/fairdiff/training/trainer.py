@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fairdiff.training.steps import optimizer_step, record_parts
 from fairdiff.config import RunConfig, save_config
 from fairdiff.data import PreparedData, prepare_data
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
@@ -211,15 +212,8 @@ def train(
             with ctx:
                 out = objective.loss(unet, batch, noise_scheduler, gen)
                 accelerator.backward(out.total / tc.grad_accum)
-            for k, v in {"loss": out.total, **out.parts}.items():
-                window.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
-        if tc.clip_mode == "norm":
-            accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-        elif tc.clip_mode == "value":
-            accelerator.clip_grad_value_(params, tc.max_grad_norm)
-        optimizer.step()
-        lr_sched.step()
-        optimizer.zero_grad(set_to_none=True)
+            record_parts(window, out)
+        optimizer_step(accelerator, params, optimizer, lr_sched, tc)
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())
         done = step + 1
