@@ -23,7 +23,7 @@ from fairdiff.errors import ConfigError
 class DataConfig:
     """Which images to train on and how to bias them."""
 
-    source: Literal["digits", "mnist", "folder", "celeba", "synthetic"] = "digits"
+    source: Literal["digits", "mnist", "folder", "celeba", "faces-mini", "synthetic"] = "digits"
     path: str | None = None  # folder for mnist (IDX files), folder, celeba; None = cache for mnist / faces-mini
     attribute: str = "label"  # the attribute that defines groups (class label for digits / mnist)
     groups: list[int] = field(default_factory=lambda: [0, 1])  # attribute values kept, one group each
@@ -59,13 +59,18 @@ class ModelConfig:
     lora_alpha: float = 32.0
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_v", "query", "value"])
     lora_text_encoder: bool = False  # also LoRA on the text encoder's q_proj / v_proj
+    # LoRA on the pixel / latent U-Net of the main trainer (fine-tuning from ``pretrained``; merged on save)
+    lora: bool = False
+    unet_lora_targets: list[str] = field(
+        default_factory=lambda: ["conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"]
+    )
 
 
 @dataclass
 class MethodConfig:
-    """The training objective (baseline, ddm, reweight) and its options."""
+    """The training objective (baseline, ddm, reweight, align) and its options."""
 
-    name: Literal["baseline", "ddm", "reweight"] = "baseline"
+    name: Literal["baseline", "ddm", "reweight", "align"] = "baseline"
     alpha: float = 0.05  # DDM debiasing strength
     reconstruction_weight: float | None = None  # DDM; None = 1 - alpha
     indicator_widths: list[int] = field(default_factory=lambda: [1024, 512])
@@ -73,7 +78,14 @@ class MethodConfig:
     labels: Literal["attribute", "clusters"] = "attribute"  # where per-image groups come from
     num_clusters: int | None = None  # clusters mode; None = number of groups
     cluster_features: Literal["pca"] = "pca"
-    target: list[float] | None = None  # reweighting target shares; None = uniform
+    target: list[float] | None = None  # reweighting / alignment target shares; None = uniform
+    # distributional alignment fine-tuning (methods/align.py; needs model.pretrained)
+    align_steps: int = 10  # DDIM steps of the generation chain that the gradient goes through
+    align_classifier: str = "auto"  # training classifier: auto = a CNN unlike the evaluation one; or TorchScript
+    align_classifier_steps: int = 300  # optimizer steps for the auto training classifier
+    preserve_weight: float = 1.0  # weight of the preservation term (1 - cos of features vs the frozen model)
+    uncertainty_threshold: float = 0.2  # K > 2: drop targets whose averaged OT assignment is less sure than this
+    ot_draws: int = 10  # K > 2: target-count draws whose optimal-transport plans are averaged
 
 
 @dataclass
@@ -255,6 +267,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     m = cfg.method
     if not 0.0 <= m.alpha <= 1.0:
         raise ConfigError(f"method.alpha: must lie in [0, 1], got {m.alpha}")
+    if m.name == "align":
+        if not cfg.model.pretrained:
+            raise ConfigError("method align fine-tunes a trained model: set model.pretrained to a run or model folder")
+        if m.align_steps < 1 or m.ot_draws < 1 or m.preserve_weight < 0:
+            raise ConfigError("method.align_steps and method.ot_draws must be >= 1, method.preserve_weight >= 0")
+        if not 0.0 <= m.uncertainty_threshold <= 1.0:
+            raise ConfigError(f"method.uncertainty_threshold: must lie in [0, 1], got {m.uncertainty_threshold}")
     mc = cfg.model
     if mc.vae_kl_weight < 0 or mc.vae_latent_channels < 1:
         raise ConfigError("model.vae_kl_weight must be >= 0 and model.vae_latent_channels >= 1")
