@@ -62,7 +62,7 @@ class ModelConfig:
     # LoRA on the pixel / latent U-Net of the main trainer (fine-tuning from ``pretrained``; merged on save)
     lora: bool = False
     unet_lora_targets: list[str] = field(
-        default_factory=lambda: ["conv1", "conv2", "to_q", "to_k", "to_v", "to_out.0"]
+        default_factory=lambda: ["conv1", "conv2", "to_q", "to_k", "to_v"]
     )
 
 
@@ -267,7 +267,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     m = cfg.method
     if not 0.0 <= m.alpha <= 1.0:
         raise ConfigError(f"method.alpha: must lie in [0, 1], got {m.alpha}")
+    if cfg.model.lora and not cfg.model.pretrained:
+        raise ConfigError("model.lora fine-tunes adapters on a trained U-Net: set model.pretrained as well")
     if m.name == "align":
+        if cfg.model.vae or cfg.model.conditional:
+            raise ConfigError("method align: only unconditional pixel-space models for now (no model.vae / conditional)")
         if not cfg.model.pretrained:
             raise ConfigError("method align fine-tunes a trained model: set model.pretrained to a run or model folder")
         if m.align_steps < 1 or m.ot_draws < 1 or m.preserve_weight < 0:

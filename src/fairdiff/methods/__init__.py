@@ -20,6 +20,10 @@ def build_objective(method_cfg) -> Objective:
         from fairdiff.methods.reweight import ReweightObjective
 
         return ReweightObjective.from_config(method_cfg)
+    if name == "align":
+        from fairdiff.methods.align import AlignObjective
+
+        return AlignObjective.from_config(method_cfg)
     raise ConfigError(f"unknown method '{name}'")
 
 

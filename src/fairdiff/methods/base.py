@@ -60,6 +60,14 @@ class Objective:
         """Called once before training with what the data looks like."""
         self.info = info
 
+    def prepare(self, unet: nn.Module, train_images: torch.Tensor, train_groups: torch.Tensor) -> dict:
+        """Called once with the starting U-Net (before any adapter or wrapping) and the training tensors.
+
+        Objectives that fine-tune a trained model keep what they need here (alignment: a frozen copy and its
+        training classifier). Returns facts worth saving with the run (written to ``method.json``).
+        """
+        return {}
+
     def modules(self) -> dict[str, nn.Module]:
         """Extra trainable modules owned by this objective (saved as ``model/<name>/``)."""
         return {}

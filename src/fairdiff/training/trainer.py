@@ -29,6 +29,7 @@ from fairdiff.data import PreparedData, prepare_data
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.models import build_noise_scheduler, build_sampling_scheduler, build_unet
+from fairdiff.models.lora import add_unet_lora, merge_lora
 from fairdiff.training.checkpoint import (
     atomic_dir_replace,
     load_run_model,
@@ -149,8 +150,15 @@ def train(
                                             clip_sample=vae is None)  # latents are not bounded to [-1, 1]
     objective: Objective = build_objective(cfg.method)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
+    facts = objective.prepare(unet, images, groups)
+    if facts and main:
+        write_json(run_dir / "method.json", facts)
+    if tc.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if cfg.model.lora:  # fine-tune low-rank adapters only; merged into the U-Net when the model is saved
+        unet = add_unet_lora(unet, cfg.model.unet_lora_targets, cfg.model.lora_rank, cfg.model.lora_alpha)
     extra = objective.modules()
-    params = list(unet.parameters()) + [p for m in extra.values() for p in m.parameters()]
+    params = [p for p in unet.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(
         params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay
     )
@@ -244,7 +252,7 @@ def train(
     # ---- final model (EMA weights) in diffusers format
     accelerator.wait_for_everyone()
     if main:
-        final = _ema_copy(accelerator.unwrap_model(unet), ema)
+        final = merge_lora(_ema_copy(accelerator.unwrap_model(unet), ema))
         mods = {k: (accelerator.unwrap_model(m), getattr(objective, "module_configs", {}).get(k, {}))
                 for k, m in extra.items()}
         write_model_folder(run_dir / "model", final, noise_scheduler, mods, vae=vae)

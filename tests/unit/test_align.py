@@ -1,0 +1,125 @@
+"""Alignment fine-tuning pieces: dynamic targets, OT, gradient scales, LoRA wrapping, config checks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fairdiff.config import load_config
+from fairdiff.errors import ConfigError
+from fairdiff.methods.align import (
+    chain_scales, dynamic_targets, joint_probs, ot_assignment, ot_targets, rank_targets, scale_grad,
+)
+
+
+def test_rank_targets_hand_case():
+    p1 = np.array([0.9, 0.1, 0.6, 0.3])
+    assert rank_targets(p1, 0.5).tolist() == [1, 0, 1, 0]  # the two least group-1-like images get 0
+    assert rank_targets(p1, 0.25).tolist() == [1, 0, 0, 0]  # ceil(4 * 0.75) = 3 zeros
+    assert rank_targets(p1, 1.0).tolist() == [1, 1, 1, 1]
+    # five images, share 0.5: ceil(2.5) = 3 zeros
+    assert rank_targets(np.array([0.5, 0.4, 0.3, 0.2, 0.1]), 0.5).tolist() == [1, 1, 0, 0, 0]
+
+
+def test_ot_assignment_hand_case():
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+    # one image per group: 0->0, 1->1, 2->2 costs -log(.7*.3*.8); swapping 0 and 1 costs -log(.2*.6*.8), larger
+    assert ot_assignment(probs, np.array([1, 1, 1])).tolist() == [0, 1, 2]
+    assert ot_assignment(probs, np.array([2, 1, 0])).tolist() == [0, 0, 1]
+    with pytest.raises(ValueError):
+        ot_assignment(probs, np.array([1, 1, 0]))
+
+
+def test_ot_assignment_matches_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        probs = rng.dirichlet(np.ones(3), size=5)
+        counts = rng.multinomial(5, [0.4, 0.4, 0.2])
+        got = ot_assignment(probs, counts)
+        assert np.bincount(got, minlength=3).tolist() == counts.tolist()
+        slots = np.repeat(np.arange(3), counts)
+        best = min(-np.log(probs[np.arange(5), list(p)]).sum() for p in itertools.permutations(slots))
+        assert -np.log(probs[np.arange(5), got]).sum() == pytest.approx(best)
+
+
+def test_ot_targets_average_and_uncertainty():
+    rng = np.random.default_rng(0)
+    probs = np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.34, 0.33, 0.33], [0.01, 0.01, 0.98]])
+    labels, keep, unc = ot_targets(probs, np.array([1.0, 0.0, 0.0]), 5, rng)
+    assert labels.tolist() == [0, 0, 0, 0] and keep.all() and np.allclose(unc, 0)  # every draw has counts [4,0,0]
+    labels, keep, unc = ot_targets(probs, np.array([0.25, 0.25, 0.5]), 50, rng, threshold=0.2)
+    assert labels[0] == 0 and labels[1] == 1 and labels[3] == 2  # confident images keep their own group
+    assert np.array_equal(keep, unc <= 0.2 + 1e-12)
+    assert unc[2] > unc[0]  # the ambiguous image is the least sure
+
+
+def test_dynamic_targets_binary_uses_ranks_and_keeps_all():
+    probs = np.array([[0.1, 0.9], [0.9, 0.1], [0.4, 0.6], [0.7, 0.3]])
+    labels, keep = dynamic_targets(probs, np.array([0.5, 0.5]))
+    assert labels.tolist() == [1, 0, 1, 0] and keep.all()
+
+
+def test_joint_probs():
+    a = np.array([[0.2, 0.8]])
+    b = np.array([[0.5, 0.25, 0.25]])
+    j = joint_probs([a, b])
+    assert j.shape == (1, 6)
+    assert np.allclose(j, [[0.1, 0.05, 0.05, 0.4, 0.2, 0.2]])
+
+
+def test_chain_scales_geometric_mean_one_and_formula():
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    ts = torch.tensor([900, 600, 300, 1])
+    c = chain_scales(abar.float(), ts)
+    assert math.exp(float(c.double().log().mean())) == pytest.approx(1.0, abs=1e-5)
+    raw = [float(abar[t].sqrt() * (1 - abar[t]).sqrt() / betas[t]) for t in ts.tolist()]
+    gm = math.exp(sum(math.log(r) for r in raw) / len(raw))
+    assert c.tolist() == pytest.approx([r / gm for r in raw], rel=1e-3)
+
+
+def test_scale_grad():
+    x = torch.ones(3, requires_grad=True)
+    y = scale_grad(x * 2, 0.25)
+    assert torch.equal(y, x * 2)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full((3,), 0.5))
+
+
+def test_lora_wrap_and_merge_equal():
+    from fairdiff.models import build_unet
+    from fairdiff.models.lora import add_unet_lora, lora_parameter_count, merge_lora
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 16, 1)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])
+    before = unet(x, t).sample
+    wrapped = add_unet_lora(unet, ["conv1", "conv2", "to_q"], 4, 8.0)
+    trainable, total = lora_parameter_count(wrapped)
+    assert 0 < trainable < total / 10
+    assert torch.equal(wrapped(x, t).sample, before)  # adapters start as a no-op
+    for p in wrapped.parameters():
+        if p.requires_grad:
+            p.data.add_(0.01)
+    after = wrapped(x, t).sample
+    merged = merge_lora(wrapped)
+    assert type(merged).__name__ == "UNet2DModel"
+    assert not any("lora" in k for k in merged.state_dict())
+    assert torch.allclose(merged(x, t).sample, after, atol=1e-5)
+    with pytest.raises(ConfigError):
+        add_unet_lora(build_unet("tiny", 16, 1), ["nope"], 4, 8.0)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["method.name=align"], "model.pretrained"),
+    (["model.lora=true"], "model.pretrained"),
+    (["method.name=align", "model.pretrained=x", "method.uncertainty_threshold=2"], "uncertainty_threshold"),
+    (["method.name=align", "model.pretrained=x", "model.conditional=true"], "unconditional"),
+])
+def test_align_config_errors(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
