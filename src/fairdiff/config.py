@@ -271,7 +271,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.lora fine-tunes adapters on a trained U-Net: set model.pretrained as well")
     if m.name == "align":
         if cfg.model.vae or cfg.model.conditional:
-            raise ConfigError("method align: only unconditional pixel-space models for now (no model.vae / conditional)")
+            raise ConfigError("method align: only unconditional pixel-space models for now "
+                              "(no model.vae / conditional)")
         if not cfg.model.pretrained:
             raise ConfigError("method align fine-tunes a trained model: set model.pretrained to a run or model folder")
         if m.align_steps < 1 or m.ot_draws < 1 or m.preserve_weight < 0:

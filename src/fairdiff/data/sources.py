@@ -1,4 +1,4 @@
-"""Image sources: embedded digits, MNIST, a labelled folder, CelebA and synthetic shapes."""
+"""Image sources: embedded digits, MNIST, a labelled folder, CelebA, faces-mini and synthetic shapes."""
 
 from __future__ import annotations
 
@@ -305,6 +305,10 @@ def load_source(cfg) -> ImageSet:  # cfg: DataConfig
         return load_folder(cfg.path, cfg.resolution, cfg.channels)
     if src == "celeba":
         return load_celeba(cfg.path, cfg.resolution)
+    if src == "faces-mini":
+        from fairdiff.data.faces import load_faces_mini  # fetched with 'fairdiff data fetch faces-mini'
+
+        return load_faces_mini(cfg.path, cfg.resolution)
     raise DataError(f"unknown data source '{src}'")
 
 

@@ -300,7 +300,8 @@ def load_alignment_classifier(path: str, num_classes: int) -> tuple[nn.Module, d
     try:
         module = torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any load failure is a user-facing bad file
-        raise ConfigError(f"method.align_classifier: {p} is not a TorchScript file ({exc.__class__.__name__})") from None
+        raise ConfigError(f"method.align_classifier: {p} is not a TorchScript file "
+                          f"({exc.__class__.__name__})") from None
 
     class _Wrap(nn.Module):
         def __init__(self, m: nn.Module) -> None:
