@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -101,7 +102,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"    guidance: {asdict(c.guidance)}")
         return 0
     t0 = time.time()
-    run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet)
+    try:
+        run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"bench interrupted: run the same command again to continue (finished cells in {out} are kept)",
+              file=sys.stderr)
+        raise
     print((out / "results.md").read_text())
     print(f"bench {cfg.name} finished in {time.time() - t0:.0f} s; results: {out / 'results.md'}")
     return 0

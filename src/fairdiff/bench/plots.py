@@ -1,0 +1,95 @@
+"""Plots of a matrix of runs (matplotlib, Agg backend): fairness against quality, and generated group shares.
+
+Both take the flat rows of :mod:`fairdiff.bench.matrix` (one per run) and write a PNG atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _col(rows: list[dict], key: str) -> np.ndarray:
+    return np.asarray([r.get(key, np.nan) for r in rows], float)
+
+
+def plot_fd_vs_fid(rows: list[dict], path: Path, panel: str | None = None, color: str = "setting") -> None:
+    """Fairness (hard FD with its bootstrap CI as error bars) against quality (domain FID), one point per run.
+
+    Points are coloured by ``color`` (a row key); with ``panel`` (a row key, e.g. "setting") each value of it gets
+    its own panel, with a shared FD axis.
+    """
+    plt = _pyplot()
+    panels = list(dict.fromkeys(r[panel] for r in rows)) if panel else [None]
+    colors = list(dict.fromkeys(r[color] for r in rows))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(panels), figsize=(2 + 4 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        for i, c in enumerate(colors):
+            rs = [r for r in rows if r[color] == c and (p is None or r[panel] == p)]
+            if not rs:
+                continue
+            y = _col(rs, "fd_hard")
+            err = [np.nan_to_num(y - _col(rs, "fd_hard_lo")), np.nan_to_num(_col(rs, "fd_hard_hi") - y)]
+            ax.errorbar(_col(rs, "domain_fid"), y, yerr=err, fmt="o", color=cmap(i % 10), label=c, capsize=3,
+                        alpha=0.85)
+        if p is not None:
+            ax.set_title(str(p), fontsize=10)
+        ax.set_xlabel("domain FID (lower is better)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("hard FD to target (lower is fairer)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_shares(rows: list[dict], path: Path, group: str = "setting", bar: str = "method") -> None:
+    """Grouped bars of the generated share of group 0: one group of bars per ``group`` value, one bar per ``bar``
+    value (mean ± std over seeds); dashed lines mark the target (black) and the training share (grey)."""
+    plt = _pyplot()
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    bars = list(dict.fromkeys(r[bar] for r in rows))
+    width = 0.8 / len(bars)
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(groups) * max(1, len(bars) / 3), 4.2))
+    for j, b in enumerate(bars):
+        means, stds = [], []
+        for g in groups:
+            v = _col([r for r in rows if r[group] == g and r[bar] == b], "share_0")
+            fin = v[np.isfinite(v)]
+            means.append(fin.mean() if len(fin) else np.nan)
+            stds.append(fin.std(ddof=1) if len(fin) > 1 else 0.0)
+        x = np.arange(len(groups)) - 0.4 + (j + 0.5) * width
+        ax.bar(x, means, width, yerr=stds, capsize=3, color=cmap(j % 10), label=b)
+    for i, g in enumerate(groups):
+        rs = [r for r in rows if r[group] == g]
+        for key, style, label in (("target_0", "k", "target"), ("train_share_0", "0.55", "training share")):
+            v = _col(rs, key)
+            if np.isfinite(v).any():
+                ax.hlines(np.nanmean(v), i - 0.45, i + 0.45, colors=style, linestyles="dashed",
+                          label=label if i == 0 else None)
+    ax.set_xticks(np.arange(len(groups)), [str(g) for g in groups], fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("generated share of group 0")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    _save(fig, path)

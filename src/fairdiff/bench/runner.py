@@ -1,0 +1,173 @@
+"""Run a bench matrix (``fairdiff bench``): every cell trained, sampled and evaluated once, then tables and plots.
+
+Training cells go through :func:`fairdiff.bench.matrix.run_cell` (a finished cell, i.e. one with ``metrics.json``,
+is kept; an interrupted one continues from its latest checkpoint). Guidance cells train nothing: they fit the
+per-step attribute heads on the model of their ``after`` cell, sample toward the evaluation target and evaluate.
+A cell that fails with a user error is reported and skipped with the cells that depend on it, so one bad method
+does not throw away a night of the others; the run then ends with a :class:`BenchError`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fairdiff.bench.config import BenchCell, BenchConfig, GuidanceSpec
+from fairdiff.bench.matrix import markdown_tables, metrics_row, run_cell, summarise, write_csv
+from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
+from fairdiff.config import load_config, save_config
+from fairdiff.errors import FairdiffError
+from fairdiff.utils.io import atomic_write_text, read_json, write_json
+
+
+class BenchError(FairdiffError):
+    """Some cells of a bench failed (each was reported as it failed)."""
+
+
+def guidance_target(cfg) -> list[float]:
+    """The evaluation target (``eval.target``, uniform when unset): what a guidance cell steers toward."""
+    k = len(cfg.data.groups)
+    return list(cfg.eval.target) if cfg.eval.target is not None else [1.0 / k] * k
+
+
+def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, model_dir: Path, *,
+                      quiet: bool = False) -> dict:
+    """Distribution Guidance on the trained model in ``model_dir``: fit heads (``heads.safetensors``), draw
+    ``eval.n_samples`` guided images toward the evaluation target and evaluate them into ``cell_dir``.
+
+    Each step is skipped when its output exists, so an interrupted cell resumes. Returns the metrics."""
+    import torch
+
+    from fairdiff.data import prepare_data
+    from fairdiff.evaluation import evaluate_samples
+    from fairdiff.methods.guidance import DistributionGuidance, load_heads, train_heads
+    from fairdiff.sampling import sample_run
+    from fairdiff.training.checkpoint import load_run_model
+
+    if (cell_dir / "metrics.json").exists():
+        return read_json(cell_dir / "metrics.json")
+    spec = cell.guidance or GuidanceSpec()
+    cfg = load_config(base, cell.overrides)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cell_dir / "config.yaml")  # the data / sample / eval settings used; the model is model_dir's
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    heads_path = cell_dir / "heads.safetensors"
+    if (model_dir / "model" / "vae").is_dir():
+        raise FairdiffError(f"{cell.name}: guidance supports pixel-space models only ({model_dir} is a latent model)")
+    if not heads_path.exists():
+        unet, sched_cfg = load_run_model(model_dir, dev)
+        if unet.config.num_class_embeds:
+            raise FairdiffError(f"{cell.name}: guidance needs an unconditional model ({model_dir} is conditional)")
+        data = prepare_data(cfg.data)
+        res = train_heads(unet, sched_cfg, data.train_images, data.train_groups, cfg.sample.steps,
+                          cfg.sample.scheduler, heldout_images=data.heldout_images,
+                          heldout_labels=data.heldout_groups, num_classes=data.num_groups,
+                          n_per_step=spec.n_per_step, mode=spec.mode, seed=cell.seed, progress=False)
+        res.heads.save(heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
+                                    "seconds": round(res.seconds, 1)})
+        del unet
+    heads_s = float(read_json(heads_path.with_suffix(".json")).get("seconds", np.nan))
+    target = guidance_target(cfg)
+    uniform = np.allclose(target, target[0])
+    temperature = spec.temperature if spec.temperature is not None else (8.0 if uniform else 1.0)
+    info = {"heads": str(heads_path), "model": str(model_dir), "target": target, "scale": spec.scale,
+            "temperature": temperature, "loss": spec.loss, "mode": spec.mode, "n_per_step": spec.n_per_step}
+    t0 = time.time()
+    npz = cell_dir / "samples" / "samples.npz"
+    have = 0
+    if npz.exists():
+        with np.load(npz) as z:
+            have = len(z["seeds"])
+    if have != cfg.eval.n_samples:
+        guidance = DistributionGuidance(load_heads(heads_path, dev), target, spec.scale, temperature=temperature,
+                                        loss=spec.loss)
+        sample_run(model_dir, cfg.eval.n_samples, out_dir=cell_dir / "samples", seed=cfg.sample.seed,
+                   batch_size=cfg.sample.batch_size, steps=cfg.sample.steps, scheduler=cfg.sample.scheduler,
+                   eta=cfg.sample.eta, guidance=guidance, device=dev, png=False, progress=not quiet,
+                   meta={"guidance": info})
+    extra = {"run": {"dir": str(cell_dir), "name": cfg.name, "method": "guidance", "model": str(model_dir),
+                     "train_shares": list(cfg.data.shares), "train_seed": cell.seed, "sample_seed": cfg.sample.seed,
+                     "sample_steps": cfg.sample.steps},
+             "guidance": info}
+    metrics = evaluate_samples(cell_dir / "samples", cfg.data, cfg.eval, out_dir=cell_dir, progress=not quiet,
+                               extra=extra)
+    # "train" time of a sampling-time method: fitting its heads
+    metrics["timing"] = {"train_s": round(heads_s, 1), "heads_s": round(heads_s, 1),
+                         "sample_and_eval_s": round(time.time() - t0, 1)}
+    write_json(cell_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _run_one(base, cell: BenchCell, cells_dir: Path, quiet: bool) -> dict:
+    if cell.guidance is not None:
+        return run_guidance_cell(base, cell, cells_dir / cell.name, cells_dir / cell.after, quiet=quiet)
+    return run_cell(base, cell, cells_dir / cell.name, quiet=quiet)
+
+
+def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
+              all_cells: list[BenchCell] | None = None, quiet: bool = False, log=print) -> list[dict]:
+    """Run ``cells`` (in order) under ``out_dir/cells/<setting>/<method>-s<seed>``, then write the results.
+
+    Results cover every cell of ``all_cells`` (default: ``cells``) that has finished, in this run or an earlier
+    one, so running a matrix piece by piece with ``--only`` fills one table. ``log`` gets one line per cell.
+    Raises :class:`BenchError` after writing the results when some cells failed."""
+    out_dir = Path(out_dir)
+    cells_dir = out_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    for i, cell in enumerate(cells):
+        head = f"[{i + 1}/{len(cells)}] {cell.name}"
+        if cell.after in failed:
+            failed[cell.name] = f"needs {cell.after}, which failed"
+            log(f"{head}: skipped ({failed[cell.name]})")
+            continue
+        done = (cells_dir / cell.name / "metrics.json").exists()
+        t0 = time.time()
+        try:
+            m = _run_one(cfg.base, cell, cells_dir, quiet)
+        except FairdiffError as e:
+            failed[cell.name] = str(e)
+            log(f"{head}: FAILED: {e}")
+            continue
+        state = "finished earlier, kept" if done else f"done in {time.time() - t0:.0f} s"
+        log(f"{head}: {state}; FD hard {_num(m.get('fd_hard')):.3f}, domain FID {_num(m.get('domain_fid')):.2f}")
+    rows = collect_rows(all_cells or cells, out_dir)
+    write_results(rows, out_dir, f"{cfg.name}", expected=len(all_cells or cells))
+    if failed:
+        raise BenchError(f"{len(failed)} of {len(cells)} cells failed ({', '.join(failed)}); results so far in "
+                         f"{out_dir / 'results.md'}")
+    return rows
+
+
+def collect_rows(cells: list[BenchCell], out_dir: str | Path) -> list[dict]:
+    """Table rows of the cells that have a ``metrics.json`` under ``out_dir/cells``."""
+    out = []
+    for c in cells:
+        p = Path(out_dir) / "cells" / c.name / "metrics.json"
+        if p.exists():
+            out.append(metrics_row(c, read_json(p)))
+    return out
+
+
+def write_results(rows: list[dict], out_dir: str | Path, title: str, expected: int | None = None) -> None:
+    """``results.md`` (a table per setting), ``results.csv`` (mean/std per setting x method), ``runs.csv`` (one row
+    per run), ``fd_vs_fid.png`` and ``shares.png``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = markdown_tables(rows, title, per="setting") if rows else f"## {title}\n\nNo cell has finished yet.\n"
+    if expected is not None and len(rows) < expected:
+        md += f"\n{len(rows)} of {expected} cells have finished; run the bench again to continue.\n"
+    md += "\n![FD vs domain FID](fd_vs_fid.png)\n\n![generated share of group 0](shares.png)\n" if rows else ""
+    atomic_write_text(out_dir / "results.md", md)
+    if not rows:
+        return
+    write_csv(summarise(rows, by=("setting", "method")), out_dir / "results.csv")
+    write_csv(rows, out_dir / "runs.csv")
+    plot_fd_vs_fid(rows, out_dir / "fd_vs_fid.png", panel="setting", color="method")
+    plot_shares(rows, out_dir / "shares.png")
