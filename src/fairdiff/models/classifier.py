@@ -412,7 +412,7 @@ def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: st
 
 
 # ------------------------------------------------------------------------------------------ faces-mini
-def faces_mini_classifier(data_cfg) -> Classifier:
+def faces_mini_classifier(data_cfg, eval_cfg=None, progress: bool = False) -> Classifier:
     """The ``auto`` judge for ``data.source: faces-mini``: the cached ``gender-v1.onnx`` that made its labels.
 
     Not a domain CNN: a CNN trained on the pseudo-labels would only copy this model, worse. Images of any size
@@ -420,6 +420,10 @@ def faces_mini_classifier(data_cfg) -> Classifier:
     (values of ``male`` / ``label``: 0 = female, 1 = male). ``accuracy`` is the balanced agreement with the
     pseudo-labels on all real faces at ``data.resolution`` (none of them trained this model), which is what
     generated images of that size look like; the cached 64 px crops would agree trivially.
+
+    The ONNX model exposes no features, so the quality metrics (domain FID, precision / recall) use the
+    penultimate features of fairdiff's cached domain CNN for the same data (trained on balanced real faces,
+    never on generated ones); group shares always come from the ONNX model.
     """
     from fairdiff.data.faces import GROUP_NAMES, LABEL_RESIZE, MODEL_FILE, faces_folder, load_faces_mini
 
@@ -435,9 +439,14 @@ def faces_mini_classifier(data_cfg) -> Classifier:
                             "eval.classifier to an .onnx / TorchScript file")
     base = onnx_classifier(model, name="gender-v1", resize=LABEL_RESIZE, class_names=GROUP_NAMES)
 
+    try:
+        features: Classifier | None = domain_classifier(data_cfg, eval_cfg, progress=progress)
+    except FairdiffError:  # too few real faces to train it (a trimmed copy): shares only, no quality metrics
+        features = None
+
     def forward(images: np.ndarray):
         logits, _ = base.forward(images)
-        return logits[:, groups], None
+        return logits[:, groups], (features.forward(images)[1] if features is not None else None)
 
     real = load_faces_mini(data_cfg.path, data_cfg.resolution)
     x = _real_uint8(real.images, data_cfg)  # the data layer's channels / quantisation, as samples are stored
@@ -461,8 +470,9 @@ def faces_mini_classifier(data_cfg) -> Classifier:
                       f"{data_cfg.resolution} px; its group shares are unreliable there (use data.resolution 32 "
                       "or 64)", stacklevel=2)
         info["warning"] = f"low agreement with the pseudo-labels at {data_cfg.resolution} px"
+    info["quality_features"] = f"{features.name}:penultimate" if features is not None else None
     return Classifier(name="gender-v1-faces-mini", num_classes=len(groups), forward=forward, accuracy=acc,
-                      input_shape=(None, None, None), info=info)
+                      input_shape=(None, None, None), has_features=features is not None, info=info)
 
 
 # ------------------------------------------------------------------------------------------ TorchScript
@@ -533,7 +543,7 @@ def load_classifier(spec: str | Classifier | None, data_cfg, eval_cfg=None, prog
         return spec
     if spec is None or spec == "auto":
         if getattr(data_cfg, "source", None) == "faces-mini":
-            return faces_mini_classifier(data_cfg)
+            return faces_mini_classifier(data_cfg, eval_cfg, progress=progress)
         return domain_classifier(data_cfg, eval_cfg, progress=progress)
     p = Path(spec)
     if p.suffix == ".onnx":
