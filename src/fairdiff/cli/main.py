@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; completed checkpoints are kept (continue with --resume latest)", file=sys.stderr)
+        hint = {"train": "continue with --resume latest", "bench": "run the same command again to continue",
+                "sweep": "run the same command again to continue"}.get(getattr(args, "command", None) or "", "")
+        print("interrupted; completed work is kept" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
 
 
