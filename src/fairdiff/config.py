@@ -112,6 +112,12 @@ class TrainConfig:
     checkpoint_total_limit: int = 2
     seed: int = 0
     gradient_checkpointing: bool = False  # trade compute for memory (used by sd-finetune)
+    # GPU throughput options (docs/performance.md); all off by default, so CPU runs and results are unchanged
+    channels_last: bool = False  # U-Net weights and input batches in NHWC memory layout (faster convs on GPUs)
+    compile: bool = False  # torch.compile the U-Net forward (checkpoints keep the uncompiled module)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    fused_optimizer: bool = False  # CUDA only: AdamW(fused=True) and a foreach EMA update; ignored elsewhere
+    data_on_device: bool = False  # keep the training tensor and labels on the accelerator; index them there
 
 
 @dataclass
@@ -125,6 +131,11 @@ class SampleConfig:
     eta: float = 0.0
     seed: int = 0  # image i uses seed + i
     use_ema: bool = True
+    # GPU throughput options (docs/performance.md); per-image seeding is the same with any of them
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast the U-Net call; the scheduler math stays fp32
+    channels_last: bool = False  # U-Net weights in NHWC memory layout
+    compile: bool = False  # torch.compile the U-Net (unguided sampling only)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
 
 
 @dataclass

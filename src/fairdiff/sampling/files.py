@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fairdiff.errors import RunDirError
+from fairdiff.errors import FairdiffError, RunDirError
 from fairdiff.sampling.sampler import Guidance, sample, save_grid, to_uint8
 
 
@@ -56,8 +56,16 @@ def sample_run(
     png: bool = True,
     progress: bool = True,
     meta: dict | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+    compile_mode: str | None = None,
 ) -> Path:
-    """Draw ``n`` images (seeds ``seed .. seed+n-1``) from a trained run and write them to ``out_dir``."""
+    """Draw ``n`` images (seeds ``seed .. seed+n-1``) from a trained run and write them to ``out_dir``.
+
+    The speed options (``precision``, ``channels_last``, ``compile``, ``compile_mode``; see :func:`sample`)
+    left at None take the run's ``sample.*`` settings from its ``config.yaml`` (all off unless set there).
+    """
     from fairdiff.models import build_sampling_scheduler
     from fairdiff.training.checkpoint import load_model_vae, load_run_model
 
@@ -77,16 +85,39 @@ def sample_run(
     seeds = list(range(seed, seed + n))
     sched = build_sampling_scheduler(scheduler, sched_cfg)
     vae = load_model_vae(run_dir, dev)  # latent model: the loop runs on latents, decoded afterwards
+    speed = _speed_options(run_dir, precision=precision, channels_last=channels_last, compile=compile,
+                           compile_mode=compile_mode)
     imgs = sample(unet, sched, seeds, batch_size=batch_size, num_steps=steps, class_labels=class_labels,
-                  guidance=guidance, eta=eta, device=dev, progress=progress, clip_output=vae is None)
+                  guidance=guidance, eta=eta, device=dev, progress=progress, clip_output=vae is None, **speed)
     if vae is not None:
         from fairdiff.models.vae import decode
 
         imgs = decode(vae, imgs, batch_size)
     out_dir = Path(out_dir) if out_dir else run_dir / "samples"
     info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "scheduler": scheduler, "eta": eta,
-            **(meta or {})}
+            **{k: v for k, v in speed.items() if v != _SPEED_DEFAULTS[k]}, **(meta or {})}
     return write_samples(out_dir, to_uint8(imgs), seeds, class_labels, info, png=png)
+
+
+_SPEED_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False, "compile_mode": "default"}
+
+
+def _speed_options(run_dir: Path, **given) -> dict:
+    """The sampler's speed options: those given, else the run's ``sample.*`` settings, else off."""
+    cfg_sample = None
+    if any(v is None for v in given.values()) and (run_dir / "config.yaml").is_file():
+        from fairdiff.config import load_config
+
+        try:
+            cfg_sample = load_config(run_dir / "config.yaml").sample
+        except FairdiffError:  # a config this version cannot read: the options simply stay off
+            cfg_sample = None
+    out = {}
+    for k, v in given.items():
+        if v is None:
+            v = getattr(cfg_sample, k, _SPEED_DEFAULTS[k]) if cfg_sample is not None else _SPEED_DEFAULTS[k]
+        out[k] = v
+    return out
 
 
 def load_samples(path: str | Path) -> dict:

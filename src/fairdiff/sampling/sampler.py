@@ -10,6 +10,8 @@ sampling (e.g. h-space distribution guidance) plug in here; with no guidance the
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from typing import Callable, Protocol, Sequence
 
@@ -19,6 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 DenoiseFn = Callable[[torch.Tensor], torch.Tensor]
+PRECISIONS = ("fp32", "bf16")
+log = logging.getLogger(__name__)
 
 
 class Guidance(Protocol):
@@ -47,14 +51,39 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
     clip_output: bool = True,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_mode: str = "default",
 ) -> torch.Tensor:
     """Generate one image per seed; returns a float tensor in [-1, 1] on the CPU, ``[N, C, H, W]``.
 
     ``scheduler`` is a diffusers scheduler (DDIM or DDPM). ``class_labels`` (one per seed) conditions a
     class-conditional U-Net. ``guidance`` may need gradients, so the loop only disables autograd around plain
     denoiser calls. ``clip_output=False`` keeps the result unclamped (latents, decoded afterwards).
+
+    Speed options (docs/performance.md), none of which changes which noise an image starts from:
+    ``precision='bf16'`` runs the U-Net under bf16 autocast (the sample and the scheduler step stay fp32);
+    ``channels_last`` converts the U-Net's weights to NHWC in place (same values, the layout GPUs prefer);
+    ``compile`` runs a ``torch.compile``-d U-Net (``compile_mode`` as torch names it; unguided sampling only,
+    a guidance's hooks and gradients get the plain module).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = torch.device(device) if device is not None else next(unet.parameters()).device
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    net: nn.Module = unet
+    if compile and guidance is not None:
+        log.warning("sample: compile is ignored with a guidance (it hooks into and differentiates the U-Net)")
+    elif compile:
+        net = torch.compile(unet, mode=compile_mode)
+    cudagraphs = net is not unet and compile_mode in ("reduce-overhead", "max-autotune")
+
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
     cfg = unet.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     seeds = [int(s) for s in seeds]
@@ -83,7 +112,11 @@ def sample(
 
                 def denoise(inp: torch.Tensor, _tb=tb, _labels=labels) -> torch.Tensor:
                     inp = scheduler.scale_model_input(inp, _tb[0])
-                    return unet(inp, _tb, class_labels=_labels).sample
+                    if cudagraphs:  # each call is a new step: the previous step's graph outputs are consumed
+                        torch.compiler.cudagraph_mark_step_begin()
+                    with autocast():
+                        eps = net(inp, _tb, class_labels=_labels).sample
+                    return eps.to(inp.dtype)  # no-op in fp32; bf16 output back to the sample's dtype
 
                 if guidance is None:
                     eps = _no_grad_call(denoise, x)

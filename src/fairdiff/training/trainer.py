@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fairdiff.training.steps import optimizer_step, record_parts
+from fairdiff.training.steps import optimizer_step, record_parts, window_means
 from fairdiff.config import RunConfig, save_config
 from fairdiff.data import PreparedData, prepare_data
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
@@ -40,6 +41,8 @@ from fairdiff.training.checkpoint import (
 )
 from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +64,36 @@ def batch_indices(n: int, batch_size: int, position: int, seed: int) -> np.ndarr
         out.extend(take.tolist())
         start += len(take)
     return np.asarray(out, dtype=np.int64)
+
+
+class DeviceBatches:
+    """:func:`batch_indices` served from the accelerator (``train.data_on_device``).
+
+    Each epoch's permutation (the same one ``batch_indices`` draws) is copied to ``device`` once, so picking a
+    batch is a slice there, with no host work or host->device copy per step. Only the newest epochs are kept.
+    """
+
+    def __init__(self, n: int, seed: int, device: torch.device) -> None:
+        self.n, self.seed, self.device = n, seed, device
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                del self._perms[min(self._perms)]
+            perm = np.random.default_rng(derive_seed(self.seed, "epoch", epoch)).permutation(self.n)
+            self._perms[epoch] = torch.from_numpy(perm).to(self.device)
+        return self._perms[epoch]
+
+    def __call__(self, batch_size: int, position: int) -> torch.Tensor:
+        """The indices ``batch_indices(n, batch_size, position, seed)`` gives, as a tensor on ``device``."""
+        parts, start, need = [], position * batch_size, batch_size
+        while need:
+            epoch, offset = divmod(start, self.n)
+            take = min(need, self.n - offset)
+            parts.append(self._perm(epoch)[offset : offset + take])
+            start, need = start + take, need - take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _tracker() -> str | None:
@@ -158,19 +191,36 @@ def train(
     if cfg.model.lora:  # fine-tune low-rank adapters only; merged into the U-Net when the model is saved
         unet = add_unet_lora(unet, cfg.model.unet_lora_targets, cfg.model.lora_rank, cfg.model.lora_alpha)
     extra = objective.modules()
+    # ---- performance options (docs/performance.md); each is off by default
+    if tc.channels_last:  # NHWC weights: cuDNN's fastest convolution layout; checkpoints still load either way
+        unet.to(memory_format=torch.channels_last)
+    fused = tc.fused_optimizer and accelerator.device.type == "cuda"
+    if tc.fused_optimizer and not fused:
+        log.warning("train.fused_optimizer: ignored on %s (fused AdamW / foreach EMA are used on CUDA only)",
+                    accelerator.device.type)
+    if fused:  # fused AdamW wants its parameters on the GPU when it is built
+        unet.to(accelerator.device)
+        for m in extra.values():
+            m.to(accelerator.device)
     params = [p for p in unet.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
     optimizer = torch.optim.AdamW(
-        params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay
+        params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay,
+        **({"fused": True} if fused else {}),
     )
     lr_sched = get_scheduler(
         tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.steps
     )
-    ema = EMAModel(unet.parameters(), decay=tc.ema_decay) if tc.ema else None
+    # foreach: one kernel per group of tensors instead of a Python loop over every parameter
+    ema = EMAModel(unet.parameters(), decay=tc.ema_decay, **({"foreach": True} if fused else {})) if tc.ema else None
     names = list(extra)
     prepared = accelerator.prepare(unet, optimizer, lr_sched, *extra.values())
     unet, optimizer, lr_sched = prepared[:3]
     extra = dict(zip(names, prepared[3:]))
     objective.bind_modules(extra)
+    # the objective calls ``denoiser``; accelerate keeps (and checkpoints) the uncompiled ``unet``, which shares
+    # its parameters, so checkpoints and the saved model never carry torch.compile's ``_orig_mod.`` prefix
+    denoiser = torch.compile(unet, mode=tc.compile_mode) if tc.compile else unet
+    cudagraphs = tc.compile and tc.compile_mode in ("reduce-overhead", "max-autotune")
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -179,6 +229,8 @@ def train(
     start = 0
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
+        if ema is not None:  # accelerate loads registered objects with map_location="cpu": back to the device
+            ema.to(accelerator.device)
         start = int(read_json(ckpt / "trainer_state.json")["step"])
         if main and (run_dir / "stats.jsonl").exists():  # drop log rows written after the checkpoint
             rows = [r for r in read_jsonl(run_dir / "stats.jsonl") if r.get("step", 0) <= start]
@@ -191,8 +243,13 @@ def train(
     global_bs = tc.batch_size * world
     n = len(images)
     conds = data.train_groups
+    device = accelerator.device
+    batches = None
+    if tc.data_on_device:  # the whole training tensor and its labels live on the accelerator; batches index there
+        images, groups, conds = images.to(device), groups.to(device), conds.to(device)
+        batches = DeviceBatches(n, tc.seed, device)
     t0 = time.time()
-    window: dict[str, list[float]] = {}
+    window: dict[str, list] = {}  # detached loss tensors (or floats) since the last log row
     last_loss = math.nan
     bar = None
     if main and not quiet:
@@ -206,21 +263,26 @@ def train(
     for step in range(start, end):
         for micro in range(tc.grad_accum):
             pos = step * tc.grad_accum + micro
-            idx = batch_indices(n, global_bs, pos, tc.seed)[rank * tc.batch_size : (rank + 1) * tc.batch_size]
-            idx_t = torch.from_numpy(idx)
-            batch = {
-                "pixel_values": images[idx_t].to(accelerator.device),
-                "group": groups[idx_t].to(accelerator.device),
-            }
+            mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
+            if batches is not None:
+                idx_t = batches(global_bs, pos)[mine]
+            else:
+                idx_t = torch.from_numpy(batch_indices(n, global_bs, pos, tc.seed)[mine])
+            pixels = images[idx_t].to(device)
+            if tc.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            batch = {"pixel_values": pixels, "group": groups[idx_t].to(device)}
             if cfg.model.conditional:
-                batch["class_labels"] = conds[idx_t].to(accelerator.device)
+                batch["class_labels"] = conds[idx_t].to(device)
             gen = make_generator(tc.seed, "noise", pos, rank)
             last = micro == tc.grad_accum - 1
             ctx = accelerator.no_sync(unet) if (not last and world > 1) else _nullcontext()
+            if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with ctx:
-                out = objective.loss(unet, batch, noise_scheduler, gen)
+                out = objective.loss(denoiser, batch, noise_scheduler, gen)
                 accelerator.backward(out.total / tc.grad_accum)
-            record_parts(window, out)
+            record_parts(window, out, sync=False)  # floats once per log interval, not a host sync per step
         optimizer_step(accelerator, params, optimizer, lr_sched, tc)
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())
@@ -228,7 +290,9 @@ def train(
         if bar is not None:
             bar.update(1)
         if done % tc.log_every == 0 or done == tc.steps:
-            row = {k: float(np.mean(v)) for k, v in window.items()}
+            row = window_means(window)
+            if device.type == "cuda":  # elapsed_s then counts the work queued so far (throughput from the log)
+                torch.cuda.synchronize(device)
             last_loss = row.get("loss", math.nan)
             row.update(step=done, lr=lr_sched.get_last_lr()[0], elapsed_s=round(time.time() - t0, 3))
             window = {}
@@ -271,7 +335,8 @@ class _nullcontext:
 
 
 def _ema_copy(unet, ema):
-    model = copy.deepcopy(unet).to("cpu").float()
+    """A CPU fp32 copy with the EMA weights, in the default memory layout (what is saved and sampled)."""
+    model = copy.deepcopy(unet).to("cpu").float().to(memory_format=torch.contiguous_format)
     if ema is not None:
         ema.copy_to(model.parameters())
     return model.eval()
