@@ -56,7 +56,8 @@ def main() -> None:
     attr = src.attributes[data.attribute]
     rng = np.random.default_rng(0)
     n0 = round(args.n * 0.8)
-    pick = np.concatenate([rng.choice(np.flatnonzero(attr == 0), n0), rng.choice(np.flatnonzero(attr == 1), args.n - n0)])
+    pick = np.concatenate([rng.choice(np.flatnonzero(attr == 0), n0),
+                           rng.choice(np.flatnonzero(attr == 1), args.n - n0)])
     x = to_tensor(src.images[pick], data.resolution, data.channels, data.resize)
     x = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     imgs = ((x + 1) * 127.5).round().to(torch.uint8).numpy()
@@ -73,7 +74,8 @@ def main() -> None:
           f"CPU cores visible {os.cpu_count()}")
     print(f"classifier {m['classifier']['name']} held-out accuracy {m['classifier']['accuracy']:.4f} "
           f"(trained/loaded in {t_train:.1f} s)")
-    print(f"shares {np.round(m['shares'], 4).tolist()} FD {m['fd_hard']:.4f} CI {np.round(m['fd_hard_ci'], 4).tolist()} "
+    print(f"shares {np.round(m['shares'], 4).tolist()} FD {m['fd_hard']:.4f} "
+          f"CI {np.round(m['fd_hard_ci'], 4).tolist()} "
           f"domainFID {m['domain_fid']:.3f} P {m['precision']:.3f} R {m['recall']:.3f} "
           f"(reference {m['reference_n']} real images)")
     print(f"evaluate (load + classify + all metrics + {args.bootstrap} bootstrap + report): {t_eval:.1f} s "

@@ -49,7 +49,8 @@ def build(preset: str, device: torch.device):
         sample_size=p["latent"], in_channels=4, out_channels=4, block_out_channels=p["widths"], layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=p["cross"], attention_head_dim=p["heads"], norm_num_groups=32 if p["widths"][0] >= 64 else 8,
+        cross_attention_dim=p["cross"], attention_head_dim=p["heads"],
+        norm_num_groups=32 if p["widths"][0] >= 64 else 8,
     )
     return unet.to(device), _FixedText(77 if preset == "sd15" else 16, p["cross"]).to(device), p
 
