@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/fairdiff demo --out runs/demo --overwrite
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest tests
 
 clean:
