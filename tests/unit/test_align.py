@@ -123,3 +123,26 @@ def test_lora_wrap_and_merge_equal():
 def test_align_config_errors(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(None, overrides)
+
+
+def test_align_loss_three_groups_uses_ot_and_reaches_the_unet():
+    """K = 3 (e.g. a joint attribute): OT targets, a finite loss, gradients on the U-Net and none on the frozen copy."""
+    from fairdiff.methods.align import AlignObjective
+    from fairdiff.methods.base import DataInfo
+    from fairdiff.models import build_noise_scheduler, build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet("tiny", 16, 1)
+    images = torch.rand(60, 1, 16, 16) * 2 - 1
+    groups = torch.arange(60) % 3
+    obj = AlignObjective(target=[0.5, 0.25, 0.25], steps=3, classifier_steps=5, draws=4)
+    obj.setup(DataInfo(3, [20, 20, 20], (1, 16, 16)))
+    facts = obj.prepare(unet, images, groups)
+    assert facts["kind"] == "align-cnn" and len(facts["train_accuracy_per_group"]) == 3
+    out = obj.loss(unet, {"pixel_values": images[:8]}, build_noise_scheduler(), torch.Generator().manual_seed(1))
+    assert torch.isfinite(out.total)
+    assert {"align_ce", "preserve", "kept", "gen_share_2"} <= set(out.parts)
+    assert out.parts["preserve"] == pytest.approx(0.0, abs=1e-5)  # nothing fine-tuned yet: same images as frozen
+    out.total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.parameters())
+    assert all(p.grad is None for p in obj.frozen.parameters())
