@@ -337,17 +337,23 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return validate(from_dict(RunConfig, data))
 
 
+def read_yaml_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> Any:
+    """The parsed YAML of ``path``; a missing file or invalid YAML is one ``error`` line naming ``what``."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise error(f"{what} {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        loaded = read_yaml_file(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

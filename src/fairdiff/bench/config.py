@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from fairdiff.bench.matrix import Cell
-from fairdiff.config import from_dict, load_config
+from fairdiff.config import from_dict, load_config, read_yaml_file
 from fairdiff.errors import ConfigError
 
 TOP_KEYS = ("name", "base", "overrides", "seeds", "settings", "methods")
@@ -210,13 +210,7 @@ def parse_bench_config(data: Any, where: Path | None = None) -> BenchConfig:
 def load_bench_config(path: str | Path) -> BenchConfig:
     """Read and check a bench YAML file (every cell's run config is checked too, see :func:`check_cells`)."""
     p = Path(path)
-    if not p.is_file():
-        raise BenchConfigError(f"bench config not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise BenchConfigError(f"bench config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_bench_config(data, p)
+    return parse_bench_config(read_yaml_file(p, "bench config", BenchConfigError), p)
 
 
 # ------------------------------------------------------------------------------------------------ cells

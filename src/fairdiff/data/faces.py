@@ -151,11 +151,11 @@ def gender_v1_input(images: np.ndarray, size: int = LABEL_SIZE, method: str = LA
 
 
 # ------------------------------------------------------------------------------------------ the model
-def open_gender_model(model_path: str | Path):
-    """An onnxruntime session for ``gender-v1.onnx`` (one-line DataError when missing, corrupt or no runtime)."""
+def open_onnx_session(model_path: str | Path, what: str = "ONNX model"):
+    """An onnxruntime CPU session for ``model_path`` (one-line DataError when missing, corrupt or no runtime)."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise DataError(f"gender model not found: {model_path}")
+        raise DataError(f"{what} not found: {model_path}")
     try:
         import onnxruntime as ort
     except ImportError:
@@ -163,7 +163,12 @@ def open_gender_model(model_path: str | Path):
     try:
         return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for corrupt / foreign files
-        raise DataError(f"cannot load gender model {model_path}: {str(e).splitlines()[0][:200]}") from None
+        raise DataError(f"cannot load {what} {model_path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def open_gender_model(model_path: str | Path):
+    """An onnxruntime session for ``gender-v1.onnx`` (see :func:`open_onnx_session`)."""
+    return open_onnx_session(model_path, "gender model")
 
 
 def gender_probabilities(model_path: str | Path, images: np.ndarray, batch_size: int = 256,

@@ -33,6 +33,7 @@ from torch import nn
 
 from fairdiff.errors import ConfigError
 from fairdiff.methods.base import LossOutput, Objective
+from fairdiff.models.classifier import FeatureClassifier
 
 # ----------------------------------------------------------------------------------------- dynamic targets
 
@@ -223,7 +224,7 @@ class AlignObjective(Objective):
 # ----------------------------------------------------------------------------------------- training classifier
 
 
-class AlignClassifier(nn.Module):
+class AlignClassifier(FeatureClassifier):
     """The training classifier: 4 conv layers (wider and deeper than the evaluation CNN) -> features -> logits.
 
     Differentiable in [-1, 1] image space; ``forward_features`` returns (logits, penultimate features), the
@@ -241,13 +242,6 @@ class AlignClassifier(nn.Module):
         )
         self.features = nn.Sequential(nn.Linear(8 * w, feature_dim), nn.SiLU())
         self.head = nn.Linear(feature_dim, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(self.body(x))
-        return self.head(f), f
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
 
 
 def train_alignment_classifier(images: torch.Tensor, groups: torch.Tensor, num_classes: int, steps: int = 300,

@@ -115,7 +115,22 @@ def uint8_to_float(images: np.ndarray) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ domain CNN
-class DomainCNN(nn.Module):
+class FeatureClassifier(nn.Module):
+    """``body`` -> ``features`` (penultimate) -> ``head`` (logits); subclasses build the three parts."""
+
+    body: nn.Module
+    features: nn.Module
+    head: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(self.body(x))
+        return self.head(f), f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+class DomainCNN(FeatureClassifier):
     """A small CNN: 3 conv layers -> 2x2 pooled map -> ``feature_dim`` penultimate features -> K logits."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, feature_dim: int = 64) -> None:
@@ -130,13 +145,6 @@ class DomainCNN(nn.Module):
         )
         self.features = nn.Sequential(nn.Linear(8 * w, feature_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(feature_dim, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(self.body(x))
-        return self.head(f), f
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
 
 
 @dataclass
@@ -370,19 +378,12 @@ def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: st
     (42.6 % on the 999 faces; smoothing filters fall to 32-38 %, see docs/faces-mini.md); faces-mini's
     pseudo-labels use it too.
     """
+    from fairdiff.data.faces import open_onnx_session
+
     path = Path(path)
-    if not path.is_file():
-        raise FairdiffError(f"ONNX classifier not found: {path}")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise FairdiffError("onnxruntime is not installed; install the extra: pip install 'fairdiff[faces]'") from None
     if preprocess != "gender-v1":
         raise FairdiffError(f"unknown ONNX preprocessing '{preprocess}' (known: gender-v1)")
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for corrupt / foreign files
-        raise FairdiffError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
+    sess = open_onnx_session(path, "ONNX classifier")
     inp = sess.get_inputs()[0]
     shape = inp.shape
     size = shape[-1] if isinstance(shape[-1], int) else 32
