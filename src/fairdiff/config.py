@@ -75,6 +75,11 @@ class MethodConfig:
     reconstruction_weight: float | None = None  # DDM; None = 1 - alpha
     indicator_widths: list[int] = field(default_factory=lambda: [1024, 512])
     indicator_input: Literal["eps", "x0"] = "eps"
+    # DDM variants (docs/ddm-analysis.md); the defaults are the published method
+    indicator_ce: Literal["plain", "balanced"] = "plain"  # balanced: CE weighted inversely to group frequency
+    indicator_grad: Literal["cooperative", "detach", "reverse"] = "cooperative"  # how the CE reaches the denoiser
+    indicator_t_min: int = 0  # the indicator term applies only to timesteps in [t_min, t_max)
+    indicator_t_max: int | None = None  # None = num_train_timesteps
     labels: Literal["attribute", "clusters"] = "attribute"  # where per-image groups come from
     num_clusters: int | None = None  # clusters mode; None = number of groups
     cluster_features: Literal["pca"] = "pca"
