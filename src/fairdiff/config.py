@@ -132,7 +132,7 @@ class SampleConfig:
     n: int = 64
     batch_size: int = 256
     steps: int = 50
-    scheduler: Literal["ddim", "ddpm"] = "ddim"
+    scheduler: Literal["ddim", "ddpm", "dpmpp", "unipc"] = "ddim"  # dpmpp / unipc: multistep, fewer steps
     eta: float = 0.0
     seed: int = 0  # image i uses seed + i
     use_ema: bool = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fairdiff.models.unet import SAMPLING_SCHEDULERS
 from fairdiff.errors import FairdiffError
 
 
@@ -18,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("run", help="a trained run folder (its data config gives the images and group labels)")
     p.add_argument("--out", "-o", required=True, help="heads file to write (.safetensors; a .json goes beside)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps the heads are for (sample with the same)")
-    p.add_argument("--scheduler", choices=["ddim", "ddpm"], default="ddim", help="sampling schedule")
+    p.add_argument("--scheduler", choices=list(SAMPLING_SCHEDULERS), default="ddim", help="sampling schedule")
     p.add_argument("--n-per-step", type=int, default=512, help="training images used per step (0 = all)")
     p.add_argument("--mode", choices=["noise", "invert"], default="invert",
                    help="h from images noised to each step, or DDIM-inverted (default)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fairdiff.models.unet import SAMPLING_SCHEDULERS
 from fairdiff.cli.common import add_config_args, resolve_config
 
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--scheduler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--scheduler", choices=list(SAMPLING_SCHEDULERS), default="ddim")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--class-label", type=int, action="append", help="condition (repeat for several; cycled)")
     p.add_argument("--no-png", action="store_true", help="only samples.npz and the grid")

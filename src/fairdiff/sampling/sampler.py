@@ -122,9 +122,8 @@ def sample(
                     eps = _no_grad_call(denoise, x)
                 else:
                     eps = guidance(i, tb, x, denoise)
-                kw = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
                 with torch.no_grad():
-                    x = scheduler.step(eps.detach(), t, x, generator=gens, **kw).prev_sample
+                    x = scheduler.step(eps.detach(), t, x, **_step_kwargs(scheduler, eta, gens)).prev_sample
             out.append(x.float().clamp(-1, 1).cpu() if clip_output else x.float().cpu())
             bar.update(len(bs))
     finally:
@@ -153,3 +152,14 @@ def save_grid(images: np.ndarray, path, nrow: int | None = None, pad: int = 1) -
         ].transpose(1, 2, 0)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     img.save(path)
+
+
+def _step_kwargs(scheduler, eta: float, gens: list[torch.Generator]) -> dict:
+    """The keyword arguments this scheduler's ``step`` takes: ``eta`` (DDIM) and per-image ``generator``s."""
+    names = scheduler.step.__code__.co_varnames
+    kw: dict = {}
+    if "eta" in names:
+        kw["eta"] = eta
+    if "generator" in names:
+        kw["generator"] = gens
+    return kw
