@@ -108,3 +108,58 @@ def probe_ddm(run_dir: str | Path, buckets: int = 10, n: int = 256, seed: int = 
             "push_norm": float(push_x0.norm(dim=1).mean()),
         })
     return rows
+
+
+def plot_probe(results: dict[str, list[dict]], path: str | Path) -> None:
+    """One figure: per bucket, the indicator's balanced accuracy and the push toward the majority, per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, rows in results.items():
+        mids = [(r["t_lo"] + r["t_hi"]) / 2 for r in rows]
+        axes[0].plot(mids, [r["acc_balanced"] for r in rows], marker="o", label=name)
+        axes[1].plot(mids, [r["ce_train"] - r["ce_prior"] for r in rows], marker="o", label=name)
+        axes[2].plot(mids, [r["push_cos"] for r in rows], marker="o", label=name)
+    axes[0].axhline(0.5, color="gray", lw=0.8, ls="--")
+    axes[0].set(title="indicator accuracy (balanced held-out)", xlabel="timestep t", ylim=(0.3, 1.02))
+    axes[1].axhline(0.0, color="gray", lw=0.8, ls="--")
+    axes[1].set(title="CE minus CE of the prior (biased data)", xlabel="timestep t")
+    axes[2].axhline(0.0, color="gray", lw=0.8, ls="--")
+    axes[2].set(title="cos(summed push on x0_hat, majority - minority)", xlabel="timestep t", ylim=(-1.05, 1.05))
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fairdiff.bench.ddm_probe RUN [RUN...] --out DIR``: probe.json and probe.png."""
+    import argparse
+
+    from fairdiff.utils.io import write_json
+
+    p = argparse.ArgumentParser(prog="python -m fairdiff.bench.ddm_probe", description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--buckets", type=int, default=10)
+    p.add_argument("--n", type=int, default=256)
+    args = p.parse_args(argv)
+    results = {str(Path(r).name): probe_ddm(r, args.buckets, args.n) for r in args.runs}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "probe.json", results)
+    plot_probe(results, out / "probe.png")
+    for name, rows in results.items():
+        print(name)
+        for r in rows:
+            print(f"  t {r['t_lo']:4d}-{r['t_hi']:4d}  acc_bal {r['acc_balanced']:.3f}  ce {r['ce_train']:.3f} "
+                  f"(prior {r['ce_prior']:.3f})  push_cos {r['push_cos']:+.3f}  along maj/min "
+                  f"{r['push_along_major']:+.4f}/{r['push_along_minor']:+.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
