@@ -1,14 +1,17 @@
 """Run folders, atomic checkpoints, and the diffusers-format model folder.
 
-Run folder: ``config.yaml``, ``manifest.json``, ``stats.jsonl``, ``checkpoint-N/`` (accelerate state: model,
-optimizer, LR schedule, EMA, RNG states, plus ``trainer_state.json`` with the step), ``model/`` (a diffusers
+Run folder: ``config.yaml``, ``manifest.json``, ``stats.jsonl``, ``checkpoint-N/`` (model, objective modules,
+optimizer, LR schedule, EMA, RNG states and the step, as safetensors and JSON only; see
+:mod:`fairdiff.training.state`; ``files.json`` lists each file's size and SHA-256), ``model/`` (a diffusers
 ``DDPMPipeline`` folder: ``unet/``, ``scheduler/``, ``model_index.json``; plus one folder per objective module,
 e.g. ``indicator/``), ``samples/``, ``report.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,18 +22,23 @@ from safetensors.torch import load_file, save_file
 
 from fairdiff.config import RunConfig, dump_config, load_config
 from fairdiff.errors import RunDirError
+from fairdiff.training.state import ALLOWED, FILE_LIST, STATE_FILE
+from fairdiff.utils.io import write_json
+
+log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` folder of the run, oldest first (intact or not: see :func:`check_checkpoint`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     out = []
     for p in run_dir.iterdir():
         m = CKPT_RE.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").exists():
+        if m and p.is_dir():
             out.append((int(m.group(1)), p))
     return sorted(out)
 
@@ -40,15 +48,78 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return cks[-1][1] if cks else None
 
 
-def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
-    """``latest`` -> newest checkpoint (None if there is none yet); a path -> that checkpoint."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_file_list(folder: Path, step: int) -> None:
+    """Record the size and SHA-256 of every file of a finished checkpoint in ``files.json`` (written last)."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.name != FILE_LIST}
+    write_json(folder / FILE_LIST, {"format": 1, "step": step, "files": files})
+
+
+def check_checkpoint(folder: Path) -> str | None:
+    """Why ``folder`` is not an intact checkpoint (None when it is).
+
+    A file that a checkpoint never holds (a pickle, a folder, any other name) raises :class:`RunDirError`: it is
+    never read, and a checkpoint that carries one is not used.
+    """
+    foreign = sorted(p.name for p in folder.iterdir() if not (p.is_file() and ALLOWED.match(p.name)))
+    if foreign:
+        raise RunDirError(
+            f"checkpoint {folder} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which fairdiff "
+            "never loads (checkpoints hold only safetensors and JSON); remove that file or the checkpoint")
+    try:
+        listed = json.loads((folder / FILE_LIST).read_text(encoding="utf-8"))["files"]
+        assert isinstance(listed, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{FILE_LIST} is missing or unreadable"
+    present = {p.name for p in folder.iterdir()} - {FILE_LIST}
+    if present != set(listed):
+        return f"its files differ from {FILE_LIST} ({', '.join(sorted(present ^ set(listed))[:3])})"
+    for name, facts in listed.items():
+        p = folder / name
+        try:
+            if p.stat().st_size != facts["bytes"]:
+                return f"{name} has {p.stat().st_size} bytes, not {facts['bytes']}"
+            if _sha256(p) != facts["sha256"]:
+                return f"{name} does not match its SHA-256"
+        except (OSError, KeyError, TypeError):
+            return f"{name} cannot be checked"
+    return None
+
+
+def resolve_resume(run_dir: Path, resume: str | None, warn: bool = True) -> Path | None:
+    """``latest`` -> the newest intact checkpoint (None if there is none yet); a path -> that checkpoint.
+
+    A damaged newest checkpoint is skipped with a warning naming it; if checkpoints exist but none is intact,
+    or a checkpoint holds a file that checkpoints never hold, one :class:`RunDirError`.
+    """
     if resume is None:
         return None
     if resume == "latest":
-        return latest_checkpoint(run_dir)
+        cks = list_checkpoints(run_dir)
+        for _, p in reversed(cks):
+            why = check_checkpoint(p)
+            if why is None:
+                return p
+            if warn:
+                log.warning("skipping damaged checkpoint %s: %s", p, why)
+        if cks:
+            raise RunDirError(f"no intact checkpoint in {run_dir} to resume from (the newest, {cks[-1][1].name}, "
+                              "is damaged); start again with --overwrite")
+        return None
     p = Path(resume)
-    if not (p / "trainer_state.json").exists():
+    if not p.is_dir() or not (p / STATE_FILE).exists():
         raise RunDirError(f"--resume {resume}: not a checkpoint folder")
+    why = check_checkpoint(p)
+    if why is not None:
+        raise RunDirError(f"--resume {resume}: the checkpoint is damaged ({why})")
     return p
 
 
@@ -151,9 +222,15 @@ def load_run_model(run_or_model: str | Path, device: str | torch.device = "cpu")
     """Load ``(unet, noise_scheduler_config)`` from a run or model folder."""
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from safetensors import SafetensorError
+
     md = model_dir(run_or_model)
-    unet = UNet2DModel.from_pretrained(str(md / "unet")).to(device)
-    sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
+    try:  # safetensors only: a pickled ``.bin`` beside or instead of the weights is never read
+        unet = UNet2DModel.from_pretrained(str(md / "unet"), use_safetensors=True).to(device)
+        sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunDirError(f"cannot load the model in {md}: {first[:300]}") from None
     return unet, sched.config
 
 

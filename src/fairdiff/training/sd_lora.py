@@ -318,6 +318,7 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
     base = check_sd_folder(meta["sd"])
     _quiet_loading()
     pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
+                                                   use_safetensors=True,
                                                    local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if lora:

@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,11 @@ from fairdiff.training.checkpoint import (
     prepare_run_dir,
     prune_checkpoints,
     resolve_resume,
+    write_file_list,
     write_model_folder,
 )
-from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
+from fairdiff.training.state import load_training_state, save_training_state
+from fairdiff.utils.io import append_jsonl, atomic_write_text, read_jsonl, write_json
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 log = logging.getLogger(__name__)
@@ -138,7 +141,7 @@ def train(
     if main:
         prepare_run_dir(run_dir, cfg, resume, overwrite)
     accelerator.wait_for_everyone()
-    ckpt = resolve_resume(run_dir, resume)
+    ckpt = resolve_resume(run_dir, resume, warn=main)
     seed_everything(derive_seed(tc.seed, "init"))
 
     # ---- data
@@ -223,15 +226,18 @@ def train(
     cudagraphs = tc.compile and tc.compile_mode in ("reduce-overhead", "max-autotune")
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    # what a checkpoint holds (training/state.py: safetensors and JSON only)
+    state = dict(modules={"model": accelerator.unwrap_model(unet),
+                          **{f"module-{k}": accelerator.unwrap_model(m) for k, m in extra.items()}},
+                 optimizer=optimizer, lr_sched=lr_sched, ema=ema, scaler=accelerator.scaler,
+                 rank=accelerator.process_index)
 
     # ---- resume
     start = 0
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        if ema is not None:  # accelerate loads registered objects with map_location="cpu": back to the device
+        start = load_training_state(ckpt, **state)
+        if ema is not None:  # the shadow parameters are read onto the CPU: back to the device
             ema.to(accelerator.device)
-        start = int(read_json(ckpt / "trainer_state.json")["step"])
         if main and (run_dir / "stats.jsonl").exists():  # drop log rows written after the checkpoint
             rows = [r for r in read_jsonl(run_dir / "stats.jsonl") if r.get("step", 0) <= start]
             atomic_write_text(run_dir / "stats.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -306,7 +312,7 @@ def train(
             _sample_grid(cfg, _ema_copy(accelerator.unwrap_model(unet), ema), noise_scheduler,
                          run_dir / "grids" / f"step-{done:07d}.png", vae=vae)
         if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done in (tc.steps, end):
-            _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit)
+            _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit, state)
     if bar is not None:
         bar.close()
     if end < tc.steps:  # stopped early on purpose: the checkpoint is the result
@@ -358,15 +364,18 @@ def _sample_grid(cfg: RunConfig, unet, noise_scheduler, path: Path, n: int = 16,
     save_grid(to_uint8(imgs), path, nrow=8)
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, limit: int) -> None:
-    """accelerate state into ``checkpoint-N.tmp``, then an atomic rename; old ones pruned to ``limit``."""
+def _save_checkpoint(accelerator, run_dir: Path, step: int, limit: int, state: dict) -> None:
+    """The training state into ``checkpoint-N.tmp``, its file list last, then an atomic rename; old ones pruned."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f"checkpoint-{step}.tmp"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while saving
+    accelerator.wait_for_everyone()
+    save_training_state(tmp, step=step, main=accelerator.is_main_process, **state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", {"step": step})
+        write_file_list(tmp, step)
         atomic_dir_replace(tmp, final)
         prune_checkpoints(run_dir, max(1, limit))
     accelerator.wait_for_everyone()
