@@ -123,22 +123,78 @@ def resolve_resume(run_dir: Path, resume: str | None, warn: bool = True) -> Path
     return p
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool) -> None:
-    """Refuse to mix runs: a folder that holds another run needs --resume (same config) or --overwrite."""
-    cfg_file = run_dir / "config.yaml"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not cfg_file.exists():
-            raise RunDirError(f"output folder {run_dir} is not empty and holds no fairdiff run; use --overwrite")
-        elif resume is None:
-            raise RunDirError(f"output folder {run_dir} already holds a run; use --resume latest or --overwrite")
-        else:
-            old = load_config(cfg_file)
-            if dump_config(old) != dump_config(cfg):
-                diff = _first_difference(json.loads(json.dumps(_flat(old))), _flat(cfg))
-                raise RunDirError(f"cannot resume {run_dir}: its config differs ({diff}); use --overwrite")
+RUN_LEGACY = {"run": ["config.yaml", "manifest.json"]}  # run folders written before the .fairdiff.json marker
+LOCK_FILE = ".fairdiff.lock"
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``fcntl.flock`` on ``RUN/.fairdiff.lock``, held while training.
+
+    The lock goes with the process: a killed run leaves no stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        f = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - no flock on this platform: no lock
+            pass
+        except OSError:
+            f.close()
+            raise RunDirError(f"{self.path.parent} is being written by another fairdiff process (it holds "
+                              f"{LOCK_FILE}); wait for it to finish or choose another --out") from None
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool) -> RunLock:
+    """Check the run folder before any work and lock it; return the held :class:`RunLock`.
+
+    A folder is used when it is new or empty; a fairdiff run folder needs --resume (same config) or --overwrite,
+    which removes only a run folder that fairdiff wrote, never the current folder, one of its parents, or an
+    input of this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint).
+    """
+    from fairdiff.utils.outputs import OutputDirError, check_output_dir, folder_kind, write_marker
+
+    inputs = [p for p in (cfg.model.pretrained, cfg.model.vae, cfg.data.path) if p]
+    if resume not in (None, "latest"):
+        inputs.append(resume)
+    is_run = run_dir.is_dir() and folder_kind(run_dir, RUN_LEGACY) == "run"
+    if is_run and resume is not None and not overwrite:
+        action = "reuse"
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise OutputDirError(f"output {run_dir} is not writable (permission denied)")
+        old = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        if old is not None and dump_config(old) != dump_config(cfg):
+            diff = _first_difference(json.loads(json.dumps(_flat(old))), _flat(cfg))
+            raise RunDirError(f"cannot resume {run_dir}: its config differs ({diff}); use --overwrite")
+    elif is_run and not overwrite:
+        raise RunDirError(f"output folder {run_dir} already holds a run; use --resume latest or --overwrite")
+    else:
+        action = check_output_dir(run_dir, "run", overwrite=overwrite, inputs=inputs, legacy_files=RUN_LEGACY)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir).acquire()  # before anything is removed: a running writer keeps its folder
+    try:
+        if action == "replace":
+            for p in run_dir.iterdir():
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        write_marker(run_dir, "run")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _flat(cfg: RunConfig) -> dict:
@@ -191,7 +247,8 @@ def load_module_state(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None, vae=None) -> None:
+def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None, vae=None,
+                       marker: str | None = None) -> None:
     """Write a diffusers ``DDPMPipeline`` folder (loadable with ``DDPMPipeline.from_pretrained``) atomically.
 
     A latent model also gets ``vae/`` (its frozen ``AutoencoderKL``), which sampling decodes through.
@@ -205,6 +262,10 @@ def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None =
         save_module(module, tmp / name, config)
     if vae is not None:
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+    if marker is not None:  # fairdiff's own output folder (utils/outputs.py), marked before it appears
+        from fairdiff.utils.outputs import write_marker
+
+        write_marker(tmp, marker)
     atomic_dir_replace(tmp, folder)
 
 
@@ -244,15 +305,24 @@ def load_model_vae(run_or_model: str | Path, device: str | torch.device = "cpu")
     return load_vae(md / "vae", device)
 
 
+EXPORT_LEGACY = {"export": ["model_index.json", "unet", "scheduler"]}  # exports written before the marker
+
+
 def export_diffusers(run_or_model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's U-Net + scheduler (+ ``vae/`` of a latent model) as a diffusers ``DDPMPipeline`` folder."""
     from diffusers import DDPMScheduler
 
+    from fairdiff.utils.outputs import OutputDirError, check_output_dir
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(f"export folder {out} is not empty; use --overwrite")
+    source = model_dir(run_or_model)
+    inside = [Path(run_or_model).resolve(), source.resolve()]
+    if any(out.resolve() == p or p in out.resolve().parents or out.resolve() in p.parents for p in inside):
+        raise OutputDirError(f"export folder {out} overlaps the model it exports ({run_or_model}); choose another")
+    check_output_dir(out, "export", overwrite=overwrite, inputs=[run_or_model], legacy_files=EXPORT_LEGACY)
     unet, sched_cfg = load_run_model(run_or_model)
-    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg), vae=load_model_vae(run_or_model))
+    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg), vae=load_model_vae(run_or_model),
+                       marker="export")
     return out
 
 

@@ -131,19 +131,29 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
     run_dir = Path(run_dir)
-    tc = cfg.train
     accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=cfg.train.mixed_precision,
         log_with=_tracker(),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
-    main = accelerator.is_main_process
-    if main:
-        prepare_run_dir(run_dir, cfg, resume, overwrite)
+    # the folder is checked before any work and locked (one writer) until this function returns
+    lock = prepare_run_dir(run_dir, cfg, resume, overwrite) if accelerator.is_main_process else None
+    try:
+        return _train(cfg, run_dir, accelerator, resume=resume, quiet=quiet, data=data, stop_after=stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, quiet: bool,
+           data: PreparedData | None, stop_after: int | None) -> TrainResult:
+    """The body of :func:`train`, run while the run folder is locked."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    tc, main = cfg.train, accelerator.is_main_process
     accelerator.wait_for_everyone()
     ckpt = resolve_resume(run_dir, resume, warn=main)
     seed_everything(derive_seed(tc.seed, "init"))
