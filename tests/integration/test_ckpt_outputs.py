@@ -129,3 +129,12 @@ def test_export_overwrite_only_replaces_an_export(run, capsys, tmp_path):
     assert main(["train", *ARGS, "--out", str(exp), "--overwrite", "--quiet"]) == 2  # an export is not a run
     _one_error(capsys, "export")
     assert (exp / "unet").is_dir()
+
+
+@pytest.mark.parametrize("bad", [["--stop-after", "-5"], ["--stop-after", "0"], ["train.lr=.nan"],
+                                 ["train.ema_decay=5"]])
+def test_bad_train_inputs_refused_before_any_work(tmp_path, capsys, bad):
+    out = tmp_path / "never"
+    assert main(["train", *ARGS, *bad, "--out", str(out), "--quiet"]) == 2
+    _one_error(capsys, "error:")
+    assert not out.exists()

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from fairdiff.training.steps import optimizer_step, record_parts, window_means
-from fairdiff.config import RunConfig, save_config
+from fairdiff.config import RunConfig, save_config, validate
 from fairdiff.data import PreparedData, prepare_data
-from fairdiff.errors import FairdiffError
+from fairdiff.errors import ConfigError, FairdiffError
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.models import build_noise_scheduler, build_sampling_scheduler, build_unet
@@ -132,6 +132,9 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    validate(cfg)  # a config built in code gets the same checks as one read from YAML
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after: must be at least 1, got {stop_after}")
     run_dir = Path(run_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
@@ -188,8 +191,6 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
     if cfg.model.pretrained:
         unet, _ = load_run_model(cfg.model.pretrained)
         if unet.config.sample_size != h or unet.config.in_channels != c:
-            from fairdiff.errors import ConfigError
-
             raise ConfigError(
                 f"model.pretrained: {cfg.model.pretrained} is {unet.config.in_channels}x{unet.config.sample_size}"
                 f" but the data is {c}x{h}"
