@@ -138,3 +138,28 @@ def test_bad_train_inputs_refused_before_any_work(tmp_path, capsys, bad):
     assert main(["train", *ARGS, *bad, "--out", str(out), "--quiet"]) == 2
     _one_error(capsys, "error:")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", [["train-vae", *TINY, "train.steps=1"],
+                                 ["sd-finetune", *TINY, "train.steps=1", "--sd", "no-such-sd"]])
+def test_vae_and_sd_runs_never_overwrite_foreign_folders(tmp_path, capsys, monkeypatch, cmd):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(mine)
+    assert main([*cmd, "--out", ".", "--overwrite", "--quiet"]) == 2
+    _one_error(capsys, "current directory")
+    monkeypatch.chdir(tmp_path)
+    assert main([*cmd, "--out", str(mine), "--overwrite", "--quiet"]) == 2
+    _one_error(capsys, "not written by fairdiff")
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+
+
+def test_train_vae_overwrite_replaces_its_own_folder(tmp_path, capsys):
+    out = tmp_path / "vae"
+    args = ["train-vae", *TINY, "train.steps=1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert json.loads((out / ".fairdiff.json").read_text())["kind"] == "vae"
+    assert main(args) == 2
+    _one_error(capsys, "--overwrite")
+    assert main([*args, "--overwrite"]) == 0 and (out / "vae").is_dir()
