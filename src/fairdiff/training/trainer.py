@@ -9,6 +9,10 @@
 
 Everything random in a step comes from generators derived from (seed, step, rank) and the data order is a
 function of (seed, position), so a resumed run continues exactly where it stopped.
+
+The run folder is locked while training (one writer). Checkpoints hold safetensors and JSON only
+(training/state.py). SIGINT / SIGTERM finish the step, save a checkpoint and stop; a loss or weights that turn
+inf / nan stop the run with one line before anything non-finite is logged or saved.
 """
 
 from __future__ import annotations
