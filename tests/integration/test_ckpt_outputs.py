@@ -163,3 +163,13 @@ def test_train_vae_overwrite_replaces_its_own_folder(tmp_path, capsys):
     assert main(args) == 2
     _one_error(capsys, "--overwrite")
     assert main([*args, "--overwrite"]) == 0 and (out / "vae").is_dir()
+
+
+def test_a_start_that_failed_before_any_work_does_not_block_the_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    # model.pretrained of the wrong shape fails after the folder was claimed, before any training
+    bad = ["model.pretrained=" + str(tmp_path / "missing")]
+    assert main(["train", *ARGS, *bad, "--out", str(out), "--quiet"]) == 2
+    _one_error(capsys, "error:")
+    assert {p.name for p in out.iterdir()} <= {".fairdiff.json", ".fairdiff.lock"}
+    assert main(["train", *ARGS, "--out", str(out), "--quiet"]) == 0

@@ -165,13 +165,17 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite
     which removes only a run folder that fairdiff wrote, never the current folder, one of its parents, or an
     input of this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint).
     """
-    from fairdiff.utils.outputs import OutputDirError, check_output_dir, folder_kind, write_marker
+    from fairdiff.utils.outputs import MARKER, OutputDirError, check_output_dir, folder_kind, write_marker
 
     inputs = [p for p in (cfg.model.pretrained, cfg.model.vae, cfg.data.path) if p]
     if resume not in (None, "latest"):
         inputs.append(resume)
     is_run = run_dir.is_dir() and folder_kind(run_dir, RUN_LEGACY) == "run"
-    if is_run and resume is not None and not overwrite:
+    if is_run and {p.name for p in run_dir.iterdir()} <= {MARKER, LOCK_FILE}:  # a start that failed before work
+        action = "new"
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise OutputDirError(f"output {run_dir} is not writable (permission denied)")
+    elif is_run and resume is not None and not overwrite:
         action = "reuse"
         if not os.access(run_dir, os.W_OK | os.X_OK):
             raise OutputDirError(f"output {run_dir} is not writable (permission denied)")

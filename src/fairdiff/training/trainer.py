@@ -179,9 +179,6 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
             "nmi_with_attribute": cluster_agreement(clusters, data.train_groups.numpy()),
         }
         groups, num_groups = torch.from_numpy(clusters), k
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "manifest.json", manifest)
 
     # ---- latent space (model.vae, see training/latent.py): train on frozen-VAE latents instead of pixels
     images, vae = data.train_images, None
@@ -206,8 +203,11 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
     objective: Objective = build_objective(cfg.method)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
     facts = objective.prepare(unet, images, groups)
-    if facts and main:
-        write_json(run_dir / "method.json", facts)
+    if main:  # written once data, model and objective are known to fit (a failed start leaves the folder free)
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "manifest.json", manifest)
+        if facts:
+            write_json(run_dir / "method.json", facts)
     if tc.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if cfg.model.lora:  # fine-tune low-rank adapters only; merged into the U-Net when the model is saved
