@@ -109,7 +109,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     log_every: int = 10
     sample_every: int = 0  # 0 = no periodic sample grids
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # 0 = only the last step's checkpoint (and one on SIGINT / SIGTERM)
     checkpoint_total_limit: int = 2
     seed: int = 0
     gradient_checkpointing: bool = False  # trade compute for memory (used by sd-finetune)
@@ -331,9 +331,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.lora_rank must be >= 1, model.lora_alpha > 0 and model.lora_targets not empty")
     _at_least(mc, "model", 1, "num_train_timesteps")
     t = cfg.train
-    _at_least(t, "train", 1, "steps", "batch_size", "grad_accum", "log_every", "checkpoint_every",
-              "checkpoint_total_limit")
-    _at_least(t, "train", 0, "warmup_steps", "sample_every", "weight_decay")
+    _at_least(t, "train", 1, "steps", "batch_size", "grad_accum", "log_every", "checkpoint_total_limit")
+    _at_least(t, "train", 0, "warmup_steps", "sample_every", "checkpoint_every", "weight_decay")
     if t.lr <= 0:
         raise ConfigError(f"train.lr: must be positive, got {t.lr}")
     if t.max_grad_norm <= 0:

@@ -60,7 +60,7 @@ BAD_VALUES = [
     ("train.lr=.nan", "train.lr"), ("train.lr=inf", "train.lr"),
     ("train.ema_decay=5", "train.ema_decay"), ("train.ema_decay=1", "train.ema_decay"),
     ("train.ema_decay=-0.1", "train.ema_decay"), ("train.warmup_steps=-10", "train.warmup_steps"),
-    ("train.log_every=0", "train.log_every"), ("train.checkpoint_every=0", "train.checkpoint_every"),
+    ("train.log_every=0", "train.log_every"), ("train.checkpoint_every=-1", "train.checkpoint_every"),
     ("train.checkpoint_total_limit=0", "train.checkpoint_total_limit"), ("train.sample_every=-1", "train.sample_every"),
     ("train.adam_beta1=1.5", "train.adam_beta1"), ("train.adam_beta2=-0.5", "train.adam_beta2"),
     ("train.max_grad_norm=0", "train.max_grad_norm"), ("train.weight_decay=-1", "train.weight_decay"),
@@ -92,7 +92,7 @@ def test_bad_values_are_one_line_naming_the_key(override, key):
 
 @pytest.mark.parametrize("override", ["train.ema_decay=0", "train.ema_decay=0.9999", "train.warmup_steps=0",
                                       "data.heldout_per_group=0", "sample.eta=1.0", "train.sample_every=0",
-                                      "model.num_train_timesteps=50"])
+                                      "train.checkpoint_every=0", "model.num_train_timesteps=50"])
 def test_edge_values_are_accepted(override):
     load_config(None, [override])
 
