@@ -8,6 +8,7 @@ unknown keys and values of the wrong type are rejected with one line that names 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     log_every: int = 10
     sample_every: int = 0  # 0 = no periodic sample grids
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # 0 = only the last step's checkpoint (and one on SIGINT / SIGTERM)
     checkpoint_total_limit: int = 2
     seed: int = 0
     gradient_checkpointing: bool = False  # trade compute for memory (used by sd-finetune)
@@ -261,8 +262,33 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every number in the config is finite (``.nan`` / ``.inf`` from YAML or an override are refused)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{prefix}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix}: must be a finite number, got {node}")
+
+
+def _at_least(owner: Any, section: str, low: int | float, *keys: str) -> None:
+    for key in keys:
+        v = getattr(owner, key)
+        if v is not None and v < low:
+            raise ConfigError(f"{section}.{key}: must be at least {low}, got {v}")
+
+
+def _in_range(key: str, v: float, low: float, high: float, closed_high: bool = False) -> None:
+    if not (low <= v <= high if closed_high else low <= v < high):
+        raise ConfigError(f"{key}: must lie in [{low:g}, {high:g}{']' if closed_high else ')'}, got {v:g}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Cross-field checks that a type alone cannot express."""
+    """Value ranges and cross-field checks that a type alone cannot express; one line naming the key."""
+    _check_finite(cfg)
     d = cfg.data
     if len(d.groups) < 2:
         raise ConfigError("data.groups: need at least two groups")
@@ -274,6 +300,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.shares: must be non-negative and sum to 1, got {d.shares} (sum {sum(d.shares):g})")
     if d.resolution < 8 or d.resolution % 4:
         raise ConfigError(f"data.resolution: must be a multiple of 4 and at least 8, got {d.resolution}")
+    _at_least(d, "data", 0, "heldout_per_group")
+    _at_least(d, "data", 1, "size", "synthetic_size", "channels")
+    _at_least(d, "data", 2, "synthetic_classes")
     for name, tgt in (("method.target", cfg.method.target), ("eval.target", cfg.eval.target)):
         if tgt is not None:
             if len(tgt) != len(d.groups):
@@ -283,6 +312,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     m = cfg.method
     if not 0.0 <= m.alpha <= 1.0:
         raise ConfigError(f"method.alpha: must lie in [0, 1], got {m.alpha}")
+    _at_least(m, "method", 0, "reconstruction_weight", "preserve_weight")
+    _at_least(m, "method", 2, "num_clusters")
+    _at_least(m, "method", 1, "align_classifier_steps")
+    if any(w < 1 for w in m.indicator_widths):
+        raise ConfigError(f"method.indicator_widths: every width must be at least 1, got {m.indicator_widths}")
     if cfg.model.lora and not cfg.model.pretrained:
         raise ConfigError("model.lora fine-tunes adapters on a trained U-Net: set model.pretrained as well")
     if m.name == "align":
@@ -300,14 +334,31 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.vae_kl_weight must be >= 0 and model.vae_latent_channels >= 1")
     if mc.lora_rank < 1 or mc.lora_alpha <= 0 or not mc.lora_targets:
         raise ConfigError("model.lora_rank must be >= 1, model.lora_alpha > 0 and model.lora_targets not empty")
+    _at_least(mc, "model", 1, "num_train_timesteps")
     t = cfg.train
-    for key in ("steps", "batch_size", "grad_accum"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key}: must be at least 1, got {getattr(t, key)}")
+    _at_least(t, "train", 1, "steps", "batch_size", "grad_accum", "log_every", "checkpoint_total_limit")
+    _at_least(t, "train", 0, "warmup_steps", "sample_every", "checkpoint_every", "weight_decay")
     if t.lr <= 0:
         raise ConfigError(f"train.lr: must be positive, got {t.lr}")
-    if cfg.sample.n < 1 or cfg.sample.batch_size < 1 or cfg.sample.steps < 1:
+    if t.max_grad_norm <= 0:
+        raise ConfigError(f"train.max_grad_norm: must be positive, got {t.max_grad_norm}")
+    _in_range("train.ema_decay", t.ema_decay, 0.0, 1.0)
+    _in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0)
+    _in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0)
+    sc = cfg.sample
+    if sc.n < 1 or sc.batch_size < 1 or sc.steps < 1:
         raise ConfigError("sample.n, sample.batch_size and sample.steps must be at least 1")
+    _at_least(sc, "sample", 0, "eta")
+    for key, steps in (("sample.steps", sc.steps), ("method.align_steps", m.align_steps)):
+        if steps > mc.num_train_timesteps:
+            raise ConfigError(f"{key}: must be at most model.num_train_timesteps ({mc.num_train_timesteps}), "
+                              f"got {steps}")
+    e = cfg.eval
+    _at_least(e, "eval", 0, "bootstrap")
+    _at_least(e, "eval", 1, "n_samples", "classifier_steps", "pr_k", "batch_size")
+    _in_range("eval.confidence", e.confidence, 0.0, 1.0)
+    if e.confidence == 0:
+        raise ConfigError(f"eval.confidence: must lie in (0, 1), got {e.confidence:g}")
     return cfg
 
 
@@ -348,7 +399,13 @@ def read_yaml_file(path: str | Path, what: str = "config file", error: type[Conf
     if not p.is_file():
         raise error(f"{what} not found: {p}")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {p} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
+    except OSError as e:
+        raise error(f"{what} {p} cannot be read: {e.strerror or e}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise error(f"{what} {p} is not valid YAML: {str(e).splitlines()[0]}") from None
 

@@ -75,9 +75,9 @@ def load_sd(path: str | Path, device: str | torch.device = "cpu") -> SDComponent
     p = check_sd_folder(path)
     _quiet_loading()
     loaders = {
-        "unet": lambda d: UNet2DConditionModel.from_pretrained(d, local_files_only=True),
-        "vae": lambda d: AutoencoderKL.from_pretrained(d, local_files_only=True),
-        "text_encoder": lambda d: CLIPTextModel.from_pretrained(d, local_files_only=True),
+        "unet": lambda d: UNet2DConditionModel.from_pretrained(d, local_files_only=True, use_safetensors=True),
+        "vae": lambda d: AutoencoderKL.from_pretrained(d, local_files_only=True, use_safetensors=True),
+        "text_encoder": lambda d: CLIPTextModel.from_pretrained(d, local_files_only=True, use_safetensors=True),
         "tokenizer": lambda d: CLIPTokenizer.from_pretrained(d, local_files_only=True),
         "scheduler": lambda d: DDPMScheduler.from_pretrained(d, local_files_only=True).config,
     }

@@ -105,6 +105,6 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu"):
     """Load a frozen, eval-mode ``AutoencoderKL`` from a VAE, model or ``train-vae`` folder."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(str(vae_folder(path))).to(device)
+    vae = AutoencoderKL.from_pretrained(str(vae_folder(path)), use_safetensors=True).to(device)  # never pickle
     vae.requires_grad_(False)
     return vae.eval()

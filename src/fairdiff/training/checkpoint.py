@@ -1,14 +1,17 @@
 """Run folders, atomic checkpoints, and the diffusers-format model folder.
 
-Run folder: ``config.yaml``, ``manifest.json``, ``stats.jsonl``, ``checkpoint-N/`` (accelerate state: model,
-optimizer, LR schedule, EMA, RNG states, plus ``trainer_state.json`` with the step), ``model/`` (a diffusers
+Run folder: ``config.yaml``, ``manifest.json``, ``stats.jsonl``, ``checkpoint-N/`` (model, objective modules,
+optimizer, LR schedule, EMA, RNG states and the step, as safetensors and JSON only; see
+:mod:`fairdiff.training.state`; ``files.json`` lists each file's size and SHA-256), ``model/`` (a diffusers
 ``DDPMPipeline`` folder: ``unet/``, ``scheduler/``, ``model_index.json``; plus one folder per objective module,
 e.g. ``indicator/``), ``samples/``, ``report.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,18 +22,23 @@ from safetensors.torch import load_file, save_file
 
 from fairdiff.config import RunConfig, dump_config, load_config
 from fairdiff.errors import RunDirError
+from fairdiff.training.state import ALLOWED, FILE_LIST, STATE_FILE
+from fairdiff.utils.io import write_json
+
+log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` folder of the run, oldest first (intact or not: see :func:`check_checkpoint`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     out = []
     for p in run_dir.iterdir():
         m = CKPT_RE.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").exists():
+        if m and p.is_dir():
             out.append((int(m.group(1)), p))
     return sorted(out)
 
@@ -40,34 +48,157 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return cks[-1][1] if cks else None
 
 
-def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
-    """``latest`` -> newest checkpoint (None if there is none yet); a path -> that checkpoint."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_file_list(folder: Path, step: int) -> None:
+    """Record the size and SHA-256 of every file of a finished checkpoint in ``files.json`` (written last)."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.name != FILE_LIST}
+    write_json(folder / FILE_LIST, {"format": 1, "step": step, "files": files})
+
+
+def check_checkpoint(folder: Path) -> str | None:
+    """Why ``folder`` is not an intact checkpoint (None when it is).
+
+    A file that a checkpoint never holds (a pickle, a folder, any other name) raises :class:`RunDirError`: it is
+    never read, and a checkpoint that carries one is not used.
+    """
+    foreign = sorted(p.name for p in folder.iterdir() if not (p.is_file() and ALLOWED.match(p.name)))
+    if foreign:
+        raise RunDirError(
+            f"checkpoint {folder} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which fairdiff "
+            "never loads (checkpoints hold only safetensors and JSON); remove that file or the checkpoint")
+    try:
+        listed = json.loads((folder / FILE_LIST).read_text(encoding="utf-8"))["files"]
+        assert isinstance(listed, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{FILE_LIST} is missing or unreadable"
+    present = {p.name for p in folder.iterdir()} - {FILE_LIST}
+    if present != set(listed):
+        return f"its files differ from {FILE_LIST} ({', '.join(sorted(present ^ set(listed))[:3])})"
+    for name, facts in listed.items():
+        p = folder / name
+        try:
+            if p.stat().st_size != facts["bytes"]:
+                return f"{name} has {p.stat().st_size} bytes, not {facts['bytes']}"
+            if _sha256(p) != facts["sha256"]:
+                return f"{name} does not match its SHA-256"
+        except (OSError, KeyError, TypeError):
+            return f"{name} cannot be checked"
+    return None
+
+
+def resolve_resume(run_dir: Path, resume: str | None, warn: bool = True) -> Path | None:
+    """``latest`` -> the newest intact checkpoint (None if there is none yet); a path -> that checkpoint.
+
+    A damaged newest checkpoint is skipped with a warning naming it; if checkpoints exist but none is intact,
+    or a checkpoint holds a file that checkpoints never hold, one :class:`RunDirError`.
+    """
     if resume is None:
         return None
     if resume == "latest":
-        return latest_checkpoint(run_dir)
+        cks = list_checkpoints(run_dir)
+        for _, p in reversed(cks):
+            why = check_checkpoint(p)
+            if why is None:
+                return p
+            if warn:
+                log.warning("skipping damaged checkpoint %s: %s", p, why)
+        if cks:
+            raise RunDirError(f"no intact checkpoint in {run_dir} to resume from (the newest, {cks[-1][1].name}, "
+                              "is damaged); start again with --overwrite")
+        return None
     p = Path(resume)
-    if not (p / "trainer_state.json").exists():
+    if not p.is_dir() or not (p / STATE_FILE).exists():
         raise RunDirError(f"--resume {resume}: not a checkpoint folder")
+    why = check_checkpoint(p)
+    if why is not None:
+        raise RunDirError(f"--resume {resume}: the checkpoint is damaged ({why})")
     return p
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool) -> None:
-    """Refuse to mix runs: a folder that holds another run needs --resume (same config) or --overwrite."""
-    cfg_file = run_dir / "config.yaml"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not cfg_file.exists():
-            raise RunDirError(f"output folder {run_dir} is not empty and holds no fairdiff run; use --overwrite")
-        elif resume is None:
-            raise RunDirError(f"output folder {run_dir} already holds a run; use --resume latest or --overwrite")
-        else:
-            old = load_config(cfg_file)
-            if dump_config(old) != dump_config(cfg):
-                diff = _first_difference(json.loads(json.dumps(_flat(old))), _flat(cfg))
-                raise RunDirError(f"cannot resume {run_dir}: its config differs ({diff}); use --overwrite")
+RUN_LEGACY = {"run": ["config.yaml", "manifest.json"]}  # run folders written before the .fairdiff.json marker
+LOCK_FILE = ".fairdiff.lock"
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``fcntl.flock`` on ``RUN/.fairdiff.lock``, held while training.
+
+    The lock goes with the process: a killed run leaves no stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        f = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - no flock on this platform: no lock
+            pass
+        except OSError:
+            f.close()
+            raise RunDirError(f"{self.path.parent} is being written by another fairdiff process (it holds "
+                              f"{LOCK_FILE}); wait for it to finish or choose another --out") from None
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool) -> RunLock:
+    """Check the run folder before any work and lock it; return the held :class:`RunLock`.
+
+    A folder is used when it is new or empty; a fairdiff run folder needs --resume (same config) or --overwrite,
+    which removes only a run folder that fairdiff wrote, never the current folder, one of its parents, or an
+    input of this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint).
+    """
+    from fairdiff.utils.outputs import MARKER, OutputDirError, check_output_dir, folder_kind, write_marker
+
+    inputs = [p for p in (cfg.model.pretrained, cfg.model.vae, cfg.data.path) if p]
+    if resume not in (None, "latest"):
+        inputs.append(resume)
+    is_run = run_dir.is_dir() and folder_kind(run_dir, RUN_LEGACY) == "run"
+    if is_run and {p.name for p in run_dir.iterdir()} <= {MARKER, LOCK_FILE}:  # a start that failed before work
+        action = "new"
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise OutputDirError(f"output {run_dir} is not writable (permission denied)")
+    elif is_run and resume is not None and not overwrite:
+        action = "reuse"
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise OutputDirError(f"output {run_dir} is not writable (permission denied)")
+        old = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        if old is not None and dump_config(old) != dump_config(cfg):
+            diff = _first_difference(json.loads(json.dumps(_flat(old))), _flat(cfg))
+            raise RunDirError(f"cannot resume {run_dir}: its config differs ({diff}); use --overwrite")
+    elif is_run and not overwrite:
+        raise RunDirError(f"output folder {run_dir} already holds a run; use --resume latest or --overwrite")
+    else:
+        action = check_output_dir(run_dir, "run", overwrite=overwrite, inputs=inputs, legacy_files=RUN_LEGACY)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir).acquire()  # before anything is removed: a running writer keeps its folder
+    try:
+        if action == "replace":
+            for p in run_dir.iterdir():
+                if p.name != LOCK_FILE:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        write_marker(run_dir, "run")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _flat(cfg: RunConfig) -> dict:
@@ -120,7 +251,8 @@ def load_module_state(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
-def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None, vae=None) -> None:
+def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None, vae=None,
+                       marker: str | None = None) -> None:
     """Write a diffusers ``DDPMPipeline`` folder (loadable with ``DDPMPipeline.from_pretrained``) atomically.
 
     A latent model also gets ``vae/`` (its frozen ``AutoencoderKL``), which sampling decodes through.
@@ -134,6 +266,10 @@ def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None =
         save_module(module, tmp / name, config)
     if vae is not None:
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+    if marker is not None:  # fairdiff's own output folder (utils/outputs.py), marked before it appears
+        from fairdiff.utils.outputs import write_marker
+
+        write_marker(tmp, marker)
     atomic_dir_replace(tmp, folder)
 
 
@@ -151,9 +287,15 @@ def load_run_model(run_or_model: str | Path, device: str | torch.device = "cpu")
     """Load ``(unet, noise_scheduler_config)`` from a run or model folder."""
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from safetensors import SafetensorError
+
     md = model_dir(run_or_model)
-    unet = UNet2DModel.from_pretrained(str(md / "unet")).to(device)
-    sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
+    try:  # safetensors only: a pickled ``.bin`` beside or instead of the weights is never read
+        unet = UNet2DModel.from_pretrained(str(md / "unet"), use_safetensors=True).to(device)
+        sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunDirError(f"cannot load the model in {md}: {first[:300]}") from None
     return unet, sched.config
 
 
@@ -167,15 +309,24 @@ def load_model_vae(run_or_model: str | Path, device: str | torch.device = "cpu")
     return load_vae(md / "vae", device)
 
 
+EXPORT_LEGACY = {"export": ["model_index.json", "unet", "scheduler"]}  # exports written before the marker
+
+
 def export_diffusers(run_or_model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's U-Net + scheduler (+ ``vae/`` of a latent model) as a diffusers ``DDPMPipeline`` folder."""
     from diffusers import DDPMScheduler
 
+    from fairdiff.utils.outputs import OutputDirError, check_output_dir
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(f"export folder {out} is not empty; use --overwrite")
+    source = model_dir(run_or_model)
+    inside = [Path(run_or_model).resolve(), source.resolve()]
+    if any(out.resolve() == p or p in out.resolve().parents or out.resolve() in p.parents for p in inside):
+        raise OutputDirError(f"export folder {out} overlaps the model it exports ({run_or_model}); choose another")
+    check_output_dir(out, "export", overwrite=overwrite, inputs=[run_or_model], legacy_files=EXPORT_LEGACY)
     unet, sched_cfg = load_run_model(run_or_model)
-    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg), vae=load_model_vae(run_or_model))
+    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg), vae=load_model_vae(run_or_model),
+                       marker="export")
     return out
 
 

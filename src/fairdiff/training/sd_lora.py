@@ -32,9 +32,11 @@ from fairdiff.errors import ConfigError, RunDirError
 from fairdiff.methods import DataInfo, build_objective
 from fairdiff.models.sd import TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
 from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, write_json
+from fairdiff.utils.outputs import check_output_dir, replace_output_dir
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+SD_RUN_LEGACY = {"sd-run": ["config.yaml", "sd.json"]}  # sd-finetune runs written before the .fairdiff.json marker
 
 
 @dataclass
@@ -154,8 +156,9 @@ def finetune_sd_lora(
 
     run_dir = Path(run_dir)
     tc, mc = cfg.train, cfg.model
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise RunDirError(f"output folder {run_dir} is not empty; use --overwrite")
+    # a new or empty folder, or (with --overwrite) an sd-finetune run that fairdiff wrote; never the cwd or an input
+    inputs = [p for p in (sd_path, prompts_file, cfg.data.path) if p]
+    check_output_dir(run_dir, "sd-run", overwrite=overwrite, inputs=inputs, legacy_files=SD_RUN_LEGACY)
     prompts = read_prompts(prompt, prompts_file)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     dev, main = accelerator.device, accelerator.is_main_process
@@ -191,9 +194,7 @@ def finetune_sd_lora(
         groups, num_groups = torch.from_numpy(cluster_groups(data.train_images, k, seed=tc.seed)), k
         manifest["clusters"] = {"k": k, "counts": np.bincount(groups.numpy(), minlength=k).tolist()}
     if main:  # the run folder is written by the main process only
-        if run_dir.exists() and overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        replace_output_dir(run_dir, "sd-run", inputs=inputs, legacy_files=SD_RUN_LEGACY)
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "manifest.json", manifest)
         write_json(run_dir / "sd.json", {"sd": str(Path(sd_path).resolve()), "prompts": prompts,
@@ -318,6 +319,7 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
     base = check_sd_folder(meta["sd"])
     _quiet_loading()
     pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
+                                                   use_safetensors=True,
                                                    local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if lora:

@@ -9,6 +9,10 @@
 
 Everything random in a step comes from generators derived from (seed, step, rank) and the data order is a
 function of (seed, position), so a resumed run continues exactly where it stopped.
+
+The run folder is locked while training (one writer). Checkpoints hold safetensors and JSON only
+(training/state.py). SIGINT / SIGTERM finish the step, save a checkpoint and stop; a loss or weights that turn
+inf / nan stop the run with one line before anything non-finite is logged or saved.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import copy
 import json
 import logging
 import math
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +32,25 @@ import numpy as np
 import torch
 
 from fairdiff.training.steps import optimizer_step, record_parts, window_means
-from fairdiff.config import RunConfig, save_config
+from fairdiff.config import RunConfig, save_config, validate
 from fairdiff.data import PreparedData, prepare_data
+from fairdiff.errors import ConfigError, FairdiffError
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.models import build_noise_scheduler, build_sampling_scheduler, build_unet
 from fairdiff.models.lora import add_unet_lora, merge_lora
 from fairdiff.training.checkpoint import (
     atomic_dir_replace,
+    latest_checkpoint,
     load_run_model,
     prepare_run_dir,
     prune_checkpoints,
     resolve_resume,
+    write_file_list,
     write_model_folder,
 )
-from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
+from fairdiff.training.state import load_training_state, save_training_state
+from fairdiff.utils.io import append_jsonl, atomic_write_text, read_jsonl, write_json
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 log = logging.getLogger(__name__)
@@ -124,21 +135,34 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
+    validate(cfg)  # a config built in code gets the same checks as one read from YAML
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after: must be at least 1, got {stop_after}")
     run_dir = Path(run_dir)
-    tc = cfg.train
     accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=cfg.train.mixed_precision,
         log_with=_tracker(),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
-    main = accelerator.is_main_process
-    if main:
-        prepare_run_dir(run_dir, cfg, resume, overwrite)
+    # the folder is checked before any work and locked (one writer) until this function returns
+    lock = prepare_run_dir(run_dir, cfg, resume, overwrite) if accelerator.is_main_process else None
+    try:
+        return _train(cfg, run_dir, accelerator, resume=resume, quiet=quiet, data=data, stop_after=stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, quiet: bool,
+           data: PreparedData | None, stop_after: int | None) -> TrainResult:
+    """The body of :func:`train`, run while the run folder is locked."""
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    tc, main = cfg.train, accelerator.is_main_process
     accelerator.wait_for_everyone()
-    ckpt = resolve_resume(run_dir, resume)
+    ckpt = resolve_resume(run_dir, resume, warn=main)
     seed_everything(derive_seed(tc.seed, "init"))
 
     # ---- data
@@ -155,9 +179,6 @@ def train(
             "nmi_with_attribute": cluster_agreement(clusters, data.train_groups.numpy()),
         }
         groups, num_groups = torch.from_numpy(clusters), k
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "manifest.json", manifest)
 
     # ---- latent space (model.vae, see training/latent.py): train on frozen-VAE latents instead of pixels
     images, vae = data.train_images, None
@@ -171,8 +192,6 @@ def train(
     if cfg.model.pretrained:
         unet, _ = load_run_model(cfg.model.pretrained)
         if unet.config.sample_size != h or unet.config.in_channels != c:
-            from fairdiff.errors import ConfigError
-
             raise ConfigError(
                 f"model.pretrained: {cfg.model.pretrained} is {unet.config.in_channels}x{unet.config.sample_size}"
                 f" but the data is {c}x{h}"
@@ -184,8 +203,11 @@ def train(
     objective: Objective = build_objective(cfg.method)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
     facts = objective.prepare(unet, images, groups)
-    if facts and main:
-        write_json(run_dir / "method.json", facts)
+    if main:  # written once data, model and objective are known to fit (a failed start leaves the folder free)
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "manifest.json", manifest)
+        if facts:
+            write_json(run_dir / "method.json", facts)
     if tc.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if cfg.model.lora:  # fine-tune low-rank adapters only; merged into the U-Net when the model is saved
@@ -223,15 +245,18 @@ def train(
     cudagraphs = tc.compile and tc.compile_mode in ("reduce-overhead", "max-autotune")
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    # what a checkpoint holds (training/state.py: safetensors and JSON only)
+    state = dict(modules={"model": accelerator.unwrap_model(unet),
+                          **{f"module-{k}": accelerator.unwrap_model(m) for k, m in extra.items()}},
+                 optimizer=optimizer, lr_sched=lr_sched, ema=ema, scaler=accelerator.scaler,
+                 rank=accelerator.process_index)
 
     # ---- resume
     start = 0
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        if ema is not None:  # accelerate loads registered objects with map_location="cpu": back to the device
+        start = load_training_state(ckpt, **state)
+        if ema is not None:  # the shadow parameters are read onto the CPU: back to the device
             ema.to(accelerator.device)
-        start = int(read_json(ckpt / "trainer_state.json")["step"])
         if main and (run_dir / "stats.jsonl").exists():  # drop log rows written after the checkpoint
             rows = [r for r in read_jsonl(run_dir / "stats.jsonl") if r.get("step", 0) <= start]
             atomic_write_text(run_dir / "stats.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -260,53 +285,67 @@ def train(
     for m in extra.values():
         m.train()
     end = tc.steps if stop_after is None else min(tc.steps, stop_after)
-    for step in range(start, end):
-        for micro in range(tc.grad_accum):
-            pos = step * tc.grad_accum + micro
-            mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
-            if batches is not None:
-                idx_t = batches(global_bs, pos)[mine]
-            else:
-                idx_t = torch.from_numpy(batch_indices(n, global_bs, pos, tc.seed)[mine])
-            pixels = images[idx_t].to(device)
-            if tc.channels_last:
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
-            batch = {"pixel_values": pixels, "group": groups[idx_t].to(device)}
-            if cfg.model.conditional:
-                batch["class_labels"] = conds[idx_t].to(device)
-            gen = make_generator(tc.seed, "noise", pos, rank)
-            last = micro == tc.grad_accum - 1
-            ctx = accelerator.no_sync(unet) if (not last and world > 1) else _nullcontext()
-            if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            with ctx:
-                out = objective.loss(denoiser, batch, noise_scheduler, gen)
-                accelerator.backward(out.total / tc.grad_accum)
-            record_parts(window, out, sync=False)  # floats once per log interval, not a host sync per step
-        optimizer_step(accelerator, params, optimizer, lr_sched, tc)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        done = step + 1
-        if bar is not None:
-            bar.update(1)
-        if done % tc.log_every == 0 or done == tc.steps:
-            row = window_means(window)
-            if device.type == "cuda":  # elapsed_s then counts the work queued so far (throughput from the log)
-                torch.cuda.synchronize(device)
-            last_loss = row.get("loss", math.nan)
-            row.update(step=done, lr=lr_sched.get_last_lr()[0], elapsed_s=round(time.time() - t0, 3))
-            window = {}
-            if main:
-                append_jsonl(run_dir / "stats.jsonl", [row])
-                if accelerator.trackers:
-                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=done)
+    health = _Health(accelerator, params)
+    with _StopOnSignal() as stop:
+        for step in range(start, end):
+            for micro in range(tc.grad_accum):
+                pos = step * tc.grad_accum + micro
+                mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
+                if batches is not None:
+                    idx_t = batches(global_bs, pos)[mine]
+                else:
+                    idx_t = torch.from_numpy(batch_indices(n, global_bs, pos, tc.seed)[mine])
+                pixels = images[idx_t].to(device)
+                if tc.channels_last:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                batch = {"pixel_values": pixels, "group": groups[idx_t].to(device)}
+                if cfg.model.conditional:
+                    batch["class_labels"] = conds[idx_t].to(device)
+                gen = make_generator(tc.seed, "noise", pos, rank)
+                last = micro == tc.grad_accum - 1
+                ctx = accelerator.no_sync(unet) if (not last and world > 1) else _nullcontext()
+                if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
+                with ctx:
+                    out = objective.loss(denoiser, batch, noise_scheduler, gen)
+                    accelerator.backward(out.total / tc.grad_accum)
+                record_parts(window, out, sync=False)  # floats once per log interval, not a host sync per step
+                health.record(out.total, step + 1)
+            optimizer_step(accelerator, params, optimizer, lr_sched, tc)
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            stopping = stop.requested(accelerator)  # SIGINT / SIGTERM: this step is done; save it and stop
+            log_now = done % tc.log_every == 0 or done == tc.steps
+            sample_now = bool(tc.sample_every) and done % tc.sample_every == 0
+            save_now = (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done in (tc.steps, end) or stopping
+            if log_now or sample_now or save_now:  # nothing non-finite is ever logged or saved
+                health.check(done, run_dir, weights=bool(save_now))
+            if log_now:
+                row = window_means(window)
+                if device.type == "cuda":  # elapsed_s then counts the work queued so far (throughput from the log)
+                    torch.cuda.synchronize(device)
+                last_loss = row.get("loss", math.nan)
+                row.update(step=done, lr=lr_sched.get_last_lr()[0], elapsed_s=round(time.time() - t0, 3))
+                window = {}
+                if main:
+                    append_jsonl(run_dir / "stats.jsonl", [row])
+                    if accelerator.trackers:
+                        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=done)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_loss:.4f}")
+            if sample_now and main:
+                _sample_grid(cfg, _ema_copy(accelerator.unwrap_model(unet), ema), noise_scheduler,
+                             run_dir / "grids" / f"step-{done:07d}.png", vae=vae)
+            if save_now:
+                _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit, state)
+            if stopping:
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}")
-        if tc.sample_every and done % tc.sample_every == 0 and main:
-            _sample_grid(cfg, _ema_copy(accelerator.unwrap_model(unet), ema), noise_scheduler,
-                         run_dir / "grids" / f"step-{done:07d}.png", vae=vae)
-        if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done in (tc.steps, end):
-            _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit)
+                    bar.close()
+                accelerator.end_training()
+                raise TrainingStopped(done, stop.signum)
     if bar is not None:
         bar.close()
     if end < tc.steps:  # stopped early on purpose: the checkpoint is the result
@@ -324,6 +363,80 @@ def train(
         _write_train_report(cfg, run_dir, manifest)
     accelerator.end_training()
     return TrainResult(run_dir, tc.steps, last_loss, time.time() - t0)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training ended by SIGINT / SIGTERM after saving a checkpoint at ``step``; the message says so."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"stopped at step {step}; checkpoint saved; continue with --resume latest")
+        self.step, self.signum = step, signum
+
+
+class TrainingDiverged(FairdiffError):
+    """The training loss (or the weights) became inf / nan; nothing after the last good checkpoint is saved."""
+
+
+class _StopOnSignal:
+    """While the loop runs, SIGINT / SIGTERM only set a flag: the step finishes, a checkpoint is saved, then the
+    run stops. A second signal acts at once (the previous handlers are back after the first)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, old in self._old.items():
+            if old is not None:
+                signal.signal(sig, old)
+        self._old = {}
+
+    def __exit__(self, *exc) -> bool:
+        self._restore()
+        return False
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process was signalled (all processes agree, so they stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return bool(self.signum)
+        flag = torch.tensor([float(bool(self.signum))], device=accelerator.device)
+        return bool(accelerator.gather(flag).max().item())
+
+
+class _Health:
+    """Notes the first step whose loss is inf / nan without a host sync per step; :meth:`check` runs before
+    anything is logged or saved, so a diverged run stops with one line and keeps its last good checkpoint."""
+
+    def __init__(self, accelerator, params: list) -> None:
+        self.accelerator, self.params = accelerator, params
+        self.first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 0 = none yet
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach().float())
+        self.first_bad = self.first_bad + ((self.first_bad == 0) & bad).long() * step
+
+    def check(self, step: int, run_dir: Path, weights: bool) -> None:
+        found = self.accelerator.gather(self.first_bad.reshape(1))
+        found = found[found > 0]
+        what = None
+        if len(found):
+            what = f"the training loss became inf/nan at step {int(found.min())}"
+        elif weights and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in self.params]).all()):
+            what = f"the weights became inf/nan by step {step}"
+        if what:
+            ck = latest_checkpoint(run_dir)
+            kept = f"the last good checkpoint, {ck.name}, is kept" if ck else "no checkpoint was saved"
+            raise TrainingDiverged(f"{what}; {kept}; lower train.lr or check the data")
 
 
 class _nullcontext:
@@ -358,15 +471,18 @@ def _sample_grid(cfg: RunConfig, unet, noise_scheduler, path: Path, n: int = 16,
     save_grid(to_uint8(imgs), path, nrow=8)
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, limit: int) -> None:
-    """accelerate state into ``checkpoint-N.tmp``, then an atomic rename; old ones pruned to ``limit``."""
+def _save_checkpoint(accelerator, run_dir: Path, step: int, limit: int, state: dict) -> None:
+    """The training state into ``checkpoint-N.tmp``, its file list last, then an atomic rename; old ones pruned."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f"checkpoint-{step}.tmp"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while saving
+    accelerator.wait_for_everyone()
+    save_training_state(tmp, step=step, main=accelerator.is_main_process, **state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(tmp / "trainer_state.json", {"step": step})
+        write_file_list(tmp, step)
         atomic_dir_replace(tmp, final)
         prune_checkpoints(run_dir, max(1, limit))
     accelerator.wait_for_everyone()

@@ -24,6 +24,7 @@ from fairdiff.config import RunConfig, save_config
 from fairdiff.errors import RunDirError
 from fairdiff.models.vae import build_vae, decode, encode, scaling_factor
 from fairdiff.utils.io import append_jsonl, write_json
+from fairdiff.utils.outputs import check_output_dir, replace_output_dir
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 
@@ -67,11 +68,10 @@ def train_vae(
     from fairdiff.training.trainer import batch_indices
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"output folder {out_dir} is not empty; use --overwrite")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # a new or empty folder, or (with --overwrite) a VAE folder that fairdiff wrote; never the cwd or an input
+    inputs, legacy = [p for p in (cfg.data.path,) if p], {"vae": ["config.yaml", "vae"]}
+    check_output_dir(out_dir, "vae", overwrite=overwrite, inputs=inputs, legacy_files=legacy)
+    replace_output_dir(out_dir, "vae", inputs=inputs, legacy_files=legacy)
     tc, mc = cfg.train, cfg.model
     seed_everything(derive_seed(tc.seed, "vae-init"))
     data = data or prepare_data(cfg.data)
