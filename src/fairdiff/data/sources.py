@@ -203,14 +203,20 @@ def load_folder(path: str | None, size: int, channels: int | None) -> ImageSet:
     if not folder.is_dir():
         raise DataError(f"data folder does not exist: {folder}")
     rows: list[dict] = []
-    if (folder / "labels.csv").exists():
-        with open(folder / "labels.csv", newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif (folder / "labels.jsonl").exists():
-        with open(folder / "labels.jsonl", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    else:
-        raise DataError(f"{folder} has no labels.csv or labels.jsonl")
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first column's name
+    try:
+        if (folder / "labels.csv").exists():
+            with open(folder / "labels.csv", newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+        elif (folder / "labels.jsonl").exists():
+            with open(folder / "labels.jsonl", encoding="utf-8-sig") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            raise DataError(f"{folder} has no labels.csv or labels.jsonl")
+    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError) as e:
+        raise DataError(f"{folder}: labels file cannot be read (not UTF-8 CSV / JSON lines?): {e}") from None
+    if rows and not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{folder}: every line of labels.jsonl must be a JSON object")
     if not rows:
         raise DataError(f"{folder} labels file is empty")
     if "file" not in rows[0]:
