@@ -88,7 +88,7 @@ def _num_groups(cfg) -> int:
 def _check_target_len(target: list[float] | None, cfg) -> None:
     k = _num_groups(cfg)
     if target is not None and len(target) != k:
-        raise FairdiffError(f"--target has {len(target)} shares but the data have {k} groups")
+        raise FairdiffError(f"--target has {len(target)} values but there are {k} groups")
 
 
 def _summary(m: dict) -> str:

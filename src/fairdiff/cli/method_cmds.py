@@ -130,21 +130,45 @@ def cmd_sample_guided(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_heads_file(path: Path) -> bool:
+    """A heads file fairdiff wrote (safetensors with 'fairdiff_heads' metadata), which may be replaced."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return "fairdiff_heads" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def _is_heads_json(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"attributes", "num_steps", "timesteps"} <= set(data)
+
+
 def cmd_train_heads(args: argparse.Namespace) -> int:
-    import torch
 
     from fairdiff.data import prepare_data
     from fairdiff.methods.guidance import heads_json_path, train_heads
-    from fairdiff.training.checkpoint import load_run_model, read_run_config
+    from fairdiff.cli.common import check_out_file
+    from fairdiff.sampling.files import load_model_checked, resolve_device
+    from fairdiff.training.checkpoint import read_run_config
 
     if args.steps < 1 or args.batch_size < 1 or args.n_per_step < 0:
         raise FairdiffError("--steps and --batch-size must be at least 1, --n-per-step at least 0")
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise FairdiffError(f"--out {out}: give a .safetensors file name")
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_out_file(out, _is_heads_file, "--out")
+    check_out_file(heads_json_path(out), _is_heads_json, "--out (its .json)")
+    dev = resolve_device(args.device)
     cfg = read_run_config(args.run)
-    unet, sched_cfg = load_run_model(args.run, dev)
+    unet, sched_cfg, _ = load_model_checked(Path(args.run), dev)
     if unet.config.num_class_embeds:
         raise FairdiffError("train-heads needs an unconditional model (this run conditions on the group)")
     if (Path(args.run) / "model" / "vae").is_dir():

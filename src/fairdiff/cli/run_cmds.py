@@ -42,13 +42,13 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fairdiff.training import train
-
     if args.stop_after is not None and args.stop_after < 1:
         raise FairdiffError(f"--stop-after must be at least 1, got {args.stop_after}")
     cfg = resolve_config(args)
     if cfg is None:
         return 0
+    from fairdiff.training import train  # (after the config checks: a mistake is reported without the slow import)
+
     out = Path(args.out or f"runs/{cfg.name}")
     res = train(cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, stop_after=args.stop_after)
     print(f"trained {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f}; run folder {out}")

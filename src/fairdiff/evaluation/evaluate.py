@@ -203,7 +203,7 @@ def load_images(path: str | Path) -> dict:
             try:
                 with np.load(cand) as z:
                     data = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 raise FairdiffError(f"cannot read {cand}: {e}") from None
             if "images" not in data:
                 raise FairdiffError(f"{cand} has no 'images' array")

@@ -122,7 +122,7 @@ def read_samples_meta(folder: str | Path) -> dict | None:
 
 
 # what makes two sets of samples of one run the same images (seeds aside: more images extend the same list)
-RECIPE_KEYS = ("model_hash", "steps", "scheduler", "eta", "seed", "guidance", "class_labels")
+RECIPE_KEYS = ("guidance", "model_hash", "steps", "scheduler", "eta", "seed", "class_labels")
 
 
 def recipe_difference(made: dict | None, wanted: dict) -> str | None:
@@ -131,6 +131,7 @@ def recipe_difference(made: dict | None, wanted: dict) -> str | None:
     Samples without a record (written before provenance existed) differ only if they claim a guidance."""
     if made is None:
         return None
+    diffs = []
     for k in RECIPE_KEYS:
         if k not in made and k != "guidance":
             continue
@@ -138,9 +139,8 @@ def recipe_difference(made: dict | None, wanted: dict) -> str | None:
         if k == "model_hash" and (a is None or b is None):
             continue
         if a != b:
-            what = "guidance" if k == "guidance" else k
-            return f"{what} {_short(a)} (recorded) vs {_short(b)}"
-    return None
+            diffs.append(f"{k} {_short(a)} (recorded) vs {_short(b)}")
+    return ", ".join(diffs) or None
 
 
 def _short(v) -> str:
