@@ -98,6 +98,22 @@ def cmd_sd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sd_steps(run: Path, steps: int) -> None:
+    """--steps within the base pipeline's schedule (when its scheduler config can be read)."""
+    import json
+
+    from fairdiff.errors import FairdiffError
+
+    try:
+        base = Path(json.loads((run / "sd.json").read_text(encoding="utf-8"))["sd"])
+        total = int(json.loads((base / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+                    ["num_train_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the loader reports a broken run or base folder with its own message
+    if steps > total:
+        raise FairdiffError(f"--steps {steps}: the model was trained with {total} timesteps; use 1..{total}")
+
+
 def cmd_sd_sample(args: argparse.Namespace) -> int:
     from fairdiff.errors import FairdiffError
     from fairdiff.training.sd_lora import sample_sd_run
@@ -114,6 +130,7 @@ def cmd_sd_sample(args: argparse.Namespace) -> int:
     if not (run / "sd.json").is_file():
         raise FairdiffError(f"{run} is not an sd-finetune run (no sd.json)")
     args.device = resolve_device(args.device)
+    _check_sd_steps(run, args.steps)
     prepare_samples_dir(Path(args.out) if args.out else run / "samples", [run])
     out = sample_sd_run(args.run, args.n, out_dir=args.out, prompt=args.prompt, seed=args.seed, steps=args.steps,
                         guidance_scale=args.guidance_scale, lora=not args.no_lora, device=args.device)
