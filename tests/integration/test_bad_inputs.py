@@ -133,8 +133,8 @@ def _unwritable(tmp: Path) -> Path:
     return d
 
 
-def _stale_bench_cell(w, tmp):
-    """A finished bench cell recorded with train.steps=10: the config now says 2, so it must not be reused."""
+def _bench_cell(w, tmp, extra: list[str], metrics: str) -> None:
+    """A finished cell of the fixture bench, recorded with its config + ``extra`` overrides."""
     from fairdiff.bench.config import expand_cells, load_bench_config
     from fairdiff.bench.matrix import write_cell_record
     from fairdiff.config import load_config
@@ -143,8 +143,17 @@ def _stale_bench_cell(w, tmp):
     (cell,) = expand_cells(load_bench_config(w["bench"]), out, None)
     cell_dir = out / "cells" / cell.name
     cell_dir.mkdir(parents=True)
-    (cell_dir / "metrics.json").write_text(json.dumps({"n": 32, "fd_hard": 0.1, "shares": [0.6, 0.4]}))
-    write_cell_record(cell_dir, load_config(None, [*cell.overrides, "train.steps=10"]))
+    (cell_dir / "metrics.json").write_text(metrics)
+    write_cell_record(cell_dir, load_config(None, [*cell.overrides, *extra]))
+
+
+def _stale_bench_cell(w, tmp):
+    """A finished bench cell recorded with train.steps=10: the config now says 2, so it must not be reused."""
+    _bench_cell(w, tmp, ["train.steps=10"], json.dumps({"n": 32, "fd_hard": 0.1, "shares": [0.6, 0.4]}))
+
+
+def _truncated_bench_cell(w, tmp):
+    _bench_cell(w, tmp, [], '{"n": 32, "fd_hard": 0.1, "sha')
 
 
 def _bad_yaml(tmp: Path) -> None:
@@ -344,6 +353,8 @@ CASES = [
     Case("bench-empty-seeds", ["bench", B, "--seeds", "", "--out", f"{TMP}/bout"], needle="empty"),
     Case("bench-out-foreign", ["bench", B, "--out", f"{TMP}/my_photos", "-q"], _s(_foreign), needle="not written"),
     Case("bench-stale-cell", ["bench", B, "--out", f"{TMP}/bout", "-q"], _stale_bench_cell, needle="train.steps"),
+    Case("bench-truncated-cell-metrics", ["bench", B, "--out", f"{TMP}/bout", "-q"], _truncated_bench_cell,
+         needle="cannot read cell metrics"),
     # ---------------------------------------------------------------- data
     Case("split-unknown-key", ["data", "split", "data.nosuch=1"], needle="data.nosuch"),
     Case("split-manifest-foreign", ["data", "split", *T, "--manifest", f"{TMP}/mine.json"], _s(_foreign_manifest),

@@ -19,7 +19,7 @@ import numpy as np
 
 from fairdiff.bench.plots import plot_fd_vs_fid
 from fairdiff.config import RunConfig, load_config
-from fairdiff.utils.io import atomic_write_text, read_json, write_json
+from fairdiff.utils.io import atomic_write_text, read_json, read_json_checked, write_json
 
 
 @dataclass
@@ -119,7 +119,7 @@ def run_cell(base: str | Path | None, cell: Cell, cell_dir: Path, *, quiet: bool
     from fairdiff.training import train
 
     if (cell_dir / "metrics.json").exists():
-        return read_json(cell_dir / "metrics.json")
+        return read_json_checked(cell_dir / "metrics.json", "cell metrics")
     cfg: RunConfig = load_config(base, cell.overrides)
     t0 = time.time()
     if not (cell_dir / "model").exists():

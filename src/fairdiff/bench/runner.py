@@ -29,7 +29,7 @@ from fairdiff.bench.matrix import (
 from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
 from fairdiff.config import load_config, save_config
 from fairdiff.errors import FairdiffError
-from fairdiff.utils.io import atomic_write_text, read_json, write_json
+from fairdiff.utils.io import atomic_write_text, read_json_checked, write_json
 
 
 class BenchError(FairdiffError):
@@ -57,7 +57,7 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     from fairdiff.training.checkpoint import load_run_model
 
     if (cell_dir / "metrics.json").exists():
-        return read_json(cell_dir / "metrics.json")
+        return read_json_checked(cell_dir / "metrics.json", "cell metrics")
     spec = cell.guidance or GuidanceSpec()
     cfg = load_config(base, cell.overrides)
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
         res.heads.save(heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
                                     "seconds": round(res.seconds, 1)})
         del unet
-    heads_s = float(read_json(heads_path.with_suffix(".json")).get("seconds", np.nan))
+    heads_s = float(read_json_checked(heads_path.with_suffix(".json"), "heads record").get("seconds", np.nan))
     target = guidance_target(cfg)
     uniform = np.allclose(target, target[0])
     temperature = spec.temperature if spec.temperature is not None else (8.0 if uniform else 1.0)
@@ -180,7 +180,7 @@ def collect_rows(cells: list[BenchCell], out_dir: str | Path) -> list[dict]:
     for c in cells:
         p = Path(out_dir) / "cells" / c.name / "metrics.json"
         if p.exists():
-            out.append(metrics_row(c, read_json(p)))
+            out.append(metrics_row(c, read_json_checked(p, "cell metrics")))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import zipfile
@@ -15,7 +16,7 @@ import torch
 
 from fairdiff.errors import FairdiffError, RunDirError
 from fairdiff.sampling.sampler import Guidance, sample, save_grid, to_uint8
-from fairdiff.utils.outputs import check_output_dir, write_marker
+from fairdiff.utils.outputs import OutputDirError, check_output_dir, write_marker
 
 
 SAMPLES_KIND = "samples"
@@ -64,6 +65,11 @@ def prepare_samples_dir(out_dir: str | Path, inputs: list[str | Path] = ()) -> P
     folder (which is then replaced), never an input, the current folder or one of its parents; writable."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, SAMPLES_KIND, overwrite=True, inputs=inputs, legacy_files=LEGACY_SAMPLES, whole=True)
+    parent = out_dir.resolve().parent  # the new folder is built beside it, then renamed into place
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputDirError(f"output {out_dir} cannot be written: {parent} is not writable (permission denied)")
     return out_dir
 
 
