@@ -68,7 +68,7 @@ def check_eval_out(out: Path, explicit: bool) -> bool:
         raise OutputDirError(f"output {out} exists and is not a folder")
     kind = folder_kind(out, {"eval": ["metrics.json", "report.md"], "run": ["config.yaml", "manifest.json"],
                              "samples": ["samples.npz"]})
-    if kind is not None and kind not in EVAL_INTO:
+    if explicit and kind is not None and kind not in EVAL_INTO:  # (the default out is the input folder itself)
         raise OutputDirError(f"output folder {out} holds a fairdiff {kind} folder; choose another for evaluate")
     if kind is None:
         clash = [f for f in EVAL_FILES if (out / f).exists()]
