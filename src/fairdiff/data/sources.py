@@ -249,7 +249,12 @@ def load_celeba(path: str | None, size: int, max_images: int | None = None) -> I
     attr_file, img_dir = root / "list_attr_celeba.txt", root / "img_align_celeba"
     if not attr_file.exists() or not img_dir.is_dir():
         raise DataError(f"{root} is not a CelebA folder (needs img_align_celeba/ and list_attr_celeba.txt)")
-    lines = attr_file.read_text().splitlines()
+    try:
+        lines = attr_file.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{attr_file} is not UTF-8 text: {e}") from None
+    if len(lines) < 3:
+        raise DataError(f"{attr_file} is truncated (expected a count line, a header and one line per image)")
     names = lines[1].split()
     files, vals = [], []
     for line in lines[2:]:
