@@ -248,7 +248,7 @@ def sample_run(
         from fairdiff.training.sd_lora import sample_sd_run
 
         prepare_samples_dir(out_dir, [run_dir])
-        return sample_sd_run(run_dir, n, out_dir=out_dir, seed=seed, steps=steps, device=device,
+        return sample_sd_run(run_dir, n, out_dir=out_dir, seed=seed, steps=steps, device=resolve_device(device),
                              batch_size=batch_size)
     dev = resolve_device(device)
     md = model_dir(run_dir)
