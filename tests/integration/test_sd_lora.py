@@ -170,4 +170,8 @@ def test_sd_init_builds_a_loadable_folder(tmp_path, capsys):
     assert sd.unet.config.cross_attention_dim == sd.text_encoder.config.hidden_size
     ids = sd.tokenizer(["a face"], padding="max_length", max_length=sd.tokenizer.model_max_length).input_ids[0]
     assert ids[0] == 0 and 1 in ids and len(set(ids)) > 3  # bos, characters, eos / padding
-    assert "not empty" in _one_line_error(capsys, ["sd-init", str(out)])
+    assert "already holds a fairdiff sd folder; use --overwrite" in _one_line_error(capsys, ["sd-init", str(out)])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "photo.jpg").write_bytes(b"mine")
+    assert "not written by fairdiff" in _one_line_error(capsys, ["sd-init", str(tmp_path / "mine"), "--overwrite"])
+    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"mine"

@@ -201,3 +201,26 @@ def test_markdown_one_table_per_setting():
     assert "| ddm | 2 | 0.550 ± 0.071 |" in s2 and "| baseline | 2 | 0.350 ± 0.071 |" in s2
     assert "share g1" in md and "train s" in md and "| s2/ddm-s1 | 0.600 [0.550, 0.650] |" in s2
     assert "training share of g0 0.80, target 0.50" in md
+
+
+def test_a_cell_run_with_another_config_is_stale_never_reused(tmp_path):
+    """A finished cell records the hash of its resolved config; a changed config is named, not reused."""
+    from fairdiff.bench.matrix import stale_reason, write_cell_record
+    from fairdiff.config import load_config, save_config
+
+    a = load_config(None, ["train.steps=10"])
+    b = load_config(None, ["train.steps=30"])
+    cell = tmp_path / "cell"
+    assert stale_reason(cell, a) is None  # nothing there yet
+    cell.mkdir()
+    (cell / "metrics.json").write_text("{}")
+    assert "no record" in stale_reason(cell, a)
+    write_cell_record(cell, a)
+    assert stale_reason(cell, a) is None
+    assert stale_reason(cell, b) == "train.steps 10 -> 30"
+    assert "guidance.scale" in stale_reason(cell, a, {"scale": 2.0})
+    # a cell from before records existed is judged by the config.yaml its training wrote
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_config(a, legacy / "config.yaml")
+    assert stale_reason(legacy, a) is None and stale_reason(legacy, b) == "train.steps 10 -> 30"

@@ -57,3 +57,12 @@ def test_legacy_folder_recognised_by_its_files(tmp_path):
     (run / "manifest.json").write_text("{}")
     legacy = {"run": ["config.yaml", "manifest.json"]}
     assert check_output_dir(run, "run", overwrite=True, legacy_files=legacy) == "replace"
+
+
+def test_whole_folder_outputs_refuse_an_empty_current_directory(tmp_path, monkeypatch):
+    empty = tmp_path / "here"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert check_output_dir(".", "samples") == "new"  # files written into it: fine
+    with pytest.raises(OutputDirError, match="current directory"):
+        check_output_dir(".", "samples", whole=True)  # replaced as a whole: never the current folder

@@ -10,16 +10,26 @@ does not throw away a night of the others; the run then ends with a :class:`Benc
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from fairdiff.bench.config import BenchCell, BenchConfig, GuidanceSpec
-from fairdiff.bench.matrix import markdown_tables, metrics_row, run_cell, summarise, write_csv
+from fairdiff.bench.matrix import (
+    markdown_tables,
+    metrics_row,
+    refuse_stale,
+    run_cell,
+    stale_reason,
+    summarise,
+    write_cell_record,
+    write_csv,
+)
 from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
 from fairdiff.config import load_config, save_config
 from fairdiff.errors import FairdiffError
-from fairdiff.utils.io import atomic_write_text, read_json, write_json
+from fairdiff.utils.io import atomic_write_text, read_json_checked, write_json
 
 
 class BenchError(FairdiffError):
@@ -47,11 +57,12 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     from fairdiff.training.checkpoint import load_run_model
 
     if (cell_dir / "metrics.json").exists():
-        return read_json(cell_dir / "metrics.json")
+        return read_json_checked(cell_dir / "metrics.json", "cell metrics")
     spec = cell.guidance or GuidanceSpec()
     cfg = load_config(base, cell.overrides)
     cell_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cell_dir / "config.yaml")  # the data / sample / eval settings used; the model is model_dir's
+    write_cell_record(cell_dir, cfg, asdict(spec))  # the guidance options too: heads and samples depend on them
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     heads_path = cell_dir / "heads.safetensors"
     if (model_dir / "model" / "vae").is_dir():
@@ -68,7 +79,7 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
         res.heads.save(heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
                                     "seconds": round(res.seconds, 1)})
         del unet
-    heads_s = float(read_json(heads_path.with_suffix(".json")).get("seconds", np.nan))
+    heads_s = float(read_json_checked(heads_path.with_suffix(".json"), "heads record").get("seconds", np.nan))
     target = guidance_target(cfg)
     uniform = np.allclose(target, target[0])
     temperature = spec.temperature if spec.temperature is not None else (8.0 if uniform else 1.0)
@@ -110,6 +121,23 @@ def _run_one(base, cell: BenchCell, cells_dir: Path, quiet: bool) -> dict:
     return run_cell(base, cell, cells_dir / cell.name, quiet=quiet)
 
 
+def cell_extra(cell: BenchCell) -> dict | None:
+    """The options besides the config that a cell's results depend on (a guidance cell's guidance spec)."""
+    return asdict(cell.guidance or GuidanceSpec()) if cell.guidance is not None else None
+
+
+def check_cells_fresh(base, cells: list[BenchCell], out_dir: str | Path) -> None:
+    """Before any work: every cell's config resolves, and no cell's earlier work was made from another config
+    (such a cell is refused with one line, never reused)."""
+    out_dir = Path(out_dir)
+    reasons = {}
+    for c in cells:
+        r = stale_reason(out_dir / "cells" / c.name, load_config(base, c.overrides), cell_extra(c))
+        if r:
+            reasons[c.name] = r
+    refuse_stale(cells, reasons, out_dir)
+
+
 def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
               all_cells: list[BenchCell] | None = None, quiet: bool = False, log=print) -> list[dict]:
     """Run ``cells`` (in order) under ``out_dir/cells/<setting>/<method>-s<seed>``, then write the results.
@@ -119,6 +147,7 @@ def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
     Raises :class:`BenchError` after writing the results when some cells failed."""
     out_dir = Path(out_dir)
     cells_dir = out_dir / "cells"
+    check_cells_fresh(cfg.base, cells, out_dir)
     cells_dir.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
     for i, cell in enumerate(cells):
@@ -151,7 +180,7 @@ def collect_rows(cells: list[BenchCell], out_dir: str | Path) -> list[dict]:
     for c in cells:
         p = Path(out_dir) / "cells" / c.name / "metrics.json"
         if p.exists():
-            out.append(metrics_row(c, read_json(p)))
+            out.append(metrics_row(c, read_json_checked(p, "cell metrics")))
     return out
 
 

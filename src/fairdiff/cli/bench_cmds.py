@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -12,18 +13,34 @@ from pathlib import Path
 from fairdiff.errors import FairdiffError
 
 
-def _floats(text: str) -> list[float]:
+def _floats(text: str, what: str) -> list[float]:
+    """Comma-separated finite numbers, at least one, no duplicates (refused before any work)."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise FairdiffError(f"expected comma-separated numbers, got '{text}'") from None
+        raise FairdiffError(f"{what}: expected comma-separated numbers, got '{text}'") from None
+    if not vals:
+        raise FairdiffError(f"{what} is empty; give at least one number, e.g. 0,0.05")
+    if not all(math.isfinite(v) for v in vals):
+        raise FairdiffError(f"{what}: numbers must be finite, got '{text}'")
+    dup = [v for i, v in enumerate(vals) if v in vals[:i]]
+    if dup:
+        raise FairdiffError(f"{what} lists {dup[0]:g} more than once; give distinct values")
+    return vals
 
 
-def _ints(text: str) -> list[int]:
+def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated integers, at least one, no duplicates (refused before any work)."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise FairdiffError(f"expected comma-separated integers, got '{text}'") from None
+        raise FairdiffError(f"{what}: expected comma-separated integers, got '{text}'") from None
+    if not vals:
+        raise FairdiffError(f"{what} is empty; give at least one integer, e.g. 0,1")
+    dup = [v for i, v in enumerate(vals) if v in vals[:i]]
+    if dup:
+        raise FairdiffError(f"{what} lists {dup[0]} more than once; give distinct values")
+    return vals
 
 
 def register(sub) -> None:
@@ -61,8 +78,15 @@ def register(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fairdiff.bench.demo import run_demo
 
+    from fairdiff.cli.common import check_out, mark_out
+    from fairdiff.config import load_config
+
+    load_config(None, args.overrides)  # fail early on a bad override
+    check_out(args.out, "demo", overwrite=args.overwrite, reuse=not args.overwrite, legacy={"demo": ["cells"]},
+              whole=args.overwrite)
     t0 = time.time()
     table = run_demo(args.out, overrides=args.overrides, overwrite=args.overwrite, quiet=args.quiet)
+    mark_out(args.out, "demo")
     print(table)
     print(f"demo finished in {time.time() - t0:.0f} s; report: {Path(args.out) / 'report.md'}")
     return 0
@@ -72,8 +96,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fairdiff.bench.matrix import run_matrix, sweep_cells
     from fairdiff.config import load_config
 
+    from fairdiff.cli.common import check_out, mark_out
+
+    alphas, seeds = _floats(args.alphas, "--alphas"), _ints(args.seeds, "--seeds")
+    if any(a < 0 for a in alphas):
+        raise FairdiffError(f"--alphas must be >= 0 (0 is the baseline loss), got '{args.alphas}'")
     load_config(args.config, args.overrides)  # fail early on a bad config
-    cells = sweep_cells(_floats(args.alphas), _ints(args.seeds), args.overrides, include_reweight=args.reweight)
+    cells = sweep_cells(alphas, seeds, args.overrides, include_reweight=args.reweight)
+    check_out(args.out, "sweep", reuse=True, legacy={"sweep": ["cells"]})
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    mark_out(args.out, "sweep")  # (run_matrix checks every cell's config and refuses stale cells before work)
     run_matrix(args.config, cells, args.out, quiet=args.quiet, title="DDM alpha sweep")
     print((Path(args.out) / "table.md").read_text())
     return 0
@@ -81,13 +113,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from fairdiff.bench.config import check_cells, expand_cells, load_bench_config, select_cells
-    from fairdiff.bench.runner import run_bench
+    from fairdiff.bench.matrix import stale_reason
+    from fairdiff.bench.runner import cell_extra, check_cells_fresh, run_bench
+    from fairdiff.cli.common import check_out, mark_out
+    from fairdiff.config import load_config
 
     cfg = load_bench_config(args.config)
     out = Path(args.out or Path("runs") / "bench" / cfg.name)
-    seeds = _ints(args.seeds) if args.seeds is not None else None
-    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
-        raise FairdiffError(f"--seeds {args.seeds}: give distinct integers, e.g. 0,1")
+    seeds = _ints(args.seeds, "--seeds") if args.seeds is not None else None
     all_cells = expand_cells(cfg, out, seeds)
     check_cells(cfg, all_cells)
     cells = select_cells(all_cells, args.only)
@@ -95,12 +128,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"bench {cfg.name}: {len(cells)} of {len(all_cells)} cells into {out} (base: {cfg.base or 'defaults'})")
         for c in cells:
             kind = f"guidance of {c.after}" if c.guidance else (f"starts from {c.after}" if c.after else "trains")
-            state = " [finished]" if (out / "cells" / c.name / "metrics.json").exists() else ""
+            stale = stale_reason(out / "cells" / c.name, load_config(cfg.base, c.overrides), cell_extra(c))
+            state = f" [ran with another config: {stale}]" if stale else (
+                " [finished]" if (out / "cells" / c.name / "metrics.json").exists() else "")
             print(f"{c.name}  ({kind}){state}")
             print("    " + " ".join(shlex.quote(o) for o in c.overrides))
             if c.guidance:
                 print(f"    guidance: {asdict(c.guidance)}")
         return 0
+    check_out(out, "bench", reuse=True, legacy={"bench": ["cells"]})
+    check_cells_fresh(cfg.base, cells, out)  # one line before any work, never a reused stale cell
+    out.mkdir(parents=True, exist_ok=True)
+    mark_out(out, "bench")
     t0 = time.time()
     try:
         run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fairdiff.config import RunConfig, dump_config, load_config
 
@@ -20,3 +21,42 @@ def resolve_config(args: argparse.Namespace) -> RunConfig | None:
         print(dump_config(cfg), end="")
         return None
     return cfg
+
+
+def check_out(folder: str | Path, kind: str, *, overwrite: bool = False, inputs=(), legacy: dict | None = None,
+              reuse: bool = False, whole: bool = False) -> str:
+    """Check an output folder before any work (see :func:`fairdiff.utils.outputs.check_output_dir`)."""
+    from fairdiff.utils.outputs import check_output_dir
+
+    return check_output_dir(folder, kind, overwrite=overwrite, inputs=inputs, legacy_files=legacy, reuse=reuse,
+                            whole=whole)
+
+
+def mark_out(folder: str | Path, kind: str) -> None:
+    """Mark a finished output folder as fairdiff's own (``.fairdiff.json``) unless it already carries a marker."""
+    from fairdiff.utils.outputs import read_marker, write_marker
+
+    if Path(folder).is_dir() and read_marker(folder) is None:
+        write_marker(folder, kind)
+
+
+def check_out_file(path: str | Path, looks_ours, what: str) -> Path:
+    """An output *file*: its folder must be writable, and an existing file is replaced only if fairdiff wrote it
+    (``looks_ours(path) -> bool``)."""
+    import os
+
+    from fairdiff.errors import FairdiffError
+
+    p = Path(path)
+    if p.is_dir():
+        raise FairdiffError(f"{what} {p} is a folder; give a file name")
+    if p.exists() and not looks_ours(p):
+        raise FairdiffError(f"{what} {p} exists and was not written by fairdiff; choose another file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FairdiffError(f"{what} {p} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FairdiffError(f"{what} {p} is not writable ({parent}: permission denied)")
+    return p

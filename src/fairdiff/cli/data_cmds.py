@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fairdiff.cli.common import add_config_args, resolve_config
+from fairdiff.cli.common import add_config_args, check_out_file, resolve_config
+from fairdiff.errors import FairdiffError
 
 
 def register(sub) -> None:
@@ -22,7 +23,11 @@ def register(sub) -> None:
     add_config_args(s)
     s.add_argument("--manifest", help="also write the manifest JSON here")
     s.set_defaults(func=cmd_split)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    p.set_defaults(func=_no_action)
+
+
+def _no_action(args: argparse.Namespace) -> int:
+    raise FairdiffError("fairdiff data: give an action, fetch or split (see 'fairdiff data --help')")
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -42,6 +47,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_manifest(path) -> bool:
+    """A manifest fairdiff wrote (JSON with the split's keys), which may be replaced."""
+    import json
+
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"source", "groups", "train_counts"} <= set(data)
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from fairdiff.data import prepare_data
     from fairdiff.utils.io import write_json
@@ -49,6 +65,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if cfg is None:
         return 0
+    if args.manifest:  # before the (possibly slow) split: writable, and never over a file fairdiff did not write
+        check_out_file(args.manifest, _is_manifest, "--manifest")
     d = prepare_data(cfg.data)
     m = d.manifest
     print(f"source {m['source']}, attribute {m['attribute']}, groups {m['groups']}, seed {m['seed']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from fairdiff.errors import FairdiffError
@@ -38,7 +39,56 @@ def parse_target(text: str | None) -> list[float] | None:
         raise FairdiffError(f"--target must be comma-separated numbers like 0.5,0.5, got '{text}'") from None
     if not vals:
         raise FairdiffError("--target is empty")
+    if not all(math.isfinite(v) and v >= 0 for v in vals) or abs(sum(vals) - 1.0) > 1e-6:
+        raise FairdiffError(f"--target must be non-negative shares that sum to 1, got '{text}'")
     return vals
+
+
+EVAL_KIND = "eval"
+# folders evaluate may add its files to: its own, a run, a samples folder (legacy: metrics.json + report.md)
+EVAL_INTO = ("eval", "run", "samples", "compare")
+EVAL_FILES = ("metrics.json", "report.md", "shares.png", "samples.png")
+
+
+def check_eval_out(out: Path, explicit: bool) -> bool:
+    """Before any work: may ``out`` receive metrics.json / report.md / charts? Returns True when it is new.
+
+    An explicit ``--out`` must be new, empty or a fairdiff eval / run / samples / compare folder; the default one
+    (the run or samples folder itself) is refused only when evaluate would overwrite files fairdiff did not write.
+    """
+    import os
+
+    from fairdiff.cli.common import check_out
+    from fairdiff.utils.outputs import OutputDirError, folder_kind
+
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        check_out(out, EVAL_KIND)
+        return True
+    if not out.is_dir():
+        raise OutputDirError(f"output {out} exists and is not a folder")
+    kind = folder_kind(out, {"eval": ["metrics.json", "report.md"], "run": ["config.yaml", "manifest.json"],
+                             "samples": ["samples.npz"]})
+    if explicit and kind is not None and kind not in EVAL_INTO:  # (the default out is the input folder itself)
+        raise OutputDirError(f"output folder {out} holds a fairdiff {kind} folder; choose another for evaluate")
+    if kind is None:
+        clash = [f for f in EVAL_FILES if (out / f).exists()]
+        if explicit or clash:
+            why = f"it holds {', '.join(clash)}" if clash else "it is not empty"
+            raise OutputDirError(f"output folder {out} was not written by fairdiff and {why}; choose a new or "
+                                 f"empty folder with --out")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputDirError(f"output {out} is not writable (permission denied)")
+    return False
+
+
+def _num_groups(cfg) -> int:
+    return len(cfg.data.groups)
+
+
+def _check_target_len(target: list[float] | None, cfg) -> None:
+    k = _num_groups(cfg)
+    if target is not None and len(target) != k:
+        raise FairdiffError(f"--target has {len(target)} values but there are {k} groups")
 
 
 def _summary(m: dict) -> str:
@@ -54,6 +104,7 @@ def _summary(m: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fairdiff.cli.common import mark_out
     from fairdiff.config import load_config
     from fairdiff.evaluation import evaluate_run, evaluate_samples
 
@@ -65,9 +116,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--n must be at least 1, got {args.n}")
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FairdiffError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.classifier not in (None, "auto") and not Path(args.classifier).is_file():
+        raise FairdiffError(f"--classifier {args.classifier}: no such file (use 'auto', an .onnx or a .pt file)")
+    is_run = path.is_dir() and (path / "config.yaml").exists() and not args.config
+    default_out = path if is_run else (path.parent if path.is_file() else path)
+    out = Path(args.out) if args.out else default_out
+    new_out = check_eval_out(out, explicit=args.out is not None)
     common = {"n": args.n, "classifier": args.classifier, "target": target, "bootstrap": args.bootstrap,
               "out_dir": args.out, "seed": args.seed, "progress": not args.quiet}
-    if path.is_dir() and (path / "config.yaml").exists() and not args.config:
+    if is_run:
+        from fairdiff.training.checkpoint import read_run_config
+
+        _check_target_len(target, read_run_config(path))
         m = evaluate_run(path, **common)
     else:
         cfg_path = args.config
@@ -80,19 +140,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if cfg_path is None:
             raise FairdiffError(f"{path} is not a run folder; pass --config with the data section of the samples")
         cfg = load_config(cfg_path)
+        _check_target_len(target, cfg)
         m = evaluate_samples(path, cfg.data, cfg.eval, **common)
+    if new_out:
+        mark_out(out, EVAL_KIND)
     print(_summary(m))
     print(f"wrote {Path(m['out_dir']) / 'metrics.json'} and report.md")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from fairdiff.cli.common import check_out, mark_out
     from fairdiff.evaluation import compare_runs
 
     for r in args.runs:
         if not Path(r).is_dir():
             raise FairdiffError(f"not a run folder: {r}")
+    check_out(args.out, "compare", reuse=True, inputs=args.runs, legacy={"compare": ["compare.md"]})
     rows = compare_runs(args.runs, args.out, progress=not args.quiet)
+    mark_out(args.out, "compare")
     for r in rows:
         print(f"{r['run']}: FD={r['fd_hard']:.4f} shares={r['shares']}")
     print(f"wrote {Path(args.out) / 'compare.md'}, compare.csv, compare.png")

@@ -16,9 +16,9 @@ OPTIONAL_MODULES = ["fairdiff.cli.eval_cmds", "fairdiff.cli.method_cmds", "faird
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own convention)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"error: {message}\n")
+    def error(self, message: str) -> None:  # exactly one line on stderr, exit 2 (argparse's own code)
+        message = " ".join(str(message).split())
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,19 +35,73 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.register(sub)
+    parser.set_defaults(_subparsers=sub)
     return parser
+
+
+def _is_override(text: str) -> bool:
+    """``key.sub=value`` (a dotted config override), as opposed to a stray option or file name."""
+    key = text.split("=", 1)[0]
+    return "=" in text and not text.startswith("-") and bool(key) and " " not in key and "/" not in key
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; dotted overrides are accepted anywhere, also after options (``--out R train.lr=1e-4``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [x for x in extra if not _is_override(x)]
+        if stray or not isinstance(getattr(args, "overrides", None), list):
+            sub = getattr(args, "_subparsers", None)
+            owner = sub.choices.get(getattr(args, "command", None) or "", parser) if sub is not None else parser
+            owner.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+# Bad input that reaches the library as a plain Python exception: a user path that cannot be read or written,
+# a user file that is truncated or not what it claims to be. Printed as one line; anything else is a bug and
+# keeps its traceback.
+def _bad_input_classes() -> tuple[type[BaseException], ...]:
+    import json
+    import zipfile
+
+    classes: list[type[BaseException]] = [json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile]
+    try:
+        from safetensors import SafetensorError
+
+        classes.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(classes)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        reason = e.strerror or type(e).__name__
+        return f"cannot use {e.filename}: {reason}"
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{text} ({type(e).__name__})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        print("error: fairdiff: give a command (see 'fairdiff --help')", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)
     except FairdiffError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug or a machine fault, keep the traceback
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except _bad_input_classes() as e:
+        print(f"error: a file could not be read: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if str(e):  # the command's own account (train: the step it saved a checkpoint at)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from fairdiff.models.unet import SAMPLING_SCHEDULERS
@@ -59,17 +60,47 @@ def _guided(plain):
     return cmd
 
 
-def cmd_sample_guided(args: argparse.Namespace) -> int:
+def check_heads_fit(heads, unet, sched_cfg, heads_path, run) -> None:
+    """Heads trained on another model (other h-space shape or schedule) are refused before sampling."""
     import torch
 
+    from fairdiff.methods.guidance import schedule_timesteps
+    from fairdiff.models.hspace import capture_h
+
+    cfg = heads.config
+    if list(cfg.timesteps) != schedule_timesteps(cfg.scheduler, sched_cfg, cfg.num_steps):
+        raise FairdiffError(f"heads {heads_path} were trained on a model with another noise schedule than {run}; "
+                            f"train heads for this run with 'fairdiff train-heads {run}'")
+    c = unet.config
+    x = torch.zeros(1, c.in_channels, c.sample_size, c.sample_size, device=next(unet.parameters()).device)
+    with torch.no_grad(), capture_h(unet) as hs:
+        unet(x, torch.zeros(1, dtype=torch.long, device=x.device))
+    shape = list(hs[-1].shape[1:]) if hs else None
+    if shape is not None and list(cfg.h_shape) and shape != list(cfg.h_shape):
+        raise FairdiffError(f"heads {heads_path} were trained on another model (h-space {list(cfg.h_shape)}, "
+                            f"{run} has {shape}); train heads for this run with 'fairdiff train-heads {run}'")
+
+
+def cmd_sample_guided(args: argparse.Namespace) -> int:
     from fairdiff.methods.guidance import DistributionGuidance, load_heads
     from fairdiff.sampling import sample_run
+    from fairdiff.sampling.files import (
+        check_sampling_args,
+        load_model_checked,
+        prepare_samples_dir,
+        resolve_device,
+    )
+    from fairdiff.training.checkpoint import model_dir
 
-    if args.n < 1 or args.batch_size < 1 or args.steps < 1:
-        raise FairdiffError("--n, --batch-size and --steps must be at least 1")
+    check_sampling_args(args.n, args.steps, args.eta, args.batch_size)
     if args.scale is None:
         raise FairdiffError("--guidance needs --scale S (try a small sweep; 0 = unguided)")
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not math.isfinite(args.scale) or not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise FairdiffError("--scale must be a finite number and --temperature a finite positive number")
+    dev = resolve_device(args.device)
+    run = Path(args.run)
+    md = model_dir(run)
+    prepare_samples_dir(Path(args.out) if args.out else run / "samples", [run, md])
     heads = load_heads(args.guidance, dev)
     cfg = heads.config
     if args.steps != cfg.num_steps or args.scheduler != cfg.scheduler:
@@ -78,10 +109,16 @@ def cmd_sample_guided(args: argparse.Namespace) -> int:
     attrs = cfg.attributes
     if len(attrs) != 1:
         raise FairdiffError("the CLI guides one attribute; use the library for several")
+    unet, sched_cfg, _ = load_model_checked(run, dev)
+    check_heads_fit(heads, unet, sched_cfg, args.guidance, run)
+    del unet
     k = next(iter(attrs.values()))
     target = args.target if args.target is not None else ",".join([str(1 / k)] * k)
-    guidance = DistributionGuidance(heads, target, args.scale, temperature=args.temperature,
-                                    loss=args.guidance_loss)
+    try:
+        guidance = DistributionGuidance(heads, target, args.scale, temperature=args.temperature,
+                                        loss=args.guidance_loss)
+    except ValueError as e:
+        raise FairdiffError(f"--target {target}: {e}") from None
     labels = None
     if args.class_label:
         labels = [args.class_label[i % len(args.class_label)] for i in range(args.n)]
@@ -94,21 +131,45 @@ def cmd_sample_guided(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_heads_file(path: Path) -> bool:
+    """A heads file fairdiff wrote (safetensors with 'fairdiff_heads' metadata), which may be replaced."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return "fairdiff_heads" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def _is_heads_json(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"attributes", "num_steps", "timesteps"} <= set(data)
+
+
 def cmd_train_heads(args: argparse.Namespace) -> int:
-    import torch
 
     from fairdiff.data import prepare_data
     from fairdiff.methods.guidance import heads_json_path, train_heads
-    from fairdiff.training.checkpoint import load_run_model, read_run_config
+    from fairdiff.cli.common import check_out_file
+    from fairdiff.sampling.files import load_model_checked, resolve_device
+    from fairdiff.training.checkpoint import read_run_config
 
     if args.steps < 1 or args.batch_size < 1 or args.n_per_step < 0:
         raise FairdiffError("--steps and --batch-size must be at least 1, --n-per-step at least 0")
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise FairdiffError(f"--out {out}: give a .safetensors file name")
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_out_file(out, _is_heads_file, "--out")
+    check_out_file(heads_json_path(out), _is_heads_json, "--out (its .json)")
+    dev = resolve_device(args.device)
     cfg = read_run_config(args.run)
-    unet, sched_cfg = load_run_model(args.run, dev)
+    unet, sched_cfg, _ = load_model_checked(Path(args.run), dev)
     if unet.config.num_class_embeds:
         raise FairdiffError("train-heads needs an unconditional model (this run conditions on the group)")
     if (Path(args.run) / "model" / "vae").is_dir():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fairdiff.models.unet import SAMPLING_SCHEDULERS
 from fairdiff.cli.common import add_config_args, resolve_config
+from fairdiff.errors import FairdiffError
 
 
 def register(sub) -> None:
@@ -42,11 +43,13 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fairdiff.training import train
-
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FairdiffError(f"--stop-after must be at least 1, got {args.stop_after}")
     cfg = resolve_config(args)
     if cfg is None:
         return 0
+    from fairdiff.training import train  # (after the config checks: a mistake is reported without the slow import)
+
     out = Path(args.out or f"runs/{cfg.name}")
     res = train(cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet, stop_after=args.stop_after)
     print(f"trained {res.steps} steps in {res.seconds:.1f} s, final loss {res.final_loss:.4f}; run folder {out}")
@@ -54,11 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from fairdiff.errors import FairdiffError
     from fairdiff.sampling import sample_run
 
-    if args.n < 1 or args.batch_size < 1 or args.steps < 1:
-        raise FairdiffError("--n, --batch-size and --steps must be at least 1")
     labels = None
     if args.class_label:
         labels = [args.class_label[i % len(args.class_label)] for i in range(args.n)]

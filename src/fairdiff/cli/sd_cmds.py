@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairdiff.cli.common import add_config_args, resolve_config
+from fairdiff.cli.common import add_config_args, check_out, mark_out, resolve_config
 
 
 def register(sub) -> None:
@@ -54,7 +54,12 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if cfg is None:
         return 0
-    res = train_vae(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet, device=args.device)
+    from fairdiff.sampling.files import resolve_device
+
+    device = resolve_device(args.device)
+    check_out(args.out, "vae", overwrite=args.overwrite, legacy={"vae": ["vae", "metrics.json"]}, whole=True)
+    res = train_vae(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet, device=device)
+    mark_out(args.out, "vae")
     print(f"trained VAE {res.steps} steps in {res.seconds:.1f} s: held-out reconstruction MSE {res.recon_mse:.4f}"
           f" (PSNR {res.psnr:.1f} dB), scaling factor {res.scaling_factor:.4f}; use model.vae={args.out}")
     return 0
@@ -63,8 +68,19 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 def cmd_sd_init(args: argparse.Namespace) -> int:
     from fairdiff.models.sd import build_tiny_sd
 
+    from fairdiff.errors import FairdiffError
+
+    if args.resolution < 8 or args.resolution % 8:
+        raise FairdiffError(f"--resolution must be a positive multiple of 8, got {args.resolution}")
+    if args.vae is not None:
+        from fairdiff.models.vae import vae_folder
+
+        vae_folder(args.vae)  # one line when it holds no trained VAE, before anything is written
+    check_out(args.out, "sd", overwrite=args.overwrite, inputs=[args.vae] if args.vae else (),
+              legacy={"sd": ["model_index.json"]}, whole=True)
     out = build_tiny_sd(args.out, resolution=args.resolution, seed=args.seed, overwrite=args.overwrite,
                         vae_path=args.vae)
+    mark_out(out, "sd")
     print(f"wrote a small random Stable-Diffusion-shaped pipeline to {out}")
     return 0
 
@@ -82,12 +98,40 @@ def cmd_sd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sd_steps(run: Path, steps: int) -> None:
+    """--steps within the base pipeline's schedule (when its scheduler config can be read)."""
+    import json
+
+    from fairdiff.errors import FairdiffError
+
+    try:
+        base = Path(json.loads((run / "sd.json").read_text(encoding="utf-8"))["sd"])
+        total = int(json.loads((base / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+                    ["num_train_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the loader reports a broken run or base folder with its own message
+    if steps > total:
+        raise FairdiffError(f"--steps {steps}: the model was trained with {total} timesteps; use 1..{total}")
+
+
 def cmd_sd_sample(args: argparse.Namespace) -> int:
     from fairdiff.errors import FairdiffError
     from fairdiff.training.sd_lora import sample_sd_run
 
+    import math
+
+    from fairdiff.sampling.files import prepare_samples_dir, resolve_device
+
     if args.n < 1 or args.steps < 1:
         raise FairdiffError("--n and --steps must be at least 1")
+    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
+        raise FairdiffError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    run = Path(args.run)
+    if not (run / "sd.json").is_file():
+        raise FairdiffError(f"{run} is not an sd-finetune run (no sd.json)")
+    args.device = resolve_device(args.device)
+    _check_sd_steps(run, args.steps)
+    prepare_samples_dir(Path(args.out) if args.out else run / "samples", [run])
     out = sample_sd_run(args.run, args.n, out_dir=args.out, prompt=args.prompt, seed=args.seed, steps=args.steps,
                         guidance_scale=args.guidance_scale, lora=not args.no_lora, device=args.device)
     print(f"wrote {args.n} samples to {Path(out)}")

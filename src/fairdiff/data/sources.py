@@ -203,14 +203,20 @@ def load_folder(path: str | None, size: int, channels: int | None) -> ImageSet:
     if not folder.is_dir():
         raise DataError(f"data folder does not exist: {folder}")
     rows: list[dict] = []
-    if (folder / "labels.csv").exists():
-        with open(folder / "labels.csv", newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif (folder / "labels.jsonl").exists():
-        with open(folder / "labels.jsonl", encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    else:
-        raise DataError(f"{folder} has no labels.csv or labels.jsonl")
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the first column's name
+    try:
+        if (folder / "labels.csv").exists():
+            with open(folder / "labels.csv", newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+        elif (folder / "labels.jsonl").exists():
+            with open(folder / "labels.jsonl", encoding="utf-8-sig") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            raise DataError(f"{folder} has no labels.csv or labels.jsonl")
+    except (UnicodeDecodeError, csv.Error, json.JSONDecodeError) as e:
+        raise DataError(f"{folder}: labels file cannot be read (not UTF-8 CSV / JSON lines?): {e}") from None
+    if rows and not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{folder}: every line of labels.jsonl must be a JSON object")
     if not rows:
         raise DataError(f"{folder} labels file is empty")
     if "file" not in rows[0]:
@@ -243,7 +249,12 @@ def load_celeba(path: str | None, size: int, max_images: int | None = None) -> I
     attr_file, img_dir = root / "list_attr_celeba.txt", root / "img_align_celeba"
     if not attr_file.exists() or not img_dir.is_dir():
         raise DataError(f"{root} is not a CelebA folder (needs img_align_celeba/ and list_attr_celeba.txt)")
-    lines = attr_file.read_text().splitlines()
+    try:
+        lines = attr_file.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{attr_file} is not UTF-8 text: {e}") from None
+    if len(lines) < 3:
+        raise DataError(f"{attr_file} is truncated (expected a count line, a header and one line per image)")
     names = lines[1].split()
     files, vals = [], []
     for line in lines[2:]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fairdiff.errors import FairdiffError
-from fairdiff.utils.io import atomic_write_text, read_json
+from fairdiff.utils.io import atomic_write_text, read_json_checked
 
 COLUMNS = ["run", "method", "train_shares", "n", "shares", "fd_hard", "fd_hard_lo", "fd_hard_hi", "fd_soft", "kl",
            "spd", "mean_pairwise_gap", "conditional_spd", "domain_fid", "precision", "recall", "classifier",
@@ -57,7 +57,9 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, evaluate_mi
         d = Path(d)
         f = d / "metrics.json"
         if f.exists():
-            m = read_json(f)
+            m = read_json_checked(f, "metrics file")
+            if not isinstance(m, dict):
+                raise FairdiffError(f"{f} does not hold metrics (expected a JSON object)")
         elif evaluate_missing and (d / "config.yaml").exists():
             m = evaluate_run(d, progress=progress)
         else:

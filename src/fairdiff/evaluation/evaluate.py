@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,7 @@ def load_images(path: str | Path) -> dict:
             try:
                 with np.load(cand) as z:
                     data = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 raise FairdiffError(f"cannot read {cand}: {e}") from None
             if "images" not in data:
                 raise FairdiffError(f"{cand} has no 'images' array")
@@ -346,11 +347,15 @@ def evaluate_run(
     npz = run_dir / "samples" / "samples.npz"
     have = 0
     if npz.exists():
-        with np.load(npz) as z:
-            have = int(z["images"].shape[0]) if "images" in z.files else 0
+        try:
+            with np.load(npz) as z:
+                have = int(z["images"].shape[0]) if "images" in z.files else 0
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise FairdiffError(f"cannot read {npz} (truncated or not a samples file): {e}") from None
     if have == 0 or (n is not None and have < n):
+        # keep_different: samples made another way (e.g. guided) are never silently replaced by unguided ones
         sample_run(run_dir, want, seed=cfg.sample.seed, steps=cfg.sample.steps, batch_size=cfg.sample.batch_size,
-                   scheduler=cfg.sample.scheduler, eta=cfg.sample.eta, progress=progress)
+                   scheduler=cfg.sample.scheduler, eta=cfg.sample.eta, progress=progress, keep_different=True)
     extra = {
         "run": {"dir": str(run_dir), "name": cfg.name, "method": cfg.method.name,
                 "conditional": cfg.model.conditional, "train_shares": list(cfg.data.shares),

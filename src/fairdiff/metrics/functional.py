@@ -14,10 +14,15 @@ import numpy as np
 ArrayLike = np.ndarray | Sequence[float] | Sequence[int]
 
 
-def _as_shares(shares: ArrayLike) -> np.ndarray:
+def _as_shares(shares: ArrayLike, tol: float = 1e-4) -> np.ndarray:
+    """Share vectors (last axis): finite, non-negative, summing to 1; anything else is a ValueError, never NaN."""
     p = np.asarray(shares, dtype=np.float64)
     if p.ndim < 1 or p.shape[-1] < 1:
         raise ValueError("shares need at least one group")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("shares must be finite numbers")
+    if np.any(p < 0) or np.any(np.abs(p.sum(axis=-1) - 1.0) > tol):
+        raise ValueError("shares must be non-negative and sum to 1")
     return p
 
 
@@ -33,6 +38,8 @@ def resolve_target(target: ArrayLike | None, num_classes: int, tol: float = 1e-6
     if target is None:
         return uniform_target(num_classes)
     t = np.asarray(target, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"target must be finite numbers, got {t.tolist()}")
     if t.shape[0] != num_classes:
         raise ValueError(f"target has {t.shape[0]} values but there are {num_classes} groups")
     if np.any(t < 0) or abs(float(t.sum()) - 1.0) > tol:
@@ -62,6 +69,8 @@ def group_histogram(predictions: ArrayLike, num_classes: int) -> np.ndarray:
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float64."""
     z = np.asarray(logits, dtype=np.float64)
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits must be finite numbers")
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
@@ -72,6 +81,8 @@ def soft_histogram(probs: np.ndarray, from_logits: bool = False) -> np.ndarray:
     p = softmax(probs) if from_logits else np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] == 0:
         raise ValueError("probabilities must be a non-empty [N, K] array")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(np.abs(p.sum(axis=1) - 1.0) > 1e-4):
+        raise ValueError("probabilities must be finite, non-negative and sum to 1 per image")
     return p.mean(axis=0)
 
 
@@ -130,6 +141,10 @@ def conditional_parity(predictions: ArrayLike, conditions: ArrayLike, num_classe
     c = np.asarray(conditions).reshape(-1).astype(np.int64)
     if y.shape != c.shape:
         raise ValueError("predictions and conditions must have the same length")
+    if y.size == 0:
+        raise ValueError("no predictions to count")
+    if min(y.min(), c.min()) < 0 or max(y.max(), c.max()) >= num_classes:
+        raise ValueError(f"predictions and conditions must lie in [0, {num_classes - 1}]")
     counts = np.bincount(c, minlength=num_classes)[:num_classes].astype(np.float64)
     hits = np.bincount(c[y == c], minlength=num_classes)[:num_classes].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,34 +16,192 @@ import torch
 
 from fairdiff.errors import FairdiffError, RunDirError
 from fairdiff.sampling.sampler import Guidance, sample, save_grid, to_uint8
+from fairdiff.utils.outputs import OutputDirError, check_output_dir, write_marker
+
+
+SAMPLES_KIND = "samples"
+LEGACY_SAMPLES = {SAMPLES_KIND: ["samples.npz"]}  # samples folders written before markers existed
+DEVICE_KINDS = ("cpu", "cuda", "cuda:N", "mps")
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked (cpu, cuda, cuda:N or mps, and present on this machine), or the default one."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    d = str(device).strip()
+    if d == "cpu":
+        return d
+    if d == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise FairdiffError("--device mps: no Apple GPU (MPS) on this machine; use cpu")
+        return d
+    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise FairdiffError(f"--device {d}: no CUDA GPU on this machine; use cpu")
+        if d != "cuda" and int(d[5:]) >= torch.cuda.device_count():
+            raise FairdiffError(f"--device {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return d
+    raise FairdiffError(f"--device {device!r}: expected one of {', '.join(DEVICE_KINDS)}")
+
+
+def check_sampling_args(n: int, steps: int, eta: float, batch_size: int,
+                        num_train_timesteps: int | None = None) -> None:
+    """One-line errors for sampling arguments that would fail late or give silently wrong images."""
+    if n < 1:
+        raise FairdiffError(f"--n must be at least 1, got {n}")
+    if batch_size < 1:
+        raise FairdiffError(f"--batch-size must be at least 1, got {batch_size}")
+    if steps < 1:
+        raise FairdiffError(f"--steps must be at least 1, got {steps}")
+    if num_train_timesteps is not None and steps > num_train_timesteps:
+        raise FairdiffError(f"--steps {steps}: the model was trained with {num_train_timesteps} timesteps; "
+                            f"use 1..{num_train_timesteps}")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0.0 <= eta <= 1.0):
+        raise FairdiffError(f"--eta must be a number in [0, 1] (0 = deterministic DDIM), got {eta}")
+
+
+def prepare_samples_dir(out_dir: str | Path, inputs: list[str | Path] = ()) -> Path:
+    """Check, before any sampling, that ``out_dir`` may receive samples: absent, empty, or fairdiff's own samples
+    folder (which is then replaced), never an input, the current folder or one of its parents; writable."""
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, SAMPLES_KIND, overwrite=True, inputs=inputs, legacy_files=LEGACY_SAMPLES, whole=True)
+    parent = out_dir.resolve().parent  # the new folder is built beside it, then renamed into place
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputDirError(f"output {out_dir} cannot be written: {parent} is not writable (permission denied)")
+    return out_dir
 
 
 def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_labels=None, meta: dict | None = None,
-                  png: bool = True) -> Path:
-    """Write uint8 images to ``out_dir`` (atomically: temp folder, then rename)."""
+                  png: bool = True, inputs: list[str | Path] = ()) -> Path:
+    """Write uint8 images to ``out_dir`` atomically (a temp folder, then a rename), with ``meta.json`` (how they
+    were made) and the ``.fairdiff.json`` marker. An existing ``out_dir`` is replaced only when it is empty or
+    fairdiff's own samples folder (see :func:`prepare_samples_dir`)."""
     from PIL import Image
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if png:
-        for img, s in zip(images, seeds):
-            a = img.transpose(1, 2, 0)
-            Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"seed{s:06d}.png")
-    arrays = {"images": images, "seeds": np.asarray(seeds, np.int64)}
-    if class_labels is not None:
-        arrays["class_labels"] = np.asarray(class_labels, np.int64)
-    np.savez_compressed(tmp / "samples.npz", **arrays)
-    save_grid(images[:64], tmp / "grid.png", nrow=8)
-    if meta is not None:
-        from fairdiff.utils.io import write_json
+    from fairdiff.utils.io import write_json
 
-        write_json(tmp / "meta.json", meta)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    out_dir = prepare_samples_dir(out_dir, inputs)
+    parent = out_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.resolve().name}.", suffix=".tmp"))
+    try:
+        if png:
+            for img, s in zip(images, seeds):
+                a = img.transpose(1, 2, 0)
+                Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"seed{s:06d}.png")
+        arrays = {"images": images, "seeds": np.asarray(seeds, np.int64)}
+        if class_labels is not None:
+            arrays["class_labels"] = np.asarray(class_labels, np.int64)
+        np.savez_compressed(tmp / "samples.npz", **arrays)
+        save_grid(images[:64], tmp / "grid.png", nrow=8)
+        if meta is not None:
+            write_json(tmp / "meta.json", meta)
+        write_marker(tmp, SAMPLES_KIND)
+        old = None
+        if out_dir.exists():
+            if any(out_dir.iterdir()):
+                old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
+                out_dir.rename(old)
+            else:
+                out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def read_samples_meta(folder: str | Path) -> dict | None:
+    """The ``meta.json`` a samples folder was written with (how its images were made), or None."""
+    p = Path(folder) / "meta.json"
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# what makes two sets of samples of one run the same images (seeds aside: more images extend the same list)
+RECIPE_KEYS = ("guidance", "model_hash", "steps", "scheduler", "eta", "seed", "class_labels")
+
+
+def recipe_difference(made: dict | None, wanted: dict) -> str | None:
+    """How the samples described by ``made`` (their meta.json) differ from ``wanted``; None when they match.
+
+    Samples without a record (written before provenance existed) differ only if they claim a guidance."""
+    if made is None:
+        return None
+    diffs = []
+    for k in RECIPE_KEYS:
+        if k not in made and k != "guidance":
+            continue
+        a, b = made.get(k), wanted.get(k)
+        if k == "model_hash" and (a is None or b is None):
+            continue
+        if a != b:
+            diffs.append(f"{k} {_short(a)} (recorded) vs {_short(b)}")
+    return ", ".join(diffs) or None
+
+
+def _short(v) -> str:
+    if isinstance(v, dict):
+        return "on" if v else "off"
+    if v is None:
+        return "none"
+    text = str(v)
+    return text if len(text) <= 24 else text[:12] + "..."
+
+
+def model_fingerprint(model_folder: Path) -> dict:
+    """The first 16 hex digits of the sha256 of the U-Net weights: which model made the samples."""
+    h = hashlib.sha256()
+    files = sorted((model_folder / "unet").glob("*.safetensors"))
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return {"model_hash": h.hexdigest()[:16] if files else None}
+
+
+def _num_train_timesteps(model_folder: Path) -> int | None:
+    p = model_folder / "scheduler" / "scheduler_config.json"
+    try:
+        return int(json.loads(p.read_text(encoding="utf-8"))["num_train_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_model_checked(run_dir: Path, device: str):
+    """``(unet, scheduler_config, vae)`` of a run; a truncated or foreign weights file is one line."""
+    from safetensors import SafetensorError
+
+    from fairdiff.training.checkpoint import load_model_vae, load_run_model
+
+    try:
+        unet, sched_cfg = load_run_model(run_dir, device)
+        vae = load_model_vae(run_dir, device)
+    except (OSError, ValueError, SafetensorError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise FairdiffError(f"cannot load the model of {run_dir} (truncated or not a fairdiff model?): {first}") \
+            from None
+    return unet, sched_cfg, vae
+
+
+def check_class_labels(class_labels: list[int] | None, num_class_embeds: int | None) -> None:
+    """Class labels only for a class-conditional model, each in [0, K)."""
+    if class_labels is None:
+        return
+    if not num_class_embeds:
+        raise FairdiffError("--class-label needs a class-conditional model (this one is unconditional)")
+    bad = sorted({c for c in class_labels if not 0 <= c < num_class_embeds})
+    if bad:
+        raise FairdiffError(f"--class-label {bad[0]}: this model has classes 0..{num_class_embeds - 1}")
 
 
 def sample_run(
@@ -60,31 +224,53 @@ def sample_run(
     channels_last: bool | None = None,
     compile: bool | None = None,
     compile_mode: str | None = None,
+    keep_different: bool = False,
 ) -> Path:
     """Draw ``n`` images (seeds ``seed .. seed+n-1``) from a trained run and write them to ``out_dir``.
+
+    Every argument and the output folder are checked before the model runs. ``meta.json`` in the samples folder
+    records how they were made (model hash, steps, scheduler, eta, seed, guidance and its settings, passed in
+    ``meta["guidance"]``). ``keep_different=True`` refuses to replace samples that were made another way
+    (``evaluate`` uses it, so guided samples are never silently replaced by unguided ones).
 
     The speed options (``precision``, ``channels_last``, ``compile``, ``compile_mode``; see :func:`sample`)
     left at None take the run's ``sample.*`` settings from its ``config.yaml`` (all off unless set there).
     """
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.training.checkpoint import load_model_vae, load_run_model
+    from fairdiff.training.checkpoint import model_dir
 
     run_dir = Path(run_dir)
-    if n < 1:
-        raise RunDirError("--n must be at least 1")
+    check_sampling_args(n, steps, eta, batch_size)
+    if scheduler not in ("ddim", "ddpm"):
+        raise FairdiffError(f"unknown sampling scheduler '{scheduler}' (known: ddim, ddpm)")
+    out_dir = Path(out_dir) if out_dir else run_dir / "samples"
     if (run_dir / "sd.json").is_file():  # an sd-finetune run: the diffusers pipeline with its LoRA applied
         from fairdiff.training.sd_lora import sample_sd_run
 
-        return sample_sd_run(run_dir, n, out_dir=out_dir, seed=seed, steps=steps, device=device,
+        prepare_samples_dir(out_dir, [run_dir])
+        return sample_sd_run(run_dir, n, out_dir=out_dir, seed=seed, steps=steps, device=resolve_device(device),
                              batch_size=batch_size)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    unet, sched_cfg = load_run_model(run_dir, dev)
+    dev = resolve_device(device)
+    md = model_dir(run_dir)
+    inputs = [run_dir, md]
+    prepare_samples_dir(out_dir, inputs)
+    check_sampling_args(n, steps, eta, batch_size, _num_train_timesteps(md))
+    labels_given = class_labels is not None
+    recipe = {**model_fingerprint(md), "steps": steps, "scheduler": scheduler, "eta": float(eta), "seed": seed,
+              "guidance": (meta or {}).get("guidance"),
+              "class_labels": list(class_labels) if labels_given else None}
+    if keep_different:
+        diff = recipe_difference(read_samples_meta(out_dir), recipe)
+        if diff:
+            raise FairdiffError(f"{out_dir} holds samples made differently ({diff}); they are kept: evaluate them "
+                                f"with a smaller --n, or sample into another folder with 'fairdiff sample --out'")
+    unet, sched_cfg, vae = load_model_checked(run_dir, dev)
+    check_class_labels(class_labels, unet.config.num_class_embeds)
     if unet.config.num_class_embeds and class_labels is None:
         k = unet.config.num_class_embeds
         class_labels = [i % k for i in range(n)]
     seeds = list(range(seed, seed + n))
     sched = build_sampling_scheduler(scheduler, sched_cfg)
-    vae = load_model_vae(run_dir, dev)  # latent model: the loop runs on latents, decoded afterwards
     speed = _speed_options(run_dir, precision=precision, channels_last=channels_last, compile=compile,
                            compile_mode=compile_mode)
     imgs = sample(unet, sched, seeds, batch_size=batch_size, num_steps=steps, class_labels=class_labels,
@@ -93,10 +279,9 @@ def sample_run(
         from fairdiff.models.vae import decode
 
         imgs = decode(vae, imgs, batch_size)
-    out_dir = Path(out_dir) if out_dir else run_dir / "samples"
-    info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "scheduler": scheduler, "eta": eta,
+    info = {"run": str(run_dir), "n": n, "seeds": [seed, seed + n - 1], **recipe,
             **{k: v for k, v in speed.items() if v != _SPEED_DEFAULTS[k]}, **(meta or {})}
-    return write_samples(out_dir, to_uint8(imgs), seeds, class_labels, info, png=png)
+    return write_samples(out_dir, to_uint8(imgs), seeds, class_labels, info, png=png, inputs=inputs)
 
 
 _SPEED_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False, "compile_mode": "default"}
@@ -125,6 +310,9 @@ def load_samples(path: str | Path) -> dict:
     p = Path(path)
     for cand in (p, p / "samples.npz", p / "samples" / "samples.npz"):
         if cand.is_file():
-            with np.load(cand) as z:
-                return {k: z[k] for k in z.files}
+            try:
+                with np.load(cand) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise RunDirError(f"cannot read {cand} (truncated or not a samples file): {e}") from None
     raise RunDirError(f"no samples found at {p} (expected samples.npz; run 'fairdiff sample' first)")

@@ -48,6 +48,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def read_json_checked(path: str | os.PathLike, what: str = "file") -> Any:
+    """``read_json`` for files a user may have damaged: unreadable, truncated or non-UTF-8 JSON raises
+    :class:`fairdiff.errors.FairdiffError` naming the file (one line on the CLI)."""
+    from fairdiff.errors import FairdiffError
+
+    try:
+        return read_json(path)
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:120]
+        raise FairdiffError(f"cannot read {what} {path} (truncated or not JSON?): {reason}") from None
+
+
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for row in rows:

@@ -77,12 +77,15 @@ def check_output_dir(
     inputs: Iterable[str | os.PathLike] = (),
     legacy_files: dict[str, Iterable[str]] | None = None,
     reuse: bool = False,
+    whole: bool = False,
 ) -> str:
     """Decide, before any work, what may happen to ``folder``; raise :class:`OutputDirError` when nothing may.
 
     Returns ``"new"`` (absent or empty), ``"reuse"`` (fairdiff's own folder of ``kind`` and ``reuse`` is set: the
     caller continues or adds to it) or ``"replace"`` (fairdiff's own folder of ``kind`` and ``overwrite`` is set:
     call :func:`replace_output_dir` when the work starts). Also checks that the folder can be created/written.
+    ``whole``: the command creates or replaces the folder as a whole, so the current directory, its parents and
+    the inputs are refused even when empty.
     """
     folder = Path(folder)
     inputs = list(inputs)
@@ -90,7 +93,7 @@ def check_output_dir(
         raise OutputDirError(f"output {folder} exists and is not a folder")
     if folder.exists():
         reason = _is_protected(folder, inputs)
-        if reason and any(folder.iterdir()):
+        if reason and (whole or any(folder.iterdir())):
             raise OutputDirError(f"output folder {folder} cannot be used: {reason}")
     if not folder.exists() or not any(folder.iterdir()):
         _check_writable(folder)
