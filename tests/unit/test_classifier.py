@@ -48,7 +48,8 @@ def test_digits_binary_accuracy_and_cache():
     clf = domain_classifier(d, FAST)
     assert clf.accuracy >= 0.95
     assert clf.extra_classes == 8 and clf.info["other_classes"] == list(range(2, 10))
-    assert clf.calibration["reference_features"].shape[1] == 64 and 0 < clf.calibration["confidence_threshold"] < 1
+    assert clf.calibration["reference_features"].shape[1] == 128 and 0 < clf.calibration["confidence_threshold"] < 1
+    assert clf.manifold_feats(np.zeros((3, 1, 16, 16), np.uint8)).shape == (3, 128)  # pooled conv features
     assert clf.info["heldout_n"] == 60 and clf.input_shape == (1, 16, 16)
     folder = Path(clf.info["cache"])
     assert (folder / "model.safetensors").exists() and (folder / "classifier.json").exists()

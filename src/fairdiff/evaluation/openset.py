@@ -40,7 +40,7 @@ class Verdicts:
     verdicts: np.ndarray  # group index, or OUTSIDE (-1)
     forced: np.ndarray  # argmax over the group columns only (the forced choice)
     group_logits: np.ndarray  # [N, K]
-    features: np.ndarray | None
+    features: np.ndarray | None  # the features of the manifold test
     other_class: np.ndarray
     low_confidence: np.ndarray
     off_manifold: np.ndarray | None  # None when the judge has no features / no reference
@@ -82,6 +82,9 @@ def judge_images(clf, images: np.ndarray, cal: Calibration | None, *, logits: np
     """Verdicts of ``clf`` on uint8 ``images`` (or on precomputed all-class ``logits`` / ``features``)."""
     if logits is None:
         logits, features = clf.predict(images, batch_size=batch_size, progress=progress, all_classes=True)
+    own = clf.manifold_feats(images) if getattr(clf, "manifold_features", None) is not None else None
+    if own is not None:
+        features = own  # the judge's own manifold space (e.g. the CNN's pooled conv features)
     k = clf.num_classes
     probs = softmax(logits)
     top = probs.argmax(1)

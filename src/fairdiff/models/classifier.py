@@ -34,7 +34,7 @@ from torch import nn
 from fairdiff.errors import FairdiffError
 
 ForwardFn = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
-CLASSIFIER_VERSION = 3  # 3: learns every class of the source, carries open-set calibration
+CLASSIFIER_VERSION = 4  # 3: learns every class of the source, carries open-set calibration; 4: body features
 
 
 @dataclass
@@ -54,6 +54,15 @@ class Classifier:
     info: dict = field(default_factory=dict)
     extra_classes: int = 0  # logit columns after the K groups: classes of the source that are no group
     calibration: dict | None = None  # open-set judging: confidence_threshold, reference_features, manifold_k
+    # features for the manifold test when they differ from the quality features (uint8 images -> [N, D])
+    manifold_features: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def manifold_feats(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray | None:
+        """Features the open-set manifold test uses (None when this judge has none of its own)."""
+        if self.manifold_features is None:
+            return None
+        return np.concatenate([np.asarray(self.manifold_features(images[s : s + batch_size]), np.float64)
+                               for s in range(0, len(images), batch_size)])
 
     def check_images(self, images: np.ndarray) -> None:
         """Raise a one-line :class:`FairdiffError` when images do not fit this classifier."""
@@ -294,6 +303,18 @@ def _train_domain_cnn(images: np.ndarray, labels: np.ndarray, num_classes: int, 
     return model
 
 
+def _cnn_body(model: DomainCNN) -> Callable[[np.ndarray], np.ndarray]:
+    """The pooled conv features (before the feature layer): the space of the manifold test. Measured on digits
+    0/1 at 16 px: uniform noise falls inside the real k-NN manifold 0 % of the time here, 35 % in the 64-d
+    penultimate features, with the same share (98-100 %) of real held-out images inside."""
+
+    @torch.no_grad()
+    def body(images: np.ndarray) -> np.ndarray:
+        return model.body(uint8_to_float(images)).numpy()
+
+    return body
+
+
 def _cnn_forward(model: DomainCNN) -> ForwardFn:
     @torch.no_grad()
     def forward(images: np.ndarray):
@@ -358,7 +379,7 @@ def domain_classifier(data_cfg, eval_cfg=None, *, clf_cfg: DomainClassifierConfi
     others = meta["classes"][k:]
     return Classifier(
         name=name, num_classes=k, forward=_cnn_forward(model), accuracy=meta["heldout_accuracy"],
-        input_shape=(c, r, r), has_features=True, extra_classes=len(others),
+        input_shape=(c, r, r), has_features=True, extra_classes=len(others), manifold_features=_cnn_body(model),
         calibration={"confidence_threshold": meta["confidence_threshold"], "reference_features": ref,
                      "manifold_k": clf_cfg.manifold_k, "manifold_scale": meta["manifold_scale"],
                      "source": "judge calibration split"},
@@ -394,22 +415,20 @@ def _train_domain_judge(data_cfg, clf_cfg: DomainClassifierConfig, key: str, nam
     acc = _accuracy(fwd, x_held, split.heldout_groups)  # open set: another class counts as an error
     held_logits = np.concatenate([fwd(x_held[s : s + 1000])[0] for s in range(0, len(x_held), 1000)])
     forced_acc = float((held_logits[:, :k].argmax(1) == split.heldout_groups).mean())
-    cal_logits, cal_feats = [], []
-    for s in range(0, len(x_cal), 1000):
-        lg, ft = fwd(x_cal[s : s + 1000])
-        cal_logits.append(lg)
-        cal_feats.append(ft)
-    cal_logits = np.concatenate(cal_logits)
+    cal_logits = np.concatenate([fwd(x_cal[s : s + 1000])[0] for s in range(0, len(x_cal), 1000)])
     in_group = cal_lab < k
     threshold = confidence_threshold(softmax(cal_logits[in_group]).max(1), clf_cfg.confidence_quantile)
     # manifold reference: the judge's training images of the groups; its radii are scaled so that all but
     # confidence_quantile of the (unseen) calibration images of the groups lie on it
+    body = _cnn_body(model)
     ref_parts = []
     for g in range(k):
         x = _real_uint8(src.images[idx[lab == g][: clf_cfg.manifold_per_group]], data_cfg)
-        ref_parts += [fwd(x[s : s + 1000])[1] for s in range(0, len(x), 1000)]
+        ref_parts += [body(x[s : s + 1000]) for s in range(0, len(x), 1000)]
     ref = np.concatenate(ref_parts).astype(np.float64)
-    scale = manifold_scale(ref, np.concatenate(cal_feats)[in_group], clf_cfg.manifold_k, clf_cfg.confidence_quantile)
+    x_cal_g = x_cal[in_group]
+    cal_body = np.concatenate([body(x_cal_g[s : s + 1000]) for s in range(0, len(x_cal_g), 1000)])
+    scale = manifold_scale(ref, cal_body, clf_cfg.manifold_k, clf_cfg.confidence_quantile)
     meta = {
         "name": name, "key": key, "version": CLASSIFIER_VERSION, "num_classes": k, "classes": classes,
         "in_channels": int(x_train.shape[1]), "resolution": int(x_train.shape[-1]),
@@ -558,7 +577,8 @@ def faces_mini_classifier(data_cfg, eval_cfg=None, progress: bool = False) -> Cl
                    "source": "real faces (threshold) and the domain CNN's calibration split (manifold)"}
     return Classifier(name="gender-v1-faces-mini", num_classes=len(groups), forward=forward, accuracy=acc,
                       input_shape=(None, None, None), has_features=features is not None, info=info,
-                      calibration=calibration)
+                      calibration=calibration,
+                      manifold_features=features.manifold_features if features is not None else None)
 
 
 # ------------------------------------------------------------------------------------------ TorchScript
