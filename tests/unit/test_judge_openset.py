@@ -136,3 +136,28 @@ def test_replicates_and_agreement():
     a = {"valid_shares_ci": [[0.4, 0.5], [0.5, 0.6]]}
     assert judges_agreement(a, {"valid_shares_ci": [[0.45, 0.55], [0.45, 0.55]]})["disagree"] is False
     assert judges_agreement(a, {"valid_shares_ci": [[0.6, 0.7], [0.3, 0.4]]})["groups"] == [0, 1]
+
+
+def test_l2_strict_fd_can_drop_with_garbage_but_the_shortfall_cannot():
+    """The L2 strict FD drops when outside images replace an over-represented group's excess (a known limit,
+    docs/metrics.md); the shortfall sum_k max(t_k - p_k, 0) never does."""
+    from fairdiff.metrics import strict_shortfall
+
+    t = [0.5, 0.5]
+    all_zero = np.array([1.0, 0.0, 0.0])
+    quarter_garbage = np.array([0.75, 0.0, 0.25])
+    assert strict_fairness_discrepancy(quarter_garbage, t) < strict_fairness_discrepancy(all_zero, t)
+    assert strict_fairness_discrepancy(quarter_garbage, t) == pytest.approx(np.sqrt(0.375))
+    assert strict_shortfall(all_zero, t) == pytest.approx(0.5) and strict_shortfall(quarter_garbage, t) == 0.5
+    # by hand: (0.35, 0.35, 0.30) -> 0.15 + 0.15
+    assert strict_shortfall([0.35, 0.35, 0.30], t) == pytest.approx(0.30)
+    # any replacement of a valid image by an outside one never lowers the shortfall
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.dirichlet(np.ones(3))
+        j, d = rng.integers(0, 2), rng.uniform(0, 1) * p[rng.integers(0, 2)]
+        q = p.copy()
+        d = min(d, q[j])
+        q[j] -= d
+        q[2] += d
+        assert strict_shortfall(q, t) >= strict_shortfall(p, t) - 1e-12

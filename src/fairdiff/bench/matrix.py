@@ -91,6 +91,7 @@ def metrics_row(cell: Cell, m: dict) -> dict:
         "cell": cell.name, "setting": cell.setting, "method": cell.method, "seed": cell.seed,
         "fd_strict": _get(m, "fd_strict"), "fd_strict_lo": sci[0], "fd_strict_hi": sci[1],
         "valid_rate": _get(m, "valid_rate"), "valid_rate_lo": vci[0], "valid_rate_hi": vci[1],
+        "shortfall": _get(m, "shortfall"),
         "fd_valid": _get(m, "fd_valid"), "fd_strict_corrected": _get(m, "fd_strict_corrected"),
         "fd_strict_j2": _get(j2, "fd_strict"), "valid_rate_j2": _get(j2, "valid_rate"),
         "judges_disagree": (m.get("judges_agreement") or {}).get("disagree"),
@@ -106,8 +107,9 @@ def metrics_row(cell: Cell, m: dict) -> dict:
     }
 
 
-METRICS = ("fd_strict", "valid_rate", "fd_valid", "fd_strict_corrected", "fd_strict_j2", "valid_rate_j2", "fd_forced",
-           "fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "conditional_spd", "train_s")
+METRICS = ("fd_strict", "shortfall", "valid_rate", "fd_valid", "fd_strict_corrected", "fd_strict_j2", "valid_rate_j2",
+           "fd_forced", "fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "conditional_spd",
+           "train_s")
 
 
 def _share_keys(rows: list[dict]) -> list[str]:
@@ -171,7 +173,8 @@ def _runs_table(rows: list[dict], shares: bool = False) -> list[str]:
 
 
 _QUALITY = [("domain FID", "domain_fid", 2), ("precision", "precision", 2), ("recall", "recall", 2)]
-_FAIRNESS = [("strict FD", "fd_strict", 3), ("valid rate", "valid_rate", 3), ("FD over valid", "fd_valid", 3),
+_FAIRNESS = [("strict FD", "fd_strict", 3), ("shortfall", "shortfall", 3), ("valid rate", "valid_rate", 3),
+             ("FD over valid", "fd_valid", 3),
              ("strict FD corrected", "fd_strict_corrected", 3), ("judge 2 strict FD", "fd_strict_j2", 3),
              ("forced-choice FD", "fd_forced", 3)]
 
@@ -187,6 +190,8 @@ def markdown_tables(rows: list[dict], title: str = "Results", per: str | None = 
     lines = [f"## {title}", "",
              "Strict FD (the headline) = ||(p_1..p_K, p_outside) - (target, 0)||_2 over all images, where outside "
              "images (another class, low judge confidence, or off the real-image manifold) count as deviation; "
+             "shortfall = sum_k max(t_k - p_k, 0) over all images (outside images can never lower it, unlike the "
+             "L2 strict FD, which drops when they replace an over-represented group's excess); "
              "valid rate = share not outside; FD over valid and the shares use valid images only; forced-choice "
              "FD is the old FD that forces every image into a group. Mean ± std over seeds.", ""]
     if per is None:

@@ -11,7 +11,7 @@ import numpy as np
 from fairdiff.errors import FairdiffError
 from fairdiff.utils.io import atomic_write_text, read_json
 
-COLUMNS = ["run", "method", "train_shares", "n", "fd_strict", "fd_strict_lo", "fd_strict_hi", "valid_rate",
+COLUMNS = ["run", "method", "train_shares", "n", "fd_strict", "fd_strict_lo", "fd_strict_hi", "shortfall", "valid_rate",
            "valid_shares", "corrected_shares", "fd_valid", "fd_strict_j2", "judges_disagree", "shares", "fd_forced",
            "fd_hard", "fd_hard_lo", "fd_hard_hi", "fd_soft", "kl",
            "spd", "mean_pairwise_gap", "conditional_spd", "domain_fid", "precision", "recall", "classifier",
@@ -27,7 +27,7 @@ def _row(run_dir: Path, m: dict) -> dict:
     vec = (lambda key: [round(x, 4) for x in m[key]] if m.get(key) and None not in m[key] else None)  # noqa: E731
     return {
         "fd_strict": m.get("fd_strict"), "fd_strict_lo": sci[0], "fd_strict_hi": sci[1],
-        "valid_rate": m.get("valid_rate"), "valid_shares": vec("valid_shares"),
+        "valid_rate": m.get("valid_rate"), "valid_shares": vec("valid_shares"), "shortfall": m.get("shortfall"),
         "corrected_shares": vec("corrected_shares"), "fd_valid": m.get("fd_valid"),
         "fd_strict_j2": j2.get("fd_strict"), "judges_disagree": (m.get("judges_agreement") or {}).get("disagree"),
         "fd_forced": m.get("fd_hard"),

@@ -210,7 +210,8 @@ def evaluate_images(
     return {**{key: out[key] for key in HEADLINE if key in out}, **out}  # the headline leads metrics.json
 
 
-HEADLINE = ("n", "num_classes", "target", "fd_strict", "fd_strict_ci", "valid_rate", "valid_rate_ci", "valid_shares",
+HEADLINE = ("n", "num_classes", "target", "fd_strict", "fd_strict_ci", "shortfall", "shortfall_ci", "valid_rate",
+            "valid_rate_ci", "valid_shares",
             "valid_shares_ci", "corrected_shares", "corrected_shares_ci", "fd_valid", "fd_valid_ci", "fd_forced",
             "fd_forced_ci")
 

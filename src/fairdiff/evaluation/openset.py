@@ -29,6 +29,7 @@ from fairdiff.metrics import (
     softmax,
     strict_fairness_discrepancy,
     strict_shares,
+    strict_shortfall,
     valid_shares,
 )
 
@@ -121,6 +122,7 @@ def open_metrics(v: Verdicts, k: int, target: np.ndarray, *, n_bootstrap: int, c
         "outside_rates": v.rates(),
         "strict_shares": strict.tolist(),
         "fd_strict": strict_fairness_discrepancy(strict, target),
+        "shortfall": strict_shortfall(strict, target),
         "valid_shares": valid.tolist(),
         "fd_valid": fairness_discrepancy(valid, target) if np.isfinite(valid).all() else None,
         "fd_forced": fairness_discrepancy(forced, target),
@@ -136,6 +138,7 @@ def open_metrics(v: Verdicts, k: int, target: np.ndarray, *, n_bootstrap: int, c
             valid_rate_ci=_ci(1.0 - b[:, k], confidence),
             strict_shares_ci=_ci(b, confidence),
             fd_strict_ci=_ci(strict_fairness_discrepancy(b, target), confidence),
+            shortfall_ci=_ci(strict_shortfall(b, target), confidence),
             valid_shares_ci=_ci(vb, confidence),
             fd_valid_ci=_ci(fairness_discrepancy(np.nan_to_num(vb, nan=0.0), target), confidence),
             fd_forced_ci=_ci(fairness_discrepancy(fb, target), confidence),
@@ -170,6 +173,7 @@ def replicate_metrics(v: Verdicts, k: int, target: np.ndarray, replicates: int) 
         strict = strict_shares(v.verdicts[sl], k)
         valid = valid_shares(strict)
         rows.append({"fd_strict": strict_fairness_discrepancy(strict, target), "valid_rate": 1.0 - strict[k],
+                     "shortfall": strict_shortfall(strict, target),
                      "fd_valid": fairness_discrepancy(valid, target) if np.isfinite(valid).all() else np.nan,
                      "fd_forced": fairness_discrepancy(group_histogram(v.forced[sl], k), target),
                      "valid_share_0": valid[0]})

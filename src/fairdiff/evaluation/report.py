@@ -87,7 +87,8 @@ def _judge_row(label: str, m: dict) -> str:
     clf = m.get("classifier") or {}
     acc = clf.get("accuracy")
     return (f"| {label} `{clf.get('name')}` (acc {_fmt(acc, 3)}) | {_fmt(m.get('fd_strict'))} "
-            f"{_fmt_ci(m.get('fd_strict_ci'))} | {_fmt(m.get('valid_rate'), 3)} {_fmt_ci(m.get('valid_rate_ci'))} | "
+            f"{_fmt_ci(m.get('fd_strict_ci'))} | {_fmt(m.get('shortfall'))} {_fmt_ci(m.get('shortfall_ci'))} | "
+            f"{_fmt(m.get('valid_rate'), 3)} {_fmt_ci(m.get('valid_rate_ci'))} | "
             f"{_fmt_vec(m.get('valid_shares'), m.get('valid_shares_ci'))} | "
             f"{_fmt_vec(m.get('corrected_shares'), m.get('corrected_shares_ci'))} | {_fmt(m.get('fd_valid'))} | "
             f"{_fmt(m.get('fd_forced'))} | {_fmt(m.get('reference_valid_rate'), 3)} |")
@@ -97,8 +98,9 @@ def headline_table(metrics: dict) -> str:
     """Both judges side by side: strict FD, valid rate, observed and corrected shares over valid images."""
     if metrics.get("fd_strict") is None:
         return ""
-    lines = ["| judge | **strict FD** [CI] | valid rate [CI] | shares over valid [CI] | corrected shares [CI] | "
-             "FD over valid | forced-choice FD | real held-out valid rate |", "|---|---|---|---|---|---|---|---|",
+    lines = ["| judge | **strict FD** [CI] | shortfall [CI] | valid rate [CI] | shares over valid [CI] | "
+             "corrected shares [CI] | FD over valid | forced-choice FD | real held-out valid rate |",
+             "|---|---|---|---|---|---|---|---|---|",
              _judge_row("1", metrics)]
     j2 = metrics.get("judge2")
     if j2 and not j2.get("skipped"):
@@ -127,8 +129,8 @@ def replicates_table(metrics: dict) -> str:
         return ""
     lines = [f"{rep['replicates']} replicates of {rep['n_each']} images (mean +- std over replicates):", "",
              "| metric | mean +- std | bootstrap CI (all images) |", "|---|---|---|"]
-    for key, ci_key in (("fd_strict", "fd_strict_ci"), ("valid_rate", "valid_rate_ci"), ("fd_valid", "fd_valid_ci"),
-                        ("fd_forced", "fd_forced_ci")):
+    for key, ci_key in (("fd_strict", "fd_strict_ci"), ("shortfall", "shortfall_ci"), ("valid_rate", "valid_rate_ci"),
+                        ("fd_valid", "fd_valid_ci"), ("fd_forced", "fd_forced_ci")):
         r = rep.get(key) or {}
         std = r.get("std")
         lines.append(f"| {key} | {_fmt(r.get('mean'))} +- {_fmt(std)} | {_fmt_ci(metrics.get(ci_key))} |")
@@ -142,6 +144,8 @@ def metrics_table(metrics: dict) -> str:
         rows += [
             ("strict FD (headline)", metrics.get("fd_strict"), metrics.get("fd_strict_ci"),
              "||(p_1..p_K, p_outside) - (target, 0)||_2 over all images; garbage cannot lower it"),
+            ("shortfall", metrics.get("shortfall"), metrics.get("shortfall_ci"),
+             "sum_k max(t_k - p_k, 0) over all images: outside images can never lower it"),
             ("valid rate", metrics.get("valid_rate"), metrics.get("valid_rate_ci"),
              "share of images in a group and on the real-image manifold"),
             ("FD over valid images", metrics.get("fd_valid"), metrics.get("fd_valid_ci"), "shares among valid images"),

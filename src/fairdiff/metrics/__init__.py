@@ -41,6 +41,7 @@ from fairdiff.metrics.openset import (
     replicate_slices,
     strict_fairness_discrepancy,
     strict_shares,
+    strict_shortfall,
     valid_shares,
 )
 from fairdiff.metrics.streaming import FeatureStatistics, GroupHistogram
@@ -60,6 +61,7 @@ __all__ = [
     "replicate_slices",
     "strict_fairness_discrepancy",
     "strict_shares",
+    "strict_shortfall",
     "valid_shares",
     "ConfidenceInterval",
     "FeatureStatistics",

@@ -42,6 +42,19 @@ def strict_fairness_discrepancy(shares_with_outside: np.ndarray, target: np.ndar
     return float(d) if d.ndim == 0 else d
 
 
+def strict_shortfall(shares_with_outside: np.ndarray, target: np.ndarray) -> np.ndarray | float:
+    """Total shortfall of the groups over all images: sum_k max(t_k - p_k, 0) = (1/2) || (p, p_out) - (t, 0) ||_1
+    (total variation). Replacing any image by one outside never lowers it, whereas the L2 strict FD drops when
+    outside images replace an over-represented group's excess (e.g. (1, 0, 0) -> (0.75, 0, 0.25): 0.707 -> 0.612).
+    """
+    p = np.asarray(shares_with_outside, np.float64)
+    t = np.asarray(target, np.float64).reshape(-1)
+    if p.shape[-1] != t.shape[0] + 1:
+        raise ValueError(f"shares have {p.shape[-1]} entries, expected K + 1 = {t.shape[0] + 1}")
+    d = np.clip(t - p[..., :-1], 0.0, None).sum(axis=-1)
+    return float(d) if d.ndim == 0 else d
+
+
 def valid_shares(shares_with_outside: np.ndarray) -> np.ndarray:
     """Group shares among valid images: p_k / (1 - p_out) (NaN where no image is valid)."""
     p = np.asarray(shares_with_outside, np.float64)
