@@ -66,6 +66,7 @@ def main() -> None:
     n0 = round(args.n * 0.8)
     pick = np.concatenate([rng.choice(np.flatnonzero(attr == 0), n0),
                            rng.choice(np.flatnonzero(attr == 1), args.n - n0)])
+    pick = rng.permutation(pick)  # generated samples come in random order; replicates are contiguous slices
     x = to_tensor(src.images[pick], data.resolution, data.channels, data.resize)
     x = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
     imgs = ((x + 1) * 127.5).round().to(torch.uint8).numpy()

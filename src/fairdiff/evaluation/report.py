@@ -143,7 +143,7 @@ def metrics_table(metrics: dict) -> str:
     if metrics.get("fd_strict") is not None:
         rows += [
             ("strict FD (headline)", metrics.get("fd_strict"), metrics.get("fd_strict_ci"),
-             "||(p_1..p_K, p_outside) - (target, 0)||_2 over all images; garbage cannot lower it"),
+             "||(p_1..p_K, p_outside) - (target, 0)||_2 over all images; outside counts as deviation"),
             ("shortfall", metrics.get("shortfall"), metrics.get("shortfall_ci"),
              "sum_k max(t_k - p_k, 0) over all images: outside images can never lower it"),
             ("valid rate", metrics.get("valid_rate"), metrics.get("valid_rate_ci"),
