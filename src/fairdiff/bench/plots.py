@@ -50,7 +50,8 @@ def plot_fd_vs_fid(rows: list[dict], path: Path, panel: str | None = None, color
                 continue
             key = "fd_strict" if np.isfinite(_col(rs, "fd_strict")).any() else "fd_hard"
             y = _col(rs, key)
-            err = [np.nan_to_num(y - _col(rs, f"{key}_lo")), np.nan_to_num(_col(rs, f"{key}_hi") - y)]
+            # a percentile interval need not contain the point estimate (e.g. FD near 0): no negative bars
+            err = np.clip([np.nan_to_num(y - _col(rs, f"{key}_lo")), np.nan_to_num(_col(rs, f"{key}_hi") - y)], 0, None)
             ax.errorbar(_col(rs, "domain_fid"), y, yerr=err, fmt="o", color=cmap(i % 10), label=c, capsize=3,
                         alpha=0.85)
         if p is not None:
