@@ -50,7 +50,17 @@ def test_evaluate_cli_end_to_end(run_dir, capsys):
     assert m["fd_hard"] == pytest.approx(np.sqrt(2) * abs(m["shares"][1] - 0.5))
     assert m["bootstrap"]["resamples"] == 200
     report = (run_dir / "report.md").read_text()
-    assert "shares.png" in report and "| FD (hard, L2) |" in report and "Training run" in report
+    assert "shares.png" in report and "| FD forced-choice (hard, L2) |" in report and "Training run" in report
+    assert "| strict FD (headline) |" in report and "## Headline: strict FD (both judges)" in report
+    # open set: the strict FD over (p_0, p_1, p_outside) leads metrics.json; the second judge sits beside it
+    assert list(m)[3] == "fd_strict" and m["fd_forced"] == m["fd_hard"]
+    p = np.array(m["strict_shares"])
+    assert p.sum() == pytest.approx(1.0) and m["valid_rate"] == pytest.approx(1 - p[2])
+    assert m["fd_strict"] == pytest.approx(np.sqrt((p[0] - 0.5) ** 2 + (p[1] - 0.5) ** 2 + p[2] ** 2))
+    assert m["fd_strict"] >= m["fd_strict_ci"][0] - 1e-9 and m["fd_strict"] <= m["fd_strict_ci"][1] + 1e-9
+    assert len(m["corrected_shares"]) == 2 and len(m["confusion"]) == 2 and m["confusion_n"] == 40
+    assert m["judge2"]["classifier"]["kind"] == "pca-logistic-regression" and "fd_strict" in m["judge2"]
+    assert isinstance(m["judges_agreement"]["disagree"], bool)
     assert (run_dir / "shares.png").stat().st_size > 0 and (run_dir / "samples.png").exists()
 
 
@@ -62,7 +72,18 @@ def test_evaluate_run_api_and_options(run_dir, tmp_path):
     assert (tmp_path / "ev" / "metrics.json").exists() and (tmp_path / "ev" / "report.md").exists()
     # the same samples with the same seed give the same numbers
     m2 = evaluate_run(run_dir, target=[0.8, 0.2], bootstrap=50, out_dir=tmp_path / "ev2", seed=3, progress=False)
-    assert m2["fd_hard_ci"] == m["fd_hard_ci"]
+    assert m2["fd_hard_ci"] == m["fd_hard_ci"] and m2["fd_strict_ci"] == m["fd_strict_ci"]
+
+
+def test_evaluate_replicates(run_dir, tmp_path, capsys):
+    assert main(["evaluate", str(run_dir), "--replicates", "4", "--out", str(tmp_path / "rep"), "-q"]) == 0
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    rep = m["replicates"]
+    assert rep["replicates"] == 4 and rep["n_each"] == 12 and len(rep["fd_strict"]["values"]) == 4
+    assert rep["fd_strict"]["mean"] == pytest.approx(np.mean(rep["fd_strict"]["values"]))
+    assert "## Replicates" in (tmp_path / "rep" / "report.md").read_text()
+    _bad(["evaluate", str(run_dir), "--replicates", "0", "-q"], capsys, "--replicates")
+    _bad(["evaluate", str(run_dir), "--replicates", "1000", "-q"], capsys, "--replicates")
 
 
 def test_evaluate_samples_folder_with_config(run_dir, tmp_path, capsys):

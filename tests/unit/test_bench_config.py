@@ -179,7 +179,8 @@ def _rows():
             for seed in (0, 1):
                 v = base + shift + 0.1 * seed
                 rows.append({"cell": f"{setting}/{method}-s{seed}", "setting": setting, "method": method,
-                             "seed": seed, "fd_hard": v, "fd_hard_lo": v - 0.05, "fd_hard_hi": v + 0.05,
+                             "seed": seed, "fd_strict": v, "fd_strict_lo": v - 0.05, "fd_strict_hi": v + 0.05,
+                             "valid_rate": 0.9, "fd_hard": v - 0.1, "fd_hard_lo": v - 0.15, "fd_hard_hi": v - 0.05,
                              "fd_soft": v, "kl": 0.0, "spd": 0.0, "domain_fid": 10.0, "precision": 0.9,
                              "recall": 0.8, "share_0": 0.6, "share_1": 0.4, "conditional_spd": math.nan,
                              "n": 100, "train_s": 5.0, "groups": "0/1", "target_0": 0.5, "train_share_0": 0.8})
@@ -190,7 +191,7 @@ def test_summarise_by_setting_and_method():
     s = summarise(_rows(), by=("setting", "method"))
     assert [(a["setting"], a["method"]) for a in s] == [("s1", "baseline"), ("s1", "ddm"), ("s2", "baseline"),
                                                         ("s2", "ddm")]
-    assert s[1]["fd_hard"] == pytest.approx(0.35) and s[1]["fd_hard_std"] == pytest.approx(0.0707106781)
+    assert s[1]["fd_hard"] == pytest.approx(0.25) and s[1]["fd_hard_std"] == pytest.approx(0.0707106781)
     assert s[0]["share_1"] == pytest.approx(0.4) and s[0]["train_s"] == pytest.approx(5.0)
 
 
@@ -199,7 +200,8 @@ def test_markdown_one_table_per_setting():
     assert md.count("### s") == 2 and md.index("### s1") < md.index("### s2")
     s2 = md[md.index("### s2"):]
     assert "| ddm | 2 | 0.550 ± 0.071 |" in s2 and "| baseline | 2 | 0.350 ± 0.071 |" in s2
-    assert "share g1" in md and "train s" in md and "| s2/ddm-s1 | 0.600 [0.550, 0.650] |" in s2
+    assert "share g1" in md and "train s" in md and "| s2/ddm-s1 | 0.600 [0.550, 0.650] | 0.900" in s2
+    assert "| 0.500 [0.450, 0.550] |" in s2  # the forced-choice FD with its CI beside the strict one
     assert "training share of g0 0.80, target 0.50" in md
 
 

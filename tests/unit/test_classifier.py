@@ -14,7 +14,7 @@ from fairdiff.errors import FairdiffError
 from fairdiff.models.classifier import (
     Classifier,
     DomainClassifierConfig,
-    _balanced_training_indices,
+    _judge_split,
     classifier_key,
     domain_classifier,
     from_callable,
@@ -36,23 +36,33 @@ def _cache(tmp_path_factory):
         os.environ["FAIRDIFF_CACHE"] = old
 
 
+FAST = EvalConfig(classifier_steps=120)  # x5 for the ten classes the judge learns; seconds on one core
+
+
 def _digits(groups, resolution=16):
     return DataConfig(source="digits", groups=groups, shares=[1 / len(groups)] * len(groups), resolution=resolution)
 
 
 def test_digits_binary_accuracy_and_cache():
     d = _digits([0, 1])
-    clf = domain_classifier(d, EvalConfig())
+    clf = domain_classifier(d, FAST)
     assert clf.accuracy >= 0.95
+    assert clf.extra_classes == 8 and clf.info["other_classes"] == list(range(2, 10))
+    assert clf.calibration["reference_features"].shape[1] == 128 and 0 < clf.calibration["confidence_threshold"] < 1
+    assert clf.manifold_feats(np.zeros((3, 1, 16, 16), np.uint8)).shape == (3, 128)  # pooled conv features
     assert clf.info["heldout_n"] == 60 and clf.input_shape == (1, 16, 16)
     folder = Path(clf.info["cache"])
     assert (folder / "model.safetensors").exists() and (folder / "classifier.json").exists()
-    again = domain_classifier(d, EvalConfig())  # loaded from the cache: same weights, same numbers
+    assert (folder / "calibration.safetensors").exists()
+    again = domain_classifier(d, FAST)  # loaded from the cache: same weights, same numbers
     x = np.random.default_rng(0).integers(0, 256, (5, 1, 16, 16), dtype=np.uint8)
     np.testing.assert_allclose(clf(x), again(x), rtol=1e-5, atol=1e-5)
     assert again.accuracy == clf.accuracy
     logits, feats = clf.predict(x, batch_size=2)
     assert logits.shape == (5, 2) and feats.shape == (5, 64)
+    assert clf.predict(x, all_classes=True)[0].shape == (5, 10)
+    np.testing.assert_allclose(again.calibration["reference_features"], clf.calibration["reference_features"],
+                               rtol=1e-5, atol=1e-5)
     # training shares do not change the classifier (the same judge for every run of a domain)
     d2 = _digits([0, 1])
     d2.shares = [0.8, 0.2]
@@ -63,8 +73,8 @@ def test_digits_binary_accuracy_and_cache():
 
 @pytest.mark.parametrize("pair", [[3, 8], [4, 9]])
 def test_digits_harder_pair_accuracy(pair):
-    clf = domain_classifier(_digits(pair), EvalConfig())
-    assert clf.accuracy >= 0.95
+    clf = domain_classifier(_digits(pair), FAST)
+    assert clf.accuracy >= 0.93  # open set: calling a held-out 3 any other digit counts as an error
 
 
 @pytest.mark.slow
@@ -86,14 +96,17 @@ def test_mnist_binary_accuracy():
 def test_training_indices_exclude_heldout_and_are_balanced():
     attr = np.array([0] * 10 + [1] * 6 + [2] * 4)
     held = np.array([0, 1, 10])
-    idx, lab = _balanced_training_indices(attr, [0, 1], held, None, 100, np.random.default_rng(0))
-    assert not set(held.tolist()) & set(idx.tolist())
-    assert np.bincount(lab).tolist() == [5, 5]  # min(8, 5) per group
-    assert set(attr[idx].tolist()) == {0, 1}
+    idx, lab, cal, cal_lab = _judge_split(attr, [0, 1, 2], held, None, 100, 0.25, np.random.default_rng(0))
+    assert not set(held.tolist()) & set(idx.tolist()) and not set(held.tolist()) & set(cal.tolist())
+    assert not set(idx.tolist()) & set(cal.tolist())  # calibration images are never trained on
+    # per class: pools 8 / 5 / 4, calibration 2 / 1 / 1, training min(6, 4, 3) = 3 each
+    assert np.bincount(lab).tolist() == [2, 2, 2] and np.bincount(cal_lab).tolist() == [2, 2, 2]
+    assert set(attr[idx].tolist()) == {0, 1, 2}  # every class of the source, not only the groups
+    assert (attr[cal] == np.array([0, 1, 2])[cal_lab]).all()
     is_test = np.zeros(20, bool)
     is_test[2:6] = True
-    idx, _ = _balanced_training_indices(attr, [0, 1], held, is_test, 100, np.random.default_rng(0))
-    assert not set(range(2, 6)) & set(idx.tolist())
+    idx, _, cal, _ = _judge_split(attr, [0, 1, 2], held, is_test, 100, 0.25, np.random.default_rng(0))
+    assert not set(range(2, 6)) & (set(idx.tolist()) | set(cal.tolist()))
 
 
 def test_check_images_rejects_wrong_size():

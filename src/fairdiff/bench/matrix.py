@@ -170,11 +170,22 @@ def _get(m: dict, key: str, default=math.nan):
 def metrics_row(cell: Cell, m: dict) -> dict:
     """One flat table row from a cell's ``metrics.json`` (``share_<k>`` for every group k)."""
     ci = _get(m, "fd_hard_ci", [math.nan, math.nan])
-    shares = _get(m, "shares", []) or [math.nan]
+    sci = _get(m, "fd_strict_ci", [math.nan, math.nan])
+    vci = _get(m, "valid_rate_ci", [math.nan, math.nan])
+    j2 = m.get("judge2") or {}
+    # group shares over valid images (older metrics.json without open-set keys: the forced-choice shares)
+    shares = _get(m, "valid_shares", None) or _get(m, "shares", []) or [math.nan]
     target = _get(m, "target", []) or [math.nan]
     train_shares = (m.get("run") or {}).get("train_shares") or [math.nan]
     return {
         "cell": cell.name, "setting": cell.setting, "method": cell.method, "seed": cell.seed,
+        "fd_strict": _get(m, "fd_strict"), "fd_strict_lo": sci[0], "fd_strict_hi": sci[1],
+        "valid_rate": _get(m, "valid_rate"), "valid_rate_lo": vci[0], "valid_rate_hi": vci[1],
+        "shortfall": _get(m, "shortfall"),
+        "fd_valid": _get(m, "fd_valid"), "fd_strict_corrected": _get(m, "fd_strict_corrected"),
+        "fd_strict_j2": _get(j2, "fd_strict"), "valid_rate_j2": _get(j2, "valid_rate"),
+        "judges_disagree": (m.get("judges_agreement") or {}).get("disagree"),
+        "fd_forced": _get(m, "fd_hard"),
         "fd_hard": _get(m, "fd_hard"), "fd_hard_lo": ci[0], "fd_hard_hi": ci[1],
         "fd_soft": _get(m, "fd_soft"), "kl": _get(m, "kl"), "spd": _get(m, "spd"),
         "domain_fid": _get(m, "domain_fid"), "precision": _get(m, "precision"), "recall": _get(m, "recall"),
@@ -186,7 +197,9 @@ def metrics_row(cell: Cell, m: dict) -> dict:
     }
 
 
-METRICS = ("fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "conditional_spd", "train_s")
+METRICS = ("fd_strict", "shortfall", "valid_rate", "fd_valid", "fd_strict_corrected", "fd_strict_j2", "valid_rate_j2",
+           "fd_forced", "fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "conditional_spd",
+           "train_s")
 
 
 def _share_keys(rows: list[dict]) -> list[str]:
@@ -229,20 +242,31 @@ def _summary_table(aggs: list[dict], label: str, cols: list[tuple[str, str, int]
 
 
 def _runs_table(rows: list[dict], shares: bool = False) -> list[str]:
-    """Markdown lines: one row per run, FD hard with its bootstrap CI (and the group shares)."""
+    """Markdown lines: one row per run, strict FD and valid rate with their bootstrap CIs (and the shares over
+    valid images), the forced-choice FD beside them."""
     sk = _share_keys(rows) if shares else []
-    head = "| run | FD hard [CI] | FD soft | SPD | " + ("shares | " if sk else "")
-    lines = [head + "domain FID | N | train s |", "|" + "---|" * (7 + bool(sk))]
+    head = ("| run | strict FD [CI] | valid rate [CI] | FD over valid | forced-choice FD [CI] | judge 2 strict FD | "
+            + ("shares over valid | " if sk else ""))
+    lines = [head + "domain FID | N | train s |", "|" + "---|" * (9 + bool(sk))]
     for r in rows:
         sh = " / ".join(_fmt(r.get(k, math.nan)) for k in sk) + " | " if sk else ""
-        lines.append(f"| {r['cell']} | {_fmt(r['fd_hard'])} [{_fmt(r['fd_hard_lo'])}, {_fmt(r['fd_hard_hi'])}] | "
-                     f"{_fmt(r['fd_soft'])} | {_fmt(r['spd'])} | {sh}{_fmt(r['domain_fid'], digits=2)} | {r['n']} | "
-                     f"{_fmt(r['train_s'], digits=0)} |")
+        flag = " (judges disagree)" if r.get("judges_disagree") else ""
+        lines.append(
+            f"| {r['cell']} | {_fmt(r.get('fd_strict', math.nan))} [{_fmt(r.get('fd_strict_lo', math.nan))}, "
+            f"{_fmt(r.get('fd_strict_hi', math.nan))}] | {_fmt(r.get('valid_rate', math.nan))} "
+            f"[{_fmt(r.get('valid_rate_lo', math.nan))}, {_fmt(r.get('valid_rate_hi', math.nan))}] | "
+            f"{_fmt(r.get('fd_valid', math.nan))} | "
+            f"{_fmt(r['fd_hard'])} [{_fmt(r['fd_hard_lo'])}, {_fmt(r['fd_hard_hi'])}] | "
+            f"{_fmt(r.get('fd_strict_j2', math.nan))}{flag} | {sh}{_fmt(r['domain_fid'], digits=2)} | {r['n']} | "
+            f"{_fmt(r['train_s'], digits=0)} |")
     return lines
 
 
 _QUALITY = [("domain FID", "domain_fid", 2), ("precision", "precision", 2), ("recall", "recall", 2)]
-_FAIRNESS = [("FD hard", "fd_hard", 3), ("FD soft", "fd_soft", 3), ("SPD", "spd", 3)]
+_FAIRNESS = [("strict FD", "fd_strict", 3), ("shortfall", "shortfall", 3), ("valid rate", "valid_rate", 3),
+             ("FD over valid", "fd_valid", 3),
+             ("strict FD corrected", "fd_strict_corrected", 3), ("judge 2 strict FD", "fd_strict_j2", 3),
+             ("forced-choice FD", "fd_forced", 3)]
 
 
 def markdown_tables(rows: list[dict], title: str = "Results", per: str | None = None) -> str:
@@ -254,16 +278,20 @@ def markdown_tables(rows: list[dict], title: str = "Results", per: str | None = 
     cond = any(np.isfinite(r.get("conditional_spd", math.nan)) for r in rows)
     cond_col = [("conditional SPD", "conditional_spd", 3)] if cond else []
     lines = [f"## {title}", "",
-             "FD is the L2 distance of generated group shares to the target (binary range 0..0.7071); "
-             "mean ± std over seeds.", ""]
+             "Strict FD (the headline) = ||(p_1..p_K, p_outside) - (target, 0)||_2 over all images, where outside "
+             "images (another class, low judge confidence, or off the real-image manifold) count as deviation; "
+             "shortfall = sum_k max(t_k - p_k, 0) over all images (outside images can never lower it, unlike the "
+             "L2 strict FD, which drops when they replace an over-represented group's excess); "
+             "valid rate = share not outside; FD over valid and the shares use valid images only; forced-choice "
+             "FD is the old FD that forces every image into a group. Mean ± std over seeds.", ""]
     if per is None:
-        cols = [*_FAIRNESS, ("share of group 0", "share_0", 3), *_QUALITY, *cond_col]
+        cols = [*_FAIRNESS, ("share of group 0 (valid)", "share_0", 3), *_QUALITY, *cond_col]
         lines += _summary_table(summarise(rows), "setting", cols)
-        lines += ["", "Per run (FD with its bootstrap CI):", "", *_runs_table(rows)]
+        lines += ["", "Per run (with bootstrap CIs):", "", *_runs_table(rows)]
         return "\n".join(lines) + "\n"
     for value in dict.fromkeys(r[per] for r in rows):
         rs = [r for r in rows if r[per] == value]
-        share_cols = [(f"share g{k[6:]}", k, 3) for k in _share_keys(rs)]
+        share_cols = [(f"share g{k[6:]} (valid)", k, 3) for k in _share_keys(rs)]
         cols = [*_FAIRNESS, *share_cols, *_QUALITY, *cond_col, ("train s", "train_s", 0)]
         r0 = rs[0]
         lines += [f"### {value}", "",
@@ -271,7 +299,7 @@ def markdown_tables(rows: list[dict], title: str = "Results", per: str | None = 
                   f"{_fmt(r0.get('train_share_0', math.nan), digits=2)}, target "
                   f"{_fmt(r0.get('target_0', math.nan), digits=2)}.", "",
                   *_summary_table(summarise(rs, by=("method",)), "method", cols),
-                  "", "Per run (FD with its bootstrap CI):", "", *_runs_table(rs, shares=True), ""]
+                  "", "Per run (with bootstrap CIs):", "", *_runs_table(rs, shares=True), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

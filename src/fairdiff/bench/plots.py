@@ -32,7 +32,8 @@ def _col(rows: list[dict], key: str) -> np.ndarray:
 
 
 def plot_fd_vs_fid(rows: list[dict], path: Path, panel: str | None = None, color: str = "setting") -> None:
-    """Fairness (hard FD with its bootstrap CI as error bars) against quality (domain FID), one point per run.
+    """Fairness (strict FD with its bootstrap CI as error bars; the forced-choice FD for metrics without it) against
+    quality (domain FID), one point per run.
 
     Points are coloured by ``color`` (a row key); with ``panel`` (a row key, e.g. "setting") each value of it gets
     its own panel, with a shared FD axis.
@@ -47,15 +48,17 @@ def plot_fd_vs_fid(rows: list[dict], path: Path, panel: str | None = None, color
             rs = [r for r in rows if r[color] == c and (p is None or r[panel] == p)]
             if not rs:
                 continue
-            y = _col(rs, "fd_hard")
-            err = [np.nan_to_num(y - _col(rs, "fd_hard_lo")), np.nan_to_num(_col(rs, "fd_hard_hi") - y)]
+            key = "fd_strict" if np.isfinite(_col(rs, "fd_strict")).any() else "fd_hard"
+            y = _col(rs, key)
+            # a percentile interval need not contain the point estimate (e.g. FD near 0): no negative bars
+            err = np.clip([np.nan_to_num(y - _col(rs, f"{key}_lo")), np.nan_to_num(_col(rs, f"{key}_hi") - y)], 0, None)
             ax.errorbar(_col(rs, "domain_fid"), y, yerr=err, fmt="o", color=cmap(i % 10), label=c, capsize=3,
                         alpha=0.85)
         if p is not None:
             ax.set_title(str(p), fontsize=10)
         ax.set_xlabel("domain FID (lower is better)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("hard FD to target (lower is fairer)")
+    axes[0][0].set_ylabel("strict FD to target (lower is fairer)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
@@ -88,7 +91,7 @@ def plot_shares(rows: list[dict], path: Path, group: str = "setting", bar: str =
                           label=label if i == 0 else None)
     ax.set_xticks(np.arange(len(groups)), [str(g) for g in groups], fontsize=9)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("generated share of group 0")
+    ax.set_ylabel("share of group 0 among valid images")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()

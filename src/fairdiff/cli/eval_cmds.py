@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default eval.bootstrap = 1000)")
     p.add_argument("--classifier", help="'auto' (cached domain CNN), an .onnx file or a TorchScript .pt file")
     p.add_argument("--seed", type=int, help="bootstrap seed (default eval.seed)")
+    p.add_argument("--replicates", type=int, default=1, help="split the images into R replicates: mean +- std")
     p.add_argument("--out", "-o", help="output folder (default: the run / samples folder)")
     p.add_argument("--config", "-c", help="config YAML with the data section (for a plain samples folder)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -95,7 +96,10 @@ def _summary(m: dict) -> str:
     ci = m.get("fd_hard_ci") or [float("nan"), float("nan")]
     shares = ", ".join(f"{s:.3f}" for s in m["shares"])
     acc = m["classifier"].get("accuracy")
-    line = (f"N={m['n']} shares=[{shares}] FD={m['fd_hard']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] "
+    sci = m.get("fd_strict_ci") or [float("nan")] * 2
+    line = (f"N={m['n']} strictFD={m['fd_strict']:.4f} [{sci[0]:.4f}, {sci[1]:.4f}] valid={m['valid_rate']:.3f} "
+            if m.get("fd_strict") is not None else "")
+    line += (f"forced: shares=[{shares}] FD={m['fd_hard']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] "
             f"KL={m['kl']:.4f} SPD={m['spd']:+.4f}")
     if m.get("domain_fid") is not None:
         line += f" domainFID={m['domain_fid']:.3f} P={m['precision']:.3f} R={m['recall']:.3f}"
@@ -116,6 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--n must be at least 1, got {args.n}")
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FairdiffError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.replicates < 1 or (args.n is not None and args.replicates > args.n):
+        raise FairdiffError(f"--replicates must lie in [1, n], got {args.replicates}")
     if args.classifier not in (None, "auto") and not Path(args.classifier).is_file():
         raise FairdiffError(f"--classifier {args.classifier}: no such file (use 'auto', an .onnx or a .pt file)")
     is_run = path.is_dir() and (path / "config.yaml").exists() and not args.config
@@ -123,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out
     new_out = check_eval_out(out, explicit=args.out is not None)
     common = {"n": args.n, "classifier": args.classifier, "target": target, "bootstrap": args.bootstrap,
-              "out_dir": args.out, "seed": args.seed, "progress": not args.quiet}
+              "out_dir": args.out, "seed": args.seed, "progress": not args.quiet, "replicates": args.replicates}
     if is_run:
         from fairdiff.training.checkpoint import read_run_config
 

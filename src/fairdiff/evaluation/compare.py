@@ -11,7 +11,9 @@ import numpy as np
 from fairdiff.errors import FairdiffError
 from fairdiff.utils.io import atomic_write_text, read_json_checked
 
-COLUMNS = ["run", "method", "train_shares", "n", "shares", "fd_hard", "fd_hard_lo", "fd_hard_hi", "fd_soft", "kl",
+COLUMNS = ["run", "method", "train_shares", "n", "fd_strict", "fd_strict_lo", "fd_strict_hi", "shortfall", "valid_rate",
+           "valid_shares", "corrected_shares", "fd_valid", "fd_strict_j2", "judges_disagree", "shares", "fd_forced",
+           "fd_hard", "fd_hard_lo", "fd_hard_hi", "fd_soft", "kl",
            "spd", "mean_pairwise_gap", "conditional_spd", "domain_fid", "precision", "recall", "classifier",
            "classifier_accuracy"]
 
@@ -20,7 +22,15 @@ def _row(run_dir: Path, m: dict) -> dict:
     run = m.get("run") or {}
     ci = m.get("fd_hard_ci") or [None, None]
     clf = m.get("classifier", {})
+    sci = m.get("fd_strict_ci") or [None, None]
+    j2 = m.get("judge2") or {}
+    vec = (lambda key: [round(x, 4) for x in m[key]] if m.get(key) and None not in m[key] else None)  # noqa: E731
     return {
+        "fd_strict": m.get("fd_strict"), "fd_strict_lo": sci[0], "fd_strict_hi": sci[1],
+        "valid_rate": m.get("valid_rate"), "valid_shares": vec("valid_shares"), "shortfall": m.get("shortfall"),
+        "corrected_shares": vec("corrected_shares"), "fd_valid": m.get("fd_valid"),
+        "fd_strict_j2": j2.get("fd_strict"), "judges_disagree": (m.get("judges_agreement") or {}).get("disagree"),
+        "fd_forced": m.get("fd_hard"),
         "run": run.get("name") or run_dir.name, "method": run.get("method"),
         "train_shares": run.get("train_shares"), "n": m.get("n"),
         "shares": [round(s, 4) for s in m.get("shares", [])],
@@ -83,7 +93,9 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, *, evaluate_mi
     lines = [f"| {' | '.join(COLUMNS)} |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |" for r in rows]
     text = ["# Run comparison", "",
-            "FD on the L2 scale (binary range [0, 0.7071]); fd_hard_lo/hi: bootstrap CI.", "",
+            "fd_strict (headline): ||(p_1..p_K, p_outside) - (target, 0)||_2 over all images; valid_rate: share "
+            "in a group and on the real-image manifold; fd_forced = fd_hard: every image forced into a group. "
+            "*_lo/hi: bootstrap CI.", "",
             *lines, "", *(f"- note: {n}" for n in notes), "", *seed_summary(metrics), "![comparison](compare.png)", ""]
     atomic_write_text(out / "compare.md", "\n".join(text))
     buf = io.StringIO()
@@ -134,7 +146,7 @@ def _plot(rows: list[dict], metrics: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-SEED_METRICS = ("fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall")
+SEED_METRICS = ("fd_strict", "valid_rate", "fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall")
 
 
 def seed_summary(metrics: list[dict]) -> list[str]:

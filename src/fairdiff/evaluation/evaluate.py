@@ -33,7 +33,7 @@ from fairdiff.metrics import (
     statistical_parity_difference,
 )
 
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: open-set judging (fd_strict, valid rate, corrected shares, judge2)
 OWN_PNGS = {"grid.png", "shares.png", "samples.png", "compare.png"}  # charts, never samples
 
 
@@ -81,6 +81,9 @@ def evaluate_images(
     pr_k: int = 3,
     batch_size: int = 500,
     progress: bool = False,
+    reference_groups: np.ndarray | None = None,
+    second_judge=None,
+    replicates: int = 1,
 ) -> dict:
     """All metrics for uint8 ``images`` ``[N, C, H, W]`` judged by ``classifier`` (a :class:`Classifier`).
 
@@ -88,15 +91,28 @@ def evaluate_images(
     classifier's penultimate features (or in ``features``, a FeatureExtractor, when given).
     ``class_labels`` (the condition of each image) add the conditional-scenario rates.
     Bootstrap CIs resample images (percentile method, ``n_bootstrap`` resamples, paired across metrics).
+
+    Open-set judging (``docs/metrics.md``): images the judge calls another class, is not confident about, or
+    finds off the real-image manifold are *outside*; ``fd_strict`` (the headline) counts them as deviation.
+    ``reference_groups`` (the true group of each reference image) give the judge's confusion matrix and the
+    corrected shares; ``second_judge`` (a :class:`Classifier`) is reported beside the first;
+    ``replicates`` > 1 splits the images into that many parts for mean +- std.
     """
     t0 = time.perf_counter()
     k = classifier.num_classes
     tgt = check_target(target, k)
     if not 0.0 < confidence < 1.0:
         raise FairdiffError(f"confidence must lie in (0, 1), got {confidence}")
-    logits, feats = classifier.predict(images, batch_size=batch_size, progress=progress,
-                                       features=features is None and reference_images is not None)
+    if not 1 <= int(replicates) <= len(images):
+        raise FairdiffError(f"--replicates must lie in [1, {len(images)}] (the number of images), got {replicates}")
+    all_logits, feats = classifier.predict(images, batch_size=batch_size, progress=progress, all_classes=True)
+    logits = all_logits[:, :k]
     n = len(logits)
+    held_logits = held_feats = None
+    ref_ok = reference_images is not None and len(reference_images) > 0 and (
+        classifier.input_shape[1] is None or tuple(reference_images.shape[1:]) == tuple(images.shape[1:]))
+    if ref_ok:
+        held_logits, held_feats = classifier.predict(reference_images, batch_size=batch_size, all_classes=True)
     probs = softmax(logits)
     preds = logits.argmax(1)
     shares = group_histogram(preds, k)
@@ -159,6 +175,11 @@ def evaluate_images(
             out["conditional_rates_ci"] = _ci(rate_b, confidence)
             out["conditional_spd_ci"] = _ci(gap_b, confidence)
 
+    # ---- open-set judging: valid rate, strict FD, corrected shares, replicates, a second judge
+    out.update(_open_set(classifier, images, all_logits, feats, held_logits, held_feats, reference_groups, tgt,
+                         n_bootstrap, confidence, seed, replicates, second_judge,
+                         reference_images if ref_ok else None, batch_size))
+
     # ---- quality against real held-out images
     out.update(domain_fid=None, precision=None, recall=None, quality_features=None, reference_n=None)
     if reference_images is not None and len(reference_images) > 0:
@@ -166,11 +187,11 @@ def evaluate_images(
             fake_f = features(images)
             real_f = features(reference_images)
             out["quality_features"] = features.name
-        elif feats is not None:
-            real_logits, real_f = classifier.predict(reference_images, batch_size=batch_size)
+        elif feats is not None and held_feats is not None:
+            real_f = held_feats
             fake_f = feats
             out["quality_features"] = f"{classifier.name}:penultimate"
-            out["reference_shares"] = group_histogram(real_logits.argmax(1), k).tolist()
+            out["reference_shares"] = group_histogram(held_logits[:, :k].argmax(1), k).tolist()
         else:
             real_f = fake_f = None
         if real_f is not None:
@@ -187,6 +208,58 @@ def evaluate_images(
                 out["precision"], out["recall"] = precision_recall(real_f, fake_f, k=kk)
                 out["pr_k"] = kk
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    return {**{key: out[key] for key in HEADLINE if key in out}, **out}  # the headline leads metrics.json
+
+
+HEADLINE = ("n", "num_classes", "target", "fd_strict", "fd_strict_ci", "shortfall", "shortfall_ci", "valid_rate",
+            "valid_rate_ci", "valid_shares",
+            "valid_shares_ci", "corrected_shares", "corrected_shares_ci", "fd_valid", "fd_valid_ci", "fd_forced",
+            "fd_forced_ci")
+
+
+def _open_set(clf, images, all_logits, feats, held_logits, held_feats, held_groups, tgt, n_bootstrap, confidence,
+              seed, replicates, second, reference_images, batch_size) -> dict:
+    """The open-set keys of metrics.json for the judge (and the second judge, under ``judge2``)."""
+    from fairdiff.evaluation.openset import (
+        calibration_of,
+        judge_images,
+        judges_agreement,
+        open_metrics,
+        replicate_metrics,
+    )
+
+    k = clf.num_classes
+    cal = calibration_of(clf, held_logits, held_feats)
+    v = judge_images(clf, images, cal, logits=all_logits, features=feats)
+    held_v = judge_images(clf, reference_images, cal, logits=held_logits, features=held_feats) \
+        if held_logits is not None else None
+    out = open_metrics(v, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, held=held_v,
+                       held_groups=held_groups)
+    out["open_set"] = {"calibration": cal.source if cal else None,
+                       "confidence_threshold": cal.threshold if cal else None,
+                       "manifold_k": cal.k if cal else None, "manifold_scale": cal.scale if cal else None,
+                       "manifold": bool(cal is not None and cal.reference is not None and feats is not None)}
+    if replicates > 1:
+        out["replicates"] = replicate_metrics(v, k, tgt, int(replicates))
+    if second is not None:
+        try:
+            second.check_images(images)
+        except FairdiffError as e:
+            out["judge2"] = {"name": second.name, "skipped": str(e)}
+            return out
+        s_logits, s_feats = second.predict(images, batch_size=max(batch_size, 2000), all_classes=True)
+        sh_logits = sh_feats = None
+        if reference_images is not None:
+            sh_logits, sh_feats = second.predict(reference_images, batch_size=2000, all_classes=True)
+        cal2 = calibration_of(second, sh_logits, sh_feats)
+        v2 = judge_images(second, images, cal2, logits=s_logits, features=s_feats)
+        held2 = judge_images(second, reference_images, cal2, logits=sh_logits, features=sh_feats) \
+            if sh_logits is not None else None
+        j2 = open_metrics(v2, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, held=held2,
+                          held_groups=held_groups)
+        j2["classifier"] = second.describe()
+        out["judge2"] = j2
+        out["judges_agreement"] = judges_agreement(out, j2)
     return out
 
 
@@ -231,14 +304,16 @@ def load_images(path: str | Path) -> dict:
     return data
 
 
-def _reference_uint8(data_cfg) -> np.ndarray:
-    """The run's balanced real held-out images (never trained on), quantised like generated samples."""
+def _reference_uint8(data_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The run's balanced real held-out images (never trained on), quantised like generated samples, and
+    their group indices."""
     import torch
 
     from fairdiff.data import prepare_data
 
-    held = prepare_data(data_cfg).heldout_images
-    return ((held.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    pd = prepare_data(data_cfg)
+    held = pd.heldout_images
+    return ((held.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy(), pd.heldout_groups.numpy()
 
 
 def _eval_cfg_with(eval_cfg, target, bootstrap, seed):
@@ -268,10 +343,14 @@ def evaluate_samples(
     progress: bool = True,
     write: bool = True,
     extra: dict | None = None,
+    replicates: int = 1,
+    judge2: bool = True,
 ) -> dict:
     """Evaluate a plain samples folder (``samples.npz`` or image files) against ``data_cfg``'s held-out images.
 
     ``classifier``: None (``eval_cfg.classifier``), 'auto', a model path, or a Classifier object.
+    ``judge2``: with the ``auto`` judge, also judge with the source's second, independent judge.
+    ``replicates``: split the images into that many parts and report mean +- std beside the bootstrap CI.
     Writes ``metrics.json`` and ``report.md`` (+ charts) into ``out_dir`` (default: the samples folder).
     """
     from fairdiff.evaluation.report import write_report
@@ -291,13 +370,19 @@ def evaluate_samples(
     check_target(ec.target, clf.num_classes)  # fail before any slow work
     clf.check_images(images)
     feats = inception_features(ec.fid_features) if ec.fid_features else None
-    reference = _reference_uint8(data_cfg)
+    reference, reference_groups = _reference_uint8(data_cfg)
     if reference.shape[1:] != images.shape[1:] and feats is None and clf.has_features:
-        reference = None  # real images at another size cannot go through this classifier
+        reference = reference_groups = None  # real images at another size cannot go through this classifier
+    second = None
+    if judge2 and (classifier if classifier is not None else ec.classifier) in (None, "auto"):
+        from fairdiff.models.pca_judge import second_judge
+
+        second = second_judge(data_cfg)
     metrics = evaluate_images(
         images, clf, reference_images=reference, target=ec.target, n_bootstrap=ec.bootstrap,
         confidence=ec.confidence, seed=ec.seed, class_labels=labels, features=feats, pr_k=ec.pr_k,
-        batch_size=ec.batch_size, progress=progress,
+        batch_size=ec.batch_size, progress=progress, reference_groups=reference_groups, second_judge=second,
+        replicates=replicates,
     )
     seeds = data.get("seeds")
     seed_range = None
@@ -334,6 +419,7 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     seed: int | None = None,
     progress: bool = True,
+    replicates: int = 1,
 ) -> dict:
     """Evaluate a trained run: sample it first if ``RUN/samples`` is missing (or holds fewer than ``n``),
     judge the samples with the cached domain classifier for the run's data, and write ``metrics.json`` +
@@ -364,4 +450,4 @@ def evaluate_run(
     }
     return evaluate_samples(run_dir / "samples", cfg.data, cfg.eval, n=n, classifier=classifier, target=target,
                             bootstrap=bootstrap, out_dir=out_dir or run_dir, seed=seed, progress=progress,
-                            extra=extra)
+                            extra=extra, replicates=replicates)

@@ -48,33 +48,113 @@ def plot_shares(metrics: dict, path: Path, title: str | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = metrics["num_classes"]
-    shares = np.asarray(metrics["shares"], float)
-    labels = group_labels(metrics)
+    strict = metrics.get("strict_shares") is not None
+    key = "strict_shares" if strict else "shares"
+    shares = np.asarray(metrics[key], float)
+    k = len(shares)
+    labels = group_labels(metrics) + (["outside"] if strict else [])
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * k + 2), 3.2))
     x = np.arange(k)
     yerr = None
-    if metrics.get("shares_ci"):
-        ci = np.asarray(metrics["shares_ci"], float)
+    if metrics.get(f"{key}_ci"):
+        ci = np.asarray(metrics[f"{key}_ci"], float)
         yerr = np.vstack([shares - ci[:, 0], ci[:, 1] - shares]).clip(min=0)
-    ax.bar(x, shares, yerr=yerr, capsize=4, color="#4C72B0", label="generated (classifier)")
-    tgt = np.asarray(metrics["target"], float)
+    ax.bar(x, shares, yerr=yerr, capsize=4, color="#4C72B0", label="generated (judge, all images)")
+    tgt = np.asarray(metrics["target"] + ([0.0] if strict else []), float)
     ax.hlines(tgt, x - 0.4, x + 0.4, colors="#DD8452", linestyles="--", linewidth=2, label="target")
     ax.set_xticks(x, labels, rotation=0 if k <= 4 else 45)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of generated images")
     conf = metrics.get("bootstrap", {}).get("confidence", 0.95)
-    ax.set_title(title or f"Group shares (N={metrics['n']}, {int(conf * 100)}% CI)  FD={metrics['fd_hard']:.3f}")
+    fd = f"strict FD={metrics['fd_strict']:.3f}" if strict else f"FD={metrics['fd_hard']:.3f}"
+    ax.set_title(title or f"Shares (N={metrics['n']}, {int(conf * 100)}% CI)  {fd}")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _fmt_vec(v, ci=None) -> str:
+    if v is None:
+        return "n/a"
+    text = "/".join("n/a" if x is None else f"{x:.3f}" for x in v)
+    if ci and all(c is not None and c[0] is not None for c in ci):
+        text += " [" + "; ".join(f"{c[0]:.3f}-{c[1]:.3f}" for c in ci) + "]"
+    return text
+
+
+def _judge_row(label: str, m: dict) -> str:
+    clf = m.get("classifier") or {}
+    acc = clf.get("accuracy")
+    return (f"| {label} `{clf.get('name')}` (acc {_fmt(acc, 3)}) | {_fmt(m.get('fd_strict'))} "
+            f"{_fmt_ci(m.get('fd_strict_ci'))} | {_fmt(m.get('shortfall'))} {_fmt_ci(m.get('shortfall_ci'))} | "
+            f"{_fmt(m.get('valid_rate'), 3)} {_fmt_ci(m.get('valid_rate_ci'))} | "
+            f"{_fmt_vec(m.get('valid_shares'), m.get('valid_shares_ci'))} | "
+            f"{_fmt_vec(m.get('corrected_shares'), m.get('corrected_shares_ci'))} | {_fmt(m.get('fd_valid'))} | "
+            f"{_fmt(m.get('fd_forced'))} | {_fmt(m.get('reference_valid_rate'), 3)} |")
+
+
+def headline_table(metrics: dict) -> str:
+    """Both judges side by side: strict FD, valid rate, observed and corrected shares over valid images."""
+    if metrics.get("fd_strict") is None:
+        return ""
+    lines = ["| judge | **strict FD** [CI] | shortfall [CI] | valid rate [CI] | shares over valid [CI] | "
+             "corrected shares [CI] | FD over valid | forced-choice FD | real held-out valid rate |",
+             "|---|---|---|---|---|---|---|---|---|",
+             _judge_row("1", metrics)]
+    j2 = metrics.get("judge2")
+    if j2 and not j2.get("skipped"):
+        lines.append(_judge_row("2", j2))
+    out = "\n".join(lines)
+    agree = metrics.get("judges_agreement") or {}
+    if j2 and j2.get("skipped"):
+        out += f"\n\nSecond judge skipped: {j2['skipped']}"
+    elif agree.get("disagree"):
+        out += (f"\n\n**The two judges disagree beyond their CIs** on the share of group(s) {agree['groups']}: "
+                "treat the shares as uncertain.")
+    elif agree:
+        out += "\n\nThe two judges agree within their CIs on every share over valid images."
+    if agree.get("valid_rate_disagree"):
+        out += " Their valid rates differ beyond their CIs (their outside tests differ)."
+    r = metrics.get("outside_rates") or {}
+    out += (f"\n\nOutside (judge 1; an image can fail several tests): another class {_fmt(r.get('other_class'), 3)}, "
+            f"low confidence {_fmt(r.get('low_confidence'), 3)}, off the real-image manifold "
+            f"{_fmt(r.get('off_manifold'), 3)}.")
+    return out
+
+
+def replicates_table(metrics: dict) -> str:
+    rep = metrics.get("replicates")
+    if not rep:
+        return ""
+    lines = [f"{rep['replicates']} replicates of {rep['n_each']} images (mean +- std over replicates):", "",
+             "| metric | mean +- std | bootstrap CI (all images) |", "|---|---|---|"]
+    for key, ci_key in (("fd_strict", "fd_strict_ci"), ("shortfall", "shortfall_ci"), ("valid_rate", "valid_rate_ci"),
+                        ("fd_valid", "fd_valid_ci"), ("fd_forced", "fd_forced_ci")):
+        r = rep.get(key) or {}
+        std = r.get("std")
+        lines.append(f"| {key} | {_fmt(r.get('mean'))} +- {_fmt(std)} | {_fmt_ci(metrics.get(ci_key))} |")
+    return "\n".join(lines)
+
+
 def metrics_table(metrics: dict) -> str:
     """The main numbers as a markdown table (value, CI, what it means)."""
-    rows = [
-        ("FD (hard, L2)", metrics.get("fd_hard"), metrics.get("fd_hard_ci"), "||p_hat - target||_2; 0 = fair"),
+    rows = []
+    if metrics.get("fd_strict") is not None:
+        rows += [
+            ("strict FD (headline)", metrics.get("fd_strict"), metrics.get("fd_strict_ci"),
+             "||(p_1..p_K, p_outside) - (target, 0)||_2 over all images; outside counts as deviation"),
+            ("shortfall", metrics.get("shortfall"), metrics.get("shortfall_ci"),
+             "sum_k max(t_k - p_k, 0) over all images: outside images can never lower it"),
+            ("valid rate", metrics.get("valid_rate"), metrics.get("valid_rate_ci"),
+             "share of images in a group and on the real-image manifold"),
+            ("FD over valid images", metrics.get("fd_valid"), metrics.get("fd_valid_ci"), "shares among valid images"),
+            ("strict FD, corrected", metrics.get("fd_strict_corrected"), metrics.get("fd_strict_corrected_ci"),
+             "judge error corrected with its held-out confusion matrix"),
+        ]
+    rows += [
+        ("FD forced-choice (hard, L2)", metrics.get("fd_hard"), metrics.get("fd_hard_ci"),
+         "every image forced into a group; ||p_hat - target||_2"),
         ("FD (soft, L2)", metrics.get("fd_soft"), metrics.get("fd_soft_ci"), "same with mean softmax"),
         ("KL(p_hat || target)", metrics.get("kl"), metrics.get("kl_ci"), "nats"),
         ("SPD", metrics.get("spd"), metrics.get("spd_ci"),
@@ -113,11 +193,22 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
         save_grid(images[:64], out / "samples.png", nrow=8)
     clf = metrics["classifier"]
     labels = group_labels(metrics)
-    share_rows = ["| group | share | CI | soft share | target |", "|---|---|---|---|---|"]
+    share_rows = ["| group | share of all images [CI] | over valid [CI] | corrected [CI] | forced-choice [CI] | "
+                  "soft (forced) | target |", "|---|---|---|---|---|---|---|"]
+
+    def cell(key: str, i: int) -> str:
+        v = metrics.get(key)
+        cis = metrics.get(f"{key}_ci")
+        if v is None or v[i] is None:
+            return "n/a"
+        return f"{v[i]:.4f} {_fmt_ci(cis[i]) if cis else ''}".strip()
+
     for i, lab in enumerate(labels):
-        ci = metrics["shares_ci"][i] if metrics.get("shares_ci") else None
-        share_rows.append(f"| {lab} | {metrics['shares'][i]:.4f} | {_fmt_ci(ci)} | "
+        share_rows.append(f"| {lab} | {cell('strict_shares', i)} | {cell('valid_shares', i)} | "
+                          f"{cell('corrected_shares', i)} | {cell('shares', i)} | "
                           f"{metrics['soft_shares'][i]:.4f} | {metrics['target'][i]:.4f} |")
+    if metrics.get("strict_shares") is not None:
+        share_rows.append(f"| outside | {cell('strict_shares', len(labels))} | | | | | 0 |")
     run = metrics.get("run") or {}
     bs = metrics.get("bootstrap", {})
     head = f"# Evaluation: {run.get('name', Path(metrics.get('samples', {}).get('path', str(out))).name)}"
@@ -146,6 +237,12 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
     if metrics.get("reference_shares"):
         parts.append(f"- classifier shares on the real held-out images (should be near uniform): "
                      f"{[round(x, 3) for x in metrics['reference_shares']]}")
+    head_tbl = headline_table(metrics)
+    if head_tbl:
+        parts += ["", "## Headline: strict FD (both judges)", "", head_tbl]
+    rep_tbl = replicates_table(metrics)
+    if rep_tbl:
+        parts += ["", "## Replicates", "", rep_tbl]
     parts += ["", "![group shares](shares.png)", "", "## Group shares", "", *share_rows, "",
               "## Metrics", "", metrics_table(metrics), ""]
     if metrics.get("conditional_rates") is not None:

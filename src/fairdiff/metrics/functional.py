@@ -191,19 +191,20 @@ def frechet_distance_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
 
 
-def _pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and of ``b`` (clipped at 0)."""
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     return np.maximum(d, 0.0)
 
 
-def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+def knn_radii(x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
     """Squared distance of each row of ``x`` to its k-th nearest other row."""
     n = x.shape[0]
     if n <= k:
         raise ValueError(f"need more than k={k} feature vectors, got {n}")
     out = np.empty(n)
     for s in range(0, n, chunk):
-        d = _pairwise_sq_dists(x[s : s + chunk], x)
+        d = pairwise_sq_dists(x[s : s + chunk], x)
         # column k of the partition is the k-th neighbour: column 0 is the point itself (distance 0)
         out[s : s + chunk] = np.partition(d, k, axis=1)[:, k]
     return out
@@ -213,7 +214,7 @@ def _coverage(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk
     """Share of ``queries`` that fall inside at least one ball (centre, radius)."""
     inside = 0
     for s in range(0, queries.shape[0], chunk):
-        d = _pairwise_sq_dists(queries[s : s + chunk], centres)
+        d = pairwise_sq_dists(queries[s : s + chunk], centres)
         inside += int(np.any(d <= radii[None, :], axis=1).sum())
     return inside / queries.shape[0]
 
@@ -228,6 +229,6 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
     f = np.asarray(fake, np.float64)
     if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
         raise ValueError("real and fake features must be [N, D] with the same D")
-    precision = _coverage(f, r, _knn_radii(r, k, chunk), chunk)
-    recall = _coverage(r, f, _knn_radii(f, k, chunk), chunk)
+    precision = _coverage(f, r, knn_radii(r, k, chunk), chunk)
+    recall = _coverage(r, f, knn_radii(f, k, chunk), chunk)
     return precision, recall
