@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -87,7 +88,11 @@ def test_results_tables_and_plots(bench):
         summary = list(csv.DictReader(f))
     assert [(r["setting"], r["method"], r["seeds"]) for r in summary] == [
         ("a", "baseline", "2"), ("a", "guidance", "2"), ("b", "baseline", "2"), ("b", "guidance", "2")]
-    assert all(0 <= float(r["share_0"]) <= 1 and "fd_hard_std" in r for r in summary)
+    # the share of group 0 among valid images; undefined (NaN) only where no image of the cell was valid
+    for r in summary:
+        share, valid = float(r["share_0"]), float(r["valid_rate"])
+        assert (0 <= share <= 1) or (math.isnan(share) and valid == 0.0), (share, valid)
+        assert "fd_hard_std" in r and 0.0 <= float(r["fd_strict"]) <= 2 ** 0.5
     with open(out / "runs.csv") as f:
         runs = list(csv.DictReader(f))
     assert len(runs) == 8 and {r["cell"] for r in runs} == {f"{s}/{m}-s{i}" for s in "ab"

@@ -161,3 +161,16 @@ def test_l2_strict_fd_can_drop_with_garbage_but_the_shortfall_cannot():
         q[j] -= d
         q[2] += d
         assert strict_shortfall(q, t) >= strict_shortfall(p, t) - 1e-12
+
+
+def test_resamples_without_a_valid_image_are_ignored_not_an_error():
+    # 2 valid images of 40: many bootstrap resamples hold no valid image (NaN valid shares)
+    gen_v = np.full(40, OUTSIDE)
+    gen_v[:2] = [0, 1]
+    v = Verdicts(gen_v, np.where(gen_v == OUTSIDE, 0, gen_v), np.zeros((40, 2)), None,
+                 gen_v == OUTSIDE, np.zeros(40, bool), None)
+    m = open_metrics(v, 2, np.array([0.5, 0.5]), n_bootstrap=500, confidence=0.95, seed=0)
+    assert m["valid_rate"] == pytest.approx(0.05)
+    assert m["fd_valid"] == pytest.approx(0.0)
+    lo, hi = m["fd_valid_ci"]
+    assert 0.0 <= lo <= hi <= 2 ** -0.5 + 1e-9

@@ -99,6 +99,15 @@ def judge_images(clf, images: np.ndarray, cal: Calibration | None, *, logits: np
     return Verdicts(verdicts, logits[:, :k].argmax(1), logits[:, :k], features, other, low, off)
 
 
+def _fd_rows(shares: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """FD of each row of ``shares``; NaN for rows without a valid image (NaN shares), ignored by :func:`_ci`."""
+    ok = np.isfinite(shares).all(axis=-1)
+    out = np.full(len(shares), np.nan)
+    if ok.any():
+        out[ok] = fairness_discrepancy(shares[ok], target)
+    return out
+
+
 def _ci(draws: np.ndarray, confidence: float) -> list:
     import warnings
 
@@ -140,7 +149,7 @@ def open_metrics(v: Verdicts, k: int, target: np.ndarray, *, n_bootstrap: int, c
             fd_strict_ci=_ci(strict_fairness_discrepancy(b, target), confidence),
             shortfall_ci=_ci(strict_shortfall(b, target), confidence),
             valid_shares_ci=_ci(vb, confidence),
-            fd_valid_ci=_ci(fairness_discrepancy(np.nan_to_num(vb, nan=0.0), target), confidence),
+            fd_valid_ci=_ci(_fd_rows(vb, target), confidence),
             fd_forced_ci=_ci(fairness_discrepancy(fb, target), confidence),
         )
     if held is not None and held_groups is not None and len(held_groups):
