@@ -117,12 +117,17 @@ def plot_probe(results: dict[str, list[dict]], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for name, rows in results.items():
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    for i, (name, rows) in enumerate(results.items()):
+        color = f"C{i}"
         mids = [(r["t_lo"] + r["t_hi"]) / 2 for r in rows]
-        axes[0].plot(mids, [r["acc_balanced"] for r in rows], marker="o", label=name)
-        axes[1].plot(mids, [r["ce_train"] - r["ce_prior"] for r in rows], marker="o", label=name)
-        axes[2].plot(mids, [r["push_cos"] for r in rows], marker="o", label=name)
+        axes[0].plot(mids, [r["acc_balanced"] for r in rows], marker="o", label=name, color=color)
+        axes[1].plot(mids, [r["ce_train"] - r["ce_prior"] for r in rows], marker="o", label=name, color=color)
+        axes[2].plot(mids, [r["push_cos"] for r in rows], marker="o", label=name, color=color)
+        axes[3].plot(mids, [r["push_along_minor"] / r["push_norm"] for r in rows], marker="o", color=color,
+                     label=f"{name}: minority images")
+        axes[3].plot(mids, [r["push_along_major"] / r["push_norm"] for r in rows], marker="x", ls="--",
+                     color=color, label=f"{name}: majority images")
     axes[0].axhline(0.5, color="gray", lw=0.8, ls="--")
     axes[0].set(title="indicator accuracy (balanced held-out)", xlabel="timestep t", ylim=(0.3, 1.02))
     axes[1].axhline(0.0, color="gray", lw=0.8, ls="--")
@@ -130,6 +135,8 @@ def plot_probe(results: dict[str, list[dict]], path: str | Path) -> None:
     axes[2].axhline(0.0, color="gray", lw=0.8, ls="--")
     axes[2].set(title="cos(summed push on x0_hat, majority - minority)", xlabel="timestep t", ylim=(-1.05, 1.05))
     axes[2].legend(fontsize=7)
+    axes[3].axhline(0.0, color="gray", lw=0.8, ls="--")
+    axes[3].set(title="per-image push along (majority - minority) / mean |push|", xlabel="timestep t")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

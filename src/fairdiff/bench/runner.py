@@ -165,7 +165,8 @@ def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
             log(f"{head}: FAILED: {e}")
             continue
         state = "finished earlier, kept" if done else f"done in {time.time() - t0:.0f} s"
-        log(f"{head}: {state}; FD hard {_num(m.get('fd_hard')):.3f}, domain FID {_num(m.get('domain_fid')):.2f}")
+        log(f"{head}: {state}; strict FD {_num(m.get('fd_strict')):.3f}, valid {_num(m.get('valid_rate')):.3f}, "
+            f"forced-choice FD {_num(m.get('fd_hard')):.3f}, domain FID {_num(m.get('domain_fid')):.2f}")
     rows = collect_rows(all_cells or cells, out_dir)
     write_results(rows, out_dir, f"{cfg.name}", expected=len(all_cells or cells))
     if failed:
