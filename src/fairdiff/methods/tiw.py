@@ -42,6 +42,7 @@ import math
 import torch
 from torch import nn
 
+from fairdiff.errors import ConfigError
 from fairdiff.methods.base import DataInfo, LossOutput, Objective, add_noise, predict_noise
 from fairdiff.models.discriminator import NoiseAwareDiscriminator
 
@@ -117,6 +118,18 @@ class TIWObjective(Objective):
 
     @classmethod
     def from_config(cls, m) -> "TIWObjective":
+        """Built from the method section; out-of-range options are one-line ConfigErrors."""
+        if m.weight_clip is not None and m.weight_clip < 1.0:
+            raise ConfigError(f"method.weight_clip: must be >= 1 (or null), got {m.weight_clip}")
+        if not 0.0 <= m.disc_holdout < 1.0:
+            raise ConfigError(f"method.disc_holdout: must lie in [0, 1), got {m.disc_holdout}")
+        for key in ("disc_width", "disc_steps", "disc_batch_size"):
+            if getattr(m, key) < 1:
+                raise ConfigError(f"method.{key}: must be at least 1, got {getattr(m, key)}")
+        if m.disc_lr <= 0 or m.disc_weight_decay < 0:
+            raise ConfigError("method.disc_lr must be > 0 and method.disc_weight_decay >= 0")
+        if m.iw_timestep < 0:
+            raise ConfigError(f"method.iw_timestep: must be >= 0, got {m.iw_timestep}")
         return cls(m.disc_width, m.weight_clip, m.disc_steps, m.disc_batch_size, m.disc_lr, m.disc_weight_decay,
                    m.disc_holdout, m.iw_timestep)
 

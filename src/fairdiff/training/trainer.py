@@ -183,7 +183,12 @@ def train(
                                             clip_sample=vae is None)  # latents are not bounded to [-1, 1]
     objective: Objective = build_objective(cfg.method)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
-    facts = objective.prepare(unet, images, groups)
+    ref_facts = {}
+    if getattr(objective, "uses_reference", False):  # tiw / iw: fit d(x_t, t) on data.reference first (no labels)
+        from fairdiff.training.discriminator import fit_for_objective
+
+        ref_facts = fit_for_objective(objective, cfg, data, images, noise_scheduler, accelerator.device)
+    facts = {**ref_facts, **objective.prepare(unet, images, groups)}
     if facts and main:
         write_json(run_dir / "method.json", facts)
     if tc.gradient_checkpointing:
@@ -393,5 +398,9 @@ def _write_train_report(cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
         cl = manifest["clusters"]
         lines.append(f"- groups from k-means clusters (k={cl['k']}, counts {cl['counts']}); "
                      f"NMI with the true attribute {cl['nmi_with_attribute']:.3f}")
+    if (run_dir / "method.json").exists():  # tiw / iw: the discriminator's calibration per timestep bucket
+        from fairdiff.training.discriminator import report_lines
+
+        lines += report_lines(read_json(run_dir / "method.json"))
     lines += ["", "Samples (EMA weights, DDIM 25 steps):", "", "![samples](train_grid.png)", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
