@@ -34,11 +34,15 @@ def _noised(x0: torch.Tensor, t: torch.Tensor, noise_scheduler, gen: torch.Gener
 def fit_discriminator(disc: nn.Module, reference: torch.Tensor, biased: torch.Tensor, noise_scheduler, *,
                       steps: int = 500, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                       seed: int = 0, device: str | torch.device = "cpu") -> dict:
-    """Train ``disc`` in place (reference 1, biased 0, balanced batches, BCE, t ~ U{0..T-1}); returns a summary."""
+    """Train ``disc`` in place (reference 1, biased 0, balanced batches, BCE, t ~ U{0..T-1}, AdamW with a cosine
+    learning-rate decay); returns a summary of the fit."""
     if len(reference) == 0 or len(biased) == 0:
         raise ConfigError("the discriminator needs at least one reference and one training image")
     disc.to(device).train()
     opt = torch.optim.AdamW(disc.parameters(), lr=lr, weight_decay=weight_decay)
+    # cosine decay to 0: the late, small steps average out the minibatch noise, which matters most at large t,
+    # where the two noised distributions barely differ and the ratio's gradient is a small signal
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     num_t = noise_scheduler.config.num_train_timesteps
     gen = torch.Generator().manual_seed(derive_seed(seed, "discriminator"))
     y = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)]).to(device)
@@ -53,6 +57,7 @@ def fit_discriminator(disc: nn.Module, reference: torch.Tensor, biased: torch.Te
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
         accs.append(((logit > 0).float() == y).float().mean().item())
     disc.eval()
