@@ -187,3 +187,39 @@ def test_weights_turn_biased_marginal_into_reference_marginal(t):
     if t == 0:  # unweighted: the biased side share 0.8 Phi(-|mu|/s) + 0.2 Phi(|mu|/s), |mu| = 1, s = 0.6
         phi = 0.5 * (1 + math.erf(-1.0 / 0.6 / math.sqrt(2)))
         assert side.mean().item() == pytest.approx(0.8 * phi + 0.2 * (1 - phi), abs=0.01)
+
+
+class _Quadratic(nn.Module):
+    """logit = a * sum(x) + b * sum(x^2) + c * t / 1000, with its inputs recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen_t: list[torch.Tensor] = []
+
+    def forward(self, x, t):
+        self.seen_t.append(t.clone())
+        return 0.3 * x.flatten(1).sum(1) - 0.1 * x.flatten(1).pow(2).sum(1) + 0.5 * t.float() / 1000
+
+
+def test_tiw_and_iw_objectives_use_the_ratio_as_derived():
+    from fairdiff.methods.tiw import IWObjective, TIWObjective
+
+    sched = build_noise_scheduler(1000, "linear")
+    x0 = torch.randn(6, 1, 4, 4)
+    noise = torch.randn(6, 1, 4, 4)
+    t = torch.tensor([0, 10, 200, 500, 800, 999])
+    noisy = sched.add_noise(x0, noise, t)
+    tiw, iw = TIWObjective(weight_clip=None), IWObjective(weight_clip=None)
+    tiw.discriminator, iw.discriminator = _Quadratic(), _Quadratic()
+
+    w, target, log_w = tiw.weights_and_target(x0, noisy, noise, t, sched)
+    grad = 0.3 - 0.2 * noisy  # d logit / dx
+    abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(target, noise - (1 - abar).sqrt() * grad, atol=1e-5)
+    assert torch.allclose(log_w, tiw.discriminator(noisy, t), atol=1e-5)
+    assert torch.allclose(w, batch_weights(log_w), atol=1e-6)
+
+    w, target, log_w = iw.weights_and_target(x0, noisy, noise, t, sched)
+    assert torch.equal(target, noise)  # no correction
+    assert torch.equal(iw.discriminator.seen_t[0], torch.zeros(6, dtype=torch.long))  # the ratio at t = 0
+    assert torch.allclose(log_w, iw.discriminator(x0, torch.zeros(6, dtype=torch.long)), atol=1e-6)  # on clean x0
