@@ -38,6 +38,13 @@ class DataConfig:
     # synthetic shapes (tests)
     synthetic_size: int = 600
     synthetic_classes: int = 2
+    # label-free debiasing (methods tiw / iw, docs/tiw.md): a small unlabeled reference set from the wanted
+    # distribution. Drawn from images that are neither training nor held-out (labels only select them), or read
+    # from the user's own folder of images. Checked when the data is prepared (data/reference.py).
+    reference: int | float | None = None  # a count (integer >= 1) or a fraction (< 1) of the training set
+    reference_shares: list[float] | None = None  # group shares of the drawn reference set; None = balanced
+    reference_dir: str | None = None  # a folder of reference images (no labels needed), instead of drawing
+    train_on: Literal["train", "reference"] = "train"  # "reference": train on the reference set alone (a baseline)
 
 
 @dataclass
@@ -71,7 +78,7 @@ class ModelConfig:
 class MethodConfig:
     """The training objective (baseline, ddm, reweight, align) and its options."""
 
-    name: Literal["baseline", "ddm", "reweight", "align"] = "baseline"
+    name: Literal["baseline", "ddm", "reweight", "align", "tiw", "iw"] = "baseline"
     alpha: float = 0.05  # DDM debiasing strength
     reconstruction_weight: float | None = None  # DDM; None = 1 - alpha
     indicator_widths: list[int] = field(default_factory=lambda: [1024, 512])
@@ -92,6 +99,16 @@ class MethodConfig:
     preserve_weight: float = 1.0  # weight of the preservation term (1 - cos of features vs the frozen model)
     uncertainty_threshold: float = 0.2  # K > 2: drop targets whose averaged OT assignment is less sure than this
     ot_draws: int = 10  # K > 2: target-count draws whose optimal-transport plans are averaged
+    # tiw / iw (methods/tiw.py): the noise-aware discriminator d(x_t, t), reference (1) vs training (0), fitted
+    # before the denoiser trains (training/discriminator.py) and frozen after
+    disc_width: int = 32
+    disc_steps: int = 500  # optimizer steps of the discriminator fit
+    disc_batch_size: int = 64  # per class: each batch holds this many reference and as many training images
+    disc_lr: float = 1.0e-3
+    disc_weight_decay: float = 1.0e-4
+    disc_holdout: float = 0.2  # share of reference and training images kept out of the fit, for calibration
+    weight_clip: float | None = 20.0  # the ratio is clipped to [1/c, c] before per-batch normalisation; None = off
+    iw_timestep: int = 0  # iw: the timestep at which the time-independent ratio is read (on the clean image)
 
 
 @dataclass

@@ -154,6 +154,9 @@ class PreparedData:
     heldout_groups: torch.Tensor
     split: BiasedSplit
     manifest: dict
+    # a reference set for label-free methods (data/reference.py); its groups never reach a method
+    reference_images: torch.Tensor | None = None
+    reference_groups: torch.Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -172,7 +175,7 @@ def prepare_data(cfg) -> PreparedData:  # cfg: DataConfig
     split = build_split(images, cfg.attribute, cfg.groups, cfg.shares, cfg.seed, cfg.size, cfg.heldout_per_group)
     tr = to_tensor(images.images[split.train_indices], cfg.resolution, cfg.channels, cfg.resize)
     he = to_tensor(images.images[split.heldout_indices], cfg.resolution, cfg.channels, cfg.resize)
-    return PreparedData(
+    data = PreparedData(
         train_images=tr,
         train_groups=torch.from_numpy(split.train_groups),
         heldout_images=he,
@@ -180,3 +183,6 @@ def prepare_data(cfg) -> PreparedData:  # cfg: DataConfig
         split=split,
         manifest=split.manifest(cfg.source, cfg.attribute),
     )
+    from fairdiff.data.reference import attach_reference  # data.reference / reference_dir / train_on
+
+    return attach_reference(cfg, images, data)

@@ -24,6 +24,10 @@ def build_objective(method_cfg) -> Objective:
         from fairdiff.methods.align import AlignObjective
 
         return AlignObjective.from_config(method_cfg)
+    if name in ("tiw", "iw"):  # label-free, with a reference set (docs/tiw.md)
+        from fairdiff.methods.tiw import IWObjective, TIWObjective
+
+        return (TIWObjective if name == "tiw" else IWObjective).from_config(method_cfg)
     raise ConfigError(f"unknown method '{name}'")
 
 

@@ -50,7 +50,7 @@ from fairdiff.training.checkpoint import (
     write_model_folder,
 )
 from fairdiff.training.state import load_training_state, save_training_state
-from fairdiff.utils.io import append_jsonl, atomic_write_text, read_jsonl, write_json
+from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,12 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
                                             clip_sample=vae is None)  # latents are not bounded to [-1, 1]
     objective: Objective = build_objective(cfg.method)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
-    facts = objective.prepare(unet, images, groups)
+    ref_facts = {}
+    if getattr(objective, "uses_reference", False):  # tiw / iw: fit d(x_t, t) on data.reference first (no labels)
+        from fairdiff.training.discriminator import fit_for_objective
+
+        ref_facts = fit_for_objective(objective, cfg, data, images, noise_scheduler, accelerator.device)
+    facts = {**ref_facts, **objective.prepare(unet, images, groups)}
     if main:  # written once data, model and objective are known to fit (a failed start leaves the folder free)
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "manifest.json", manifest)
@@ -509,5 +514,9 @@ def _write_train_report(cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
         cl = manifest["clusters"]
         lines.append(f"- groups from k-means clusters (k={cl['k']}, counts {cl['counts']}); "
                      f"NMI with the true attribute {cl['nmi_with_attribute']:.3f}")
+    if (run_dir / "method.json").exists():  # tiw / iw: the discriminator's calibration per timestep bucket
+        from fairdiff.training.discriminator import report_lines
+
+        lines += report_lines(read_json(run_dir / "method.json"))
     lines += ["", "Samples (EMA weights, DDIM 25 steps):", "", "![samples](train_grid.png)", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))

@@ -1,0 +1,123 @@
+"""Reference sets for label-free debiasing (methods tiw / iw; docs/tiw.md).
+
+A reference set is a small, *unlabeled* sample of the distribution one wants. Two ways to get one:
+
+- ``data.reference``: N images drawn from the source, a count (an integer >= 1) or a fraction (< 1) of the
+  training set, at ``data.reference_shares`` (default balanced), from images that are neither training nor
+  held-out (nor in an official test split). The attribute only *selects* them, as a curator would; the method
+  receives the images alone (``PreparedData.reference_images``). Their groups are kept beside them for the
+  manifest and for ``data.train_on=reference`` only.
+- ``data.reference_dir``: a folder of the user's own images (any of PNG / JPEG / BMP / WebP, no labels file).
+
+``data.train_on=reference`` replaces the training set by the reference set (the "reference only" baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairdiff.data.sources import IMAGE_EXTS, ImageSet, _load_images
+from fairdiff.data.split import BiasedSplit, PreparedData, _largest_remainder, to_tensor
+from fairdiff.errors import DataError
+from fairdiff.utils.seed import derive_seed
+
+
+def reference_count(spec: int | float, n_train: int) -> int:
+    """The number of reference images ``data.reference`` asks for: a count, or a fraction of ``n_train``."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise DataError(f"data.reference: expected a count or a fraction, got {spec!r}")
+    if isinstance(spec, float) and not spec.is_integer():
+        if not 0.0 < spec < 1.0:
+            raise DataError(f"data.reference: a fraction must lie in (0, 1), a count must be an integer; got {spec}")
+        n = int(round(spec * n_train))
+        if n < 1:
+            raise DataError(f"data.reference={spec} of {n_train} training images is no image at all")
+        return n
+    n = int(spec)
+    if n < 1:
+        raise DataError(f"data.reference: a count must be at least 1, got {n}")
+    return n
+
+
+def draw_reference(images: ImageSet, split: BiasedSplit, attribute: str, count: int,
+                   shares: list[float] | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source indices, group indices) of ``count`` images at ``shares`` that training and held-out never use."""
+    k = len(split.groups)
+    shares = [1.0 / k] * k if shares is None else list(shares)
+    if len(shares) != k:
+        raise DataError(f"data.reference_shares: {len(shares)} shares for {k} groups")
+    if any(s < 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
+        raise DataError(f"data.reference_shares: must be non-negative and sum to 1, got {shares}")
+    attr = images.attributes[attribute]
+    used = np.zeros(len(images), bool)
+    used[split.train_indices] = True
+    used[split.heldout_indices] = True
+    if images.is_test is not None:
+        used |= np.asarray(images.is_test, bool)
+    rng = np.random.default_rng(derive_seed(seed, "reference"))
+    counts = _largest_remainder(count, shares)
+    idx, grp = [], []
+    for gi, (g, c) in enumerate(zip(split.groups, counts)):
+        pool = np.flatnonzero((attr == g) & ~used)
+        if c > len(pool):
+            raise DataError(
+                f"data.reference: {c} images of {attribute}={g} wanted but only {len(pool)} are neither training "
+                "nor held-out; lower data.reference or data.size, or use data.reference_dir")
+        idx.append(rng.permutation(pool)[:c])
+        grp.append(np.full(c, gi, np.int64))
+    return np.concatenate(idx).astype(np.int64), np.concatenate(grp)
+
+
+def load_reference_dir(path: str, resolution: int, channels: int, resize: str = "resize") -> torch.Tensor:
+    """Every image file in ``path`` (sorted by name) as a float tensor in [-1, 1] shaped like the training data."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"data.reference_dir does not exist: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise DataError(f"data.reference_dir {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+    arr = _load_images(files, "L" if channels == 1 else "RGB", resolution, None)
+    return to_tensor(arr, resolution, channels, resize)
+
+
+def attach_reference(cfg, images: ImageSet, data: PreparedData) -> PreparedData:  # cfg: DataConfig
+    """``data`` with its reference set (``cfg.reference`` / ``cfg.reference_dir``) and ``cfg.train_on`` applied."""
+    spec, folder = getattr(cfg, "reference", None), getattr(cfg, "reference_dir", None)
+    train_on = getattr(cfg, "train_on", "train")
+    if spec is None and not folder:
+        if train_on == "reference":
+            raise DataError("data.train_on=reference needs a reference set: set data.reference or data.reference_dir")
+        if getattr(cfg, "reference_shares", None) is not None:
+            raise DataError("data.reference_shares is set but data.reference is not")
+        return data
+    if spec is not None and folder:
+        raise DataError("set one of data.reference (draw from the source) and data.reference_dir (your images)")
+    manifest = dict(data.manifest)
+    if folder:
+        ref = load_reference_dir(folder, cfg.resolution, data.train_images.shape[1], cfg.resize)
+        ref_groups = None
+        info = {"from": "folder", "path": str(folder), "count": len(ref)}
+    else:
+        n = reference_count(spec, len(data.train_images))
+        idx, ref_groups = draw_reference(images, data.split, cfg.attribute, n, cfg.reference_shares, cfg.seed)
+        ref = to_tensor(images.images[idx], cfg.resolution, cfg.channels, cfg.resize)
+        ref_groups = torch.from_numpy(ref_groups)
+        info = {"from": "source", "count": int(n), "spec": spec,
+                "shares": cfg.reference_shares or [1.0 / data.num_groups] * data.num_groups,
+                "counts": np.bincount(ref_groups.numpy(), minlength=data.num_groups).tolist(),
+                "indices": idx.tolist()}
+    info["train_on"] = train_on
+    manifest["reference"] = info
+    out = dataclasses.replace(data, reference_images=ref, reference_groups=ref_groups, manifest=manifest)
+    if train_on == "reference":
+        if ref_groups is None:  # groups of the user's images are unknown; only label-free methods may use them
+            ref_groups = torch.zeros(len(ref), dtype=torch.long)
+            manifest["reference"]["groups_unknown"] = True
+        manifest["train_counts_biased"] = manifest["train_counts"]
+        manifest["train_counts"] = np.bincount(ref_groups.numpy(), minlength=data.num_groups).tolist()
+        out = dataclasses.replace(out, train_images=ref, train_groups=ref_groups)
+    return out
