@@ -49,10 +49,13 @@ def test_matrix_resumes(tmp_path, tiny_overrides, monkeypatch):
 
 
 def test_summary_mean_and_std():
-    rows = [{"setting": "x", "fd_hard": v, "fd_soft": v, "kl": 0.0, "spd": 0.0, "domain_fid": 1.0,
-             "precision": 1.0, "recall": 1.0, "share_0": 0.5, "conditional_spd": float("nan"), "cell": f"c{i}",
-             "seed": i, "fd_hard_lo": v, "fd_hard_hi": v, "n": 10, "train_s": 1.0}
+    rows = [{"setting": "x", "fd_hard": v, "fd_forced": v, "fd_strict": v + 0.2, "fd_soft": v, "kl": 0.0,
+             "spd": 0.0, "domain_fid": 1.0, "precision": 1.0, "recall": 1.0, "share_0": 0.5,
+             "conditional_spd": float("nan"), "cell": f"c{i}", "seed": i, "fd_hard_lo": v, "fd_hard_hi": v, "n": 10,
+             "train_s": 1.0}
             for i, v in enumerate([0.1, 0.3])]
     s = summarise(rows)[0]
     assert abs(s["fd_hard"] - 0.2) < 1e-12 and abs(s["fd_hard_std"] - 0.1414213562) < 1e-9
-    assert "0.200 ± 0.141" in markdown_tables(rows)
+    table = markdown_tables(rows)
+    assert "0.400 ± 0.141" in table  # strict FD, the headline
+    assert "0.200 ± 0.141" in table  # forced-choice FD beside it
