@@ -237,6 +237,18 @@ CASES = [
     Case("train-folder-no-path", ["train", "data.source=folder", "--out", f"{TMP}/r"], needle="data.path"),
     Case("train-folder-missing", ["train", "data.source=folder", f"data.path={TMP}/none", "--out", f"{TMP}/r"],
          needle="does not exist"),
+    # config values that were accepted (or gave a traceback) before validation: one line naming the key
+    *[Case(f"train-value-{kv.split('=')[0]}-{i}", ["train", *T, kv, "--out", f"{TMP}/r"], needle=kv.split("=")[0])
+      for i, kv in enumerate([
+          "train.lr=.nan", "train.lr=.inf", "train.lr=-1", "train.ema_decay=5", "train.warmup_steps=-10",
+          "train.log_every=0", "model.num_train_timesteps=0", "data.heldout_per_group=-3",
+          "data.shares=[.nan,.nan]", "train.batch_size=0", "method.alpha=2", "sample.steps=5000",
+      ])],
+    Case("train-tiw-without-reference", ["train", *T, "method.name=tiw", "--out", f"{TMP}/r"],
+         needle="reference"),
+    Case("train-ddm-bad-window", ["train", *T, "method.name=ddm", "method.indicator_t_min=500",
+                                  "method.indicator_t_max=100", "--out", f"{TMP}/r"], needle="indicator_t"),
+    Case("sample-unknown-scheduler", ["sample", R, "--scheduler", "dpm"], needle="invalid choice"),
     Case("train-into-foreign-folder", ["train", *T, "--out", f"{TMP}/my_photos"], _s(_foreign)),
     Case("train-bom-labels-missing-image", ["train", *T, "data.source=folder", f"data.path={TMP}/bomdata",
                                             "--out", f"{TMP}/r"], _s(_bom_labels_bad), needle="missing.png"),
