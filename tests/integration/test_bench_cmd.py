@@ -97,6 +97,8 @@ def test_results_tables_and_plots(bench):
         runs = list(csv.DictReader(f))
     assert len(runs) == 8 and {r["cell"] for r in runs} == {f"{s}/{m}-s{i}" for s in "ab"
                                                             for m in ("baseline", "guidance") for i in (0, 1)}
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") >= 3 and "guidance" in page and "data:image/png;base64," in page
     for png in ("fd_vs_fid.png", "shares.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

@@ -58,6 +58,17 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
         return list(reader.fieldnames or []), list(reader)
 
 
+HEADLINE = ("method", "seeds", "fd_strict", "fd_strict_std", "valid_rate", "valid_rate_std", "shortfall", "fd_valid",
+            "fd_strict_corrected", "fd_strict_j2", "fd_forced", "share_0", "share_0_std", "domain_fid", "precision",
+            "recall", "cell", "seed", "fd_strict_lo", "fd_strict_hi", "judges_disagree", "n")
+
+
+def _columns(cols: list[str], max_columns: int) -> list[str]:
+    """The headline columns first (strict FD, valid rate, ...), then the rest, at most ``max_columns``."""
+    first = [c for c in HEADLINE if c in cols]
+    return (first + [c for c in cols if c not in first])[:max_columns]
+
+
 def write_html_report(out_dir: str | Path, title: str, max_columns: int = 16) -> Path:
     """Write ``out_dir/report.html`` from the bench's files; returns its path."""
     out_dir = Path(out_dir)
@@ -69,7 +80,7 @@ def write_html_report(out_dir: str | Path, title: str, max_columns: int = 16) ->
         for s in settings:
             rows = [r for r in summary if r.get("setting", "") == s]
             parts.append(f"<h2>{html.escape(s or 'results')}</h2>")
-            parts.append(_table(rows, [c for c in cols if c != "setting"][:max_columns]))
+            parts.append(_table(rows, _columns([c for c in cols if c != "setting"], max_columns)))
     else:
         parts.append("<p class='note'>No cell has finished yet.</p>")
     plots = sorted(p for p in out_dir.glob("*.png"))
@@ -88,7 +99,7 @@ def write_html_report(out_dir: str | Path, title: str, max_columns: int = 16) ->
     rcols, runs = _read_csv(out_dir / "runs.csv")
     if runs:
         parts.append("<h2>Every run</h2>")
-        parts.append(_table(runs, rcols[:max_columns]))
+        parts.append(_table(runs, _columns([c for c in rcols if c != "setting"], max_columns)))
     parts.append("<p class='note'>Written by fairdiff bench; every image is embedded in this file.</p></body></html>")
     path = out_dir / "report.html"
     atomic_write_text(path, "\n".join(parts))

@@ -41,7 +41,8 @@ def plot_fd_vs_fid(rows: list[dict], path: Path, panel: str | None = None, color
     plt = _pyplot()
     panels = list(dict.fromkeys(r[panel] for r in rows)) if panel else [None]
     colors = list(dict.fromkeys(r[color] for r in rows))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10" if len(colors) <= 10 else "tab20")
+    markers = "os^Dv<>p*h"
     fig, axes = plt.subplots(1, len(panels), figsize=(2 + 4 * len(panels), 4.2), sharey=True, squeeze=False)
     for ax, p in zip(axes[0], panels):
         for i, c in enumerate(colors):
@@ -52,8 +53,8 @@ def plot_fd_vs_fid(rows: list[dict], path: Path, panel: str | None = None, color
             y = _col(rs, key)
             # a percentile interval need not contain the point estimate (e.g. FD near 0): no negative bars
             err = np.clip([np.nan_to_num(y - _col(rs, f"{key}_lo")), np.nan_to_num(_col(rs, f"{key}_hi") - y)], 0, None)
-            ax.errorbar(_col(rs, "domain_fid"), y, yerr=err, fmt="o", color=cmap(i % 10), label=c, capsize=3,
-                        alpha=0.85)
+            ax.errorbar(_col(rs, "domain_fid"), y, yerr=err, fmt=markers[(i // 10) % len(markers)],
+                        color=cmap(i % cmap.N), label=c, capsize=3, alpha=0.85)
         if p is not None:
             ax.set_title(str(p), fontsize=10)
         ax.set_xlabel("domain FID (lower is better)")

@@ -26,6 +26,7 @@ from fairdiff.bench.matrix import (
     write_cell_record,
     write_csv,
 )
+from fairdiff.bench.html import write_html_report
 from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
 from fairdiff.config import load_config, save_config
 from fairdiff.errors import FairdiffError
@@ -187,7 +188,7 @@ def collect_rows(cells: list[BenchCell], out_dir: str | Path) -> list[dict]:
 
 def write_results(rows: list[dict], out_dir: str | Path, title: str, expected: int | None = None) -> None:
     """``results.md`` (a table per setting), ``results.csv`` (mean/std per setting x method), ``runs.csv`` (one row
-    per run), ``fd_vs_fid.png`` and ``shares.png``."""
+    per run), ``fd_vs_fid.png``, ``shares.png`` and ``report.html`` (all of it in one self-contained page)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown_tables(rows, title, per="setting") if rows else f"## {title}\n\nNo cell has finished yet.\n"
@@ -201,3 +202,4 @@ def write_results(rows: list[dict], out_dir: str | Path, title: str, expected: i
     write_csv(rows, out_dir / "runs.csv")
     plot_fd_vs_fid(rows, out_dir / "fd_vs_fid.png", panel="setting", color="method")
     plot_shares(rows, out_dir / "shares.png")
+    write_html_report(out_dir, title)
