@@ -105,3 +105,13 @@ def test_refuses_to_mix_runs(trained_run, capsys):
     assert run(["train", *TINY, "train.steps=4", "train.lr=1e-3", "--out", str(trained_run), "--resume", "latest",
                 "-q"]) == 2
     assert "differs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["dpmpp", "unipc"])
+def test_sample_with_multistep_schedulers(trained_run, tmp_path, kind):
+    out = tmp_path / kind
+    assert run(["sample", str(trained_run), "--n", "3", "--steps", "4", "--scheduler", kind, "--out", str(out),
+                "-q"]) == 0
+    z = np.load(out / "samples.npz")
+    assert z["images"].shape == (3, 1, 16, 16)
+    assert json.loads((out / "meta.json").read_text())["scheduler"] == kind

@@ -241,8 +241,10 @@ def sample_run(
 
     run_dir = Path(run_dir)
     check_sampling_args(n, steps, eta, batch_size)
-    if scheduler not in ("ddim", "ddpm"):
-        raise FairdiffError(f"unknown sampling scheduler '{scheduler}' (known: ddim, ddpm)")
+    from fairdiff.models.unet import SAMPLING_SCHEDULERS
+
+    if scheduler not in SAMPLING_SCHEDULERS:
+        raise FairdiffError(f"unknown sampling scheduler '{scheduler}' (known: {', '.join(SAMPLING_SCHEDULERS)})")
     out_dir = Path(out_dir) if out_dir else run_dir / "samples"
     if (run_dir / "sd.json").is_file():  # an sd-finetune run: the diffusers pipeline with its LoRA applied
         from fairdiff.training.sd_lora import sample_sd_run
