@@ -57,3 +57,24 @@ def test_multistep_schedulers_keep_per_image_seeds(kind):
 def test_unknown_scheduler_is_a_config_error():
     with pytest.raises(ConfigError, match="dpmpp"):
         build_sampling_scheduler("euler", build_noise_scheduler().config)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpmpp", "unipc"])
+def test_x0_predictions_are_clipped_like_ddim_when_the_schedule_says_so(kind):
+    far = 3 * X_STAR  # data outside [-1, 1]: a clipping sampler cannot reach it
+    ns = build_noise_scheduler()
+
+    class FarDenoiser(ExactDenoiser):
+        def forward(self, x, t, class_labels=None):
+            a = self.abar[t.long()].view(-1, 1, 1, 1)
+            return SimpleNamespace(sample=(x - a.sqrt() * far) / (1 - a).sqrt())
+
+    net = FarDenoiser(ns.alphas_cumprod)
+    clipped = {**dict(ns.config), "clip_sample": True}
+    free = {**dict(ns.config), "clip_sample": False}
+    out_c = sample(net, build_sampling_scheduler(kind, clipped), [0, 1], num_steps=10, progress=False,
+                   clip_output=False)
+    out_f = sample(net, build_sampling_scheduler(kind, free), [0, 1], num_steps=10, progress=False,
+                   clip_output=False)
+    assert out_c.abs().max() <= 1.0 + 1e-3
+    assert (out_f - far).abs().max() < 0.1

@@ -79,9 +79,14 @@ def build_sampling_scheduler(kind: str, train_scheduler_config: dict):
         return DDIMScheduler.from_config(train_scheduler_config)
     if kind == "ddpm":
         return DDPMScheduler.from_config(train_scheduler_config)
+    # DDIM clips each step's x0 prediction to [-1, 1] when the schedule says clip_sample (pixel models); the
+    # multistep solvers do the same through thresholding with a maximum of 1 (their threshold s = clamp(q, 1, 1))
+    clip = dict(train_scheduler_config).get("clip_sample", False)
+    clip_kw = {"thresholding": True, "sample_max_value": float(dict(train_scheduler_config).get(
+        "clip_sample_range", 1.0))} if clip else {}
     if kind == "dpmpp":
         return DPMSolverMultistepScheduler.from_config(train_scheduler_config, algorithm_type="dpmsolver++",
-                                                       solver_order=2)
+                                                       solver_order=2, **clip_kw)
     if kind == "unipc":
-        return UniPCMultistepScheduler.from_config(train_scheduler_config)
+        return UniPCMultistepScheduler.from_config(train_scheduler_config, **clip_kw)
     raise ConfigError(f"unknown sampling scheduler '{kind}' (known: {', '.join(SAMPLING_SCHEDULERS)})")
