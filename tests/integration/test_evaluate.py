@@ -182,3 +182,15 @@ def test_torchscript_fid_features(tmp_path):
                          progress=False)
     assert m["quality_features"] == "inception:feat.pt" and m["fid"] > 0 and m["domain_fid"] is None
     assert m["reference_n"] == 10 and 0 <= m["precision"] <= 1
+
+
+def test_re_evaluation_keeps_the_bench_timing(run_dir, tmp_path):
+    from fairdiff.evaluation import evaluate_run
+
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"timing": {"train_s": 12.5, "train_and_sample_s": 20.0}}))
+    m = evaluate_run(run_dir, bootstrap=20, out_dir=out, progress=False)
+    assert m["timing"] == {"train_s": 12.5, "train_and_sample_s": 20.0}
+    assert json.loads((out / "metrics.json").read_text())["timing"]["train_s"] == 12.5
+    assert "fd_strict" in m

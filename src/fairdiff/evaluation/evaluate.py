@@ -7,6 +7,8 @@ add loading, the cached domain classifier, the run's balanced held-out real imag
 
 from __future__ import annotations
 
+import json
+
 import math
 import time
 import zipfile
@@ -442,7 +444,16 @@ def evaluate_run(
         # keep_different: samples made another way (e.g. guided) are never silently replaced by unguided ones
         sample_run(run_dir, want, seed=cfg.sample.seed, steps=cfg.sample.steps, batch_size=cfg.sample.batch_size,
                    scheduler=cfg.sample.scheduler, eta=cfg.sample.eta, progress=progress, keep_different=True)
-    extra = {
+    extra: dict = {}
+    old = Path(out_dir or run_dir) / "metrics.json"
+    if old.exists():  # re-evaluating a run keeps what the bench measured about it (train / sample seconds)
+        try:
+            timing = json.loads(old.read_text(encoding="utf-8")).get("timing")
+        except (OSError, ValueError, AttributeError):
+            timing = None
+        if isinstance(timing, dict):
+            extra["timing"] = timing
+    extra |= {
         "run": {"dir": str(run_dir), "name": cfg.name, "method": cfg.method.name,
                 "conditional": cfg.model.conditional, "train_shares": list(cfg.data.shares),
                 "train_steps": cfg.train.steps, "train_seed": cfg.train.seed, "sample_seed": cfg.sample.seed,
