@@ -231,12 +231,17 @@ def _open_set(clf, images, all_logits, feats, held_logits, held_feats, held_grou
     )
 
     k = clf.num_classes
-    cal = calibration_of(clf, held_logits, held_feats)
-    v = judge_images(clf, images, cal, logits=all_logits, features=feats)
-    held_v = judge_images(clf, reference_images, cal, logits=held_logits, features=held_feats) \
-        if held_logits is not None else None
-    out = open_metrics(v, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, held=held_v,
-                       held_groups=held_groups)
+
+    def judged(judge, logits, features, ref_logits, ref_features):
+        """Verdicts of ``judge`` on the samples, calibrated on the held-out real images, and their metrics."""
+        cal = calibration_of(judge, ref_logits, ref_features)
+        v = judge_images(judge, images, cal, logits=logits, features=features)
+        held = judge_images(judge, reference_images, cal, logits=ref_logits, features=ref_features) \
+            if ref_logits is not None else None
+        return cal, v, open_metrics(v, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+                                    held=held, held_groups=held_groups)
+
+    cal, v, out = judged(clf, all_logits, feats, held_logits, held_feats)
     out["open_set"] = {"calibration": cal.source if cal else None,
                        "confidence_threshold": cal.threshold if cal else None,
                        "manifold_k": cal.k if cal else None, "manifold_scale": cal.scale if cal else None,
@@ -253,12 +258,7 @@ def _open_set(clf, images, all_logits, feats, held_logits, held_feats, held_grou
         sh_logits = sh_feats = None
         if reference_images is not None:
             sh_logits, sh_feats = second.predict(reference_images, batch_size=2000, all_classes=True)
-        cal2 = calibration_of(second, sh_logits, sh_feats)
-        v2 = judge_images(second, images, cal2, logits=s_logits, features=s_feats)
-        held2 = judge_images(second, reference_images, cal2, logits=sh_logits, features=sh_feats) \
-            if sh_logits is not None else None
-        j2 = open_metrics(v2, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, held=held2,
-                          held_groups=held_groups)
+        _, _, j2 = judged(second, s_logits, s_feats, sh_logits, sh_feats)
         j2["classifier"] = second.describe()
         out["judge2"] = j2
         out["judges_agreement"] = judges_agreement(out, j2)
