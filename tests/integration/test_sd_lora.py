@@ -82,7 +82,7 @@ def test_ddm_lora_trains(sd_run):
 def test_lora_round_trip_changes_output(sd_run):
     from safetensors.torch import load_file
 
-    from fairdiff.training.sd_lora import load_sd_pipeline
+    from fairdiff.sampling.sd import load_sd_pipeline
 
     _, run = sd_run
     saved = load_file(str(run / "model" / "pytorch_lora_weights.safetensors"))

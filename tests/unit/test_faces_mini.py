@@ -20,7 +20,7 @@ from PIL import Image
 from fairdiff.config import DataConfig, EvalConfig
 from fairdiff.data import faces
 from fairdiff.data.fetch import fetch
-from fairdiff.data.sources import load_source
+from fairdiff.data.load import load_source
 from fairdiff.errors import DataError, FairdiffError
 
 N_FACES = 6

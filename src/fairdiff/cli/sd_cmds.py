@@ -116,7 +116,7 @@ def _check_sd_steps(run: Path, steps: int) -> None:
 
 def cmd_sd_sample(args: argparse.Namespace) -> int:
     from fairdiff.errors import FairdiffError
-    from fairdiff.training.sd_lora import sample_sd_run
+    from fairdiff.sampling.sd import sample_sd_run
 
     import math
 

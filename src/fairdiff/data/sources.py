@@ -300,26 +300,3 @@ def make_synthetic(n: int, k: int, size: int = 16, channels: int = 1, seed: int 
         colour = rng.uniform(0.6, 1.0, channels) * intensity
         imgs[i] = (m[None] * colour[:, None, None]).astype(np.uint8)
     return ImageSet("synthetic", imgs, {"label": labels.astype(np.int64)})
-
-
-# --------------------------------------------------------------------------------------------- dispatch
-def load_source(cfg) -> ImageSet:  # cfg: DataConfig
-    """Load the source that ``cfg.source`` names (images at their native size for digits / MNIST)."""
-    src = cfg.source
-    if src == "digits":
-        return load_digits()
-    if src == "mnist":
-        return load_mnist(cfg.path)
-    if src == "synthetic":
-        return make_synthetic(cfg.synthetic_size, cfg.synthetic_classes, cfg.resolution, cfg.channels or 1, cfg.seed)
-    if src == "folder":
-        return load_folder(cfg.path, cfg.resolution, cfg.channels)
-    if src == "celeba":
-        return load_celeba(cfg.path, cfg.resolution)
-    if src == "faces-mini":
-        from fairdiff.data.faces import load_faces_mini  # fetched with 'fairdiff data fetch faces-mini'
-
-        return load_faces_mini(cfg.path, cfg.resolution)
-    raise DataError(f"unknown data source '{src}'")
-
-

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fairdiff.data.sources import ImageSet, load_source
+from fairdiff.data.sources import ImageSet
 from fairdiff.errors import DataError
 
 
@@ -165,24 +165,3 @@ class PreparedData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
-
-
-def prepare_data(cfg) -> PreparedData:  # cfg: DataConfig
-    """Load the source, build the biased split and return tensors ready for training and evaluation."""
-    images = load_source(cfg)
-    if len(images) == 0:
-        raise DataError(f"data source '{cfg.source}' holds no images")
-    split = build_split(images, cfg.attribute, cfg.groups, cfg.shares, cfg.seed, cfg.size, cfg.heldout_per_group)
-    tr = to_tensor(images.images[split.train_indices], cfg.resolution, cfg.channels, cfg.resize)
-    he = to_tensor(images.images[split.heldout_indices], cfg.resolution, cfg.channels, cfg.resize)
-    data = PreparedData(
-        train_images=tr,
-        train_groups=torch.from_numpy(split.train_groups),
-        heldout_images=he,
-        heldout_groups=torch.from_numpy(split.heldout_groups),
-        split=split,
-        manifest=split.manifest(cfg.source, cfg.attribute),
-    )
-    from fairdiff.data.reference import attach_reference  # data.reference / reference_dir / train_on
-
-    return attach_reference(cfg, images, data)

@@ -27,6 +27,9 @@ TEXT_LORA_TARGETS = ("q_proj", "v_proj")
 _ATTN_NAMES = {'to_q', 'to_k', 'to_v', 'to_out', 'query', 'key', 'value', 'q_proj', 'k_proj', 'v_proj'}
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"  # an sd-finetune run's LoRA, in diffusers' naming
+
+
 class SDFolderError(FairdiffError):
     """A path that is not a usable diffusers Stable Diffusion folder."""
 

@@ -28,14 +28,13 @@ from torch import nn
 
 from fairdiff.training.steps import optimizer_step, record_parts
 from fairdiff.config import RunConfig, save_config
-from fairdiff.errors import ConfigError, RunDirError
+from fairdiff.errors import ConfigError
 from fairdiff.methods import DataInfo, build_objective
-from fairdiff.models.sd import TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
-from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, write_json
+from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
+from fairdiff.utils.io import append_jsonl, atomic_write_text, write_json
 from fairdiff.utils.outputs import check_output_dir, replace_output_dir
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 SD_RUN_LEGACY = {"sd-run": ["config.yaml", "sd.json"]}  # sd-finetune runs written before the .fairdiff.json marker
 
 
@@ -303,51 +302,3 @@ def finetune_sd_lora(
          f"final loss {last_loss:.4f}, time {seconds:.1f} s"), ""]))
     accelerator.end_training()
     return SDResult(run_dir, tc.steps, last_loss, seconds)
-
-
-def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None = None):
-    """The run's base ``StableDiffusionPipeline`` (local folder) with its LoRA applied (U-Net + text encoder)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    run_dir = Path(run_dir)
-    meta_file = run_dir / "sd.json"
-    if not meta_file.is_file() or not (run_dir / "model" / LORA_FILE).is_file():
-        raise RunDirError(f"{run_dir} is not a finished sd-finetune run (expected sd.json and model/{LORA_FILE})")
-    meta = read_json(meta_file)
-    from fairdiff.models.sd import _quiet_loading, check_sd_folder
-
-    base = check_sd_folder(meta["sd"])
-    _quiet_loading()
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
-                                                   use_safetensors=True,
-                                                   local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    if lora:
-        pipe.load_lora_weights(str(run_dir / "model"), weight_name=LORA_FILE)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dev), meta
-
-
-def sample_sd_run(run_dir: str | Path, n: int, *, out_dir: str | Path | None = None, prompt: str | None = None,
-                  seed: int = 0, steps: int = 25, guidance_scale: float = 1.0, lora: bool = True,
-                  device: str | None = None, batch_size: int = 16) -> Path:
-    """Draw ``n`` images (image i from seed + i) through the diffusers pipeline with the run's LoRA."""
-    from fairdiff.sampling import to_uint8, write_samples
-
-    pipe, meta = load_sd_pipeline(run_dir, lora=lora, device=device)
-    text = prompt or meta["prompts"][0]
-    size = meta["latent_shape"][-1] * pipe.vae_scale_factor
-    seeds = list(range(seed, seed + n))
-    out = []
-    for i in range(0, n, batch_size):
-        bs = seeds[i : i + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
-        res = pipe([text] * len(bs), height=size, width=size, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, generator=gens, output_type="pt")
-        out.append(res.images.float().cpu() * 2 - 1)
-    imgs = torch.cat(out)
-    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
-    info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "prompt": text, "lora": lora,
-            "guidance_scale": guidance_scale}
-    return write_samples(out_dir, to_uint8(imgs), seeds, None, info)
