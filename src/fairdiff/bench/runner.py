@@ -139,35 +139,136 @@ def check_cells_fresh(base, cells: list[BenchCell], out_dir: str | Path) -> None
     refuse_stale(cells, reasons, out_dir)
 
 
-def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
-              all_cells: list[BenchCell] | None = None, quiet: bool = False, log=print) -> list[dict]:
-    """Run ``cells`` (in order) under ``out_dir/cells/<setting>/<method>-s<seed>``, then write the results.
+def _cell_line(m: dict) -> str:
+    return (f"strict FD {_num(m.get('fd_strict')):.3f}, valid {_num(m.get('valid_rate')):.3f}, "
+            f"forced-choice FD {_num(m.get('fd_hard')):.3f}, domain FID {_num(m.get('domain_fid')):.2f}")
 
-    Results cover every cell of ``all_cells`` (default: ``cells``) that has finished, in this run or an earlier
-    one, so running a matrix piece by piece with ``--only`` fills one table. ``log`` gets one line per cell.
+
+def shard_cells(cells: list[BenchCell], index: int, count: int) -> list[BenchCell]:
+    """The cells of shard ``index`` of ``count`` (``--shard i/n``, for array jobs of any scheduler).
+
+    Cells are dealt out by (setting, seed) so that a cell and the cell it starts from (``after``: same setting and
+    seed) land in the same shard; the shards together hold every cell exactly once."""
+    if count < 1 or not 0 <= index < count:
+        raise FairdiffError(f"--shard {index}/{count}: expected i/n with 0 <= i < n")
+    keys: list[tuple] = []
+    for c in cells:
+        k = (c.setting, c.seed)
+        if k not in keys:
+            keys.append(k)
+    mine = {k for j, k in enumerate(keys) if j % count == index}
+    return [c for c in cells if (c.setting, c.seed) in mine]
+
+
+def _worker_init(threads: int, devices) -> None:
+    """A ``--jobs`` worker: ``threads`` torch threads on CPU; on GPUs, one device of ``devices`` each."""
+    import os
+
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker_cell(base, cell: BenchCell, cells_dir: Path) -> tuple[str, object, float]:
+    """Run one cell in a worker process; a user error comes back as text (exceptions may not pickle)."""
+    t0 = time.time()
+    try:
+        return "ok", _run_one(base, cell, cells_dir, True), time.time() - t0
+    except FairdiffError as e:
+        return "error", str(e), time.time() - t0
+
+
+def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, jobs: int, log,
+                  failed: dict[str, str]) -> None:
+    """Run ``cells`` in ``jobs`` worker processes; a cell starts once the cell it starts from has finished."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
+    devices = None
+    ngpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if ngpu:
+        jobs = min(jobs, ngpu)
+        devices = ctx.Queue()
+        for d in range(jobs):
+            devices.put(d)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    names = {c.name for c in cells}
+    pending = list(cells)
+    running: dict = {}
+    finished: set[str] = set()
+    n = len(cells)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, devices)) as ex:
+        while pending or running:
+            for cell in list(pending):
+                if len(running) >= jobs:
+                    break
+                if cell.after in failed:
+                    failed[cell.name] = f"needs {cell.after}, which failed"
+                    log(f"[{n - len(pending) - len(running) + 1}/{n}] {cell.name}: skipped ({failed[cell.name]})")
+                    pending.remove(cell)
+                    continue
+                if cell.after is None or cell.after not in names or cell.after in finished:
+                    done = (cells_dir / cell.name / "metrics.json").exists()
+                    running[ex.submit(_worker_cell, cfg.base, cell, cells_dir)] = (cell, done)
+                    pending.remove(cell)
+            if not running:
+                continue
+            complete, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in complete:
+                cell, done = running.pop(fut)
+                status, value, secs = fut.result()
+                head = f"[{len(finished) + len(failed) + 1}/{n}] {cell.name}"
+                if status == "error":
+                    failed[cell.name] = str(value)
+                    log(f"{head}: FAILED: {value}")
+                    continue
+                finished.add(cell.name)
+                state = "finished earlier, kept" if done else f"done in {secs:.0f} s"
+                log(f"{head}: {state}; {_cell_line(value)}")
+
+
+def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
+              all_cells: list[BenchCell] | None = None, quiet: bool = False, log=print, jobs: int = 1) -> list[dict]:
+    """Run ``cells`` under ``out_dir/cells/<setting>/<method>-s<seed>``, then write the results.
+
+    ``jobs`` > 1 runs that many cells at once, each in its own process (on CPU with ``cpu_count // jobs`` torch
+    threads each, on GPUs one GPU each); a cell that starts from another (``after``) waits for it. Results cover
+    every cell of ``all_cells`` (default: ``cells``) that has finished, in this run or an earlier one, so running a
+    matrix piece by piece with ``--only`` or ``--shard`` fills one table. ``log`` gets one line per cell.
     Raises :class:`BenchError` after writing the results when some cells failed."""
     out_dir = Path(out_dir)
     cells_dir = out_dir / "cells"
     check_cells_fresh(cfg.base, cells, out_dir)
     cells_dir.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
-    for i, cell in enumerate(cells):
-        head = f"[{i + 1}/{len(cells)}] {cell.name}"
-        if cell.after in failed:
-            failed[cell.name] = f"needs {cell.after}, which failed"
-            log(f"{head}: skipped ({failed[cell.name]})")
-            continue
-        done = (cells_dir / cell.name / "metrics.json").exists()
-        t0 = time.time()
-        try:
-            m = _run_one(cfg.base, cell, cells_dir, quiet)
-        except FairdiffError as e:
-            failed[cell.name] = str(e)
-            log(f"{head}: FAILED: {e}")
-            continue
-        state = "finished earlier, kept" if done else f"done in {time.time() - t0:.0f} s"
-        log(f"{head}: {state}; strict FD {_num(m.get('fd_strict')):.3f}, valid {_num(m.get('valid_rate')):.3f}, "
-            f"forced-choice FD {_num(m.get('fd_hard')):.3f}, domain FID {_num(m.get('domain_fid')):.2f}")
+    if jobs > 1 and len(cells) > 1:
+        _run_parallel(cfg, cells, cells_dir, jobs, log, failed)
+    else:
+        for i, cell in enumerate(cells):
+            head = f"[{i + 1}/{len(cells)}] {cell.name}"
+            if cell.after in failed:
+                failed[cell.name] = f"needs {cell.after}, which failed"
+                log(f"{head}: skipped ({failed[cell.name]})")
+                continue
+            done = (cells_dir / cell.name / "metrics.json").exists()
+            t0 = time.time()
+            try:
+                m = _run_one(cfg.base, cell, cells_dir, quiet)
+            except FairdiffError as e:
+                failed[cell.name] = str(e)
+                log(f"{head}: FAILED: {e}")
+                continue
+            state = "finished earlier, kept" if done else f"done in {time.time() - t0:.0f} s"
+            log(f"{head}: {state}; {_cell_line(m)}")
     rows = collect_rows(all_cells or cells, out_dir)
     write_results(rows, out_dir, f"{cfg.name}", expected=len(all_cells or cells))
     if failed:

@@ -72,6 +72,10 @@ def register(sub) -> None:
     p.add_argument("--seeds", help="comma-separated training seeds instead of the config's")
     p.add_argument("--quiet", "-q", action="store_true", help="one line per cell, no progress bars")
     p.add_argument("--dry-run", action="store_true", help="list the cells with their resolved overrides and exit")
+    p.add_argument("--jobs", "-j", default="1", metavar="N",
+                   help="run N cells at once, each in its own process (CPU: cores/N threads each; GPUs: one each)")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based; for array jobs of a cluster "
+                   "scheduler): cells are dealt out by setting and seed, and every shard writes the same table")
     p.set_defaults(func=cmd_bench)
 
 
@@ -124,6 +128,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     all_cells = expand_cells(cfg, out, seeds)
     check_cells(cfg, all_cells)
     cells = select_cells(all_cells, args.only)
+    jobs = _ints(args.jobs, "--jobs")
+    if len(jobs) != 1 or jobs[0] < 1:
+        raise FairdiffError(f"--jobs: expected a positive whole number, got {args.jobs!r}")
+    if args.shard is not None:
+        from fairdiff.bench.runner import shard_cells
+
+        parts = args.shard.split("/")
+        try:
+            index, count = (int(x) for x in parts)
+        except ValueError:
+            raise FairdiffError(f"--shard: expected I/N such as 0/4, got {args.shard!r}") from None
+        if count < 1 or not 0 <= index < count:
+            raise FairdiffError(f"--shard: expected I/N with 0 <= I < N, got {args.shard!r}")
+        cells = shard_cells(cells, index, count)
     if args.dry_run:
         print(f"bench {cfg.name}: {len(cells)} of {len(all_cells)} cells into {out} (base: {cfg.base or 'defaults'})")
         for c in cells:
@@ -142,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     mark_out(out, "bench")
     t0 = time.time()
     try:
-        run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet)
+        run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet, jobs=jobs[0])
     except KeyboardInterrupt:
         print(f"bench interrupted: run the same command again to continue (finished cells in {out} are kept)",
               file=sys.stderr)

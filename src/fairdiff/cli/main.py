@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     except FairdiffError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`fairdiff ... | head`): stop quietly, as other tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except OSError as e:
         if e.filename is None:  # not about a path the user gave: a bug or a machine fault, keep the traceback
             raise
