@@ -96,3 +96,37 @@ def test_bad_jobs_and_shard_values_are_one_line_errors(tmp_path, args, needle):
     rc, _, err = _main(["bench", str(cfg), "--out", str(tmp_path / "o"), *args])
     assert rc == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_stops_the_workers_and_the_cells_resume(tmp_path):
+    """SIGTERM to ``bench --jobs 2``: the training workers save a checkpoint and stop, none outlives the bench
+    (every run folder's lock is free), and running the command again finishes the matrix."""
+    import fcntl
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "long.yaml"
+    data = {"name": "long", "overrides": {**FAST, "train.steps": 4000, "train.checkpoint_every": 4000},
+            "seeds": [0], "settings": {"a": {"data.shares": [0.75, 0.25]}},
+            "methods": {"baseline": {"method.name": "baseline"}, "reweight": {"method.name": "reweight"}}}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+    env = {**os.environ, "FAIRDIFF_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fairdiff", "bench", str(cfg), "--out", str(out), "-q",
+                             "--jobs", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stats = [out / "cells" / "a" / m / "stats.jsonl" for m in ("baseline-s0", "reweight-s0")]
+    deadline = time.time() + 300
+    while not all(p.exists() and p.stat().st_size > 0 for p in stats):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    for m in ("baseline-s0", "reweight-s0"):
+        run = out / "cells" / "a" / m
+        assert list(run.glob("checkpoint-*")), f"{m}: no checkpoint saved on SIGTERM"
+        with open(run / ".fairdiff.lock", "a+") as f:  # raises if a worker still holds the run folder
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

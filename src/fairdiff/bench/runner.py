@@ -206,34 +206,81 @@ def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, job
     running: dict = {}
     finished: set[str] = set()
     n = len(cells)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, devices)) as ex:
-        while pending or running:
-            for cell in list(pending):
-                if len(running) >= jobs:
-                    break
-                if cell.after in failed:
-                    failed[cell.name] = f"needs {cell.after}, which failed"
-                    log(f"[{n - len(pending) - len(running) + 1}/{n}] {cell.name}: skipped ({failed[cell.name]})")
-                    pending.remove(cell)
+    ex = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, devices))
+    with _TermAsInterrupt():
+        try:
+            while pending or running:
+                for cell in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if cell.after in failed:
+                        failed[cell.name] = f"needs {cell.after}, which failed"
+                        log(f"[{n - len(pending) - len(running) + 1}/{n}] {cell.name}: skipped "
+                            f"({failed[cell.name]})")
+                        pending.remove(cell)
+                        continue
+                    if cell.after is None or cell.after not in names or cell.after in finished:
+                        done = (cells_dir / cell.name / "metrics.json").exists()
+                        running[ex.submit(_worker_cell, cfg.base, cell, cells_dir)] = (cell, done)
+                        pending.remove(cell)
+                if not running:
                     continue
-                if cell.after is None or cell.after not in names or cell.after in finished:
-                    done = (cells_dir / cell.name / "metrics.json").exists()
-                    running[ex.submit(_worker_cell, cfg.base, cell, cells_dir)] = (cell, done)
-                    pending.remove(cell)
-            if not running:
-                continue
-            complete, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in complete:
-                cell, done = running.pop(fut)
-                status, value, secs = fut.result()
-                head = f"[{len(finished) + len(failed) + 1}/{n}] {cell.name}"
-                if status == "error":
-                    failed[cell.name] = str(value)
-                    log(f"{head}: FAILED: {value}")
-                    continue
-                finished.add(cell.name)
-                state = "finished earlier, kept" if done else f"done in {secs:.0f} s"
-                log(f"{head}: {state}; {_cell_line(value)}")
+                complete, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in complete:
+                    cell, done = running.pop(fut)
+                    status, value, secs = fut.result()
+                    head = f"[{len(finished) + len(failed) + 1}/{n}] {cell.name}"
+                    if status == "error":
+                        failed[cell.name] = str(value)
+                        log(f"{head}: FAILED: {value}")
+                        continue
+                    finished.add(cell.name)
+                    state = "finished earlier, kept" if done else f"done in {secs:.0f} s"
+                    log(f"{head}: {state}; {_cell_line(value)}")
+        except BaseException:
+            _stop_workers(ex)
+            raise
+    ex.shutdown(wait=True)
+
+
+class _TermAsInterrupt:
+    """In the bench's own process, SIGTERM is handled like Ctrl-C, so that the workers are stopped cleanly."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> bool:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def _stop_workers(ex, grace_s: float = 60.0) -> None:
+    """SIGTERM every worker (a training cell saves a checkpoint at its current step and stops), wait up to
+    ``grace_s``, then kill what is left: no worker outlives the bench and keeps a run folder locked."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.time() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    ex.shutdown(wait=False, cancel_futures=True)
 
 
 def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
