@@ -120,7 +120,8 @@ def cmd_sd_sample(args: argparse.Namespace) -> int:
 
     import math
 
-    from fairdiff.sampling.files import prepare_samples_dir, resolve_device
+    from fairdiff.runs import prepare_samples_dir
+    from fairdiff.sampling.files import resolve_device
 
     if args.n < 1 or args.steps < 1:
         raise FairdiffError("--n and --steps must be at least 1")

@@ -5,15 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fairdiff.errors import FairdiffError, RunDirError
-from fairdiff.sampling.sampler import Guidance, sample, to_uint8
-from fairdiff.sampling.store import LEGACY_SAMPLES, SAMPLES_KIND, prepare_samples_dir, write_samples  # noqa: F401
+from fairdiff.errors import FairdiffError
+from fairdiff.runs import (
+    SAMPLES_DIR,
+    load_model_checked,
+    model_dir,
+    prepare_samples_dir,
+    read_samples_meta,
+    write_samples,
+)
+from fairdiff.sampling.sampler import Guidance, sample
+from fairdiff.utils.images import to_uint8
 
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda:N", "mps")
@@ -53,18 +59,6 @@ def check_sampling_args(n: int, steps: int, eta: float, batch_size: int,
                             f"use 1..{num_train_timesteps}")
     if not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0.0 <= eta <= 1.0):
         raise FairdiffError(f"--eta must be a number in [0, 1] (0 = deterministic DDIM), got {eta}")
-
-
-def read_samples_meta(folder: str | Path) -> dict | None:
-    """The ``meta.json`` a samples folder was written with (how its images were made), or None."""
-    p = Path(folder) / "meta.json"
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # what makes two sets of samples of one run the same images (seeds aside: more images extend the same list)
@@ -117,22 +111,6 @@ def _num_train_timesteps(model_folder: Path) -> int | None:
         return None
 
 
-def load_model_checked(run_dir: Path, device: str):
-    """``(unet, scheduler_config, vae)`` of a run; a truncated or foreign weights file is one line."""
-    from safetensors import SafetensorError
-
-    from fairdiff.training.checkpoint import load_model_vae, load_run_model
-
-    try:
-        unet, sched_cfg = load_run_model(run_dir, device)
-        vae = load_model_vae(run_dir, device)
-    except (OSError, ValueError, SafetensorError) as e:
-        first = " ".join(str(e).split())[:200]
-        raise FairdiffError(f"cannot load the model of {run_dir} (truncated or not a fairdiff model?): {first}") \
-            from None
-    return unet, sched_cfg, vae
-
-
 def check_class_labels(class_labels: list[int] | None, num_class_embeds: int | None) -> None:
     """Class labels only for a class-conditional model, each in [0, K)."""
     if class_labels is None:
@@ -177,7 +155,6 @@ def sample_run(
     left at None take the run's ``sample.*`` settings from its ``config.yaml`` (all off unless set there).
     """
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.training.checkpoint import model_dir
 
     run_dir = Path(run_dir)
     check_sampling_args(n, steps, eta, batch_size)
@@ -185,7 +162,7 @@ def sample_run(
 
     if scheduler not in SAMPLING_SCHEDULERS:
         raise FairdiffError(f"unknown sampling scheduler '{scheduler}' (known: {', '.join(SAMPLING_SCHEDULERS)})")
-    out_dir = Path(out_dir) if out_dir else run_dir / "samples"
+    out_dir = Path(out_dir) if out_dir else run_dir / SAMPLES_DIR
     if (run_dir / "sd.json").is_file():  # an sd-finetune run: the diffusers pipeline with its LoRA applied
         from fairdiff.sampling.sd import sample_sd_run
 
@@ -245,16 +222,3 @@ def _speed_options(run_dir: Path, **given) -> dict:
             v = getattr(cfg_sample, k, _SPEED_DEFAULTS[k]) if cfg_sample is not None else _SPEED_DEFAULTS[k]
         out[k] = v
     return out
-
-
-def load_samples(path: str | Path) -> dict:
-    """Read a samples folder (``samples.npz``) or a run folder (``samples/samples.npz``)."""
-    p = Path(path)
-    for cand in (p, p / "samples.npz", p / "samples" / "samples.npz"):
-        if cand.is_file():
-            try:
-                with np.load(cand) as z:
-                    return {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                raise RunDirError(f"cannot read {cand} (truncated or not a samples file): {e}") from None
-    raise RunDirError(f"no samples found at {p} (expected samples.npz; run 'fairdiff sample' first)")

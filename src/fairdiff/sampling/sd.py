@@ -8,8 +8,8 @@ import torch
 
 from fairdiff.errors import RunDirError
 from fairdiff.models.sd import LORA_FILE
-from fairdiff.sampling.store import write_samples
-from fairdiff.sampling.sampler import to_uint8
+from fairdiff.runs import write_samples
+from fairdiff.utils.images import to_uint8
 from fairdiff.utils.io import read_json
 
 
