@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -12,8 +10,11 @@ import torch
 from fairdiff.errors import FairdiffError
 from fairdiff.runs import (
     SAMPLES_DIR,
+    is_sd_run,
     load_model_checked,
     model_dir,
+    model_fingerprint,
+    num_train_timesteps,
     prepare_samples_dir,
     read_samples_meta,
     write_samples,
@@ -92,25 +93,6 @@ def _short(v) -> str:
     return text if len(text) <= 24 else text[:12] + "..."
 
 
-def model_fingerprint(model_folder: Path) -> dict:
-    """The first 16 hex digits of the sha256 of the U-Net weights: which model made the samples."""
-    h = hashlib.sha256()
-    files = sorted((model_folder / "unet").glob("*.safetensors"))
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return {"model_hash": h.hexdigest()[:16] if files else None}
-
-
-def _num_train_timesteps(model_folder: Path) -> int | None:
-    p = model_folder / "scheduler" / "scheduler_config.json"
-    try:
-        return int(json.loads(p.read_text(encoding="utf-8"))["num_train_timesteps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def check_class_labels(class_labels: list[int] | None, num_class_embeds: int | None) -> None:
     """Class labels only for a class-conditional model, each in [0, K)."""
     if class_labels is None:
@@ -163,7 +145,7 @@ def sample_run(
     if scheduler not in SAMPLING_SCHEDULERS:
         raise FairdiffError(f"unknown sampling scheduler '{scheduler}' (known: {', '.join(SAMPLING_SCHEDULERS)})")
     out_dir = Path(out_dir) if out_dir else run_dir / SAMPLES_DIR
-    if (run_dir / "sd.json").is_file():  # an sd-finetune run: the diffusers pipeline with its LoRA applied
+    if is_sd_run(run_dir):  # an sd-finetune run: the diffusers pipeline with its LoRA applied
         from fairdiff.sampling.sd import sample_sd_run
 
         prepare_samples_dir(out_dir, [run_dir])
@@ -173,7 +155,7 @@ def sample_run(
     md = model_dir(run_dir)
     inputs = [run_dir, md]
     prepare_samples_dir(out_dir, inputs)
-    check_sampling_args(n, steps, eta, batch_size, _num_train_timesteps(md))
+    check_sampling_args(n, steps, eta, batch_size, num_train_timesteps(md))
     labels_given = class_labels is not None
     recipe = {**model_fingerprint(md), "steps": steps, "scheduler": scheduler, "eta": float(eta), "seed": seed,
               "guidance": (meta or {}).get("guidance"),
