@@ -45,7 +45,7 @@ def main() -> None:
     from fairdiff.sampling.sampler import sample
 
     if a.run:
-        from fairdiff.training.checkpoint import load_run_model
+        from fairdiff.runs import load_run_model
 
         unet, sched_cfg = load_run_model(a.run, a.device)
     else:

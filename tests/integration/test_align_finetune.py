@@ -12,7 +12,7 @@ from fairdiff.methods.align import train_alignment_classifier
 from fairdiff.models import build_sampling_scheduler
 from fairdiff.sampling import sample
 from fairdiff.training import train
-from fairdiff.training.checkpoint import load_run_model
+from fairdiff.runs import load_run_model
 
 
 def _share_of_group1(run, clf) -> float:

@@ -34,7 +34,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
     from fairdiff.methods.guidance import GuidanceHeads, HeadsConfig, schedule_timesteps
     from fairdiff.models.hspace import capture_h
-    from fairdiff.training.checkpoint import load_run_model
+    from fairdiff.runs import load_run_model
 
     root = tmp_path_factory.mktemp("world")
     run, cond = root / "run", root / "cond"
@@ -112,7 +112,7 @@ def _samples_npz(folder: Path, n: int = 4, truncate: bool = False) -> None:
 
 def _guided_samples_in_copy(w, tmp):
     """A run copy whose samples were made with guidance (4 images): evaluate --n 12 must not replace them."""
-    from fairdiff.sampling.files import write_samples
+    from fairdiff.runs import write_samples
 
     r = _copy_run(w, tmp)
     write_samples(r / "samples", np.zeros((4, 1, 16, 16), np.uint8), list(range(4)),

@@ -209,7 +209,7 @@ def _shape_classifier(data) -> torch.nn.Module:
 
 def test_guidance_moves_shares_toward_target(biased_run):
     from fairdiff.metrics import fairness_discrepancy, group_histogram
-    from fairdiff.training.checkpoint import load_run_model
+    from fairdiff.runs import load_run_model
 
     run, data = biased_run
     unet, sc = load_run_model(run)

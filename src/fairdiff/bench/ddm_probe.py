@@ -28,7 +28,7 @@ from fairdiff.data import prepare_data
 from fairdiff.errors import RunDirError
 from fairdiff.methods.base import predicted_x0
 from fairdiff.models.indicator import MLPClassifier
-from fairdiff.training.checkpoint import load_module_state, load_run_model, model_dir, read_run_config
+from fairdiff.runs import load_module_state, load_run_model, model_dir, read_run_config
 
 
 def load_indicator(run_dir: str | Path) -> tuple[MLPClassifier, dict]:

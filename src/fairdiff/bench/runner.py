@@ -55,7 +55,7 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     from fairdiff.evaluation import evaluate_samples
     from fairdiff.methods.guidance import DistributionGuidance, load_heads, train_heads
     from fairdiff.sampling import sample_run
-    from fairdiff.training.checkpoint import load_run_model
+    from fairdiff.runs import load_run_model
 
     if (cell_dir / "metrics.json").exists():
         return read_json_checked(cell_dir / "metrics.json", "cell metrics")

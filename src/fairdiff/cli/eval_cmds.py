@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     common = {"n": args.n, "classifier": args.classifier, "target": target, "bootstrap": args.bootstrap,
               "out_dir": args.out, "seed": args.seed, "progress": not args.quiet, "replicates": args.replicates}
     if is_run:
-        from fairdiff.training.checkpoint import read_run_config
+        from fairdiff.runs import read_run_config
 
         _check_target_len(target, read_run_config(path))
         m = evaluate_run(path, **common)

@@ -84,13 +84,8 @@ def check_heads_fit(heads, unet, sched_cfg, heads_path, run) -> None:
 def cmd_sample_guided(args: argparse.Namespace) -> int:
     from fairdiff.methods.guidance import DistributionGuidance, load_heads
     from fairdiff.sampling import sample_run
-    from fairdiff.sampling.files import (
-        check_sampling_args,
-        load_model_checked,
-        prepare_samples_dir,
-        resolve_device,
-    )
-    from fairdiff.training.checkpoint import model_dir
+    from fairdiff.runs import load_model_checked, model_dir, prepare_samples_dir
+    from fairdiff.sampling.files import check_sampling_args, resolve_device
 
     check_sampling_args(args.n, args.steps, args.eta, args.batch_size)
     if args.scale is None:
@@ -157,8 +152,8 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
     from fairdiff.data import prepare_data
     from fairdiff.methods.guidance import heads_json_path, train_heads
     from fairdiff.cli.common import check_out_file
-    from fairdiff.sampling.files import load_model_checked, resolve_device
-    from fairdiff.training.checkpoint import read_run_config
+    from fairdiff.runs import load_model_checked, read_run_config
+    from fairdiff.sampling.files import resolve_device
 
     if args.steps < 1 or args.batch_size < 1 or args.n_per_step < 0:
         raise FairdiffError("--steps and --batch-size must be at least 1, --n-per-step at least 0")

@@ -70,7 +70,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fairdiff.training import export_diffusers
+    from fairdiff.runs import export_diffusers
 
     out = export_diffusers(args.run, args.out, overwrite=args.overwrite)
     print(f"exported diffusers DDPMPipeline folder to {out}")

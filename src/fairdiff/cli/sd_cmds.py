@@ -103,9 +103,10 @@ def _check_sd_steps(run: Path, steps: int) -> None:
     import json
 
     from fairdiff.errors import FairdiffError
+    from fairdiff.runs import SD_META
 
     try:
-        base = Path(json.loads((run / "sd.json").read_text(encoding="utf-8"))["sd"])
+        base = Path(json.loads((run / SD_META).read_text(encoding="utf-8"))["sd"])
         total = int(json.loads((base / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
                     ["num_train_timesteps"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -120,15 +121,16 @@ def cmd_sd_sample(args: argparse.Namespace) -> int:
 
     import math
 
-    from fairdiff.sampling.files import prepare_samples_dir, resolve_device
+    from fairdiff.runs import SD_META, is_sd_run, prepare_samples_dir
+    from fairdiff.sampling.files import resolve_device
 
     if args.n < 1 or args.steps < 1:
         raise FairdiffError("--n and --steps must be at least 1")
     if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
         raise FairdiffError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
     run = Path(args.run)
-    if not (run / "sd.json").is_file():
-        raise FairdiffError(f"{run} is not an sd-finetune run (no sd.json)")
+    if not is_sd_run(run):
+        raise FairdiffError(f"{run} is not an sd-finetune run (no {SD_META})")
     args.device = resolve_device(args.device)
     _check_sd_steps(run, args.steps)
     prepare_samples_dir(Path(args.out) if args.out else run / "samples", [run])

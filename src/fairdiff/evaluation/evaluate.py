@@ -427,7 +427,7 @@ def evaluate_run(
     judge the samples with the cached domain classifier for the run's data, and write ``metrics.json`` +
     ``report.md`` into ``out_dir`` (default: the run folder). Returns the metrics dict."""
     from fairdiff.sampling import sample_run
-    from fairdiff.training.checkpoint import read_run_config
+    from fairdiff.runs import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)

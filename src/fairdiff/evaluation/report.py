@@ -180,7 +180,7 @@ def metrics_table(metrics: dict) -> str:
 def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None = None,
                  grid_source: Path | None = None) -> Path:
     """Write ``metrics.json``, ``shares.png``, ``samples.png`` and ``report.md`` into ``out_dir``."""
-    from fairdiff.sampling.sampler import save_grid
+    from fairdiff.utils.images import save_grid
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fairdiff.errors import FairdiffError, RunDirError
-from fairdiff.sampling.sampler import Guidance, sample, to_uint8
-from fairdiff.sampling.store import LEGACY_SAMPLES, SAMPLES_KIND, prepare_samples_dir, write_samples  # noqa: F401
+from fairdiff.errors import FairdiffError
+from fairdiff.runs import (
+    SAMPLES_DIR,
+    is_sd_run,
+    load_model_checked,
+    model_dir,
+    model_fingerprint,
+    num_train_timesteps,
+    prepare_samples_dir,
+    read_samples_meta,
+    write_samples,
+)
+from fairdiff.sampling.sampler import Guidance, sample
+from fairdiff.utils.images import to_uint8
 
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda:N", "mps")
@@ -55,18 +62,6 @@ def check_sampling_args(n: int, steps: int, eta: float, batch_size: int,
         raise FairdiffError(f"--eta must be a number in [0, 1] (0 = deterministic DDIM), got {eta}")
 
 
-def read_samples_meta(folder: str | Path) -> dict | None:
-    """The ``meta.json`` a samples folder was written with (how its images were made), or None."""
-    p = Path(folder) / "meta.json"
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 # what makes two sets of samples of one run the same images (seeds aside: more images extend the same list)
 RECIPE_KEYS = ("guidance", "model_hash", "steps", "scheduler", "eta", "seed", "class_labels")
 
@@ -96,41 +91,6 @@ def _short(v) -> str:
         return "none"
     text = str(v)
     return text if len(text) <= 24 else text[:12] + "..."
-
-
-def model_fingerprint(model_folder: Path) -> dict:
-    """The first 16 hex digits of the sha256 of the U-Net weights: which model made the samples."""
-    h = hashlib.sha256()
-    files = sorted((model_folder / "unet").glob("*.safetensors"))
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return {"model_hash": h.hexdigest()[:16] if files else None}
-
-
-def _num_train_timesteps(model_folder: Path) -> int | None:
-    p = model_folder / "scheduler" / "scheduler_config.json"
-    try:
-        return int(json.loads(p.read_text(encoding="utf-8"))["num_train_timesteps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def load_model_checked(run_dir: Path, device: str):
-    """``(unet, scheduler_config, vae)`` of a run; a truncated or foreign weights file is one line."""
-    from safetensors import SafetensorError
-
-    from fairdiff.training.checkpoint import load_model_vae, load_run_model
-
-    try:
-        unet, sched_cfg = load_run_model(run_dir, device)
-        vae = load_model_vae(run_dir, device)
-    except (OSError, ValueError, SafetensorError) as e:
-        first = " ".join(str(e).split())[:200]
-        raise FairdiffError(f"cannot load the model of {run_dir} (truncated or not a fairdiff model?): {first}") \
-            from None
-    return unet, sched_cfg, vae
 
 
 def check_class_labels(class_labels: list[int] | None, num_class_embeds: int | None) -> None:
@@ -177,7 +137,6 @@ def sample_run(
     left at None take the run's ``sample.*`` settings from its ``config.yaml`` (all off unless set there).
     """
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.training.checkpoint import model_dir
 
     run_dir = Path(run_dir)
     check_sampling_args(n, steps, eta, batch_size)
@@ -185,8 +144,8 @@ def sample_run(
 
     if scheduler not in SAMPLING_SCHEDULERS:
         raise FairdiffError(f"unknown sampling scheduler '{scheduler}' (known: {', '.join(SAMPLING_SCHEDULERS)})")
-    out_dir = Path(out_dir) if out_dir else run_dir / "samples"
-    if (run_dir / "sd.json").is_file():  # an sd-finetune run: the diffusers pipeline with its LoRA applied
+    out_dir = Path(out_dir) if out_dir else run_dir / SAMPLES_DIR
+    if is_sd_run(run_dir):  # an sd-finetune run: the diffusers pipeline with its LoRA applied
         from fairdiff.sampling.sd import sample_sd_run
 
         prepare_samples_dir(out_dir, [run_dir])
@@ -196,7 +155,7 @@ def sample_run(
     md = model_dir(run_dir)
     inputs = [run_dir, md]
     prepare_samples_dir(out_dir, inputs)
-    check_sampling_args(n, steps, eta, batch_size, _num_train_timesteps(md))
+    check_sampling_args(n, steps, eta, batch_size, num_train_timesteps(md))
     labels_given = class_labels is not None
     recipe = {**model_fingerprint(md), "steps": steps, "scheduler": scheduler, "eta": float(eta), "seed": seed,
               "guidance": (meta or {}).get("guidance"),
@@ -245,16 +204,3 @@ def _speed_options(run_dir: Path, **given) -> dict:
             v = getattr(cfg_sample, k, _SPEED_DEFAULTS[k]) if cfg_sample is not None else _SPEED_DEFAULTS[k]
         out[k] = v
     return out
-
-
-def load_samples(path: str | Path) -> dict:
-    """Read a samples folder (``samples.npz``) or a run folder (``samples/samples.npz``)."""
-    p = Path(path)
-    for cand in (p, p / "samples.npz", p / "samples" / "samples.npz"):
-        if cand.is_file():
-            try:
-                with np.load(cand) as z:
-                    return {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                raise RunDirError(f"cannot read {cand} (truncated or not a samples file): {e}") from None
-    raise RunDirError(f"no samples found at {p} (expected samples.npz; run 'fairdiff sample' first)")

@@ -15,7 +15,6 @@ import logging
 import math
 from typing import Callable, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -130,28 +129,6 @@ def sample(
         bar.close()
         unet.train(was_training)
     return torch.cat(out)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float ``[N, C, H, W]`` -> uint8 ``[N, C, H, W]``."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-
-
-def save_grid(images: np.ndarray, path, nrow: int | None = None, pad: int = 1) -> None:
-    """Write uint8 ``[N, C, H, W]`` images as one PNG grid."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    ncol = math.ceil(n / nrow)
-    grid = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[
-            i
-        ].transpose(1, 2, 0)
-    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
-    img.save(path)
 
 
 def _step_kwargs(scheduler, eta: float, gens: list[torch.Generator]) -> dict:

@@ -8,8 +8,8 @@ import torch
 
 from fairdiff.errors import RunDirError
 from fairdiff.models.sd import LORA_FILE
-from fairdiff.sampling.store import write_samples
-from fairdiff.sampling.sampler import to_uint8
+from fairdiff.runs import MODEL_DIR, SD_META, write_samples
+from fairdiff.utils.images import to_uint8
 from fairdiff.utils.io import read_json
 
 
@@ -18,9 +18,10 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     run_dir = Path(run_dir)
-    meta_file = run_dir / "sd.json"
-    if not meta_file.is_file() or not (run_dir / "model" / LORA_FILE).is_file():
-        raise RunDirError(f"{run_dir} is not a finished sd-finetune run (expected sd.json and model/{LORA_FILE})")
+    meta_file = run_dir / SD_META
+    if not meta_file.is_file() or not (run_dir / MODEL_DIR / LORA_FILE).is_file():
+        raise RunDirError(f"{run_dir} is not a finished sd-finetune run (expected {SD_META} and "
+                          f"{MODEL_DIR}/{LORA_FILE})")
     meta = read_json(meta_file)
     from fairdiff.models.sd import _quiet_loading, check_sd_folder
 
@@ -31,7 +32,7 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
                                                    local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if lora:
-        pipe.load_lora_weights(str(run_dir / "model"), weight_name=LORA_FILE)
+        pipe.load_lora_weights(str(run_dir / MODEL_DIR), weight_name=LORA_FILE)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev), meta

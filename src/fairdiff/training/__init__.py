@@ -1,6 +1,6 @@
-"""One method-agnostic trainer (accelerate), run folders and checkpoints."""
+"""One method-agnostic trainer (accelerate) and its checkpoints; run folders themselves are :mod:`fairdiff.runs`."""
 
 from fairdiff.training.trainer import TrainResult, train
-from fairdiff.training.checkpoint import latest_checkpoint, load_run_model, export_diffusers
+from fairdiff.training.checkpoint import latest_checkpoint
 
-__all__ = ["TrainResult", "train", "latest_checkpoint", "load_run_model", "export_diffusers"]
+__all__ = ["TrainResult", "train", "latest_checkpoint"]

@@ -1,10 +1,9 @@
-"""Run folders, atomic checkpoints, and the diffusers-format model folder.
+"""Training checkpoints and the run folder's writer lock.
 
-Run folder: ``config.yaml``, ``manifest.json``, ``stats.jsonl``, ``checkpoint-N/`` (model, objective modules,
-optimizer, LR schedule, EMA, RNG states and the step, as safetensors and JSON only; see
-:mod:`fairdiff.training.state`; ``files.json`` lists each file's size and SHA-256), ``model/`` (a diffusers
-``DDPMPipeline`` folder: ``unet/``, ``scheduler/``, ``model_index.json``; plus one folder per objective module,
-e.g. ``indicator/``), ``samples/``, ``report.md``.
+A run folder (layout: :mod:`fairdiff.runs`) holds ``checkpoint-N/`` folders while it trains: model, objective
+modules, optimizer, LR schedule, EMA, RNG states and the step, as safetensors and JSON only (see
+:mod:`fairdiff.training.state`); ``files.json`` lists each file's size and SHA-256. This module lists, checks,
+resumes and prunes them, and prepares and locks the run folder before training.
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
 
 from fairdiff.config import RunConfig, dump_config, load_config
 from fairdiff.errors import RunDirError
@@ -225,113 +221,3 @@ def prune_checkpoints(run_dir: Path, limit: int) -> None:
     cks = list_checkpoints(run_dir)
     for _, p in cks[: max(0, len(cks) - limit)]:
         shutil.rmtree(p, ignore_errors=True)
-
-
-def atomic_dir_replace(tmp: Path, final: Path) -> None:
-    """Move a finished temp folder into place; an older folder of the same name is removed only afterwards."""
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def save_module(module: torch.nn.Module, folder: Path, config: dict) -> None:
-    """Save a plain module as ``model.safetensors`` + ``config.json`` (the layout diffusers uses)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-
-
-def load_module_state(folder: Path) -> dict:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None = None, vae=None,
-                       marker: str | None = None) -> None:
-    """Write a diffusers ``DDPMPipeline`` folder (loadable with ``DDPMPipeline.from_pretrained``) atomically.
-
-    A latent model also gets ``vae/`` (its frozen ``AutoencoderKL``), which sampling decodes through.
-    """
-    from diffusers import DDPMPipeline
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(str(tmp), safe_serialization=True)
-    for name, (module, config) in (extra or {}).items():
-        save_module(module, tmp / name, config)
-    if vae is not None:
-        vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
-    if marker is not None:  # fairdiff's own output folder (utils/outputs.py), marked before it appears
-        from fairdiff.utils.outputs import write_marker
-
-        write_marker(tmp, marker)
-    atomic_dir_replace(tmp, folder)
-
-
-def model_dir(run_or_model: str | Path) -> Path:
-    """Accept a run folder (uses ``model/``) or a model folder itself."""
-    p = Path(run_or_model)
-    if (p / "model" / "unet").is_dir():
-        return p / "model"
-    if (p / "unet").is_dir():
-        return p
-    raise RunDirError(f"{p} holds no trained model (expected {p}/model/unet); has training finished?")
-
-
-def load_run_model(run_or_model: str | Path, device: str | torch.device = "cpu"):
-    """Load ``(unet, noise_scheduler_config)`` from a run or model folder."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    from safetensors import SafetensorError
-
-    md = model_dir(run_or_model)
-    try:  # safetensors only: a pickled ``.bin`` beside or instead of the weights is never read
-        unet = UNet2DModel.from_pretrained(str(md / "unet"), use_safetensors=True).to(device)
-        sched = DDPMScheduler.from_pretrained(str(md / "scheduler"))
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RunDirError(f"cannot load the model in {md}: {first[:300]}") from None
-    return unet, sched.config
-
-
-def load_model_vae(run_or_model: str | Path, device: str | torch.device = "cpu"):
-    """The frozen VAE of a latent model (``model/vae/``), or None for a pixel-space model."""
-    md = model_dir(run_or_model)
-    if not (md / "vae" / "config.json").is_file():
-        return None
-    from fairdiff.models.vae import load_vae
-
-    return load_vae(md / "vae", device)
-
-
-EXPORT_LEGACY = {"export": ["model_index.json", "unet", "scheduler"]}  # exports written before the marker
-
-
-def export_diffusers(run_or_model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write the run's U-Net + scheduler (+ ``vae/`` of a latent model) as a diffusers ``DDPMPipeline`` folder."""
-    from diffusers import DDPMScheduler
-
-    from fairdiff.utils.outputs import OutputDirError, check_output_dir
-
-    out = Path(out)
-    source = model_dir(run_or_model)
-    inside = [Path(run_or_model).resolve(), source.resolve()]
-    if any(out.resolve() == p or p in out.resolve().parents or out.resolve() in p.parents for p in inside):
-        raise OutputDirError(f"export folder {out} overlaps the model it exports ({run_or_model}); choose another")
-    check_output_dir(out, "export", overwrite=overwrite, inputs=[run_or_model], legacy_files=EXPORT_LEGACY)
-    unet, sched_cfg = load_run_model(run_or_model)
-    write_model_folder(out, unet, DDPMScheduler.from_config(sched_cfg), vae=load_model_vae(run_or_model),
-                       marker="export")
-    return out
-
-
-def read_run_config(run_dir: str | Path) -> RunConfig:
-    p = Path(run_dir) / "config.yaml"
-    if not p.exists():
-        raise RunDirError(f"{run_dir} is not a fairdiff run (no config.yaml)")
-    return load_config(p)

@@ -276,7 +276,7 @@ def finetune_sd_lora(
         bar.close()
 
     # ---- save: LoRA (U-Net + text encoder) in diffusers format, objective modules beside it
-    from fairdiff.training.checkpoint import atomic_dir_replace, save_module
+    from fairdiff.runs import atomic_dir_replace, save_module
 
     accelerator.wait_for_everyone()
     seconds = time.time() - t0

@@ -39,15 +39,13 @@ from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.models import build_noise_scheduler, build_sampling_scheduler, build_unet
 from fairdiff.models.lora import add_unet_lora, merge_lora
+from fairdiff.runs import atomic_dir_replace, load_run_model, write_model_folder
 from fairdiff.training.checkpoint import (
-    atomic_dir_replace,
     latest_checkpoint,
-    load_run_model,
     prepare_run_dir,
     prune_checkpoints,
     resolve_resume,
     write_file_list,
-    write_model_folder,
 )
 from fairdiff.training.state import load_training_state, save_training_state
 from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
@@ -461,7 +459,8 @@ def _ema_copy(unet, ema):
 
 
 def _sample_grid(cfg: RunConfig, unet, noise_scheduler, path: Path, n: int = 16, vae=None) -> None:
-    from fairdiff.sampling import sample, save_grid, to_uint8
+    from fairdiff.sampling import sample
+    from fairdiff.utils.images import save_grid, to_uint8
 
     sched = build_sampling_scheduler("ddim", noise_scheduler.config)
     labels = [i % len(cfg.data.groups) for i in range(n)] if cfg.model.conditional else None

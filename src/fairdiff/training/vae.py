@@ -64,7 +64,7 @@ def train_vae(
 ) -> VAEResult:
     """Fit an ``AutoencoderKL`` (preset ``model.vae_preset``) on the training split of ``cfg.data``."""
     from fairdiff.data import prepare_data
-    from fairdiff.sampling import save_grid, to_uint8
+    from fairdiff.utils.images import save_grid, to_uint8
     from fairdiff.training.trainer import batch_indices
 
     out_dir = Path(out_dir)

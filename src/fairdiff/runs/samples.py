@@ -1,19 +1,30 @@
-"""Writing a samples folder: checked before any sampling, written atomically, marked as fairdiff's own."""
+"""A samples folder (``RUN/samples/`` by default): checked before any sampling, written atomically, read back.
+
+It holds one ``seedNNNNNN.png`` per image (optional), ``samples.npz`` (``images`` uint8 ``[N, C, H, W]``, ``seeds``,
+``class_labels`` of a conditional model), ``grid.png`` (the first 64), ``meta.json`` (how they were made) and the
+``.fairdiff.json`` marker of kind ``samples``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from fairdiff.sampling.sampler import save_grid
+from fairdiff.errors import RunDirError
+from fairdiff.runs.folder import SAMPLES_DIR
+from fairdiff.utils.images import save_grid, save_png
 from fairdiff.utils.outputs import OutputDirError, check_output_dir, write_marker
 
 SAMPLES_KIND = "samples"
 LEGACY_SAMPLES = {SAMPLES_KIND: ["samples.npz"]}  # samples folders written before markers existed
+SAMPLES_FILE = "samples.npz"
+META_FILE = "meta.json"
 
 
 def prepare_samples_dir(out_dir: str | Path, inputs: list[str | Path] = ()) -> Path:
@@ -34,8 +45,6 @@ def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_lab
     """Write uint8 images to ``out_dir`` atomically (a temp folder, then a rename), with ``meta.json`` (how they
     were made) and the ``.fairdiff.json`` marker. An existing ``out_dir`` is replaced only when it is empty or
     fairdiff's own samples folder (see :func:`prepare_samples_dir`)."""
-    from PIL import Image
-
     from fairdiff.utils.io import write_json
 
     out_dir = prepare_samples_dir(out_dir, inputs)
@@ -45,15 +54,14 @@ def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_lab
     try:
         if png:
             for img, s in zip(images, seeds):
-                a = img.transpose(1, 2, 0)
-                Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(tmp / f"seed{s:06d}.png")
+                save_png(img, tmp / f"seed{s:06d}.png")
         arrays = {"images": images, "seeds": np.asarray(seeds, np.int64)}
         if class_labels is not None:
             arrays["class_labels"] = np.asarray(class_labels, np.int64)
-        np.savez_compressed(tmp / "samples.npz", **arrays)
+        np.savez_compressed(tmp / SAMPLES_FILE, **arrays)
         save_grid(images[:64], tmp / "grid.png", nrow=8)
         if meta is not None:
-            write_json(tmp / "meta.json", meta)
+            write_json(tmp / META_FILE, meta)
         write_marker(tmp, SAMPLES_KIND)
         old = None
         if out_dir.exists():
@@ -69,3 +77,28 @@ def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_lab
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def read_samples_meta(folder: str | Path) -> dict | None:
+    """The ``meta.json`` a samples folder was written with (how its images were made), or None."""
+    p = Path(folder) / META_FILE
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_samples(path: str | Path) -> dict:
+    """Read a samples folder (``samples.npz``) or a run folder (``samples/samples.npz``)."""
+    p = Path(path)
+    for cand in (p, p / SAMPLES_FILE, p / SAMPLES_DIR / SAMPLES_FILE):
+        if cand.is_file():
+            try:
+                with np.load(cand) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise RunDirError(f"cannot read {cand} (truncated or not a samples file): {e}") from None
+    raise RunDirError(f"no samples found at {p} (expected samples.npz; run 'fairdiff sample' first)")

@@ -1,0 +1,40 @@
+"""The run folder's layout: the names of what it holds, its config, and atomic folder replacement."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from fairdiff.config import RunConfig, load_config
+from fairdiff.errors import RunDirError
+
+CONFIG_FILE = "config.yaml"  # the run's RunConfig, written before training starts
+MODEL_DIR = "model"  # the finished model (a diffusers folder, see fairdiff.runs.models)
+SAMPLES_DIR = "samples"  # the default samples folder of a run (see fairdiff.runs.samples)
+SD_META = "sd.json"  # an sd-finetune run: its base pipeline folder, prompts and LoRA targets
+
+
+def is_sd_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is an ``sd-finetune`` run (a LoRA on a Stable Diffusion pipeline, not a DDPM model)."""
+    return (Path(run_dir) / SD_META).is_file()
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The :class:`RunConfig` a run was trained with (its ``config.yaml``); a folder without one is a RunDirError."""
+    p = Path(run_dir) / CONFIG_FILE
+    if not p.exists():
+        raise RunDirError(f"{run_dir} is not a fairdiff run (no {CONFIG_FILE})")
+    return load_config(p)
+
+
+def atomic_dir_replace(tmp: Path, final: Path) -> None:
+    """Move a finished temp folder into place; an older folder of the same name is removed only afterwards."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
