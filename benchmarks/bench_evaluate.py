@@ -42,7 +42,7 @@ def main() -> None:
     from fairdiff.data import load_source
     from fairdiff.data.split import to_tensor
     from fairdiff.evaluation import evaluate_samples
-    from fairdiff.models.classifier import domain_classifier
+    from fairdiff.evaluation.judges import domain_classifier
 
     if mnist.exists():
         data = DataConfig(source="mnist", path=str(mnist), groups=[0, 1], shares=[0.8, 0.2], resolution=28,
@@ -54,7 +54,7 @@ def main() -> None:
     t = time.perf_counter()
     domain_classifier(data, ev)  # train + cache once, timed on its own
     t_train = time.perf_counter() - t
-    from fairdiff.models.pca_judge import pca_judge
+    from fairdiff.evaluation.judges import pca_judge
 
     t = time.perf_counter()
     pca_judge(data)

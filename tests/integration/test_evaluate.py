@@ -145,7 +145,7 @@ def test_compare_runs(run_dir, tmp_path, capsys):
 def test_conditional_samples_report_rates(tmp_path):
     from fairdiff.config import DataConfig, EvalConfig
     from fairdiff.evaluation import evaluate_samples
-    from fairdiff.models.classifier import from_callable
+    from fairdiff.evaluation.judges import from_callable
 
     # a classifier that calls an image group 1 when it is bright; condition g asks for group g
     clf = from_callable(lambda x: np.stack([np.zeros(len(x)), x.reshape(len(x), -1).mean(1) / 50.0 - 1.0], 1),
@@ -166,7 +166,7 @@ def test_torchscript_fid_features(tmp_path):
 
     from fairdiff.config import DataConfig, EvalConfig
     from fairdiff.evaluation import evaluate_samples
-    from fairdiff.models.classifier import from_callable
+    from fairdiff.evaluation.judges import from_callable
 
     class Pool(torch.nn.Module):  # stands in for a local Inception TorchScript: [N,3,299,299] -> [N,D]
         def forward(self, x):

@@ -22,8 +22,8 @@ def judges(tmp_path_factory):
 
     old = os.environ.get("FAIRDIFF_CACHE")
     os.environ["FAIRDIFF_CACHE"] = str(tmp_path_factory.mktemp("judge-cache"))
-    from fairdiff.models.classifier import domain_classifier
-    from fairdiff.models.pca_judge import pca_judge
+    from fairdiff.evaluation.judges import domain_classifier
+    from fairdiff.evaluation.judges import pca_judge
 
     yield domain_classifier(DATA, EVAL), pca_judge(DATA)
     if old is None:
@@ -34,13 +34,13 @@ def judges(tmp_path_factory):
 
 def _real(labels_wanted, n, seed):
     from fairdiff.data import load_source
-    from fairdiff.models.classifier import _real_uint8
+    from fairdiff.evaluation.judges.domain import real_uint8
 
     src = load_source(DATA)
     attr = src.attributes["label"]
     rng = np.random.default_rng(seed)
     pick = rng.choice(np.flatnonzero(np.isin(attr, labels_wanted)), n, replace=n > np.isin(attr, labels_wanted).sum())
-    return _real_uint8(src.images[pick], DATA)
+    return real_uint8(src.images[pick], DATA)
 
 
 def _planted(kind: str) -> np.ndarray:
@@ -60,9 +60,10 @@ def _planted(kind: str) -> np.ndarray:
 
 
 def _evaluate(images, judges):
-    from fairdiff.evaluation.evaluate import _reference_uint8, evaluate_images
+    from fairdiff.evaluation.evaluate import evaluate_images
+    from fairdiff.evaluation.samples import reference_uint8
 
-    ref, ref_groups = _reference_uint8(DATA)
+    ref, ref_groups = reference_uint8(DATA)
     return evaluate_images(images, judges[0], reference_images=ref, reference_groups=ref_groups, n_bootstrap=300,
                            second_judge=judges[1], replicates=5)
 

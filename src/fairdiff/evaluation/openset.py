@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fairdiff.errors import FairdiffError
 from fairdiff.metrics import (
     OUTSIDE,
     bootstrap_confusions,
@@ -205,3 +206,47 @@ def judges_agreement(a: dict, b: dict) -> dict:
     return {"disagree": bool(groups), "groups": groups,
             "valid_rate_disagree": bool(a.get("valid_rate_ci") and b.get("valid_rate_ci")
                                         and intervals_disjoint(a["valid_rate_ci"], b["valid_rate_ci"]))}
+
+
+def open_set_metrics(clf, images: np.ndarray, all_logits: np.ndarray, feats: np.ndarray | None,
+                     held_logits: np.ndarray | None, held_feats: np.ndarray | None, held_groups: np.ndarray | None,
+                     tgt: np.ndarray, n_bootstrap: int, confidence: float, seed: int, replicates: int, second,
+                     reference_images: np.ndarray | None, batch_size: int) -> dict:
+    """The open-set keys of metrics.json for the judge ``clf`` (and the ``second`` judge, under ``judge2``).
+
+    ``all_logits`` / ``feats``: the judge's outputs on ``images``; ``held_*``: on the real ``reference_images``
+    (None when there are none), whose true groups are ``held_groups``.
+    """
+    k = clf.num_classes
+
+    def judged(judge, logits, features, ref_logits, ref_features):
+        """Verdicts of ``judge`` on the samples, calibrated on the held-out real images, and their metrics."""
+        cal = calibration_of(judge, ref_logits, ref_features)
+        v = judge_images(judge, images, cal, logits=logits, features=features)
+        held = judge_images(judge, reference_images, cal, logits=ref_logits, features=ref_features) \
+            if ref_logits is not None else None
+        return cal, v, open_metrics(v, k, tgt, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+                                    held=held, held_groups=held_groups)
+
+    cal, v, out = judged(clf, all_logits, feats, held_logits, held_feats)
+    out["open_set"] = {"calibration": cal.source if cal else None,
+                       "confidence_threshold": cal.threshold if cal else None,
+                       "manifold_k": cal.k if cal else None, "manifold_scale": cal.scale if cal else None,
+                       "manifold": bool(cal is not None and cal.reference is not None and feats is not None)}
+    if replicates > 1:
+        out["replicates"] = replicate_metrics(v, k, tgt, int(replicates))
+    if second is not None:
+        try:
+            second.check_images(images)
+        except FairdiffError as e:
+            out["judge2"] = {"name": second.name, "skipped": str(e)}
+            return out
+        s_logits, s_feats = second.predict(images, batch_size=max(batch_size, 2000), all_classes=True)
+        sh_logits = sh_feats = None
+        if reference_images is not None:
+            sh_logits, sh_feats = second.predict(reference_images, batch_size=2000, all_classes=True)
+        _, _, j2 = judged(second, s_logits, s_feats, sh_logits, sh_feats)
+        j2["classifier"] = second.describe()
+        out["judge2"] = j2
+        out["judges_agreement"] = judges_agreement(out, j2)
+    return out

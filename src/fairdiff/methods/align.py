@@ -34,6 +34,7 @@ from torch import nn
 from fairdiff.errors import ConfigError
 from fairdiff.methods.base import LossOutput, Objective
 from fairdiff.models.classifier import FeatureClassifier
+from fairdiff.models.classifier_fit import balanced_batches, fit_classifier
 
 # ----------------------------------------------------------------------------------------- dynamic targets
 
@@ -262,22 +263,7 @@ def train_alignment_classifier(images: torch.Tensor, groups: torch.Tensor, num_c
     torch.manual_seed(derive_seed(seed, "align-classifier", "init"))
     g = torch.Generator().manual_seed(derive_seed(seed, "align-classifier", "batches"))
     model = AlignClassifier(images.shape[1], num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    per = max(1, batch_size // num_classes)
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for _ in range(steps):
-            idx = torch.cat([p[torch.randint(0, len(p), (per,), generator=g)] for p in pools])
-            xb = images[idx] + 0.05 * torch.randn(images[idx].shape, generator=g)
-            loss = F.cross_entropy(model(xb), groups[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    fit_classifier(model, balanced_batches(images, groups, pools, batch_size, g, noise_std=0.05), steps, lr)
     with torch.no_grad():
         pred = torch.cat([model(images[s : s + 1000]).argmax(1) for s in range(0, len(images), 1000)])
     per_group = [float((pred[p] == gi).float().mean()) for gi, p in enumerate(pools)]

@@ -8,6 +8,7 @@ from fairdiff.metrics.bootstrap import (
     bootstrap_ci,
     bootstrap_counts,
     bootstrap_means,
+    paired_bootstrap_means,
     percentile_interval,
 )
 from fairdiff.metrics.functional import (
@@ -69,6 +70,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_counts",
     "bootstrap_means",
+    "paired_bootstrap_means",
     "conditional_parity",
     "fairness_discrepancy",
     "feature_statistics",

@@ -66,6 +66,23 @@ def bootstrap_means(values: np.ndarray, n_resamples: int = 1000, seed: int = 0, 
     return out
 
 
+def paired_bootstrap_means(blocks: dict[str, np.ndarray], n_resamples: int = 1000,
+                           seed: int = 0) -> dict[str, np.ndarray]:
+    """Bootstrap means of several named per-image blocks under ONE set of resamples (paired across blocks).
+
+    ``blocks`` maps a name to ``[N, D_i]`` values (the same N images in the same order); returns the name ->
+    ``[B, D_i]`` resampled column means, exactly the columns :func:`bootstrap_means` gives for the blocks
+    side by side (in the order of ``blocks``).
+    """
+    arrays = [np.asarray(v, np.float64).reshape(len(v), -1) for v in blocks.values()]
+    draws = bootstrap_means(np.concatenate(arrays, axis=1), n_resamples, seed)
+    out, col = {}, 0
+    for name, a in zip(blocks, arrays):
+        out[name] = draws[:, col : col + a.shape[1]]
+        col += a.shape[1]
+    return out
+
+
 def percentile_interval(draws: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Equal-tailed percentile interval along axis 0 of ``draws`` (NaN draws are ignored)."""
     if not 0.0 < confidence < 1.0:

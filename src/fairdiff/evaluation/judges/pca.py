@@ -1,6 +1,6 @@
 """The second, independent judge: PCA of downsampled pixels + multinomial logistic regression (scikit-learn).
 
-It shares no model code with the CNN judge (``models/classifier.py``): its own preprocessing (area
+It shares no model code with the CNN judge (``evaluation/judges/domain.py``): its own preprocessing (area
 downsampling to at most 16x16 in numpy), its own features (PCA), its own model family (a linear classifier)
 and its own split of the real images (another seed), and it runs in plain numpy at inference. It learns every
 class of the data source, so an image of another class is *outside*, and it is calibrated like the CNN judge:
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fairdiff.errors import FairdiffError
-from fairdiff.models.classifier import Classifier
+from fairdiff.evaluation.judges.base import Classifier
 
 PCA_JUDGE_VERSION = 1
 
@@ -91,11 +91,12 @@ def pca_judge(data_cfg, *, cfg: PcaJudgeConfig | None = None, cache: bool = True
     from safetensors.numpy import load_file, save_file
 
     from fairdiff.data import cache_dir
-    from fairdiff.models.classifier import _data_key
+    from fairdiff.evaluation.judges.base import publish_folder
+    from fairdiff.evaluation.judges.domain import data_key
     from fairdiff.utils.io import read_json, write_json
 
     cfg = cfg or PcaJudgeConfig()
-    key = _key(_data_key(data_cfg), cfg)
+    key = _key(data_key(data_cfg), cfg)
     folder = cache_dir() / "classifiers" / f"pca-lr-{key}"
     if cache and (folder / "judge.json").exists() and (folder / "judge.safetensors").exists():
         meta = read_json(folder / "judge.json")
@@ -103,14 +104,12 @@ def pca_judge(data_cfg, *, cfg: PcaJudgeConfig | None = None, cache: bool = True
     else:
         arrays, meta = _build(data_cfg, cfg, key)
         if cache:
-            tmp = folder.with_name(f".pca-lr-{key}.{time.time_ns()}.tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, tmp / "judge.safetensors")
-            write_json(tmp / "judge.json", meta)
-            try:
-                tmp.rename(folder)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+            def write(tmp: Path) -> None:
+                save_file({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()},
+                          tmp / "judge.safetensors")
+                write_json(tmp / "judge.json", meta)
+
+            publish_folder(folder, write)
     k = len(data_cfg.groups)
     c, r = meta["in_channels"], meta["resolution"]
     return Classifier(

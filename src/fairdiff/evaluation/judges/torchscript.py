@@ -1,0 +1,45 @@
+"""TorchScript judges from local files (nothing is ever downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairdiff.errors import FairdiffError
+from fairdiff.evaluation.judges.base import Classifier, uint8_to_float
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """A TorchScript file on the CPU in eval mode; a missing or unreadable file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FairdiffError(f"TorchScript file not found: {path}")
+    try:
+        m = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise FairdiffError(f"cannot load TorchScript file {path}: {str(e).splitlines()[0]}") from None
+    m.eval()
+    return m
+
+
+def torchscript_classifier(path: str | Path, *, name: str | None = None, accuracy: float | None = None,
+                           input_shape=(None, None, None)) -> Classifier:
+    """A TorchScript module taking float images in [-1, 1] ``[N, C, H, W]`` and returning logits."""
+    module = load_torchscript(path)
+    c, h, w = input_shape
+    probe_shape = (1, c or 1, h or 16, w or 16)
+    with torch.no_grad():
+        try:
+            k = int(module(torch.zeros(probe_shape)).shape[-1])
+        except Exception as e:  # noqa: BLE001 - any failure of a foreign module is a user input problem
+            raise FairdiffError(f"TorchScript classifier {path} failed on input {probe_shape}: "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    @torch.no_grad()
+    def forward(images: np.ndarray):
+        return module(uint8_to_float(images)).numpy(), None
+
+    return Classifier(name=name or Path(path).stem, num_classes=k, forward=forward, accuracy=accuracy,
+                      input_shape=tuple(input_shape), info={"kind": "torchscript", "path": str(path)})
