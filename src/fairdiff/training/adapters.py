@@ -34,6 +34,9 @@ class ModelAdapter:
         """Checks before the run folder is touched (one line on a mistake)."""
         validate(cfg)
 
+    def open(self, cfg: RunConfig) -> None:
+        """Read the inputs it starts from (once the run folder is claimed; a mistake there is one line)."""
+
     def inputs(self) -> list[str]:
         """Further input paths of this run that ``--overwrite`` must never remove."""
         return []

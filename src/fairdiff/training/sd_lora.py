@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fairdiff.config import RunConfig, validate
+from fairdiff.config import RunConfig
 from fairdiff.errors import ConfigError, RunDirError
 from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
 from fairdiff.training.adapters import ModelAdapter, TrainableState
@@ -138,8 +138,7 @@ class SDLoraAdapter(ModelAdapter):
         self.sd_path, self.prompt, self.prompts_file = sd_path, prompt, prompts_file
         self.sd = None
 
-    def check(self, cfg: RunConfig) -> None:
-        validate(cfg)
+    def open(self, cfg: RunConfig) -> None:
         self.prompts = read_prompts(self.prompt, self.prompts_file)
         self.sd = load_sd(self.sd_path, "cpu")
         self.unet_targets = resolve_lora_targets(self.sd.unet, cfg.model.lora_targets)

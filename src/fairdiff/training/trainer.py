@@ -103,6 +103,7 @@ def train(
         lock = prepare_run_dir(run_dir, cfg, resume, overwrite, kind=adapter.kind, legacy=adapter.legacy,
                                inputs=adapter.inputs())
     try:
+        adapter.open(cfg)
         if resume is not None:
             adapter.check_resume(run_dir)
         return _train(cfg, run_dir, accelerator, adapter, resume=resume, quiet=quiet, data=data,
