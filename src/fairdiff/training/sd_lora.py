@@ -126,7 +126,6 @@ def save_lora(folder: Path, unet: nn.Module, text_encoder: nn.Module | None) -> 
         safe_serialization=True, **kw)
 
 
-
 class SDLoraAdapter(ModelAdapter):
     """The model adapter of ``sd-finetune``: a local SD folder's U-Net (and optionally text encoder) with LoRA."""
 
