@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if str(e):  # the command's own account (train: the step it saved a checkpoint at)
             print(str(e), file=sys.stderr)
             return 128 + int(getattr(e, "signum", 2))
-        hint = {"train": "continue with --resume latest", "bench": "run the same command again to continue",
+        hint = {"train": "continue with --resume latest", "sd-finetune": "continue with --resume latest",
+                "bench": "run the same command again to continue",
                 "sweep": "run the same command again to continue"}.get(getattr(args, "command", None) or "", "")
         print("interrupted; completed work is kept" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130

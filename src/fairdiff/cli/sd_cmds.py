@@ -31,8 +31,10 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="run folder")
     p.add_argument("--prompt", default="a photo", help="the one generic training prompt")
     p.add_argument("--prompts-file", help="one prompt per line, cycled over the training images")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many optimizer steps")
     p.set_defaults(func=cmd_sd_finetune)
 
     p = sub.add_parser("sd-sample", help="generate images from an sd-finetune run (diffusers pipeline + LoRA)")
@@ -86,13 +88,18 @@ def cmd_sd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_sd_finetune(args: argparse.Namespace) -> int:
-    from fairdiff.training.sd_lora import finetune_sd_lora
+    from fairdiff.errors import FairdiffError
 
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FairdiffError(f"--stop-after must be at least 1, got {args.stop_after}")
+    args.overrides = [*args.overrides, f"model.pretrained={args.sd}"]  # the SD folder is the model it starts from
     cfg = resolve_config(args)
     if cfg is None:
         return 0
+    from fairdiff.training.sd_lora import finetune_sd_lora
+
     res = finetune_sd_lora(cfg, args.sd, args.out, prompt=args.prompt, prompts_file=args.prompts_file,
-                           overwrite=args.overwrite, quiet=args.quiet)
+                           overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, stop_after=args.stop_after)
     print(f"fine-tuned LoRA ({cfg.method.name}) {res.steps} optimizer steps in {res.seconds:.1f} s, final loss "
           f"{res.final_loss:.4f}; run folder {args.out}")
     return 0

@@ -154,19 +154,22 @@ class RunLock:
             self._file = None
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool) -> RunLock:
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite: bool, *, kind: str = "run",
+                    legacy: dict | None = None, inputs: list | tuple = ()) -> RunLock:
     """Check the run folder before any work and lock it; return the held :class:`RunLock`.
 
     A folder is used when it is new or empty; a fairdiff run folder needs --resume (same config) or --overwrite,
     which removes only a run folder that fairdiff wrote, never the current folder, one of its parents, or an
-    input of this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint).
+    input of this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint, ``inputs``).
+    ``kind`` / ``legacy``: the folder kind that the marker names (``sd-run`` for ``sd-finetune``).
     """
     from fairdiff.utils.outputs import MARKER, OutputDirError, check_output_dir, folder_kind, write_marker
 
-    inputs = [p for p in (cfg.model.pretrained, cfg.model.vae, cfg.data.path) if p]
+    legacy = RUN_LEGACY if legacy is None else legacy
+    inputs = [p for p in (cfg.model.pretrained, cfg.model.vae, cfg.data.path, *inputs) if p]
     if resume not in (None, "latest"):
         inputs.append(resume)
-    is_run = run_dir.is_dir() and folder_kind(run_dir, RUN_LEGACY) == "run"
+    is_run = run_dir.is_dir() and folder_kind(run_dir, legacy) == kind
     if is_run and {p.name for p in run_dir.iterdir()} <= {MARKER, LOCK_FILE}:  # a start that failed before work
         action = "new"
         if not os.access(run_dir, os.W_OK | os.X_OK):
@@ -182,7 +185,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite
     elif is_run and not overwrite:
         raise RunDirError(f"output folder {run_dir} already holds a run; use --resume latest or --overwrite")
     else:
-        action = check_output_dir(run_dir, "run", overwrite=overwrite, inputs=inputs, legacy_files=RUN_LEGACY)
+        action = check_output_dir(run_dir, kind, overwrite=overwrite, inputs=inputs, legacy_files=legacy)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire()  # before anything is removed: a running writer keeps its folder
     try:
@@ -190,7 +193,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite
             for p in run_dir.iterdir():
                 if p.name != LOCK_FILE:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        write_marker(run_dir, "run")
+        write_marker(run_dir, kind)
     except BaseException:
         lock.release()
         raise

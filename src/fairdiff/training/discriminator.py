@@ -127,14 +127,19 @@ def _split(n: int, share: float, gen: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def fit_for_objective(objective, cfg, data, images: torch.Tensor, noise_scheduler,
-                      device: str | torch.device = "cpu") -> dict:
+                      device: str | torch.device = "cpu", encode=None) -> dict:
     """Fit the discriminator of a label-free objective on ``data.reference_images`` vs ``images`` (the training
-    tensor, latents in a latent model); returns the facts for ``method.json`` (fit summary and calibration)."""
+    tensor, latents in a latent model); returns the facts for ``method.json`` (fit summary and calibration).
+
+    ``encode`` maps reference images into the space of ``images`` (a model adapter's; default: through
+    ``model.vae`` when it is set)."""
     ref = getattr(data, "reference_images", None)
     if ref is None:
         raise ConfigError(f"method {objective.name} needs a reference set: set data.reference (a count or a "
                           "fraction of the training set) or data.reference_dir (a folder of images)")
-    if cfg.model.vae:
+    if encode is not None:
+        ref = encode(ref)
+    elif cfg.model.vae:
         from fairdiff.training.latent import encode_dataset
 
         _, ref = encode_dataset(cfg.model.vae, ref, device)

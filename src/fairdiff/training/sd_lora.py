@@ -1,49 +1,41 @@
 """LoRA fine-tuning of a local Stable-Diffusion-shaped model with a fairdiff objective (``fairdiff sd-finetune``).
 
 This is the setting of the original DDM work: VAE frozen, U-Net (and optionally the text encoder) adapted with
-peft LoRA (rank 8, lora_alpha 32, attention projections), one generic prompt, and the SAME objective classes as
-the pixel/latent trainer (baseline, DDM, reweighting). Only the denoiser call differs: a conditional U-Net needs
-prompt embeddings, so :class:`PromptConditionedUNet` wraps it behind the ``unet(noisy, t, class_labels).sample``
-call the objectives make. The training latents are encoded once through the frozen VAE.
+peft LoRA (rank 8, lora_alpha 32, attention projections), one generic prompt, and the SAME objectives and the SAME
+trainer (training/trainer.py: checkpoints, resume, EMA, ``stop_after``, speed options) as pixel and latent models.
+:class:`SDLoraAdapter` is the model adapter: the SD folder is a way to start, like ``model.pretrained``. Only the
+denoiser call differs: a conditional U-Net needs prompt embeddings, so :class:`PromptConditionedUNet` wraps it
+behind the ``unet(noisy, t, class_labels).sample`` call the objectives make. The training latents are encoded once
+through the frozen VAE. Checkpoints hold the trainable (LoRA) tensors only; the EMA averages those.
 
 ``train.steps`` counts optimizer steps, each of ``train.grad_accum`` micro-batches (the released DDM code counted
 micro-batches). The LoRA is saved with ``StableDiffusionPipeline.save_lora_weights`` (U-Net and text-encoder
 parts in one safetensors file, with their LoRA configs as metadata), so ``load_lora_weights`` applies both.
 
 Run folder: ``config.yaml``, ``sd.json`` (base folder, prompts, LoRA targets), ``manifest.json``,
-``stats.jsonl``, ``model/pytorch_lora_weights.safetensors``, ``model/<objective module>/``, ``report.md``.
+``stats.jsonl``, ``checkpoint-N/``, ``model/pytorch_lora_weights.safetensors`` (EMA weights when ``train.ema``),
+``model/<objective module>/``, ``report.md``.
 """
 
 from __future__ import annotations
 
-import math
-import shutil
-import time
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from fairdiff.training.steps import optimizer_step, record_parts
-from fairdiff.config import RunConfig, save_config
-from fairdiff.errors import ConfigError
-from fairdiff.methods import DataInfo, build_objective
+from fairdiff.config import RunConfig
+from fairdiff.errors import ConfigError, RunDirError
 from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
-from fairdiff.utils.io import append_jsonl, atomic_write_text, write_json
-from fairdiff.utils.outputs import check_output_dir, replace_output_dir
-from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
+from fairdiff.training.adapters import ModelAdapter, TrainableState
+from fairdiff.training.trainer import TrainResult, train
+from fairdiff.utils.io import atomic_write_text, read_json
 
 SD_RUN_LEGACY = {"sd-run": ["config.yaml", "sd.json"]}  # sd-finetune runs written before the .fairdiff.json marker
 
 
-@dataclass
-class SDResult:
-    run_dir: Path
-    steps: int
-    final_loss: float
-    seconds: float
+SDResult = TrainResult  # the result of :func:`finetune_sd_lora` (older name)
 
 
 class _Output:
@@ -134,6 +126,150 @@ def save_lora(folder: Path, unet: nn.Module, text_encoder: nn.Module | None) -> 
         safe_serialization=True, **kw)
 
 
+class SDLoraAdapter(ModelAdapter):
+    """The model adapter of ``sd-finetune``: a local SD folder's U-Net (and optionally text encoder) with LoRA."""
+
+    kind = "sd-run"
+    legacy = SD_RUN_LEGACY
+    progress = "sd-lora"
+
+    def __init__(self, sd_path: str | Path, prompt: str = "a photo", prompts_file: str | None = None) -> None:
+        self.sd_path, self.prompt, self.prompts_file = sd_path, prompt, prompts_file
+        self.sd = None
+
+    def open(self, cfg: RunConfig) -> None:
+        self.prompts = read_prompts(self.prompt, self.prompts_file)
+        self.sd = load_sd(self.sd_path, "cpu")
+        self.unet_targets = resolve_lora_targets(self.sd.unet, cfg.model.lora_targets)
+        self.te_targets = resolve_lora_targets(self.sd.text_encoder, list(TEXT_LORA_TARGETS),
+                                               what="text encoder") if cfg.model.lora_text_encoder else []
+
+    def inputs(self) -> list[str]:
+        return [str(p) for p in (self.sd_path, self.prompts_file) if p]
+
+    def check_resume(self, run_dir: Path) -> None:
+        meta = run_dir / "sd.json"
+        if not meta.is_file():
+            return
+        old = read_json(meta)
+        if old.get("sd") != str(Path(self.sd_path).resolve()) or old.get("prompts") != self.prompts:
+            raise RunDirError(f"cannot resume {run_dir}: it was started from {old.get('sd')} with prompts "
+                              f"{old.get('prompts')}, not these; use the same --sd and prompts, or --overwrite")
+
+    def _latents(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled posterior means of the frozen VAE (grey images repeated to RGB)."""
+        from fairdiff.models.vae import encode
+
+        vae = self.sd.vae
+        c = vae.config.in_channels
+        if images.shape[1] != c:
+            if images.shape[1] != 1:
+                raise ConfigError(f"data has {images.shape[1]} channels but the SD VAE takes {c}")
+            images = images.repeat(1, c, 1, 1)  # grey digits -> RGB for an RGB VAE
+        vae.to(device).requires_grad_(False).eval()
+        latents = encode(vae, images)
+        vae.to("cpu")
+        return latents
+
+    def training_tensor(self, cfg: RunConfig, data, device: torch.device) -> torch.Tensor:
+        images, sd = data.train_images, self.sd
+        f = 2 ** (len(sd.vae.config.block_out_channels) - 1)
+        unet_f = 2 ** (len(sd.unet.config.block_out_channels) - 1)
+        if images.shape[-1] % (f * unet_f):
+            raise ConfigError(f"data.resolution {images.shape[-1]} must be divisible by {f * unet_f} for this model")
+        self.device = device
+        latents = self._latents(images, device)
+        self.prompt_of = torch.arange(len(latents)) % len(self.prompts)  # prompts cycled over the training images
+        return latents
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self._latents(images, self.device)
+
+    def build(self, cfg: RunConfig, images: torch.Tensor, num_classes: int | None) -> nn.Module:
+        sd = self.sd
+        sd.unet.requires_grad_(False)
+        sd.text_encoder.requires_grad_(False)
+        return PromptConditionedUNet(sd.unet, sd.text_encoder, tokenize(sd.tokenizer, self.prompts),
+                                     bool(self.te_targets))
+
+    def noise_scheduler(self, cfg: RunConfig):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.sd.scheduler_config)
+
+    def run_files(self, cfg: RunConfig, images: torch.Tensor) -> dict[str, dict]:
+        mc = cfg.model
+        return {"sd.json": {"sd": str(Path(self.sd_path).resolve()), "prompts": self.prompts,
+                            "unet_lora_targets": self.unet_targets, "text_encoder_lora_targets": self.te_targets,
+                            "lora_rank": mc.lora_rank, "lora_alpha": mc.lora_alpha,
+                            "latent_shape": list(images.shape[1:])}}
+
+    def finish(self, model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
+        sd, mc, tc = self.sd, cfg.model, cfg.train
+        add_lora(sd.unet, self.unet_targets, mc.lora_rank, mc.lora_alpha)
+        if self.te_targets:
+            add_lora(sd.text_encoder, self.te_targets, mc.lora_rank, mc.lora_alpha)
+        if tc.gradient_checkpointing:
+            sd.unet.enable_gradient_checkpointing()
+            if self.te_targets:
+                sd.text_encoder.gradient_checkpointing_enable()
+        if tc.mixed_precision != "no" and device.type == "cuda":  # frozen weights in half precision, LoRA in fp32
+            from diffusers.training_utils import cast_training_params
+
+            wdtype = torch.float16 if tc.mixed_precision == "fp16" else torch.bfloat16
+            sd.unet.to(dtype=wdtype)
+            sd.text_encoder.to(dtype=wdtype)
+            cast_training_params([sd.unet, sd.text_encoder], dtype=torch.float32)
+        return model
+
+    def ema_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]  # the LoRA; the frozen base never changes
+
+    def checkpoint_module(self, model: nn.Module):
+        return TrainableState(model)
+
+    def on_batch(self, model: nn.Module, idx: torch.Tensor) -> None:
+        if self.prompt_of.device != idx.device:
+            self.prompt_of = self.prompt_of.to(idx.device)
+        model.prompt_index = self.prompt_of[idx]
+
+    def save(self, run_dir: Path, cfg: RunConfig, model: nn.Module, ema, noise_scheduler, modules: dict) -> None:
+        """``model/``: the LoRA (EMA weights) in diffusers format, objective modules beside it."""
+        import shutil
+
+        from fairdiff.runs import atomic_dir_replace, save_module
+
+        tmp = run_dir / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        params = self.ema_parameters(model)
+        if ema is not None:  # the EMA weights in place while saving, the trained ones back afterwards
+            ema.store(params)
+            ema.copy_to(params)
+        try:
+            save_lora(tmp, model.unet, model.text_encoder if self.te_targets else None)
+        finally:
+            if ema is not None:
+                ema.restore(params)
+        for name, (module, config) in modules.items():
+            save_module(module, tmp / name, config)
+        atomic_dir_replace(tmp, run_dir / "model")
+
+    def report(self, cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
+        from fairdiff.training.report import extra_lines, last_row, method_line, optimizer_line
+
+        mc, prompts = cfg.model, self.prompts
+        shape = read_json(run_dir / "sd.json")["latent_shape"]
+        atomic_write_text(run_dir / "report.md", "\n".join([
+            f"# Stable Diffusion LoRA run `{cfg.name}`", "",
+            f"- base: `{self.sd_path}`; prompts: {prompts[:3]}{' ...' if len(prompts) > 3 else ''}",
+            method_line(cfg),
+            (f"- LoRA rank {mc.lora_rank}, alpha {mc.lora_alpha}; U-Net targets {self.unet_targets}; "
+             f"text encoder targets {self.te_targets or 'none'}"),
+            f"- data: counts {manifest['train_counts']}, latents {shape}",
+            optimizer_line(cfg, last_row(run_dir)), *extra_lines(run_dir, manifest), ""]))
+
+
 def finetune_sd_lora(
     cfg: RunConfig,
     sd_path: str | Path,
@@ -144,161 +280,15 @@ def finetune_sd_lora(
     overwrite: bool = False,
     quiet: bool = False,
     data=None,
-) -> SDResult:
-    """Fine-tune LoRA adapters of the SD folder ``sd_path`` on ``cfg.data`` with ``cfg.method``'s objective."""
-    from accelerate import Accelerator
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
+    resume: str | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Fine-tune LoRA adapters of the SD folder ``sd_path`` on ``cfg.data`` with ``cfg.method``'s objective.
 
-    from fairdiff.data import prepare_data
-    from fairdiff.models.vae import encode
-
-    run_dir = Path(run_dir)
-    tc, mc = cfg.train, cfg.model
-    # a new or empty folder, or (with --overwrite) an sd-finetune run that fairdiff wrote; never the cwd or an input
-    inputs = [p for p in (sd_path, prompts_file, cfg.data.path) if p]
-    check_output_dir(run_dir, "sd-run", overwrite=overwrite, inputs=inputs, legacy_files=SD_RUN_LEGACY)
-    prompts = read_prompts(prompt, prompts_file)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
-    dev, main = accelerator.device, accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    sd = load_sd(sd_path, "cpu")
-    unet_targets = resolve_lora_targets(sd.unet, mc.lora_targets)
-    te_targets = resolve_lora_targets(sd.text_encoder, list(TEXT_LORA_TARGETS), what="text encoder") \
-        if mc.lora_text_encoder else []
-    seed_everything(derive_seed(tc.seed, "init"))
-
-    # ---- data: encoded once through the frozen VAE (posterior mean x scaling factor)
-    data = data or prepare_data(cfg.data)
-    images = data.train_images
-    vae_c = sd.vae.config.in_channels
-    if images.shape[1] != vae_c:
-        if images.shape[1] == 1:
-            images = images.repeat(1, vae_c, 1, 1)  # grey digits -> RGB for an RGB VAE
-        else:
-            raise ConfigError(f"data has {images.shape[1]} channels but the SD VAE takes {vae_c}")
-    f = 2 ** (len(sd.vae.config.block_out_channels) - 1)
-    unet_f = 2 ** (len(sd.unet.config.block_out_channels) - 1)
-    if images.shape[-1] % (f * unet_f):
-        raise ConfigError(f"data.resolution {images.shape[-1]} must be divisible by {f * unet_f} for this model")
-    sd.vae.to(dev).requires_grad_(False).eval()
-    latents = encode(sd.vae, images)
-    sd.vae.to("cpu")
-    groups, num_groups = data.train_groups.clone(), data.num_groups
-    manifest = dict(data.manifest)
-    if cfg.method.labels == "clusters" and cfg.method.name != "baseline":
-        from fairdiff.data.clusters import cluster_groups
-
-        k = cfg.method.num_clusters or data.num_groups
-        groups, num_groups = torch.from_numpy(cluster_groups(data.train_images, k, seed=tc.seed)), k
-        manifest["clusters"] = {"k": k, "counts": np.bincount(groups.numpy(), minlength=k).tolist()}
-    if main:  # the run folder is written by the main process only
-        replace_output_dir(run_dir, "sd-run", inputs=inputs, legacy_files=SD_RUN_LEGACY)
-        save_config(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "manifest.json", manifest)
-        write_json(run_dir / "sd.json", {"sd": str(Path(sd_path).resolve()), "prompts": prompts,
-                                         "unet_lora_targets": unet_targets, "text_encoder_lora_targets": te_targets,
-                                         "lora_rank": mc.lora_rank, "lora_alpha": mc.lora_alpha,
-                                         "latent_shape": list(latents.shape[1:])})
-    accelerator.wait_for_everyone()
-
-    # ---- LoRA adapters, the adapter module, objective, optimizer
-    add_lora(sd.unet, unet_targets, mc.lora_rank, mc.lora_alpha)
-    sd.text_encoder.requires_grad_(False)
-    if te_targets:
-        add_lora(sd.text_encoder, te_targets, mc.lora_rank, mc.lora_alpha)
-    if tc.gradient_checkpointing:
-        sd.unet.enable_gradient_checkpointing()
-        if te_targets:
-            sd.text_encoder.gradient_checkpointing_enable()
-    if tc.mixed_precision != "no" and dev.type == "cuda":  # frozen weights in half precision, LoRA in fp32
-        from diffusers.training_utils import cast_training_params
-
-        wdtype = torch.float16 if tc.mixed_precision == "fp16" else torch.bfloat16
-        sd.unet.to(dtype=wdtype)
-        sd.text_encoder.to(dtype=wdtype)
-        cast_training_params([sd.unet, sd.text_encoder], dtype=torch.float32)
-    model = PromptConditionedUNet(sd.unet, sd.text_encoder, tokenize(sd.tokenizer, prompts), bool(te_targets))
-    noise_scheduler = DDPMScheduler.from_config(sd.scheduler_config)
-    objective = build_objective(cfg.method)
-    objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(),
-                             tuple(latents.shape[1:])))
-    extra = objective.modules()
-    params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                  weight_decay=tc.weight_decay)
-    lr_sched = get_scheduler(tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.steps)
-    names = list(extra)
-    prepared = accelerator.prepare(model, optimizer, lr_sched, *extra.values())
-    model, optimizer, lr_sched = prepared[:3]
-    objective.bind_modules(dict(zip(names, prepared[3:])))
-    extra = dict(zip(names, prepared[3:]))
-
-    # ---- loop: train.steps optimizer steps of grad_accum micro-batches each
-    from fairdiff.training.trainer import batch_indices
-
-    inner = accelerator.unwrap_model(model)
-    n = len(latents)
-    prompt_of = torch.arange(n) % len(prompts)  # prompts cycled over the training images
-    t0, window, last_loss = time.time(), {}, math.nan
-    bar = None
-    if not quiet and main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.steps, desc=f"sd-lora {cfg.method.name}", unit="step")
-    model.train()
-    for m in extra.values():
-        m.train()
-    for step in range(tc.steps):
-        for micro in range(tc.grad_accum):
-            pos = step * tc.grad_accum + micro
-            idx = torch.from_numpy(batch_indices(n, tc.batch_size * world, pos, tc.seed)
-                                   [rank * tc.batch_size : (rank + 1) * tc.batch_size])
-            batch = {"pixel_values": latents[idx].to(dev), "group": groups[idx].to(dev)}
-            inner.prompt_index = prompt_of[idx]
-            out = objective.loss(model, batch, noise_scheduler, make_generator(tc.seed, "noise", pos, rank))
-            accelerator.backward(out.total / tc.grad_accum)
-            record_parts(window, out)
-        optimizer_step(accelerator, params, optimizer, lr_sched, tc)
-        done = step + 1
-        if bar is not None:
-            bar.update(1)
-        if done % tc.log_every == 0 or done == tc.steps:
-            row = {k: float(np.mean(v)) for k, v in window.items()}
-            last_loss = row.get("loss", math.nan)
-            row.update(step=done, lr=lr_sched.get_last_lr()[0], elapsed_s=round(time.time() - t0, 3))
-            window = {}
-            if main:
-                append_jsonl(run_dir / "stats.jsonl", [row])
-            if bar is not None:
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-    if bar is not None:
-        bar.close()
-
-    # ---- save: LoRA (U-Net + text encoder) in diffusers format, objective modules beside it
-    from fairdiff.runs import atomic_dir_replace, save_module
-
-    accelerator.wait_for_everyone()
-    seconds = time.time() - t0
-    if not main:
-        accelerator.end_training()
-        return SDResult(run_dir, tc.steps, last_loss, seconds)
-    tmp = run_dir / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_lora(tmp, inner.unet, inner.text_encoder if te_targets else None)
-    configs = getattr(objective, "module_configs", {})
-    for k, m in extra.items():
-        save_module(accelerator.unwrap_model(m), tmp / k, configs.get(k, {}))
-    atomic_dir_replace(tmp, run_dir / "model")
-    atomic_write_text(run_dir / "report.md", "\n".join([
-        f"# Stable Diffusion LoRA run `{cfg.name}`", "",
-        f"- base: `{sd_path}`; prompts: {prompts[:3]}{' ...' if len(prompts) > 3 else ''}",
-        f"- method: **{cfg.method.name}**" + (f" (alpha {cfg.method.alpha})" if cfg.method.name == "ddm" else ""),
-        (f"- LoRA rank {mc.lora_rank}, alpha {mc.lora_alpha}; U-Net targets {unet_targets}; "
-         f"text encoder targets {te_targets or 'none'}"),
-        f"- data: counts {manifest['train_counts']}, latents {list(latents.shape[1:])}",
-        (f"- optimizer steps {tc.steps} (batch {tc.batch_size} x accumulation {tc.grad_accum}), "
-         f"final loss {last_loss:.4f}, time {seconds:.1f} s"), ""]))
-    accelerator.end_training()
-    return SDResult(run_dir, tc.steps, last_loss, seconds)
+    The one trainer runs it (:func:`fairdiff.training.trainer.train` with :class:`SDLoraAdapter`), so ``resume``
+    and ``stop_after`` mean what they mean for ``fairdiff train``. The SD folder is the run's pretrained model:
+    it is recorded as ``model.pretrained`` (what methods that fine-tune a trained model, e.g. align, ask for).
+    """
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(sd_path)))
+    return train(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data, stop_after=stop_after,
+                 adapter=SDLoraAdapter(sd_path, prompt, prompts_file))

@@ -1,11 +1,15 @@
-"""The trainer: one loop for every method, reading top to bottom.
+"""The trainer: one loop for every method and every model, reading top to bottom.
 
     for each optimizer step:
         for each micro-batch (gradient accumulation):
-            loss = objective.loss(unet, batch, noise_scheduler, generator) / accum
+            loss = objective.loss(model, batch, noise_scheduler, generator) / accum
             backward
         clip, optimizer step, LR schedule step, EMA update
         log / sample grid / checkpoint
+
+The model comes from an adapter (training/adapters.py): a pixel or latent U-Net (the default), or a
+prompt-conditioned Stable-Diffusion U-Net with LoRA (training/sd_lora.py), so checkpoints, resume, EMA, logging,
+``stop_after`` and the speed options are written once, here.
 
 Everything random in a step comes from generators derived from (seed, step, rank) and the data order is a
 function of (seed, position), so a resumed run continues exactly where it stopped.
@@ -17,13 +21,8 @@ inf / nan stop the run with one line before anything non-finite is logged or sav
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,27 +30,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fairdiff.training.steps import optimizer_step, record_parts, window_means
-from fairdiff.config import RunConfig, save_config, validate
+from fairdiff.config import RunConfig, save_config
 from fairdiff.data import PreparedData, prepare_data
-from fairdiff.errors import ConfigError, FairdiffError
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
+from fairdiff.errors import ConfigError
 from fairdiff.methods import DataInfo, Objective, build_objective
-from fairdiff.models import build_noise_scheduler, build_sampling_scheduler, build_unet
-from fairdiff.models.lora import add_unet_lora, merge_lora
-from fairdiff.runs import atomic_dir_replace, load_run_model, write_model_folder
-from fairdiff.training.checkpoint import (
-    latest_checkpoint,
-    prepare_run_dir,
-    prune_checkpoints,
-    resolve_resume,
-    write_file_list,
+from fairdiff.training.adapters import ModelAdapter, UNetAdapter
+from fairdiff.training.batches import DeviceBatches, batch_indices
+from fairdiff.training.checkpoint import prepare_run_dir, resolve_resume
+from fairdiff.training.loop import (
+    Health,
+    StopOnSignal,
+    TrainingDiverged,
+    TrainingStopped,
+    nullcontext,
+    save_checkpoint,
+    tracker,
+    trim_stats,
 )
-from fairdiff.training.state import load_training_state, save_training_state
-from fairdiff.utils.io import append_jsonl, atomic_write_text, read_json, read_jsonl, write_json
+from fairdiff.training.state import load_training_state
+from fairdiff.training.steps import optimizer_step, record_parts, window_means
+from fairdiff.utils.io import append_jsonl, write_json
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "train", "batch_indices", "DeviceBatches", "TrainingStopped", "TrainingDiverged"]
 
 
 @dataclass
@@ -60,58 +64,6 @@ class TrainResult:
     steps: int
     final_loss: float
     seconds: float
-
-
-def batch_indices(n: int, batch_size: int, position: int, seed: int) -> np.ndarray:
-    """Indices of the ``batch_size`` examples at ``position`` in an endless stream of seeded epochs."""
-    out = []
-    start = position * batch_size
-    while len(out) < batch_size:
-        epoch, offset = divmod(start, n)
-        perm = np.random.default_rng(derive_seed(seed, "epoch", epoch)).permutation(n)
-        take = perm[offset : offset + batch_size - len(out)]
-        out.extend(take.tolist())
-        start += len(take)
-    return np.asarray(out, dtype=np.int64)
-
-
-class DeviceBatches:
-    """:func:`batch_indices` served from the accelerator (``train.data_on_device``).
-
-    Each epoch's permutation (the same one ``batch_indices`` draws) is copied to ``device`` once, so picking a
-    batch is a slice there, with no host work or host->device copy per step. Only the newest epochs are kept.
-    """
-
-    def __init__(self, n: int, seed: int, device: torch.device) -> None:
-        self.n, self.seed, self.device = n, seed, device
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:
-                del self._perms[min(self._perms)]
-            perm = np.random.default_rng(derive_seed(self.seed, "epoch", epoch)).permutation(self.n)
-            self._perms[epoch] = torch.from_numpy(perm).to(self.device)
-        return self._perms[epoch]
-
-    def __call__(self, batch_size: int, position: int) -> torch.Tensor:
-        """The indices ``batch_indices(n, batch_size, position, seed)`` gives, as a tensor on ``device``."""
-        parts, start, need = [], position * batch_size, batch_size
-        while need:
-            epoch, offset = divmod(start, self.n)
-            take = min(need, self.n - offset)
-            parts.append(self._perm(epoch)[offset : offset + take])
-            start, need = start + take, need - take
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def _tracker() -> str | None:
-    try:
-        import tensorboard  # noqa: F401
-
-        return "tensorboard"
-    except ImportError:
-        return None
 
 
 def train(
@@ -123,36 +75,45 @@ def train(
     quiet: bool = False,
     data: PreparedData | None = None,
     stop_after: int | None = None,
+    adapter: ModelAdapter | None = None,
 ) -> TrainResult:
     """Train the denoiser of ``cfg`` with its method's objective into ``run_dir``.
 
     ``resume='latest'`` continues from the newest ``checkpoint-N`` (or starts fresh if there is none);
     ``overwrite`` removes an existing run first. ``data`` may be passed to reuse a prepared split.
     ``stop_after`` ends this invocation after that many optimizer steps (with a checkpoint), as if interrupted;
-    the run then continues with ``resume='latest'``.
+    the run then continues with ``resume='latest'``. ``adapter``: the model (default :class:`UNetAdapter`).
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    validate(cfg)  # a config built in code gets the same checks as one read from YAML
+    adapter = adapter or UNetAdapter()
+    adapter.check(cfg)  # a config built in code gets the same checks as one read from YAML
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after: must be at least 1, got {stop_after}")
     run_dir = Path(run_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
-        log_with=_tracker(),
+        log_with=tracker(),
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     # the folder is checked before any work and locked (one writer) until this function returns
-    lock = prepare_run_dir(run_dir, cfg, resume, overwrite) if accelerator.is_main_process else None
+    lock = None
+    if accelerator.is_main_process:
+        lock = prepare_run_dir(run_dir, cfg, resume, overwrite, kind=adapter.kind, legacy=adapter.legacy,
+                               inputs=adapter.inputs())
     try:
-        return _train(cfg, run_dir, accelerator, resume=resume, quiet=quiet, data=data, stop_after=stop_after)
+        adapter.open(cfg)
+        if resume is not None:
+            adapter.check_resume(run_dir)
+        return _train(cfg, run_dir, accelerator, adapter, resume=resume, quiet=quiet, data=data,
+                      stop_after=stop_after)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, quiet: bool,
+def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *, resume: str | None, quiet: bool,
            data: PreparedData | None, stop_after: int | None) -> TrainResult:
     """The body of :func:`train`, run while the run folder is locked."""
     from diffusers.optimization import get_scheduler
@@ -178,43 +139,28 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
         }
         groups, num_groups = torch.from_numpy(clusters), k
 
-    # ---- latent space (model.vae, see training/latent.py): train on frozen-VAE latents instead of pixels
-    images, vae = data.train_images, None
-    if cfg.model.vae:
-        from fairdiff.training.latent import encode_dataset
-
-        vae, images = encode_dataset(cfg.model.vae, data.train_images, accelerator.device)
-    # ---- model, objective, optimizer
-    c, h, _ = images.shape[1:]
-    n_cls = data.num_groups if cfg.model.conditional else None
-    if cfg.model.pretrained:
-        unet, _ = load_run_model(cfg.model.pretrained)
-        if unet.config.sample_size != h or unet.config.in_channels != c:
-            raise ConfigError(
-                f"model.pretrained: {cfg.model.pretrained} is {unet.config.in_channels}x{unet.config.sample_size}"
-                f" but the data is {c}x{h}"
-            )
-    else:
-        unet = build_unet(cfg.model.preset, h, c, n_cls)
-    noise_scheduler = build_noise_scheduler(cfg.model.num_train_timesteps, cfg.model.beta_schedule,
-                                            clip_sample=vae is None)  # latents are not bounded to [-1, 1]
+    # ---- the training tensor (pixels, or latents of a frozen VAE), model, objective, optimizer
+    images = adapter.training_tensor(cfg, data, accelerator.device)
+    unet = adapter.build(cfg, images, data.num_groups if cfg.model.conditional else None)
+    noise_scheduler = adapter.noise_scheduler(cfg)
     objective: Objective = build_objective(cfg.method)
-    objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(), (c, h, h)))
+    objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(),
+                             tuple(images.shape[1:])))
     ref_facts = {}
     if getattr(objective, "uses_reference", False):  # tiw / iw: fit d(x_t, t) on data.reference first (no labels)
         from fairdiff.training.discriminator import fit_for_objective
 
-        ref_facts = fit_for_objective(objective, cfg, data, images, noise_scheduler, accelerator.device)
+        ref_facts = fit_for_objective(objective, cfg, data, images, noise_scheduler, accelerator.device,
+                                      encode=adapter.encode)
     facts = {**ref_facts, **objective.prepare(unet, images, groups)}
     if main:  # written once data, model and objective are known to fit (a failed start leaves the folder free)
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "manifest.json", manifest)
+        for name, content in adapter.run_files(cfg, images).items():
+            write_json(run_dir / name, content)
         if facts:
             write_json(run_dir / "method.json", facts)
-    if tc.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if cfg.model.lora:  # fine-tune low-rank adapters only; merged into the U-Net when the model is saved
-        unet = add_unet_lora(unet, cfg.model.unet_lora_targets, cfg.model.lora_rank, cfg.model.lora_alpha)
+    unet = adapter.finish(unet, cfg, accelerator.device)  # gradient checkpointing, LoRA, precision
     extra = objective.modules()
     # ---- performance options (docs/performance.md); each is off by default
     if tc.channels_last:  # NHWC weights: cuDNN's fastest convolution layout; checkpoints still load either way
@@ -236,12 +182,14 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
         tc.lr_schedule, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.steps
     )
     # foreach: one kernel per group of tensors instead of a Python loop over every parameter
-    ema = EMAModel(unet.parameters(), decay=tc.ema_decay, **({"foreach": True} if fused else {})) if tc.ema else None
+    ema = EMAModel(adapter.ema_parameters(unet), decay=tc.ema_decay,
+                   **({"foreach": True} if fused else {})) if tc.ema else None
     names = list(extra)
     prepared = accelerator.prepare(unet, optimizer, lr_sched, *extra.values())
     unet, optimizer, lr_sched = prepared[:3]
     extra = dict(zip(names, prepared[3:]))
     objective.bind_modules(extra)
+    inner = accelerator.unwrap_model(unet)
     # the objective calls ``denoiser``; accelerate keeps (and checkpoints) the uncompiled ``unet``, which shares
     # its parameters, so checkpoints and the saved model never carry torch.compile's ``_orig_mod.`` prefix
     denoiser = torch.compile(unet, mode=tc.compile_mode) if tc.compile else unet
@@ -249,7 +197,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
     if ema is not None:
         ema.to(accelerator.device)
     # what a checkpoint holds (training/state.py: safetensors and JSON only)
-    state = dict(modules={"model": accelerator.unwrap_model(unet),
+    state = dict(modules={"model": adapter.checkpoint_module(inner),
                           **{f"module-{k}": accelerator.unwrap_model(m) for k, m in extra.items()}},
                  optimizer=optimizer, lr_sched=lr_sched, ema=ema, scaler=accelerator.scaler,
                  rank=accelerator.process_index)
@@ -260,10 +208,9 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
         start = load_training_state(ckpt, **state)
         if ema is not None:  # the shadow parameters are read onto the CPU: back to the device
             ema.to(accelerator.device)
-        if main and (run_dir / "stats.jsonl").exists():  # drop log rows written after the checkpoint
-            rows = [r for r in read_jsonl(run_dir / "stats.jsonl") if r.get("step", 0) <= start]
-            atomic_write_text(run_dir / "stats.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    if accelerator.trackers == [] and _tracker() and main:
+        if main:
+            trim_stats(run_dir, start)
+    if accelerator.trackers == [] and tracker() and main:
         accelerator.init_trackers("train")
 
     # ---- loop
@@ -283,13 +230,13 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
     if main and not quiet:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.steps, initial=start, desc=f"train {cfg.method.name}", unit="step")
+        bar = tqdm(total=tc.steps, initial=start, desc=f"{adapter.progress} {cfg.method.name}", unit="step")
     unet.train()
     for m in extra.values():
         m.train()
     end = tc.steps if stop_after is None else min(tc.steps, stop_after)
-    health = _Health(accelerator, params)
-    with _StopOnSignal() as stop:
+    health = Health(accelerator, params)
+    with StopOnSignal() as stop:
         for step in range(start, end):
             for micro in range(tc.grad_accum):
                 pos = step * tc.grad_accum + micro
@@ -304,9 +251,10 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
                 batch = {"pixel_values": pixels, "group": groups[idx_t].to(device)}
                 if cfg.model.conditional:
                     batch["class_labels"] = conds[idx_t].to(device)
+                adapter.on_batch(inner, idx_t)
                 gen = make_generator(tc.seed, "noise", pos, rank)
                 last = micro == tc.grad_accum - 1
-                ctx = accelerator.no_sync(unet) if (not last and world > 1) else _nullcontext()
+                ctx = accelerator.no_sync(unet) if (not last and world > 1) else nullcontext()
                 if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
                     torch.compiler.cudagraph_mark_step_begin()
                 with ctx:
@@ -316,7 +264,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
                 health.record(out.total, step + 1)
             optimizer_step(accelerator, params, optimizer, lr_sched, tc)
             if ema is not None:
-                ema.step(accelerator.unwrap_model(unet).parameters())
+                ema.step(adapter.ema_parameters(inner))
             done = step + 1
             if bar is not None:
                 bar.update(1)
@@ -340,10 +288,9 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
                     if bar is not None:
                         bar.set_postfix(loss=f"{last_loss:.4f}")
             if sample_now and main:
-                _sample_grid(cfg, _ema_copy(accelerator.unwrap_model(unet), ema), noise_scheduler,
-                             run_dir / "grids" / f"step-{done:07d}.png", vae=vae)
+                adapter.sample_grid(cfg, inner, ema, noise_scheduler, run_dir / "grids" / f"step-{done:07d}.png")
             if save_now:
-                _save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit, state)
+                save_checkpoint(accelerator, run_dir, done, tc.checkpoint_total_limit, state)
             if stopping:
                 if bar is not None:
                     bar.close()
@@ -355,167 +302,12 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
         accelerator.end_training()
         return TrainResult(run_dir, end, last_loss, time.time() - t0)
 
-    # ---- final model (EMA weights) in diffusers format
+    # ---- final model (EMA weights)
     accelerator.wait_for_everyone()
     if main:
-        final = merge_lora(_ema_copy(accelerator.unwrap_model(unet), ema))
         mods = {k: (accelerator.unwrap_model(m), getattr(objective, "module_configs", {}).get(k, {}))
                 for k, m in extra.items()}
-        write_model_folder(run_dir / "model", final, noise_scheduler, mods, vae=vae)
-        _sample_grid(cfg, final, noise_scheduler, run_dir / "train_grid.png", vae=vae)
-        _write_train_report(cfg, run_dir, manifest)
+        adapter.save(run_dir, cfg, inner, ema, noise_scheduler, mods)
+        adapter.report(cfg, run_dir, manifest)
     accelerator.end_training()
     return TrainResult(run_dir, tc.steps, last_loss, time.time() - t0)
-
-
-class TrainingStopped(KeyboardInterrupt):
-    """Training ended by SIGINT / SIGTERM after saving a checkpoint at ``step``; the message says so."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        super().__init__(f"stopped at step {step}; checkpoint saved; continue with --resume latest")
-        self.step, self.signum = step, signum
-
-
-class TrainingDiverged(FairdiffError):
-    """The training loss (or the weights) became inf / nan; nothing after the last good checkpoint is saved."""
-
-
-class _StopOnSignal:
-    """While the loop runs, SIGINT / SIGTERM only set a flag: the step finishes, a checkpoint is saved, then the
-    run stops. A second signal acts at once (the previous handlers are back after the first)."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict = {}
-
-    def __enter__(self) -> "_StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._note)
-        return self
-
-    def _note(self, signum, frame) -> None:
-        self.signum = signum
-        self._restore()
-
-    def _restore(self) -> None:
-        for sig, old in self._old.items():
-            if old is not None:
-                signal.signal(sig, old)
-        self._old = {}
-
-    def __exit__(self, *exc) -> bool:
-        self._restore()
-        return False
-
-    def requested(self, accelerator) -> bool:
-        """Whether any process was signalled (all processes agree, so they stop at the same step)."""
-        if accelerator.num_processes == 1:
-            return bool(self.signum)
-        flag = torch.tensor([float(bool(self.signum))], device=accelerator.device)
-        return bool(accelerator.gather(flag).max().item())
-
-
-class _Health:
-    """Notes the first step whose loss is inf / nan without a host sync per step; :meth:`check` runs before
-    anything is logged or saved, so a diverged run stops with one line and keeps its last good checkpoint."""
-
-    def __init__(self, accelerator, params: list) -> None:
-        self.accelerator, self.params = accelerator, params
-        self.first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 0 = none yet
-
-    def record(self, loss: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(loss.detach().float())
-        self.first_bad = self.first_bad + ((self.first_bad == 0) & bad).long() * step
-
-    def check(self, step: int, run_dir: Path, weights: bool) -> None:
-        found = self.accelerator.gather(self.first_bad.reshape(1))
-        found = found[found > 0]
-        what = None
-        if len(found):
-            what = f"the training loss became inf/nan at step {int(found.min())}"
-        elif weights and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in self.params]).all()):
-            what = f"the weights became inf/nan by step {step}"
-        if what:
-            ck = latest_checkpoint(run_dir)
-            kept = f"the last good checkpoint, {ck.name}, is kept" if ck else "no checkpoint was saved"
-            raise TrainingDiverged(f"{what}; {kept}; lower train.lr or check the data")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _ema_copy(unet, ema):
-    """A CPU fp32 copy with the EMA weights, in the default memory layout (what is saved and sampled)."""
-    model = copy.deepcopy(unet).to("cpu").float().to(memory_format=torch.contiguous_format)
-    if ema is not None:
-        ema.copy_to(model.parameters())
-    return model.eval()
-
-
-def _sample_grid(cfg: RunConfig, unet, noise_scheduler, path: Path, n: int = 16, vae=None) -> None:
-    from fairdiff.sampling import sample
-    from fairdiff.utils.images import save_grid, to_uint8
-
-    sched = build_sampling_scheduler("ddim", noise_scheduler.config)
-    labels = [i % len(cfg.data.groups) for i in range(n)] if cfg.model.conditional else None
-    dev = next(unet.parameters()).device
-    imgs = sample(unet, sched, range(n), batch_size=n, num_steps=min(cfg.sample.steps, 25),
-                  class_labels=labels, device=dev, progress=False, clip_output=vae is None)
-    if vae is not None:  # latent model: decode through the VAE
-        from fairdiff.models.vae import decode
-
-        imgs = decode(vae, imgs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(to_uint8(imgs), path, nrow=8)
-
-
-def _save_checkpoint(accelerator, run_dir: Path, step: int, limit: int, state: dict) -> None:
-    """The training state into ``checkpoint-N.tmp``, its file list last, then an atomic rename; old ones pruned."""
-    final = run_dir / f"checkpoint-{step}"
-    tmp = run_dir / f"checkpoint-{step}.tmp"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while saving
-    accelerator.wait_for_everyone()
-    save_training_state(tmp, step=step, main=accelerator.is_main_process, **state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_file_list(tmp, step)
-        atomic_dir_replace(tmp, final)
-        prune_checkpoints(run_dir, max(1, limit))
-    accelerator.wait_for_everyone()
-
-
-def _write_train_report(cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
-    rows = read_jsonl(run_dir / "stats.jsonl") if (run_dir / "stats.jsonl").exists() else []
-    last = rows[-1] if rows else {}
-    lines = [
-        f"# Training run `{cfg.name}`",
-        "",
-        f"- method: **{cfg.method.name}**" + (f" (alpha {cfg.method.alpha})" if cfg.method.name == "ddm" else ""),
-        f"- data: {cfg.data.source}, attribute `{manifest['attribute']}`, groups {manifest['groups']}, "
-        f"training counts {manifest['train_counts']} (shares {manifest['shares']}), "
-        f"held-out counts {manifest['heldout_counts']}, seed {manifest['seed']}",
-        f"- model: preset `{cfg.model.preset}`, {cfg.data.resolution}x{cfg.data.resolution}"
-        + (", conditional on the group" if cfg.model.conditional else "")
-        + (f", in the latent space of the VAE `{cfg.model.vae}`" if cfg.model.vae else ""),
-        f"- optimizer steps: {last.get('step', 0)} (batch {cfg.train.batch_size} x accumulation "
-        f"{cfg.train.grad_accum}), final loss {last.get('loss', float('nan')):.4f}, "
-        f"time {last.get('elapsed_s', 0):.1f} s",
-    ]
-    if "clusters" in manifest:
-        cl = manifest["clusters"]
-        lines.append(f"- groups from k-means clusters (k={cl['k']}, counts {cl['counts']}); "
-                     f"NMI with the true attribute {cl['nmi_with_attribute']:.3f}")
-    if (run_dir / "method.json").exists():  # tiw / iw: the discriminator's calibration per timestep bucket
-        from fairdiff.training.discriminator import report_lines
-
-        lines += report_lines(read_json(run_dir / "method.json"))
-    lines += ["", "Samples (EMA weights, DDIM 25 steps):", "", "![samples](train_grid.png)", ""]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines))

@@ -65,7 +65,7 @@ def train_vae(
     """Fit an ``AutoencoderKL`` (preset ``model.vae_preset``) on the training split of ``cfg.data``."""
     from fairdiff.data import prepare_data
     from fairdiff.utils.images import save_grid, to_uint8
-    from fairdiff.training.trainer import batch_indices
+    from fairdiff.training.batches import batch_indices
 
     out_dir = Path(out_dir)
     # a new or empty folder, or (with --overwrite) a VAE folder that fairdiff wrote; never the cwd or an input
