@@ -30,6 +30,7 @@ from fairdiff.training.steps import optimizer_step, record_parts
 from fairdiff.config import RunConfig, save_config
 from fairdiff.errors import ConfigError
 from fairdiff.methods import DataInfo, build_objective
+from fairdiff.methods.registry import describe as describe_method, uses_clusters
 from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
 from fairdiff.utils.io import append_jsonl, atomic_write_text, write_json
 from fairdiff.utils.outputs import check_output_dir, replace_output_dir
@@ -186,7 +187,7 @@ def finetune_sd_lora(
     sd.vae.to("cpu")
     groups, num_groups = data.train_groups.clone(), data.num_groups
     manifest = dict(data.manifest)
-    if cfg.method.labels == "clusters" and cfg.method.name != "baseline":
+    if uses_clusters(cfg.method):
         from fairdiff.data.clusters import cluster_groups
 
         k = cfg.method.num_clusters or data.num_groups
@@ -294,7 +295,7 @@ def finetune_sd_lora(
     atomic_write_text(run_dir / "report.md", "\n".join([
         f"# Stable Diffusion LoRA run `{cfg.name}`", "",
         f"- base: `{sd_path}`; prompts: {prompts[:3]}{' ...' if len(prompts) > 3 else ''}",
-        f"- method: **{cfg.method.name}**" + (f" (alpha {cfg.method.alpha})" if cfg.method.name == "ddm" else ""),
+        f"- method: {describe_method(cfg.method, bold=True)}",
         (f"- LoRA rank {mc.lora_rank}, alpha {mc.lora_alpha}; U-Net targets {unet_targets}; "
          f"text encoder targets {te_targets or 'none'}"),
         f"- data: counts {manifest['train_counts']}, latents {list(latents.shape[1:])}",

@@ -37,6 +37,7 @@ from fairdiff.data import PreparedData, prepare_data
 from fairdiff.errors import ConfigError, FairdiffError
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.methods import DataInfo, Objective, build_objective
+from fairdiff.methods.registry import describe as describe_method, uses_clusters
 from fairdiff.models import build_noise_scheduler, build_sampling_scheduler, build_unet
 from fairdiff.models.lora import add_unet_lora, merge_lora
 from fairdiff.training.checkpoint import (
@@ -170,7 +171,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, *, resume: str | None, qu
     groups = data.train_groups.clone()
     num_groups = data.num_groups
     manifest = dict(data.manifest)
-    if cfg.method.labels == "clusters" and cfg.method.name != "baseline":
+    if uses_clusters(cfg.method):
         k = cfg.method.num_clusters or data.num_groups
         clusters = cluster_groups(data.train_images, k, seed=tc.seed)
         manifest["clusters"] = {
@@ -499,7 +500,7 @@ def _write_train_report(cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
     lines = [
         f"# Training run `{cfg.name}`",
         "",
-        f"- method: **{cfg.method.name}**" + (f" (alpha {cfg.method.alpha})" if cfg.method.name == "ddm" else ""),
+        f"- method: {describe_method(cfg.method, bold=True)}",
         f"- data: {cfg.data.source}, attribute `{manifest['attribute']}`, groups {manifest['groups']}, "
         f"training counts {manifest['train_counts']} (shares {manifest['shares']}), "
         f"held-out counts {manifest['heldout_counts']}, seed {manifest['seed']}",
