@@ -29,6 +29,7 @@ def test_every_method_name_is_registered_and_vice_versa():
 
     accepted = set(get_args(MethodConfig.__dataclass_fields__["name"].type))
     assert accepted == set(TRAINING) == set(SECTIONS)
+    assert all(get_method(n).options is SECTIONS[n] for n in TRAINING)  # one section per method, the config's
     assert method_names("sampling") == ["guidance"]
     assert sorted(method_names()) == sorted([*TRAINING, "guidance"])
     for name in TRAINING:  # each builds its own objective class, whose name is the method's
