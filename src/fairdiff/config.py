@@ -8,16 +8,24 @@ unknown keys and values of the wrong type are rejected with one line that names 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
 from fairdiff.errors import ConfigError
+from fairdiff.method_options import MethodName, check_sections, options_of, union_fields, unknown_option_message
+from fairdiff.utils.typed_config import (  # noqa: F401  (from_dict, parse_override, ...: re-exported)
+    at_least,
+    check_finite,
+    from_dict,
+    in_range,
+    parse_override,
+    read_yaml_file,
+    set_dotted,
+    to_dict,
+)
 
 
 @dataclass
@@ -74,41 +82,26 @@ class ModelConfig:
     )
 
 
-@dataclass
-class MethodConfig:
-    """The training objective (baseline, ddm, reweight, align) and its options."""
+def _method_unknown_key(cls: type, key: str, data: dict) -> str:
+    return unknown_option_message(key, data.get("name", "baseline"))
 
-    name: Literal["baseline", "ddm", "reweight", "align", "tiw", "iw"] = "baseline"
-    alpha: float = 0.05  # DDM debiasing strength
-    reconstruction_weight: float | None = None  # DDM; None = 1 - alpha
-    indicator_widths: list[int] = field(default_factory=lambda: [1024, 512])
-    indicator_input: Literal["eps", "x0"] = "eps"
-    # DDM variants (docs/ddm-analysis.md); the defaults are the published method
-    indicator_ce: Literal["plain", "balanced"] = "plain"  # balanced: CE weighted inversely to group frequency
-    indicator_grad: Literal["cooperative", "detach", "reverse"] = "cooperative"  # how the CE reaches the denoiser
-    indicator_t_min: int = 0  # the indicator term applies only to timesteps in [t_min, t_max)
-    indicator_t_max: int | None = None  # None = num_train_timesteps
-    labels: Literal["attribute", "clusters"] = "attribute"  # where per-image groups come from
-    num_clusters: int | None = None  # clusters mode; None = number of groups
-    cluster_features: Literal["pca"] = "pca"
-    target: list[float] | None = None  # reweighting / alignment target shares; None = uniform
-    # distributional alignment fine-tuning (methods/align.py; needs model.pretrained)
-    align_steps: int = 10  # DDIM steps of the generation chain that the gradient goes through
-    align_classifier: str = "auto"  # training classifier: auto = a CNN unlike the evaluation one; or TorchScript
-    align_classifier_steps: int = 300  # optimizer steps for the auto training classifier
-    preserve_weight: float = 1.0  # weight of the preservation term (1 - cos of features vs the frozen model)
-    uncertainty_threshold: float = 0.2  # K > 2: drop targets whose averaged OT assignment is less sure than this
-    ot_draws: int = 10  # K > 2: target-count draws whose optimal-transport plans are averaged
-    # tiw / iw (methods/tiw.py): the noise-aware discriminator d(x_t, t), reference (1) vs training (0), fitted
-    # before the denoiser trains (training/discriminator.py) and frozen after
-    disc_width: int = 32
-    disc_steps: int = 500  # optimizer steps of the discriminator fit
-    disc_batch_size: int = 64  # per class: each batch holds this many reference and as many training images
-    disc_lr: float = 1.0e-3
-    disc_weight_decay: float = 1.0e-4
-    disc_holdout: float = 0.2  # share of reference and training images kept out of the fit, for calibration
-    weight_clip: float | None = 20.0  # the ratio is clipped to [1/c, c] before per-batch normalisation; None = off
-    iw_timestep: int = 0  # iw: the timestep at which the time-independent ratio is read (on the clean image)
+
+def _method_section(self) -> Any:
+    """This method's own options (an instance of its section's dataclass, see fairdiff.method_options)."""
+    return options_of(self)
+
+
+# The training objective (``name``) and its options: the union of every method's section (method_options.py),
+# flat, so that users write ``method.alpha`` and run folders keep one shape. Options of another method than
+# ``name`` are accepted and have no effect; a key no method has is an error naming the method's options.
+MethodConfig = dataclasses.make_dataclass(
+    "MethodConfig",
+    [("name", MethodName, field(default="baseline")), *union_fields()],
+    namespace={"__doc__": "The training objective (``name``) and the options of every method, flat (see "
+                          "fairdiff.method_options).",
+               "__module__": __name__, "section": _method_section,
+               "unknown_key_message": classmethod(_method_unknown_key)},
+)
 
 
 @dataclass
@@ -190,122 +183,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# conversion with type checks
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (with YAML's int->float widening)."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
-        return value
-    if origin is list:
-        (item_tp,) = get_args(tp) or (Any,)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads "2e-4" as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
-        kwargs[k] = _coerce(v, hints[k], key)
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _check_finite(node: Any, prefix: str = "") -> None:
-    """Every number in the config is finite (``.nan`` / ``.inf`` from YAML or an override are refused)."""
-    if dataclasses.is_dataclass(node):
-        for f in dataclasses.fields(node):
-            _check_finite(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _check_finite(v, f"{prefix}[{i}]")
-    elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{prefix}: must be a finite number, got {node}")
-
-
-def _at_least(owner: Any, section: str, low: int | float, *keys: str) -> None:
-    for key in keys:
-        v = getattr(owner, key)
-        if v is not None and v < low:
-            raise ConfigError(f"{section}.{key}: must be at least {low}, got {v}")
-
-
-def _in_range(key: str, v: float, low: float, high: float, closed_high: bool = False) -> None:
-    if not (low <= v <= high if closed_high else low <= v < high):
-        raise ConfigError(f"{key}: must lie in [{low:g}, {high:g}{']' if closed_high else ')'}, got {v:g}")
-
-
 def validate(cfg: RunConfig) -> RunConfig:
     """Value ranges and cross-field checks that a type alone cannot express; one line naming the key."""
-    _check_finite(cfg)
+    check_finite(cfg)
     d = cfg.data
     if len(d.groups) < 2:
         raise ConfigError("data.groups: need at least two groups")
@@ -317,81 +197,48 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"data.shares: must be non-negative and sum to 1, got {d.shares} (sum {sum(d.shares):g})")
     if d.resolution < 8 or d.resolution % 4:
         raise ConfigError(f"data.resolution: must be a multiple of 4 and at least 8, got {d.resolution}")
-    _at_least(d, "data", 0, "heldout_per_group")
-    _at_least(d, "data", 1, "size", "synthetic_size", "channels")
-    _at_least(d, "data", 2, "synthetic_classes")
+    at_least(d, "data", 0, "heldout_per_group")
+    at_least(d, "data", 1, "size", "synthetic_size", "channels")
+    at_least(d, "data", 2, "synthetic_classes")
     for name, tgt in (("method.target", cfg.method.target), ("eval.target", cfg.eval.target)):
         if tgt is not None:
             if len(tgt) != len(d.groups):
                 raise ConfigError(f"{name}: {len(tgt)} values for {len(d.groups)} groups")
             if any(t < 0 for t in tgt) or abs(sum(tgt) - 1.0) > 1e-6:
                 raise ConfigError(f"{name}: must be non-negative and sum to 1, got {tgt}")
-    m = cfg.method
-    if not 0.0 <= m.alpha <= 1.0:
-        raise ConfigError(f"method.alpha: must lie in [0, 1], got {m.alpha}")
-    _at_least(m, "method", 0, "reconstruction_weight", "preserve_weight")
-    _at_least(m, "method", 2, "num_clusters")
-    _at_least(m, "method", 1, "align_classifier_steps")
-    if any(w < 1 for w in m.indicator_widths):
-        raise ConfigError(f"method.indicator_widths: every width must be at least 1, got {m.indicator_widths}")
     if cfg.model.lora and not cfg.model.pretrained:
         raise ConfigError("model.lora fine-tunes adapters on a trained U-Net: set model.pretrained as well")
-    if m.name == "align":
-        if cfg.model.vae or cfg.model.conditional:
-            raise ConfigError("method align: only unconditional pixel-space models for now "
-                              "(no model.vae / conditional)")
-        if not cfg.model.pretrained:
-            raise ConfigError("method align fine-tunes a trained model: set model.pretrained to a run or model folder")
-        if m.align_steps < 1 or m.ot_draws < 1 or m.preserve_weight < 0:
-            raise ConfigError("method.align_steps and method.ot_draws must be >= 1, method.preserve_weight >= 0")
-        if not 0.0 <= m.uncertainty_threshold <= 1.0:
-            raise ConfigError(f"method.uncertainty_threshold: must lie in [0, 1], got {m.uncertainty_threshold}")
     mc = cfg.model
     if mc.vae_kl_weight < 0 or mc.vae_latent_channels < 1:
         raise ConfigError("model.vae_kl_weight must be >= 0 and model.vae_latent_channels >= 1")
     if mc.lora_rank < 1 or mc.lora_alpha <= 0 or not mc.lora_targets:
         raise ConfigError("model.lora_rank must be >= 1, model.lora_alpha > 0 and model.lora_targets not empty")
-    _at_least(mc, "model", 1, "num_train_timesteps")
+    at_least(mc, "model", 1, "num_train_timesteps")
     t = cfg.train
-    _at_least(t, "train", 1, "steps", "batch_size", "grad_accum", "log_every", "checkpoint_total_limit")
-    _at_least(t, "train", 0, "warmup_steps", "sample_every", "checkpoint_every", "weight_decay")
+    at_least(t, "train", 1, "steps", "batch_size", "grad_accum", "log_every", "checkpoint_total_limit")
+    at_least(t, "train", 0, "warmup_steps", "sample_every", "checkpoint_every", "weight_decay")
     if t.lr <= 0:
         raise ConfigError(f"train.lr: must be positive, got {t.lr}")
     if t.max_grad_norm <= 0:
         raise ConfigError(f"train.max_grad_norm: must be positive, got {t.max_grad_norm}")
-    _in_range("train.ema_decay", t.ema_decay, 0.0, 1.0)
-    _in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0)
-    _in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0)
+    in_range("train.ema_decay", t.ema_decay, 0.0, 1.0)
+    in_range("train.adam_beta1", t.adam_beta1, 0.0, 1.0)
+    in_range("train.adam_beta2", t.adam_beta2, 0.0, 1.0)
     sc = cfg.sample
     if sc.n < 1 or sc.batch_size < 1 or sc.steps < 1:
         raise ConfigError("sample.n, sample.batch_size and sample.steps must be at least 1")
-    _at_least(sc, "sample", 0, "eta")
-    for key, steps in (("sample.steps", sc.steps), ("method.align_steps", m.align_steps)):
-        if steps > mc.num_train_timesteps:
-            raise ConfigError(f"{key}: must be at most model.num_train_timesteps ({mc.num_train_timesteps}), "
-                              f"got {steps}")
+    at_least(sc, "sample", 0, "eta")
+    if sc.steps > mc.num_train_timesteps:
+        raise ConfigError(f"sample.steps: must be at most model.num_train_timesteps ({mc.num_train_timesteps}), "
+                          f"got {sc.steps}")
+    check_sections(cfg.method, cfg)  # every method's option ranges; the chosen method's own conditions
     e = cfg.eval
-    _at_least(e, "eval", 0, "bootstrap")
-    _at_least(e, "eval", 1, "n_samples", "classifier_steps", "pr_k", "batch_size")
-    _in_range("eval.confidence", e.confidence, 0.0, 1.0)
+    at_least(e, "eval", 0, "bootstrap")
+    at_least(e, "eval", 1, "n_samples", "classifier_steps", "pr_k", "batch_size")
+    in_range("eval.confidence", e.confidence, 0.0, 1.0)
     if e.confidence == 0:
         raise ConfigError(f"eval.confidence: must lie in (0, 1), got {e.confidence:g}")
     return cfg
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b=value`` into (["a", "b"], parsed value); the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{text}' has no key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override '{text}': cannot read value {raw!r}") from None
-    return key.split("."), value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -399,32 +246,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     data = to_dict(cfg)
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"unknown config key '{'.'.join(path[: i + 1])}'")
-            node = node[part]
-        if path[-1] not in node:
-            raise ConfigError(f"unknown config key '{'.'.join(path)}'")
-        node[path[-1]] = value
+        set_dotted(data, path, value, unknown=lambda key: _unknown_key(key, data))
     return validate(from_dict(RunConfig, data))
-
-
-def read_yaml_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> Any:
-    """The parsed YAML of ``path``; a missing file or invalid YAML is one ``error`` line naming ``what``."""
-    p = Path(path)
-    if not p.is_file():
-        raise error(f"{what} not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{what} {p} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
-    except OSError as e:
-        raise error(f"{what} {p} cannot be read: {e.strerror or e}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise error(f"{what} {p} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -442,7 +265,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return apply_overrides(cfg, overrides or [])
 
 
+def _unknown_key(key: str, data: dict) -> str:
+    if key.startswith("method.") and key.count(".") == 1:
+        return unknown_option_message(key, data["method"].get("name"))
+    return f"unknown config key '{key}'"
+
+
 def dump_config(cfg: RunConfig) -> str:
+    """The YAML text of ``cfg`` (what ``config.yaml`` in a run folder holds)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 

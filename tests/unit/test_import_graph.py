@@ -37,6 +37,7 @@ RANKS: dict[str, float] = {
     "fairdiff.errors": 0,
     "fairdiff.utils": 0,
     "fairdiff.metrics": 0,
+    "fairdiff.method_options": 0.4,  # each method's typed options (pure; the config is built from them)
     "fairdiff.config": 0.5,
     "fairdiff.data": 1,
     "fairdiff.models": 2,

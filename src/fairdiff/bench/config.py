@@ -14,13 +14,15 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from fairdiff.bench.matrix import Cell
 from fairdiff.config import from_dict, load_config, read_yaml_file
 from fairdiff.errors import ConfigError
+from fairdiff.method_options import GuidanceOptions as GuidanceSpec  # Distribution Guidance options of a cell
+from fairdiff.methods.registry import find_method
 
 TOP_KEYS = ("name", "base", "overrides", "seeds", "settings", "methods")
 METHOD_KEYS = ("after", "guidance", "overrides")
@@ -31,17 +33,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 class BenchConfigError(ConfigError):
     """A bench config (or a ``fairdiff bench`` option) is wrong."""
-
-
-@dataclass
-class GuidanceSpec:
-    """Distribution Guidance options of a guidance method (defaults from docs/guidance.md)."""
-
-    scale: float = 3000.0
-    temperature: float | None = None  # None: 8 for a uniform target, 1 otherwise (see docs/guidance.md)
-    loss: Literal["chi2", "kl"] = "chi2"
-    n_per_step: int = 512  # training images used to fit each step's head
-    mode: Literal["invert", "noise"] = "invert"
 
 
 @dataclass
@@ -119,9 +110,16 @@ def _method(name: str, entry: Any) -> MethodSpec:
     return spec
 
 
-# the simple list form: `methods: [baseline, ddm, guidance]`; these two need a trained model to start from
-_LIST_DEFAULTS: dict[str, dict] = {"guidance": {"guidance": True, "after": "baseline"},
-                                   "align": {"method.name": "align", "after": "baseline"}}
+def _list_default(name: str) -> dict:
+    """The entry that a bare name in the list form (``methods: [baseline, ddm, guidance]``) stands for: the
+    registered method of that name, after the method it needs a trained model from (align, guidance)."""
+    entry = find_method(name)
+    if entry is None:
+        return {"method.name": name}  # an unknown name fails with the run config's own message
+    out: dict[str, Any] = {"guidance": True} if entry.sampling_time else {"method.name": name}
+    if entry.default_after:
+        out["after"] = entry.default_after
+    return out
 
 
 def _methods(value: Any) -> dict[str, MethodSpec]:
@@ -129,7 +127,7 @@ def _methods(value: Any) -> dict[str, MethodSpec]:
         entries: dict[str, Any] = {}
         for item in value:
             if isinstance(item, str):
-                entries[item] = _LIST_DEFAULTS.get(item, {"method.name": item})
+                entries[item] = _list_default(item)
             elif isinstance(item, dict) and len(item) == 1:
                 entries.update(item)
             else:

@@ -56,6 +56,16 @@ class Objective:
 
     name = "baseline"
 
+    @classmethod
+    def from_config(cls, options) -> "Objective":
+        """Built from the method's own options section (fairdiff.method_options); the base has no options."""
+        return cls()
+
+    @property
+    def module_configs(self) -> dict[str, dict]:
+        """Config written beside each module of :meth:`modules` (``model/<name>/config.json``); none by default."""
+        return {}
+
     def setup(self, info: DataInfo) -> None:
         """Called once before training with what the data looks like."""
         self.info = info

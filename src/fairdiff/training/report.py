@@ -15,7 +15,9 @@ def last_row(run_dir: Path) -> dict:
 
 
 def method_line(cfg: RunConfig) -> str:
-    return f"- method: **{cfg.method.name}**" + (f" (alpha {cfg.method.alpha})" if cfg.method.name == "ddm" else "")
+    from fairdiff.methods.registry import describe
+
+    return f"- method: {describe(cfg.method, bold=True)}"
 
 
 def optimizer_line(cfg: RunConfig, last: dict) -> str:

@@ -34,6 +34,7 @@ from fairdiff.config import RunConfig, save_config
 from fairdiff.data import PreparedData, prepare_data
 from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.errors import ConfigError
+from fairdiff.methods.registry import uses_clusters, uses_reference
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.training.adapters import ModelAdapter, UNetAdapter
 from fairdiff.training.batches import DeviceBatches, batch_indices
@@ -129,7 +130,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     groups = data.train_groups.clone()
     num_groups = data.num_groups
     manifest = dict(data.manifest)
-    if cfg.method.labels == "clusters" and cfg.method.name != "baseline":
+    if uses_clusters(cfg.method):
         k = cfg.method.num_clusters or data.num_groups
         clusters = cluster_groups(data.train_images, k, seed=tc.seed)
         manifest["clusters"] = {
@@ -147,7 +148,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(),
                              tuple(images.shape[1:])))
     ref_facts = {}
-    if getattr(objective, "uses_reference", False):  # tiw / iw: fit d(x_t, t) on data.reference first (no labels)
+    if uses_reference(cfg.method):  # tiw / iw: fit d(x_t, t) on data.reference first (no labels)
         from fairdiff.training.discriminator import fit_for_objective
 
         ref_facts = fit_for_objective(objective, cfg, data, images, noise_scheduler, accelerator.device,
@@ -305,7 +306,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     # ---- final model (EMA weights)
     accelerator.wait_for_everyone()
     if main:
-        mods = {k: (accelerator.unwrap_model(m), getattr(objective, "module_configs", {}).get(k, {}))
+        mods = {k: (accelerator.unwrap_model(m), objective.module_configs.get(k, {}))
                 for k, m in extra.items()}
         adapter.save(run_dir, cfg, inner, ema, noise_scheduler, mods)
         adapter.report(cfg, run_dir, manifest)
