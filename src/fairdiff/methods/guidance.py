@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdiff.errors import ConfigError, FairdiffError
+from fairdiff.models.ddim import ddim_chain, inversion_chain
 from fairdiff.models.hspace import capture_h, edit_h
 
 POOLS = ("flatten", "mean")
@@ -179,6 +180,8 @@ def collect_features(
             eps = unet(x, torch.full((x.shape[0],), t, device=device), class_labels=labels).sample
         return eps, reduce(seen[-1]).cpu()
 
+    order = sorted(range(len(timesteps)), key=lambda k: timesteps[k])  # the inversion's climbing order
+    chain = inversion_chain(ab, timesteps, device)
     try:
         for b in range(0, len(images), batch_size):
             x0 = images[b : b + batch_size].to(device)
@@ -190,15 +193,11 @@ def collect_features(
                     a = ab[t].to(device)
                     feats[k] = run(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, labels)[1]
             else:  # DDIM inversion: climb the schedule from the clean image (the lowest timestep ~ clean)
-                order = sorted(range(len(timesteps)), key=lambda k: timesteps[k])
-                x = x0
-                for j, k in enumerate(order):
-                    t = timesteps[k]
-                    eps, feats[k] = run(x, t, labels)
-                    if j + 1 < len(order):
-                        a, a_next = ab[t].to(device), ab[timesteps[order[j + 1]]].to(device)
-                        x0_pred = (x - (1 - a).sqrt() * eps) / a.sqrt()
-                        x = a_next.sqrt() * x0_pred + (1 - a_next).sqrt() * eps
+                def eps_fn(j: int, t: torch.Tensor, x: torch.Tensor, _labels=labels, _feats=feats) -> torch.Tensor:
+                    eps, _feats[order[j]] = run(x, int(t), _labels)
+                    return eps
+
+                ddim_chain(eps_fn, x0, chain)
             out.append(torch.stack(feats))
     finally:
         unet.train(was_training)
