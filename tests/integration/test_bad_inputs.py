@@ -48,7 +48,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     for name, shape in (("heads", h_shape), ("other_heads", [h_shape[0] * 2, *h_shape[1:]])):
         cfg = HeadsConfig(attributes={"group": 2}, num_steps=STEPS, scheduler="ddim",
                           timesteps=schedule_timesteps("ddim", sched_cfg, STEPS), h_shape=shape)
-        GuidanceHeads(cfg).save(root / f"{name}.safetensors", {"run": str(run)})
+        GuidanceHeads.from_spec(cfg).save(root / f"{name}.safetensors", {"run": str(run)})
     cfg_file = root / "run.yaml"
     shutil.copyfile(run / "config.yaml", cfg_file)
     bench = root / "bench.yaml"

@@ -14,12 +14,12 @@ from fairdiff.methods.guidance import (
     load_heads,
     parse_target,
     schedule_timesteps,
-    train_heads,
 )
 from fairdiff.models import build_noise_scheduler, build_sampling_scheduler
 from fairdiff.models.hspace import capture_h, edit_h
 from fairdiff.models.unet import build_unet
 from fairdiff.sampling.sampler import sample
+from fairdiff.training.heads import train_heads
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +43,7 @@ def _random_heads(unet, sched_cfg, num_steps: int, kind: str, attributes=None, s
         unet(torch.zeros(1, 1, 16, 16), torch.tensor([10]))
     cfg = HeadsConfig(attributes=attributes or {"group": 2}, num_steps=num_steps, scheduler=kind,
                       timesteps=schedule_timesteps(kind, sched_cfg, num_steps), h_shape=list(seen[0].shape[1:]))
-    heads = GuidanceHeads(cfg)
+    heads = GuidanceHeads.from_spec(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for bank in heads.banks.values():
@@ -123,7 +123,7 @@ def test_several_attributes_and_targets(tiny, tmp_path):
     heads = _random_heads(unet, sc, 3, "ddim", attributes={"a": 2, "b": 3})
     path = heads.save(tmp_path / "heads.safetensors", {"note": 1})
     back = load_heads(path)
-    assert back.config == heads.config
+    assert back.spec == heads.spec
     assert torch.equal(back.banks["b"].weight, heads.banks["b"].weight)
     assert (tmp_path / "heads.json").exists()
     g = DistributionGuidance(back, {"a": [0.75, 0.25], "b": "0.2,0.3,0.5"}, 5.0)
