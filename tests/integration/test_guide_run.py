@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fairdiff.bench.config import BenchCell, GuidanceSpec
 from fairdiff.bench.runner import run_guidance_cell
 from fairdiff.cli.main import main
 from fairdiff.errors import FairdiffError
+from fairdiff.models.heads import load_heads
 from fairdiff.sampling.guided import guide_run
 from tests.conftest import TINY
 
@@ -37,7 +37,7 @@ def test_cli_and_bench_guide_the_same_samples(tmp_path, monkeypatch):
     assert main(["train", *OVERRIDES, "--out", str(run), "-q"]) == 0
 
     # the CLI: heads for the run's sampling schedule, then guided samples toward the (uniform) default target
-    heads = tmp_path / "heads.safetensors"
+    heads = tmp_path / "heads"
     assert main(["train-heads", str(run), "--out", str(heads), "--steps", "3", "--n-per-step", "32", "--seed", "0",
                  "--device", "cpu", "-q"]) == 0
     common = [str(run), "--n", "4", "--steps", "3", "--batch-size", "4", "--seed", "5", "--no-png", "--device",
@@ -51,7 +51,8 @@ def test_cli_and_bench_guide_the_same_samples(tmp_path, monkeypatch):
                      guidance=GuidanceSpec(scale=100.0, n_per_step=32))
     run_guidance_cell(None, cell, tmp_path / "cell", run, quiet=True)
 
-    cli_heads, bench_heads = load_file(str(heads)), load_file(str(tmp_path / "cell" / "heads.safetensors"))
+    cli_heads = load_heads(heads).state_dict()
+    bench_heads = load_heads(tmp_path / "cell" / "heads").state_dict()
     assert cli_heads.keys() == bench_heads.keys()
     assert all(torch.equal(cli_heads[k], bench_heads[k]) for k in cli_heads)
     cli, bench, plain = (np.load(p / "samples.npz") for p in (tmp_path / "cli", tmp_path / "cell" / "samples",
@@ -73,7 +74,7 @@ def test_guide_run_refuses_a_conditional_run_in_one_line(tmp_path, monkeypatch):
     run, cond = tmp_path / "run", tmp_path / "cond"
     assert main(["train", *OVERRIDES, "--out", str(run), "-q"]) == 0
     assert main(["train", *OVERRIDES, "model.conditional=true", "--out", str(cond), "-q"]) == 0
-    heads = tmp_path / "h.safetensors"
+    heads = tmp_path / "h"
     assert main(["train-heads", str(run), "--out", str(heads), "--steps", "3", "--n-per-step", "16", "-q",
                  "--device", "cpu"]) == 0
     with pytest.raises(FairdiffError, match="unconditional model") as e:

@@ -45,12 +45,13 @@ def guidance_target(cfg) -> list[float]:
 
 def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, model_dir: Path, *,
                       quiet: bool = False) -> dict:
-    """Distribution Guidance on the trained model in ``model_dir``: fit heads (``heads.safetensors``), draw
+    """Distribution Guidance on the trained model in ``model_dir``: fit heads (the ``heads`` folder), draw
     ``eval.n_samples`` guided images toward the evaluation target and evaluate them into ``cell_dir``.
 
     Each step is skipped when its output exists, so an interrupted cell resumes. Returns the metrics."""
     from fairdiff.data import prepare_data
     from fairdiff.evaluation import evaluate_samples
+    from fairdiff.models.heads import read_heads_record, save_heads
     from fairdiff.sampling.files import resolve_device
     from fairdiff.sampling.guided import guide_run, load_guidable
     from fairdiff.training.heads import train_heads
@@ -63,7 +64,9 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     save_config(cfg, cell_dir / "config.yaml")  # the data / sample / eval settings used; the model is model_dir's
     write_cell_record(cell_dir, cfg, asdict(spec))  # the guidance options too: heads and samples depend on them
     dev = resolve_device(None)
-    heads_path = cell_dir / "heads.safetensors"
+    heads_path = cell_dir / "heads"
+    if (cell_dir / "heads.safetensors").is_file():  # fitted by an earlier version, in the single-file format
+        heads_path = cell_dir / "heads.safetensors"
     if not heads_path.exists():
         unet, sched_cfg = load_guidable(model_dir, dev)
         data = prepare_data(cfg.data)
@@ -71,10 +74,10 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
                           cfg.sample.scheduler, heldout_images=data.heldout_images,
                           heldout_labels=data.heldout_groups, num_classes=data.num_groups,
                           n_per_step=spec.n_per_step, mode=spec.mode, seed=cell.seed, progress=False)
-        res.heads.save(heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
-                                    "seconds": round(res.seconds, 1)})
+        save_heads(res.heads, heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
+                                           "seconds": round(res.seconds, 1)})
         del unet
-    heads_s = float(read_json_checked(heads_path.with_suffix(".json"), "heads record").get("seconds", np.nan))
+    heads_s = float(read_heads_record(heads_path).get("seconds", np.nan))
     target = guidance_target(cfg)
     uniform = np.allclose(target, target[0])
     temperature = spec.temperature if spec.temperature is not None else (8.0 if uniform else 1.0)

@@ -17,7 +17,8 @@ from fairdiff.errors import FairdiffError
 def register(sub) -> None:
     p = sub.add_parser("train-heads", help="train per-step h-space attribute heads for distribution guidance")
     p.add_argument("run", help="a trained run folder (its data config gives the images and group labels)")
-    p.add_argument("--out", "-o", required=True, help="heads file to write (.safetensors; a .json goes beside)")
+    p.add_argument("--out", "-o", required=True, help="heads folder to write (a diffusers model folder with "
+                   "record.json; replaced when it holds fairdiff heads)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps the heads are for (sample with the same)")
     p.add_argument("--scheduler", choices=list(SAMPLING_SCHEDULERS), default="ddim", help="sampling schedule")
     p.add_argument("--n-per-step", type=int, default=512, help="training images used per step (0 = all)")
@@ -35,7 +36,8 @@ def register(sub) -> None:
     if sp is None:
         return
     g = sp.add_argument_group("distribution guidance")
-    g.add_argument("--guidance", metavar="HEADS", help="heads file from 'fairdiff train-heads'")
+    g.add_argument("--guidance", metavar="HEADS", help="heads folder from 'fairdiff train-heads' (or a heads "
+                   ".safetensors file of earlier versions)")
     g.add_argument("--target", default=None, help="target shares, e.g. 0.5,0.5 (default: uniform)")
     g.add_argument("--scale", type=float, default=None, help="guidance step size per image (0 = unguided)")
     g.add_argument("--temperature", type=float, default=8.0,
@@ -75,33 +77,23 @@ def cmd_sample_guided(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_heads_json(path: Path) -> bool:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"attributes", "num_steps", "timesteps"} <= set(data)
-
-
 def cmd_train_heads(args: argparse.Namespace) -> int:
 
     from fairdiff.data import prepare_data
-    from fairdiff.cli.common import check_out_file
-    from fairdiff.models.heads import heads_json_path, is_heads_file
+    from fairdiff.models.heads import HEADS_KIND, save_heads
     from fairdiff.sampling.files import resolve_device
     from fairdiff.sampling.guided import load_guidable
     from fairdiff.training.checkpoint import read_run_config
     from fairdiff.training.heads import train_heads
+    from fairdiff.utils.outputs import check_output_dir
 
     if args.steps < 1 or args.batch_size < 1 or args.n_per_step < 0:
         raise FairdiffError("--steps and --batch-size must be at least 1, --n-per-step at least 0")
     out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise FairdiffError(f"--out {out}: give a .safetensors file name")
-    check_out_file(out, is_heads_file, "--out")
-    check_out_file(heads_json_path(out), _is_heads_json, "--out (its .json)")
+    if out.suffix == ".safetensors":
+        raise FairdiffError(f"--out {out}: heads are written as a folder; give a folder name (a heads .safetensors "
+                            f"file of earlier versions still loads with --guidance)")
+    check_output_dir(out, HEADS_KIND, overwrite=True, inputs=[args.run], whole=True)
     dev = resolve_device(args.device)
     cfg = read_run_config(args.run)
     unet, sched_cfg = load_guidable(args.run, dev)
@@ -113,9 +105,9 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
     held = res.heldout_accuracy.get("group", [])
     extra = {"run": str(args.run), "heldout_accuracy": res.heldout_accuracy, "train_accuracy": res.train_accuracy,
              "heldout_images": len(data.heldout_images), "seconds": round(res.seconds, 1)}
-    res.heads.save(out, extra)
+    save_heads(res.heads, out, extra)
     if held:
         print(f"held-out balanced accuracy: mean {sum(held) / len(held):.3f}, first step {held[0]:.3f}, "
               f"last step {held[-1]:.3f}")
-    print(f"trained {args.steps} heads in {res.seconds:.1f} s; wrote {out} and {heads_json_path(out)}")
+    print(f"trained {args.steps} heads in {res.seconds:.1f} s; wrote {out}")
     return 0

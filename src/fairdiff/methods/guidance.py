@@ -29,8 +29,9 @@ from fairdiff.models.heads import (  # noqa: F401 - the heads' names, importable
     GuidanceHeads,
     HeadsConfig,
     StepHeads,
-    heads_json_path,
     load_heads,
+    read_heads_record,
+    save_heads,
     schedule_timesteps,
 )
 from fairdiff.models.hspace import edit_h

@@ -6,15 +6,18 @@ work; the schedule's timesteps are stored with the heads and checked at sampling
 **flattened** (``pool='flatten'``, as the original's linear heads on the whole bottleneck) or averaged over space
 (``pool='mean'``, fewer weights, for large bottlenecks).
 
-:class:`GuidanceHeads` is a diffusers ``ModelMixin`` + ``ConfigMixin``: ``save_pretrained(folder)`` writes
-``config.json`` and ``diffusion_pytorch_model.safetensors``, ``from_pretrained(folder)`` reads them.
-:func:`load_heads` reads such a folder or a single heads ``.safetensors`` file (:meth:`GuidanceHeads.save`, the
-config in the file's metadata and a ``.json`` record beside it).
+:class:`GuidanceHeads` is a diffusers ``ModelMixin`` + ``ConfigMixin``, so heads are a diffusers model folder
+(``config.json`` + ``diffusion_pytorch_model.safetensors``, ``from_pretrained`` reads it). :func:`save_heads`
+writes one atomically with ``record.json`` (the config plus how the heads were fitted) and fairdiff's marker;
+:func:`load_heads` reads such a folder, or a single heads ``.safetensors`` file as fairdiff wrote them before
+(the config in the file's metadata, a ``.json`` record beside it).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,7 +30,9 @@ from torch import nn
 from fairdiff.errors import ConfigError, FairdiffError
 
 POOLS = ("flatten", "mean")
-META_KEY = "fairdiff_heads"  # the safetensors metadata key of a single-file heads file
+HEADS_KIND = "heads"  # the marker kind of a heads folder
+RECORD = "record.json"  # in a heads folder: the config plus how the heads were fitted
+META_KEY = "fairdiff_heads"  # the safetensors metadata key of a single-file heads file (the earlier format)
 
 
 @dataclass
@@ -99,22 +104,6 @@ class GuidanceHeads(ModelMixin, ConfigMixin):
         f = self.features(h)
         return {a: bank(f, step) for a, bank in self.banks.items()}
 
-    def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write ``path`` (safetensors, config in its metadata) and ``path.json`` (config + ``extra``)."""
-        from safetensors.torch import save_file
-
-        from fairdiff.utils.io import atomic_write_text
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        spec = asdict(self.spec)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp), metadata={META_KEY: json.dumps(spec)})
-        tmp.replace(path)
-        atomic_write_text(heads_json_path(path), json.dumps({**spec, **(extra or {})}, indent=2))
-        return path
-
 
 def schedule_timesteps(scheduler_kind: str, noise_scheduler_config, num_steps: int) -> list[int]:
     """The timesteps a sampler visits, in order (position k of this list is step k)."""
@@ -125,24 +114,48 @@ def schedule_timesteps(scheduler_kind: str, noise_scheduler_config, num_steps: i
     return [int(t) for t in sched.timesteps]
 
 
-def heads_json_path(path: str | Path) -> Path:
-    """The JSON written beside a heads file (``heads.safetensors`` -> ``heads.json``)."""
-    return Path(path).with_suffix(".json")
+def save_heads(heads: GuidanceHeads, folder: str | Path, record: dict | None = None) -> Path:
+    """Write ``heads`` to ``folder``: ``save_pretrained`` plus ``record.json`` (config + ``record``) and the marker.
 
+    The folder is built beside its place and renamed into it, so a crash leaves the old folder or the new one,
+    never half of one; an existing folder is replaced only when it is empty or fairdiff's own heads folder."""
+    from fairdiff.utils.io import write_json
+    from fairdiff.utils.outputs import check_output_dir, write_marker
 
-def is_heads_file(path: str | Path) -> bool:
-    """A single-file heads file fairdiff wrote (safetensors with the heads metadata)."""
+    folder = Path(folder)
+    check_output_dir(folder, HEADS_KIND, overwrite=True, whole=True)
+    folder.resolve().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.resolve().parent, prefix=f".{folder.resolve().name}.", suffix=".tmp"))
+    old = None
     try:
-        from safetensors import safe_open
+        heads.save_pretrained(tmp)
+        write_json(tmp / RECORD, {**asdict(heads.spec), **(record or {})})
+        write_marker(tmp, HEADS_KIND)
+        if folder.exists():
+            if any(folder.iterdir()):
+                old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
+                folder.rename(old)
+            else:
+                folder.rmdir()
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
-        with safe_open(str(path), "pt") as f:
-            return META_KEY in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - anything unreadable is not ours
-        return False
+
+def read_heads_record(path: str | Path) -> dict:
+    """The record written with heads (``record.json`` in a heads folder, the ``.json`` beside a heads file)."""
+    from fairdiff.utils.io import read_json_checked
+
+    path = Path(path)
+    return read_json_checked(path / RECORD if path.is_dir() else path.with_suffix(".json"), "heads record")
 
 
 def load_heads(path: str | Path, device: str | torch.device = "cpu") -> GuidanceHeads:
-    """Read heads (a ``save_pretrained`` folder or a single heads file), moved once to ``device`` and frozen."""
+    """Read heads (a heads folder or a single heads file of the earlier format), moved to ``device``, frozen."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
