@@ -59,7 +59,7 @@ def main() -> None:
              torch.tensor([1], device=a.device))
     hc = HeadsConfig(attributes={"group": 2}, num_steps=a.steps, scheduler=a.scheduler,
                      timesteps=schedule_timesteps(a.scheduler, sched_cfg, a.steps), h_shape=list(seen[0].shape[1:]))
-    heads = GuidanceHeads(hc)
+    heads = GuidanceHeads.from_spec(hc)
     with torch.no_grad():
         heads.banks["group"].weight.normal_(0, 0.01)
     heads = heads.to(a.device).eval().requires_grad_(False)

@@ -32,7 +32,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     """One tiny trained run (+ a class-conditional one, guidance heads for the run and heads of another shape)."""
     import torch
 
-    from fairdiff.methods.guidance import GuidanceHeads, HeadsConfig, schedule_timesteps
+    from fairdiff.methods.guidance import GuidanceHeads, HeadsConfig, save_heads, schedule_timesteps
     from fairdiff.models.hspace import capture_h
     from fairdiff.runs import load_run_model
 
@@ -48,7 +48,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     for name, shape in (("heads", h_shape), ("other_heads", [h_shape[0] * 2, *h_shape[1:]])):
         cfg = HeadsConfig(attributes={"group": 2}, num_steps=STEPS, scheduler="ddim",
                           timesteps=schedule_timesteps("ddim", sched_cfg, STEPS), h_shape=shape)
-        GuidanceHeads(cfg).save(root / f"{name}.safetensors", {"run": str(run)})
+        save_heads(GuidanceHeads.from_spec(cfg), root / name, {"run": str(run)})
     cfg_file = root / "run.yaml"
     shutil.copyfile(run / "config.yaml", cfg_file)
     bench = root / "bench.yaml"
@@ -57,8 +57,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
         + "".join(f"  {t.split('=', 1)[0]}: {t.split('=', 1)[1]}\n" for t in TINY)
         + "  train.steps: 2\nsettings:\n  a: {data.shares: [0.75, 0.25]}\nmethods:\n  baseline: {}\n",
         encoding="utf-8")
-    return {"root": root, "run": run, "cond": cond, "heads": root / "heads.safetensors",
-            "other_heads": root / "other_heads.safetensors", "cfg": cfg_file, "bench": bench}
+    return {"root": root, "run": run, "cond": cond, "heads": root / "heads",
+            "other_heads": root / "other_heads", "cfg": cfg_file, "bench": bench}
 
 
 def _tree_hashes(*roots: Path) -> dict[str, str]:
@@ -176,10 +176,6 @@ def _foreign_manifest(tmp: Path) -> None:
     (tmp / "mine.json").write_text('{"my": "own data"}')
 
 
-def _foreign_heads(tmp: Path) -> None:
-    (tmp / "h.safetensors").write_bytes(b"my own bytes")
-
-
 def _bom_labels_bad(tmp: Path) -> None:
     """A BOM labels.csv whose rows name missing images: the message must be about the image, not the column."""
     d = tmp / "bomdata"
@@ -294,8 +290,9 @@ CASES = [
          needle="--steps 3"),
     Case("guided-heads-of-other-model", ["sample", R, "--n", "1", "--steps", str(STEPS), "--guidance", OH,
                                          "--scale", "1", "-q"], needle="another model"),
-    Case("guided-truncated-heads", ["sample", R, "--n", "1", "--steps", "3", "--guidance", f"{TMP}/h.safetensors",
-                                    "--scale", "1", "-q"], lambda w, tmp: _truncated_copy(w["heads"], tmp)),
+    Case("guided-truncated-heads", ["sample", R, "--n", "1", "--steps", "3", "--guidance", f"{TMP}/h",
+                                    "--scale", "1", "-q"], lambda w, tmp: _truncated_copy(w["heads"], tmp),
+         needle="cannot load the guidance heads"),
     Case("guided-target-sum", [*GUIDED, "--scale", "1", "--target", "0.2,0.2"]),
     Case("guided-target-length", [*GUIDED, "--scale", "1", "--target", "0.5,0.25,0.25"]),
     Case("guided-out-foreign", [*GUIDED, "--scale", "1", "--out", f"{TMP}/my_photos"], _s(_foreign),
@@ -303,16 +300,17 @@ CASES = [
     Case("guided-out-is-run", [*GUIDED, "--scale", "1", "--out", R], needle="input"),
     Case("guided-eta-nan", [*GUIDED, "--scale", "1", "--eta", "nan"], needle="--eta"),
     # ---------------------------------------------------------------- train-heads
-    Case("heads-no-run", ["train-heads", f"{TMP}/nosuch", "--out", f"{TMP}/h.safetensors"]),
-    Case("heads-out-not-safetensors", ["train-heads", R, "--out", f"{TMP}/h.txt"], needle=".safetensors"),
-    Case("heads-steps-zero", ["train-heads", R, "--out", f"{TMP}/h.safetensors", "--steps", "0"], needle="--steps"),
-    Case("heads-conditional-run", ["train-heads", C, "--out", f"{TMP}/h.safetensors", "--steps", "2"],
+    Case("heads-no-run", ["train-heads", f"{TMP}/nosuch", "--out", f"{TMP}/h"]),
+    Case("heads-out-safetensors-file", ["train-heads", R, "--out", f"{TMP}/h.safetensors"], needle="folder name"),
+    Case("heads-steps-zero", ["train-heads", R, "--out", f"{TMP}/h", "--steps", "0"], needle="--steps"),
+    Case("heads-conditional-run", ["train-heads", C, "--out", f"{TMP}/h", "--steps", "2"],
          needle="unconditional"),
-    Case("heads-device-tpu", ["train-heads", R, "--out", f"{TMP}/h.safetensors", "--device", "tpu"],
+    Case("heads-device-tpu", ["train-heads", R, "--out", f"{TMP}/h", "--device", "tpu"],
          needle="--device"),
-    Case("heads-out-foreign-file", ["train-heads", R, "--out", f"{TMP}/h.safetensors"], _s(_foreign_heads),
+    Case("heads-out-foreign-folder", ["train-heads", R, "--out", f"{TMP}/my_photos"], _s(_foreign),
          needle="not written by fairdiff"),
-    Case("heads-truncated-unet", ["train-heads", f"{TMP}/runcopy", "--out", f"{TMP}/h.safetensors", "--steps", "2"],
+    Case("heads-out-is-run", ["train-heads", R, "--out", R, "--steps", "2"], needle="input"),
+    Case("heads-truncated-unet", ["train-heads", f"{TMP}/runcopy", "--out", f"{TMP}/h", "--steps", "2"],
          _truncated_model, needle="cannot load"),
     # ---------------------------------------------------------------- export
     Case("export-no-run", ["export", f"{TMP}/nosuch", f"{TMP}/e"], needle="no trained model"),
@@ -422,8 +420,8 @@ CASES = [
 
 
 def _truncated_copy(src: Path, tmp: Path) -> None:
-    shutil.copyfile(src, tmp / "h.safetensors")
-    _truncate(tmp / "h.safetensors")
+    shutil.copytree(src, tmp / "h")
+    _truncate(tmp / "h" / "diffusion_pytorch_model.safetensors")
 
 
 def _fill(argv: list[str], w: dict[str, Path], tmp: Path) -> list[str]:

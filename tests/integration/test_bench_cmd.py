@@ -107,8 +107,8 @@ def test_results_tables_and_plots(bench):
 def test_guidance_cell_guides_the_baseline_model(bench):
     cell = bench["out"] / "cells" / "a" / "guidance-s0"
     base = bench["out"] / "cells" / "a" / "baseline-s0"
-    assert (cell / "heads.safetensors").exists() and not (cell / "model").exists()
-    heads = json.loads((cell / "heads.json").read_text())
+    assert (cell / "heads" / "config.json").exists() and not (cell / "model").exists()
+    heads = json.loads((cell / "heads" / "record.json").read_text())
     assert heads["num_steps"] == 5 and heads["run"] == str(base)
     meta = json.loads((cell / "samples" / "meta.json").read_text())["guidance"]
     assert meta["target"] == [0.5, 0.5] and meta["temperature"] == 8.0 and meta["scale"] == 3000.0

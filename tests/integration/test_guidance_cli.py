@@ -31,13 +31,13 @@ def run_dir(tmp_path_factory, _one_thread):
 
 
 def test_train_heads_then_guided_sample(run_dir, tmp_path, capsys):
-    heads = tmp_path / "heads.safetensors"
+    heads = tmp_path / "heads"
     rc = main(["train-heads", str(run_dir), "--out", str(heads), "--steps", "3", "--n-per-step", "32",
                "--batch-size", "32", "--device", "cpu"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "step   0" in out and "held-out" in out
-    info = json.loads(heads.with_suffix(".json").read_text())
+    info = json.loads((heads / "record.json").read_text())
     assert info["num_steps"] == 3 and len(info["heldout_accuracy"]["group"]) == 3
 
     common = [str(run_dir), "--n", "4", "--steps", "3", "--no-png", "--device", "cpu", "-q"]
@@ -59,7 +59,7 @@ def test_train_heads_then_guided_sample(run_dir, tmp_path, capsys):
     ["--steps", "4", "--target", "0.5,0.5", "--scale", "1"],
 ])
 def test_guided_sample_user_mistakes_exit_2(run_dir, tmp_path, extra):
-    heads = tmp_path / "h.safetensors"
+    heads = tmp_path / "h"
     assert main(["train-heads", str(run_dir), "--out", str(heads), "--steps", "3", "--n-per-step", "16", "-q",
                  "--device", "cpu"]) == 0
     args = ["sample", str(run_dir), "--n", "2", "--no-png", "--device", "cpu", "-q", "--guidance", str(heads),

@@ -45,17 +45,16 @@ def guidance_target(cfg) -> list[float]:
 
 def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, model_dir: Path, *,
                       quiet: bool = False) -> dict:
-    """Distribution Guidance on the trained model in ``model_dir``: fit heads (``heads.safetensors``), draw
+    """Distribution Guidance on the trained model in ``model_dir``: fit heads (the ``heads`` folder), draw
     ``eval.n_samples`` guided images toward the evaluation target and evaluate them into ``cell_dir``.
 
     Each step is skipped when its output exists, so an interrupted cell resumes. Returns the metrics."""
-    import torch
-
     from fairdiff.data import prepare_data
     from fairdiff.evaluation import evaluate_samples
-    from fairdiff.methods.guidance import DistributionGuidance, load_heads, train_heads
-    from fairdiff.sampling import sample_run
-    from fairdiff.runs import load_run_model
+    from fairdiff.models.heads import read_heads_record, save_heads
+    from fairdiff.sampling.files import resolve_device
+    from fairdiff.sampling.guided import guide_run, load_guidable
+    from fairdiff.training.heads import train_heads
 
     if (cell_dir / "metrics.json").exists():
         return read_json_checked(cell_dir / "metrics.json", "cell metrics")
@@ -64,23 +63,21 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     cell_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cell_dir / "config.yaml")  # the data / sample / eval settings used; the model is model_dir's
     write_cell_record(cell_dir, cfg, asdict(spec))  # the guidance options too: heads and samples depend on them
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    heads_path = cell_dir / "heads.safetensors"
-    if (model_dir / "model" / "vae").is_dir():
-        raise FairdiffError(f"{cell.name}: guidance supports pixel-space models only ({model_dir} is a latent model)")
+    dev = resolve_device(None)
+    heads_path = cell_dir / "heads"
+    if (cell_dir / "heads.safetensors").is_file():  # fitted by an earlier version, in the single-file format
+        heads_path = cell_dir / "heads.safetensors"
     if not heads_path.exists():
-        unet, sched_cfg = load_run_model(model_dir, dev)
-        if unet.config.num_class_embeds:
-            raise FairdiffError(f"{cell.name}: guidance needs an unconditional model ({model_dir} is conditional)")
+        unet, sched_cfg = load_guidable(model_dir, dev)
         data = prepare_data(cfg.data)
         res = train_heads(unet, sched_cfg, data.train_images, data.train_groups, cfg.sample.steps,
                           cfg.sample.scheduler, heldout_images=data.heldout_images,
                           heldout_labels=data.heldout_groups, num_classes=data.num_groups,
                           n_per_step=spec.n_per_step, mode=spec.mode, seed=cell.seed, progress=False)
-        res.heads.save(heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
-                                    "seconds": round(res.seconds, 1)})
+        save_heads(res.heads, heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
+                                           "seconds": round(res.seconds, 1)})
         del unet
-    heads_s = float(read_json_checked(heads_path.with_suffix(".json"), "heads record").get("seconds", np.nan))
+    heads_s = float(read_heads_record(heads_path).get("seconds", np.nan))
     target = guidance_target(cfg)
     uniform = np.allclose(target, target[0])
     temperature = spec.temperature if spec.temperature is not None else (8.0 if uniform else 1.0)
@@ -93,12 +90,11 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
         with np.load(npz) as z:
             have = len(z["seeds"])
     if have != cfg.eval.n_samples:
-        guidance = DistributionGuidance(load_heads(heads_path, dev), target, spec.scale, temperature=temperature,
-                                        loss=spec.loss)
-        sample_run(model_dir, cfg.eval.n_samples, out_dir=cell_dir / "samples", seed=cfg.sample.seed,
-                   batch_size=cfg.sample.batch_size, steps=cfg.sample.steps, scheduler=cfg.sample.scheduler,
-                   eta=cfg.sample.eta, guidance=guidance, device=dev, png=False, progress=not quiet,
-                   meta={"guidance": info})
+        guide_run(model_dir, heads_path, cfg.eval.n_samples, scale=spec.scale, target=target, temperature=temperature,
+                  loss=spec.loss, out_dir=cell_dir / "samples", seed=cfg.sample.seed,
+                  batch_size=cfg.sample.batch_size, steps=cfg.sample.steps, scheduler=cfg.sample.scheduler,
+                  eta=cfg.sample.eta, device=dev, png=False, progress=not quiet,
+                  info={k: info[k] for k in ("model", "mode", "n_per_step")})
     extra = {"run": {"dir": str(cell_dir), "name": cfg.name, "method": "guidance", "model": str(model_dir),
                      "train_shares": list(cfg.data.shares), "train_seed": cell.seed, "sample_seed": cfg.sample.seed,
                      "sample_steps": cfg.sample.steps},

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairdiff.errors import ConfigError
+from fairdiff.models.ddim import ddim_chain, sampling_chain
 from fairdiff.methods.base import LossOutput, Objective
 from fairdiff.models.classifier import FeatureClassifier
 from fairdiff.models.classifier_fit import balanced_batches, fit_classifier
@@ -179,19 +180,16 @@ class AlignObjective(Objective):
         return facts
 
     def _chain(self, unet: nn.Module, noise: torch.Tensor, noise_scheduler, grad: bool) -> torch.Tensor:
-        from diffusers import DDIMScheduler
+        chain = sampling_chain(noise_scheduler.config, self.steps)
+        scales = chain_scales(noise_scheduler.alphas_cumprod, torch.stack(chain.timesteps))
 
-        sched = DDIMScheduler.from_config(noise_scheduler.config)
-        sched.set_timesteps(self.steps)
-        scales = chain_scales(noise_scheduler.alphas_cumprod, sched.timesteps)
-        x = noise
+        def eps_fn(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            tb = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
+            eps = unet(x.detach(), tb).sample
+            return scale_grad(eps, scales[i].item()) if grad else eps
+
         with torch.set_grad_enabled(grad):
-            for i, t in enumerate(sched.timesteps):
-                tb = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-                eps = unet(x.detach(), tb).sample
-                if grad:
-                    eps = scale_grad(eps, scales[i].item())
-                x = sched.step(eps, t, x, eta=0.0).prev_sample
+            x = ddim_chain(eps_fn, noise, chain)
         return x.clamp(-1, 1)
 
     def loss(self, unet: nn.Module, batch: dict, noise_scheduler, generator: torch.Generator) -> LossOutput:

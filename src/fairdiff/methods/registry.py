@@ -112,7 +112,7 @@ _ENTRIES = (
                 modules=("discriminator",)),
     MethodEntry("guidance", "Distribution Guidance: per-step attribute heads steer sampling of a trained model",
                 GuidanceOptions, uses_groups=True, needs_pretrained=True,
-                sampling_hooks={"fit": "fairdiff.methods.guidance:train_heads",
+                sampling_hooks={"fit": "fairdiff.training.heads:train_heads",
                                 "load": "fairdiff.methods.guidance:load_heads",
                                 "guide": "fairdiff.methods.guidance:DistributionGuidance"}),
 )
