@@ -23,7 +23,7 @@ def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: st
     (42.6 % on the 999 faces; smoothing filters fall to 32-38 %, see docs/faces-mini.md); faces-mini's
     pseudo-labels use it too.
     """
-    from fairdiff.data.faces import GENDER_V1_MEAN, open_onnx_session
+    from fairdiff.data.gender_model import GENDER_V1_MEAN, open_onnx_session
 
     path = Path(path)
     if preprocess != "gender-v1":
@@ -40,7 +40,7 @@ def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: st
             x = resize_uint8(images, size, 3).numpy()
             x = (x - GENDER_V1_MEAN[None, :, None, None]) / 256.0
         else:
-            from fairdiff.data.faces import gender_v1_input
+            from fairdiff.data.gender_model import gender_v1_input
 
             x = gender_v1_input(np.asarray(images, np.uint8), size, resize)
         out = np.asarray(sess.run(None, {inp.name: x.astype(np.float32)})[0], np.float64)
