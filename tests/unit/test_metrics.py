@@ -111,6 +111,10 @@ def test_conditional_parity():
     np.testing.assert_allclose(res["rates"], [0.75, 0.25])
     assert res["gap"] == pytest.approx(0.5)
     assert res["counts"].tolist() == [4, 4]
+    # one convention (docs/metrics.md): max - min of the rates, so the gap is positive whichever group leads
+    res = conditional_parity(1 - pred, 1 - cond, 2)
+    np.testing.assert_allclose(res["rates"], [0.25, 0.75])
+    assert res["gap"] == 0.5
     # a group never requested: NaN rate, left out of the gap
     res = conditional_parity([0, 1], [0, 0], 3)
     assert res["rates"][0] == 0.5 and np.isnan(res["rates"][1]) and res["gap"] == 0.0
