@@ -107,6 +107,20 @@ def test_results_tables_and_plots(bench):
         runs = list(csv.DictReader(f))
     assert len(runs) == 8 and {r["cell"] for r in runs} == {f"{s}/{m}-s{i}" for s in "ab"
                                                             for m in ("baseline", "guidance") for i in (0, 1)}
+    # each summary row is the mean over its seeds' rows (NaN shares ignored), and each run row is its metrics.json
+    for r in summary:
+        rs = [x for x in runs if (x["setting"], x["method"]) == (r["setting"], r["method"])]
+        assert len(rs) == 2
+        for key in ("share_0", "fd_strict", "valid_rate"):
+            vals = [float(x[key]) for x in rs if x[key] not in ("", "nan")]  # '' : None in metrics.json
+            want = sum(vals) / len(vals) if vals else math.nan
+            assert float(r[key]) == pytest.approx(want, rel=1e-9, nan_ok=True), (r["setting"], r["method"], key)
+    for x in runs:
+        m = json.loads((out / "cells" / x["cell"] / "metrics.json").read_text())
+        assert float(x["fd_strict"]) == pytest.approx(m["fd_strict"], rel=1e-12)
+        assert float(x["valid_rate"]) == pytest.approx(m["valid_rate"], rel=1e-12)
+        share = (m.get("valid_shares") or [None])[0]
+        assert x["share_0"] == "" if share is None else float(x["share_0"]) == pytest.approx(share, rel=1e-12)
     page = (out / "report.html").read_text()
     assert page.count("<table>") >= 3 and "guidance" in page and "data:image/png;base64," in page
     for png in ("fd_vs_fid.png", "shares.png"):
