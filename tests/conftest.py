@@ -16,6 +16,14 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache_session(tmp_path_factory):
+    """Module and session fixtures are built before any function fixture: they see the temporary cache too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "fairdiff-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "fairdiff-cache"

@@ -70,9 +70,19 @@ def test_bench_runs_every_cell_and_resumes_the_interrupted_one(bench):
     stats = [json.loads(x) for x in (bench["out"] / "cells/a/baseline-s1/stats.jsonl").read_text().splitlines()]
     assert stats[-1]["step"] == 4
     assert "[8/8] b/guidance-s1: done" in bench["stdout"]
+    # a trained cell's train_s is the wall time of its train() call: positive, at least the trainer's own clock
+    # (the last elapsed_s in stats.jsonl), within the cell's train + sample time
+    for name in ("a/baseline-s0", "a/baseline-s1", "b/baseline-s0", "b/baseline-s1"):
+        cell = bench["out"] / "cells" / name
+        timing = json.loads((cell / "metrics.json").read_text())["timing"]
+        last = json.loads((cell / "stats.jsonl").read_text().splitlines()[-1])
+        assert last["step"] == 4 and last["elapsed_s"] > 0
+        assert timing["train_s"] > 0 and timing["train_s"] >= round(last["elapsed_s"], 1) - 0.05, (name, timing)
+        assert timing["train_and_sample_s"] >= timing["train_s"], (name, timing)
     for name in ("a/baseline-s0", "a/guidance-s1", "b/baseline-s1", "b/guidance-s0"):
         m = json.loads((bench["out"] / "cells" / name / "metrics.json").read_text())
         assert 0 <= m["fd_hard"] <= 0.7072 and m["n"] == 16
+        assert m["fd_hard"] == pytest.approx(math.sqrt(2) * abs(m["shares"][1] - 0.5), abs=1e-12)
 
 
 def test_results_tables_and_plots(bench):
@@ -97,6 +107,20 @@ def test_results_tables_and_plots(bench):
         runs = list(csv.DictReader(f))
     assert len(runs) == 8 and {r["cell"] for r in runs} == {f"{s}/{m}-s{i}" for s in "ab"
                                                             for m in ("baseline", "guidance") for i in (0, 1)}
+    # each summary row is the mean over its seeds' rows (NaN shares ignored), and each run row is its metrics.json
+    for r in summary:
+        rs = [x for x in runs if (x["setting"], x["method"]) == (r["setting"], r["method"])]
+        assert len(rs) == 2
+        for key in ("share_0", "fd_strict", "valid_rate"):
+            vals = [float(x[key]) for x in rs if x[key] not in ("", "nan")]  # '' : None in metrics.json
+            want = sum(vals) / len(vals) if vals else math.nan
+            assert float(r[key]) == pytest.approx(want, rel=1e-9, nan_ok=True), (r["setting"], r["method"], key)
+    for x in runs:
+        m = json.loads((out / "cells" / x["cell"] / "metrics.json").read_text())
+        assert float(x["fd_strict"]) == pytest.approx(m["fd_strict"], rel=1e-12)
+        assert float(x["valid_rate"]) == pytest.approx(m["valid_rate"], rel=1e-12)
+        share = (m.get("valid_shares") or [None])[0]
+        assert x["share_0"] == "" if share is None else float(x["share_0"]) == pytest.approx(share, rel=1e-12)
     page = (out / "report.html").read_text()
     assert page.count("<table>") >= 3 and "guidance" in page and "data:image/png;base64," in page
     for png in ("fd_vs_fid.png", "shares.png"):
@@ -113,7 +137,10 @@ def test_guidance_cell_guides_the_baseline_model(bench):
     meta = json.loads((cell / "samples" / "meta.json").read_text())["guidance"]
     assert meta["target"] == [0.5, 0.5] and meta["temperature"] == 8.0 and meta["scale"] == 3000.0
     m = json.loads((cell / "metrics.json").read_text())
-    assert m["run"]["method"] == "guidance" and m["run"]["model"] == str(base) and m["timing"]["train_s"] >= 0
+    assert m["run"]["method"] == "guidance" and m["run"]["model"] == str(base)
+    # a sampling-time method's "train" time is the fitting of its heads, as the heads record says
+    assert m["timing"]["train_s"] == m["timing"]["heads_s"] == round(heads["seconds"], 1) > 0
+    assert m["timing"]["sample_and_eval_s"] > 0
     # same model and seeds as the baseline cell's samples: only guidance can make them differ
     with np.load(cell / "samples" / "samples.npz") as g, np.load(base / "samples" / "samples.npz") as b:
         assert np.array_equal(g["seeds"], b["seeds"]) and not np.array_equal(g["images"], b["images"])

@@ -109,7 +109,7 @@ def test_export_never_replaces_its_own_run(run, capsys, tmp_path):
     before = _snapshot(run)
     for out in (run, run / "model", run / "model" / "unet", tmp_path):
         assert main(["export", str(run), str(out), "--overwrite"]) == 2
-        _one_error(capsys, "error:")
+        _one_error(capsys, f"error: export folder {out} overlaps the model it exports ({run}); choose another")
     assert _snapshot(run) == before
 
 
@@ -131,12 +131,16 @@ def test_export_overwrite_only_replaces_an_export(run, capsys, tmp_path):
     assert (exp / "unet").is_dir()
 
 
-@pytest.mark.parametrize("bad", [["--stop-after", "-5"], ["--stop-after", "0"], ["train.lr=.nan"],
-                                 ["train.ema_decay=5"]])
-def test_bad_train_inputs_refused_before_any_work(tmp_path, capsys, bad):
+@pytest.mark.parametrize("bad, needle", [
+    (["--stop-after", "-5"], "error: --stop-after must be at least 1, got -5"),
+    (["--stop-after", "0"], "error: --stop-after must be at least 1, got 0"),
+    (["train.lr=.nan"], "error: train.lr: must be a finite number, got nan"),
+    (["train.ema_decay=5"], "error: train.ema_decay: must lie in [0, 1), got 5"),
+])
+def test_bad_train_inputs_refused_before_any_work(tmp_path, capsys, bad, needle):
     out = tmp_path / "never"
     assert main(["train", *ARGS, *bad, "--out", str(out), "--quiet"]) == 2
-    _one_error(capsys, "error:")
+    _one_error(capsys, needle)
     assert not out.exists()
 
 
@@ -170,6 +174,6 @@ def test_a_start_that_failed_before_any_work_does_not_block_the_folder(tmp_path,
     # model.pretrained of the wrong shape fails after the folder was claimed, before any training
     bad = ["model.pretrained=" + str(tmp_path / "missing")]
     assert main(["train", *ARGS, *bad, "--out", str(out), "--quiet"]) == 2
-    _one_error(capsys, "error:")
+    _one_error(capsys, f"error: {tmp_path / 'missing'} holds no trained model")
     assert {p.name for p in out.iterdir()} <= {".fairdiff.json", ".fairdiff.lock"}
     assert main(["train", *ARGS, "--out", str(out), "--quiet"]) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,15 +23,11 @@ OVERRIDES = [
 def run_dir(tmp_path_factory) -> Path:
     from fairdiff.training import train
 
-    old = os.environ.get("FAIRDIFF_CACHE")
-    os.environ["FAIRDIFF_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    out = tmp_path_factory.mktemp("runs") / "syn"
-    train(load_config(None, OVERRIDES), out, quiet=True)
-    yield out
-    if old is None:
-        os.environ.pop("FAIRDIFF_CACHE", None)
-    else:
-        os.environ["FAIRDIFF_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRDIFF_CACHE", str(tmp_path_factory.mktemp("cache")))
+        out = tmp_path_factory.mktemp("runs") / "syn"
+        train(load_config(None, OVERRIDES), out, quiet=True)
+        yield out
 
 
 def test_evaluate_cli_end_to_end(run_dir, capsys):

@@ -52,24 +52,37 @@ def test_train_heads_then_guided_sample(run_dir, tmp_path, capsys):
     assert meta["guidance"]["target"] == [0.75, 0.25] and meta["guidance"]["scale"] == 100
 
 
-@pytest.mark.parametrize("extra", [
-    ["--target", "0.5,0.6", "--scale", "1"],
-    ["--target", "0.5,0.3,0.2", "--scale", "1"],
-    ["--target", "0.5,0.5"],
-    ["--steps", "4", "--target", "0.5,0.5", "--scale", "1"],
+def _one_line_error(capsys, needle: str) -> None:
+    """The mistake is reported as exactly one ``error: ...`` line on stderr holding ``needle``, no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+    assert needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--target", "0.5,0.6", "--scale", "1"], "error: target [0.5, 0.6] sums to 1.1000, not 1"),
+    (["--target", "0.5,0.3,0.2", "--scale", "1"], "error: target [0.5, 0.3, 0.2] has 3 shares but the heads predict 2"),
+    (["--target", "0.5,0.5"], "error: --guidance needs --scale S"),
+    (["--steps", "4", "--target", "0.5,0.5", "--scale", "1"], "were trained for --steps 3 --scheduler ddim; sample"),
 ])
-def test_guided_sample_user_mistakes_exit_2(run_dir, tmp_path, extra):
+def test_guided_sample_user_mistakes_exit_2(run_dir, tmp_path, capsys, extra, needle):
     heads = tmp_path / "h"
     assert main(["train-heads", str(run_dir), "--out", str(heads), "--steps", "3", "--n-per-step", "16", "-q",
                  "--device", "cpu"]) == 0
+    capsys.readouterr()
     args = ["sample", str(run_dir), "--n", "2", "--no-png", "--device", "cpu", "-q", "--guidance", str(heads),
             "--out", str(tmp_path / "s")]
     if "--steps" not in extra:
         args += ["--steps", "3"]
     assert main(args + extra) == 2
+    _one_line_error(capsys, needle)
+    assert not (tmp_path / "s" / "samples.npz").exists()  # refused before any sampling
 
 
-def test_missing_heads_and_target_without_guidance(run_dir, tmp_path):
-    assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--guidance", str(tmp_path / "nope.safetensors"),
+def test_missing_heads_and_target_without_guidance(run_dir, tmp_path, capsys):
+    missing = tmp_path / "nope.safetensors"
+    assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--guidance", str(missing),
                  "--scale", "1", "-q", "--device", "cpu"]) == 2
+    _one_line_error(capsys, f"error: no guidance heads at {missing} (train them with 'fairdiff train-heads')")
     assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--scale", "1", "-q"]) == 2
+    _one_line_error(capsys, "error: --target and --scale need --guidance HEADS")

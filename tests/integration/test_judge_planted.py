@@ -18,18 +18,12 @@ EVAL = EvalConfig(classifier_steps=120, bootstrap=300)
 
 @pytest.fixture(scope="module")
 def judges(tmp_path_factory):
-    import os
-
-    old = os.environ.get("FAIRDIFF_CACHE")
-    os.environ["FAIRDIFF_CACHE"] = str(tmp_path_factory.mktemp("judge-cache"))
     from fairdiff.evaluation.judges import domain_classifier
     from fairdiff.evaluation.judges import pca_judge
 
-    yield domain_classifier(DATA, EVAL), pca_judge(DATA)
-    if old is None:
-        os.environ.pop("FAIRDIFF_CACHE", None)
-    else:
-        os.environ["FAIRDIFF_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRDIFF_CACHE", str(tmp_path_factory.mktemp("judge-cache")))
+        yield domain_classifier(DATA, EVAL), pca_judge(DATA)
 
 
 def _real(labels_wanted, n, seed):

@@ -43,7 +43,16 @@ def test_tiw_trains_saves_discriminator_and_calibration(tiw_run):
     assert [b["t"] for b in buckets] == [[0, 249], [250, 499], [500, 749], [750, 999]]
     for b in buckets:
         assert 0.0 <= b["accuracy"] <= 1.0 and b["bce"] > 0 and 0.0 <= b["ece"] <= 1.0
-        assert sum(r["count"] for r in b["reliability"]) == 2 * facts["calibration"]["n_per_class"]
+        n = 2 * facts["calibration"]["n_per_class"]
+        assert sum(r["count"] for r in b["reliability"]) == n
+        # accuracy and ECE follow from the reliability table (its entries are rounded to 4 decimals)
+        for r in b["reliability"]:
+            assert r["bin"][0] - 1e-4 <= r["mean_d"] <= r["bin"][1] + 1e-4, r
+        ece = sum(r["count"] / n * abs(r["mean_d"] - r["frac_reference"]) for r in b["reliability"])
+        assert b["ece"] == pytest.approx(ece, abs=2e-4)
+        right = sum(r["count"] * (r["frac_reference"] if r["bin"][0] >= 0.5 else 1 - r["frac_reference"])
+                    for r in b["reliability"])
+        assert b["accuracy"] == pytest.approx(right / n, abs=2e-4)
     report = (tiw_run / "report.md").read_text()
     assert "Discriminator d(x_t, t)" in report and "| 750-999 |" in report
 

@@ -26,13 +26,9 @@ MNIST = Path.home() / ".cache" / "fairdiff" / "mnist" / "mnist.pkl.gz"
 
 @pytest.fixture(autouse=True, scope="module")
 def _cache(tmp_path_factory):
-    old = os.environ.get("FAIRDIFF_CACHE")
-    os.environ["FAIRDIFF_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("FAIRDIFF_CACHE", None)
-    else:
-        os.environ["FAIRDIFF_CACHE"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRDIFF_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 FAST = EvalConfig(classifier_steps=120)  # x5 for the ten classes the judge learns; seconds on one core

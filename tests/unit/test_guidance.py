@@ -154,8 +154,12 @@ def test_train_heads_shapes_and_accuracy(tiny):
     # two trivially separable "groups": dark and bright images
     labels = torch.arange(40) % 2
     images = (labels.float() * 1.6 - 0.8).view(-1, 1, 1, 1) + 0.1 * torch.randn(40, 1, 16, 16, generator=g)
+    # held-out: other images (own noise, group order reversed) that the heads never see while fitting
+    held_labels = 1 - torch.arange(24) % 2
+    held = (held_labels.float() * 1.6 - 0.8).view(-1, 1, 1, 1) + 0.1 * torch.randn(24, 1, 16, 16, generator=g)
+    assert not any(torch.equal(a, b) for a in held for b in images)
     for mode in ("noise", "invert"):
-        res = train_heads(unet, sc, images, labels, 4, "ddpm", heldout_images=images, heldout_labels=labels,
+        res = train_heads(unet, sc, images, labels, 4, "ddpm", heldout_images=held, heldout_labels=held_labels,
                           n_per_step=None, mode=mode, batch_size=16)
         assert res.heads.num_steps == 4 and res.heads.config.timesteps == schedule_timesteps("ddpm", sc, 4)
         acc = res.heldout_accuracy["group"]

@@ -111,6 +111,10 @@ def test_conditional_parity():
     np.testing.assert_allclose(res["rates"], [0.75, 0.25])
     assert res["gap"] == pytest.approx(0.5)
     assert res["counts"].tolist() == [4, 4]
+    # one convention (docs/metrics.md): max - min of the rates, so the gap is positive whichever group leads
+    res = conditional_parity(1 - pred, 1 - cond, 2)
+    np.testing.assert_allclose(res["rates"], [0.25, 0.75])
+    assert res["gap"] == 0.5
     # a group never requested: NaN rate, left out of the gap
     res = conditional_parity([0, 1], [0, 0], 3)
     assert res["rates"][0] == 0.5 and np.isnan(res["rates"][1]) and res["gap"] == 0.0
@@ -186,11 +190,30 @@ def test_streaming_histogram_equal_one_shot():
     assert res["n"] == 300
 
 
-def test_bootstrap_means_match_index_resampling():
-    # a count-matrix resample gives the same mean as an explicit index resample would
-    x = np.arange(10, dtype=float)[:, None]
-    m = bootstrap_means(x, 500, seed=3)
+def _index_resampled_means(x: np.ndarray, n_resamples: int, seed: int, chunk: int) -> np.ndarray:
+    """Reference: draw each resample's indices with the same generator and chunks, average the rows directly."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, len(x), size=(min(chunk, n_resamples - start), len(x)))
+        out.extend(x[row].mean(axis=0) for row in idx)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("chunk", [None, 7, 500])
+def test_bootstrap_means_match_index_resampling(chunk):
+    # a count-matrix resample gives the same means as the explicit index resample with the same draws
+    x = np.arange(10, dtype=float)[:, None]  # integer sums: exact in both orders of summation
+    m = bootstrap_means(x, 500, seed=3, chunk=chunk)
     assert m.shape == (500, 1)
+    ref = _index_resampled_means(x, 500, seed=3, chunk=chunk or 500)
+    assert np.array_equal(m, ref)
+    assert len(np.unique(m)) > 20  # the resamples differ from each other
+    # several columns of non-integer values: equal up to the order of summation
+    y = np.random.default_rng(0).normal(size=(37, 3))
+    np.testing.assert_allclose(bootstrap_means(y, 64, seed=5, chunk=chunk),
+                               _index_resampled_means(y, 64, seed=5, chunk=min(chunk or 64, 64)), rtol=0, atol=1e-12)
+    # and the loose moments the bootstrap must have
     assert m.mean() == pytest.approx(4.5, abs=0.1)
     assert m.std() == pytest.approx(x.std() / math.sqrt(10), rel=0.15)
 

@@ -87,13 +87,43 @@ def test_reweight_loss_weights_samples():
     assert torch.allclose(out.total, (w * per).mean(), atol=1e-6)
 
 
+def _digit_images(digits: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    from fairdiff.config import DataConfig
+    from fairdiff.data import load_source
+
+    src = load_source(DataConfig(source="digits", groups=digits, shares=[1 / len(digits)] * len(digits)))
+    keep = np.isin(src.attributes["label"], digits)
+    return torch.from_numpy(src.images[keep]).float() / 127.5 - 1, src.attributes["label"][keep]
+
+
+@pytest.mark.parametrize("digits", [[0, 1], [0, 1, 7]])
+def test_clusters_recover_well_separated_digits(digits):
+    # measured: NMI 0.956 for 0/1 and 0.971 for 0/1/7 (any k-means seed); a coin-flip partition gives ~0
+    x, labels = _digit_images(digits)
+    cl = cluster_groups(x, len(digits), seed=0)
+    counts = np.bincount(cl, minlength=len(digits))
+    assert counts.min() > 0.8 * len(x) / len(digits), counts  # balanced classes, balanced clusters
+    assert cluster_agreement(cl, labels) > 0.85
+
+
+def test_clusters_find_nothing_where_there_is_nothing():
+    # pure noise with alternating labels: no partition of the pixels can know the labels (measured NMI < 0.002)
+    x = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = np.arange(200) % 2
+    cl = cluster_groups(x, 2, seed=0)
+    assert np.bincount(cl, minlength=2).min() > 0
+    assert cluster_agreement(cl, labels) < 0.05
+    assert cluster_agreement(labels, labels) == pytest.approx(1.0)  # the score itself does reach 1
+
+
+@pytest.mark.xfail(strict=True, reason="k-means on a pixel PCA does not see shape when position and scale vary: "
+                   "NMI with the synthetic shape label is 0.0001-0.008 (seeds 0-3, K=2 and 3)")
 def test_clusters_recover_synthetic_shapes():
     s = make_synthetic(200, 2, size=16, seed=0)
     x = torch.from_numpy(s.images).float() / 127.5 - 1
     cl = cluster_groups(x, 2, seed=0)
     assert np.bincount(cl, minlength=2).min() > 0
-    nmi = cluster_agreement(cl, s.attributes["label"])
-    assert 0.0 <= nmi <= 1.0
+    assert cluster_agreement(cl, s.attributes["label"]) > 0.5
 
 
 def test_build_objective_by_name():

@@ -148,8 +148,11 @@ def test_valid_shares_give_correct_finite_metrics(p):
     assert math.isfinite(kl) and kl >= -1e-12
     spd = statistical_parity_difference(p)
     assert math.isfinite(spd) and -1.0 - 1e-12 <= spd <= 1.0 + 1e-12
+    assert spd == pytest.approx(p[0] - p[1] if k == 2 else p.max() - p.min(), abs=1e-12)  # binary: signed
     gap = mean_pairwise_gap(p)
     assert math.isfinite(gap) and 0.0 <= gap <= 1.0 + 1e-12
+    pairs = [abs(p[i] - p[j]) for i in range(k) for j in range(i + 1, k)]
+    assert gap == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
 
 
 @FAST
@@ -204,6 +207,11 @@ def test_conditional_parity_on_arbitrary_labels(y, c, k):
     assert cp["counts"].sum() == len(c) == len(y) > 0
     assert math.isfinite(cp["gap"]) and 0.0 <= cp["gap"] <= 1.0
     assert np.all(np.isfinite(cp["rates"][seen])) and np.all(np.isnan(cp["rates"][~seen]))
+    # counted by hand: rate g = share of the images asked for g that came out as g; gap = max - min over those asked
+    rates = {g: sum(1 for a, b in zip(y, c) if b == g and a == g) / c.count(g) for g in set(c)}
+    assert cp["counts"].tolist() == [c.count(g) for g in range(k)]
+    assert all(cp["rates"][g] == r for g, r in rates.items())
+    assert cp["gap"] == max(rates.values()) - min(rates.values())
 
 
 @FAST
