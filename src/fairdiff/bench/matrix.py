@@ -19,6 +19,7 @@ import numpy as np
 
 from fairdiff.bench.plots import plot_fd_vs_fid
 from fairdiff.config import RunConfig, load_config
+from fairdiff.runs import logged_training_seconds
 from fairdiff.utils.io import atomic_write_text, read_json, read_json_checked, write_json
 
 
@@ -125,7 +126,9 @@ def run_cell(base: str | Path | None, cell: Cell, cell_dir: Path, *, quiet: bool
     if not (cell_dir / "model").exists():
         resume = "latest" if (cell_dir / "config.yaml").exists() else None
         train(cfg, cell_dir, resume=resume, quiet=quiet)
-    train_s = time.time() - t0
+        train_s = time.time() - t0
+    else:  # trained by an earlier, interrupted invocation: its time is in the training log
+        train_s = logged_training_seconds(cell_dir / "stats.jsonl")
     samples = cell_dir / "samples" / "samples.npz"
     if not samples.exists() or len(np.load(samples)["seeds"]) != cfg.eval.n_samples:
         sample_run(cell_dir, cfg.eval.n_samples, seed=cfg.sample.seed, batch_size=cfg.sample.batch_size,

@@ -28,6 +28,7 @@ from fairdiff.runs.folder import (
     SD_META,
     atomic_dir_replace,
     is_sd_run,
+    logged_training_seconds,
     read_run_config,
 )
 from fairdiff.runs.models import (
@@ -54,6 +55,7 @@ from fairdiff.runs.samples import (
 
 __all__ = [
     "CONFIG_FILE", "MODEL_DIR", "SAMPLES_DIR", "SD_META", "atomic_dir_replace", "is_sd_run", "read_run_config",
+    "logged_training_seconds",
     "EXPORT_LEGACY", "export_diffusers", "load_model_checked", "load_model_vae", "load_module_state",
     "load_run_model", "model_dir", "model_fingerprint", "num_train_timesteps", "save_module", "write_model_folder",
     "LEGACY_SAMPLES", "SAMPLES_KIND", "load_samples", "prepare_samples_dir", "read_samples_meta", "write_samples",

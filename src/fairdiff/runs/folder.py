@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -38,3 +40,21 @@ def atomic_dir_replace(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def logged_training_seconds(stats: Path) -> float:
+    """Training time recorded in ``stats.jsonl``: ``elapsed_s`` restarts at each resume, so the segments add up."""
+    if not stats.exists():
+        return math.nan
+    total, last = 0.0, 0.0
+    for line in stats.read_text().splitlines():
+        try:
+            e = float(json.loads(line).get("elapsed_s", math.nan))
+        except (ValueError, AttributeError):
+            continue
+        if math.isnan(e):
+            continue
+        if e < last:
+            total += last
+        last = e
+    return total + last
