@@ -39,6 +39,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from fairdiff.config import load_config
     from fairdiff.evaluation.audit import run_audit
 
+    key = (args.sd or "").split("=", 1)[0]
+    if "=" in (args.sd or "") and key and "/" not in key and " " not in key and not Path(args.sd).exists():
+        args.overrides, args.sd = [args.sd, *args.overrides], None  # a dotted override, not an SD folder
     if args.images is not None and args.sd is not None:
         raise FairdiffError("give a Stable Diffusion folder or --images FOLDER, not both")
     if args.images is None and args.sd is None:
