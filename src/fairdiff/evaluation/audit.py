@@ -113,6 +113,16 @@ def _check_generation(sd: Path, n, steps: int, guidance_scale: float, seed: int,
         raise FairdiffError(f"--steps {steps}: the model was trained with {total} timesteps; use 1..{total}")
 
 
+def _image_count(folder: Path) -> int:
+    """How many images a prompt's subfolder holds (``samples.npz``, else its image files)."""
+    from fairdiff.data.sources import IMAGE_EXTS
+    from fairdiff.evaluation.samples import OWN_PNGS, sample_count
+
+    if (folder / "samples.npz").is_file():
+        return sample_count(folder / "samples.npz")
+    return sum(1 for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.name not in OWN_PNGS)
+
+
 def _retitle(report: Path, prompt: str) -> None:
     lines = report.read_text(encoding="utf-8").split("\n")
     lines[0] = f"# Audit prompt: {prompt}"
@@ -146,6 +156,10 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
         if n is not None and n < 1:
             raise FairdiffError(f"--n must be at least 1, got {n}")
         groups = image_groups(images_dir)
+        for _, folder in groups if n is not None else ():
+            have = _image_count(folder)
+            if have < n:
+                raise FairdiffError(f"--n {n}: {folder} holds only {have} images")
         inputs = [Path(images_dir)]
     out = check_out(out, inputs)
     jd = make_judge(judge, data_cfg, eval_cfg, target=target, bootstrap=bootstrap, progress=progress)

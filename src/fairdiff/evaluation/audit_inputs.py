@@ -71,6 +71,11 @@ def image_groups(images_dir: str | Path) -> list[tuple[str, Path]]:
     subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subs:
         raise FairdiffError(f"--images {root}: no subfolders (put the images of each prompt in one subfolder)")
+    from fairdiff.data.sources import IMAGE_EXTS
+
+    for d in subs:
+        if not (d / "samples.npz").is_file() and not any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir()):
+            raise FairdiffError(f"--images: subfolder {d} holds no images (.png, .jpg, ... or samples.npz)")
     groups = [(str(names.get(d.name, d.name)).strip(), d) for d in subs]
     texts = [g[0] for g in groups]
     dup = next((t for t in texts if texts.count(t) > 1), None)
