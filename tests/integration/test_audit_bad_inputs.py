@@ -103,6 +103,11 @@ CASES = {
     "--images with --prompt": ("audit --images W/imgs --prompt x --out W/o --judge W/judge.pt", "subfolders"),
     "--images n < 1": ("audit --images W/imgs --n 0 --out W/o --judge W/judge.pt", "--n must be"),
     "--images more n than images": ("audit --images W/imgs --n 5 --out W/o5 --judge W/judge.pt", "only 1 images"),
+    "unknown device": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --judge W/judge.pt --device tpu",
+                       "--device"),
+    "judge takes another image size": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --judge auto "
+                                       "data.source=synthetic data.resolution=16 data.synthetic_size=120 "
+                                       "data.heldout_per_group=10 eval.classifier_steps=5 -q", "takes images 1x16x16"),
     "unknown option": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --colour red", "unrecognized"),
 }
 

@@ -113,6 +113,16 @@ def _check_generation(sd: Path, n, steps: int, guidance_scale: float, seed: int,
         raise FairdiffError(f"--steps {steps}: the model was trained with {total} timesteps; use 1..{total}")
 
 
+def _sd_size(sd: Path) -> int | None:
+    """The image side the pipeline makes (U-Net sample size x VAE scale factor), from the config files."""
+    try:
+        unet = json.loads((sd / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((sd / "vae" / "config.json").read_text(encoding="utf-8"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the loader reports a broken folder with its own message
+
+
 def _image_count(folder: Path) -> int:
     """How many images a prompt's subfolder holds (``samples.npz``, else its image files)."""
     from fairdiff.data.sources import IMAGE_EXTS
@@ -148,6 +158,9 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
         sd = check_sd_folder(sd)
         texts = read_prompts(prompts_file, prompts)
         _check_generation(sd, n, steps, guidance_scale, seed, batch_size)
+        from fairdiff.sampling.files import resolve_device
+
+        device = resolve_device(device)
         groups = [(t, None) for t in texts]
         inputs = [sd] + ([Path(prompts_file)] if prompts_file else [])
     else:
@@ -168,8 +181,11 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
                     "guidance_scale": guidance_scale, "scheduler": "ddim", **jd.settings}
     else:
         settings = {"mode": "images", "images": str(Path(images_dir).resolve()), "n": n, **jd.settings}
+    size = _sd_size(sd) if sd is not None else None
+    if size is not None:  # the judge must take the images the pipeline makes: known before any work
+        jd.classifier.check_images(np.zeros((1, 3, size, size), np.uint8))
     open_out(out, settings)
-    pipe = size = None
+    pipe = None
     rows = []
     for i, (prompt, folder) in enumerate(groups, 1):
         slug = prompt_slug(prompt)
@@ -215,10 +231,9 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
 
 def _load_pipe(sd: Path, device: str | None, jd: AuditJudge):
     """The pipeline, and the image size it makes; the judge must take images of that size (checked here)."""
-    from fairdiff.sampling.files import resolve_device
     from fairdiff.sampling.sd import load_sd_folder, sd_image_size
 
-    pipe = load_sd_folder(sd, device=resolve_device(device))
+    pipe = load_sd_folder(sd, device=device)
     size = sd_image_size(pipe)
     jd.classifier.check_images(np.zeros((1, 3, size, size), np.uint8))
     return pipe, size
