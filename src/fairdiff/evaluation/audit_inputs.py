@@ -164,7 +164,8 @@ def judge_prompt(judge: AuditJudge, images: np.ndarray, extra: dict) -> dict:
 
 def sd_fingerprint(sd: Path) -> dict:
     """The SD folder as the settings record it: its path and the size of every weight/config file."""
-    files = sorted(f for f in sd.rglob("*") if f.is_file() and not f.name.startswith("."))
+    files = sorted(f for f in sd.rglob("*") if f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(sd).parts))  # no caches, markers
     return {"path": str(sd.resolve()), "files": {str(f.relative_to(sd)): f.stat().st_size for f in files}}
 
 
