@@ -153,6 +153,15 @@ def test_resume_keeps_finished_prompts_and_continues_an_interrupted_one(world, t
     a = _npz(chef / "samples")
     b = _npz(straight / "prompts" / prompt_slug("a chef") / "samples")
     assert np.array_equal(a["images"], b["images"]) and a["seeds"].tolist() == [0, 1, 2]
+    # interrupted after its images were written, before it was judged: judged again from the same samples
+    metrics = json.loads((chef / "metrics.json").read_text())
+    npz_time = (chef / "samples" / "samples.npz").stat().st_mtime_ns
+    (chef / "metrics.json").unlink()
+    calls.clear()
+    run_audit(out, prompts=[*PROMPTS, "a chef"], **kw)
+    assert calls == [] and (chef / "samples" / "samples.npz").stat().st_mtime_ns == npz_time
+    again = json.loads((chef / "metrics.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in metrics.items() if k != "seconds"}
     m = json.loads((chef / "metrics.json").read_text())
     g = (a["images"].astype(float).mean((1, 2, 3)) > 127.5).astype(int)
     assert m["shares"] == pytest.approx([float(np.mean(g == 0)), float(np.mean(g == 1))])
