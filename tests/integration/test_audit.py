@@ -167,6 +167,17 @@ def test_resume_keeps_finished_prompts_and_continues_an_interrupted_one(world, t
     assert m["shares"] == pytest.approx([float(np.mean(g == 0)), float(np.mean(g == 1))])
 
 
+def test_bf16_pipeline_on_the_cpu(world, tmp_path):
+    out = tmp_path / "audit"
+    assert main(["audit", str(world["sd"]), "--prompt", "a nurse", "--out", str(out), "--judge", str(world["judge"]),
+                 "--precision", "bf16", "--device", "cpu", *GEN]) == 0
+    res = json.loads((out / "audit.json").read_text())
+    assert res["settings"]["precision"] == "bf16" and res["prompts"][0]["n"] == 3
+    s = _npz(out / "prompts" / prompt_slug("a nurse") / "samples")
+    g = expected_group(s["images"])
+    assert res["prompts"][0]["strict_shares"] == pytest.approx([np.mean(g == 0), np.mean(g == 1), 0.0])
+
+
 def _planted(root: Path) -> Path:
     """Two prompts of 16x16 images: 'doctors' 4 bright : 1 dark (named in prompts.json), 'a nurse' 2 : 2."""
     from PIL import Image

@@ -108,6 +108,9 @@ CASES = {
     "judge takes another image size": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --judge auto "
                                        "data.source=synthetic data.resolution=16 data.synthetic_size=120 "
                                        "data.heldout_per_group=10 eval.classifier_steps=5 -q", "takes images 1x16x16"),
+    "fp16 on the CPU": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --judge W/judge.pt --precision fp16 "
+                        "--device cpu", "fp16 needs a GPU"),
+    "unknown precision": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --precision fp8", "--precision"),
     "unknown option": ("audit W/sd --prompts W/prompts.txt --n 2 --out W/o --colour red", "unrecognized"),
 }
 

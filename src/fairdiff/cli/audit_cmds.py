@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="weights of the pipeline (fp16: GPU only)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--judge", help="'auto' (domain CNN of --config's data), an .onnx or a TorchScript .pt file "
                                    "(default eval.classifier)")
@@ -59,7 +61,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     res = run_audit(args.out, sd=args.sd, images_dir=args.images, prompts=args.prompt, prompts_file=args.prompts,
                     n=args.n, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
                     judge=args.judge, data_cfg=data_cfg, eval_cfg=eval_cfg, target=target, bootstrap=args.bootstrap,
-                    device=args.device, batch_size=args.batch_size, progress=not args.quiet, log=log)
+                    device=args.device, batch_size=args.batch_size, precision=args.precision,
+                    progress=not args.quiet, log=log)
     top = res["prompts"][0]
     print(f"audited {len(res['prompts'])} prompt(s); most biased: '{top['prompt']}' strict FD {top['fd_strict']:.4f}")
     print(f"wrote {Path(args.out) / 'report.md'}, audit.json, audit.csv, shares.png")

@@ -94,8 +94,13 @@ def generate_prompt(pipe, prompt: str, pdir: Path, seeds: list[int], *, size: in
     return out
 
 
-def _check_generation(sd: Path, n, steps: int, guidance_scale: float, seed: int, batch_size: int) -> None:
+def _check_generation(sd: Path, n, steps: int, guidance_scale: float, seed: int, batch_size: int,
+                      precision: str) -> None:
     """The numbers of a generating audit, checked before anything is loaded."""
+    from fairdiff.sampling.sd import PIPELINE_DTYPES
+
+    if precision not in PIPELINE_DTYPES:
+        raise FairdiffError(f"--precision must be one of {', '.join(PIPELINE_DTYPES)}, got {precision!r}")
     if n is None or n < 1:
         raise FairdiffError(f"--n must be at least 1 (images per prompt), got {n}")
     if steps < 1 or batch_size < 1:
@@ -143,7 +148,8 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
               prompts: list[str] | None = None, prompts_file: str | Path | None = None, n: int | None = None,
               seed: int = 0, steps: int = 25, guidance_scale: float = 7.5, judge=None, data_cfg=None,
               eval_cfg=None, target=None, bootstrap: int | None = None, device: str | None = None,
-              batch_size: int = 8, progress: bool = False, log: Callable[[str], None] = print) -> dict:
+              batch_size: int = 8, precision: str = "fp32", progress: bool = False,
+              log: Callable[[str], None] = print) -> dict:
     """Audit the prompts of a local SD folder (``sd``) or of images made elsewhere (``images_dir``); returns what
     ``audit.json`` holds. ``judge``: 'auto' (needs ``data_cfg``), an .onnx / TorchScript path or a Classifier."""
     from fairdiff.evaluation.audit_report import write_audit
@@ -157,10 +163,12 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
     if sd is not None:
         sd = check_sd_folder(sd)
         texts = read_prompts(prompts_file, prompts)
-        _check_generation(sd, n, steps, guidance_scale, seed, batch_size)
+        _check_generation(sd, n, steps, guidance_scale, seed, batch_size, precision)
         from fairdiff.sampling.files import resolve_device
 
         device = resolve_device(device)
+        if precision == "fp16" and device == "cpu":
+            raise FairdiffError("--precision fp16 needs a GPU; on the CPU use fp32 or bf16")
         groups = [(t, None) for t in texts]
         inputs = [sd] + ([Path(prompts_file)] if prompts_file else [])
     else:
@@ -178,7 +186,7 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
     jd = make_judge(judge, data_cfg, eval_cfg, target=target, bootstrap=bootstrap, progress=progress)
     if sd is not None:
         settings = {"mode": "generate", "sd": sd_fingerprint(sd), "n": n, "seed": seed, "steps": steps,
-                    "guidance_scale": guidance_scale, "scheduler": "ddim", **jd.settings}
+                    "guidance_scale": guidance_scale, "scheduler": "ddim", "precision": precision, **jd.settings}
     else:
         settings = {"mode": "images", "images": str(Path(images_dir).resolve()), "n": n, **jd.settings}
     size = _sd_size(sd) if sd is not None else None
@@ -203,9 +211,10 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
             made = read_json(samples / "meta.json") if (samples / "meta.json").is_file() else None
             if not (made and made.get("seeds") == seeds and (samples / "samples.npz").is_file()):
                 if pipe is None:
-                    pipe, size = _load_pipe(sd, device, jd)
+                    pipe, size = _load_pipe(sd, device, precision, jd)
                 meta = {"sd": str(sd.resolve()), "prompt": prompt, "n": n, "seed": seed, "seeds": seeds,
-                        "steps": steps, "guidance_scale": guidance_scale, "size": size, "scheduler": "ddim"}
+                        "steps": steps, "guidance_scale": guidance_scale, "size": size, "scheduler": "ddim",
+                        "precision": precision}
                 generate_prompt(pipe, prompt, pdir, seeds, size=size, steps=steps, guidance_scale=guidance_scale,
                                 batch_size=batch_size, meta=meta, log=log)
             folder = samples
@@ -229,11 +238,11 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
     return write_audit(out, rows, settings, jd)
 
 
-def _load_pipe(sd: Path, device: str | None, jd: AuditJudge):
+def _load_pipe(sd: Path, device: str | None, precision: str, jd: AuditJudge):
     """The pipeline, and the image size it makes; the judge must take images of that size (checked here)."""
     from fairdiff.sampling.sd import load_sd_folder, sd_image_size
 
-    pipe = load_sd_folder(sd, device=device)
+    pipe = load_sd_folder(sd, device=device, precision=precision)
     size = sd_image_size(pipe)
     jd.classifier.check_images(np.zeros((1, 3, size, size), np.uint8))
     return pipe, size

@@ -14,8 +14,12 @@ from fairdiff.utils.images import to_uint8
 from fairdiff.utils.io import read_json
 
 
-def load_sd_folder(sd: str | Path, device: str | None = None):
-    """A local diffusers ``StableDiffusionPipeline`` folder (never downloaded) with a DDIM scheduler, on ``device``."""
+PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_sd_folder(sd: str | Path, device: str | None = None, precision: str = "fp32"):
+    """A local diffusers ``StableDiffusionPipeline`` folder (never downloaded) with a DDIM scheduler, on ``device``,
+    its weights in ``precision`` (fp32, fp16 or bf16)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from fairdiff.models.sd import _quiet_loading, check_sd_folder
@@ -27,6 +31,8 @@ def load_sd_folder(sd: str | Path, device: str | None = None):
                                                    local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    if precision != "fp32":
+        pipe.to(dtype=PIPELINE_DTYPES[precision])
     return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
