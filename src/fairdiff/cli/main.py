@@ -12,7 +12,7 @@ from fairdiff.errors import FairdiffError
 # each module has register(subparsers); its sub-commands set ``func(args) -> int``
 COMMAND_MODULES = ["fairdiff.cli.run_cmds", "fairdiff.cli.data_cmds"]
 OPTIONAL_MODULES = ["fairdiff.cli.eval_cmds", "fairdiff.cli.method_cmds", "fairdiff.cli.bench_cmds",
-                    "fairdiff.cli.sd_cmds"]
+                    "fairdiff.cli.sd_cmds", "fairdiff.cli.audit_cmds"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + int(getattr(e, "signum", 2))
         hint = {"train": "continue with --resume latest", "sd-finetune": "continue with --resume latest",
                 "bench": "run the same command again to continue",
+                "audit": "run the same command again to continue",
                 "sweep": "run the same command again to continue"}.get(getattr(args, "command", None) or "", "")
         print("interrupted; completed work is kept" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fairdiff.errors import RunDirError
@@ -13,29 +14,59 @@ from fairdiff.utils.images import to_uint8
 from fairdiff.utils.io import read_json
 
 
-def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None = None):
-    """The run's base ``StableDiffusionPipeline`` (local folder) with its LoRA applied (U-Net + text encoder)."""
+PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_sd_folder(sd: str | Path, device: str | None = None, precision: str = "fp32"):
+    """A local diffusers ``StableDiffusionPipeline`` folder (never downloaded) with a DDIM scheduler, on ``device``,
+    its weights in ``precision`` (fp32, fp16 or bf16)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    from fairdiff.models.sd import _quiet_loading, check_sd_folder
+
+    base = check_sd_folder(sd)
+    _quiet_loading()
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
+                                                   use_safetensors=True,
+                                                   local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if precision != "fp32":
+        pipe.to(dtype=PIPELINE_DTYPES[precision])
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None = None):
+    """The run's base ``StableDiffusionPipeline`` (local folder) with its LoRA applied (U-Net + text encoder)."""
     run_dir = Path(run_dir)
     meta_file = run_dir / SD_META
     if not meta_file.is_file() or not (run_dir / MODEL_DIR / LORA_FILE).is_file():
         raise RunDirError(f"{run_dir} is not a finished sd-finetune run (expected {SD_META} and "
                           f"{MODEL_DIR}/{LORA_FILE})")
     meta = read_json(meta_file)
-    from fairdiff.models.sd import _quiet_loading, check_sd_folder
-
-    base = check_sd_folder(meta["sd"])
-    _quiet_loading()
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
-                                                   use_safetensors=True,
-                                                   local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe = load_sd_folder(meta["sd"], device="cpu")
     if lora:
         pipe.load_lora_weights(str(run_dir / MODEL_DIR), weight_name=LORA_FILE)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev), meta
+
+
+def sd_image_size(pipe) -> int:
+    """The image side a pipeline makes by default (its U-Net's sample size times the VAE's scale factor)."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def generate_sd(pipe, prompt: str, seeds: list[int], *, size: int, steps: int, guidance_scale: float,
+                batch_size: int = 16) -> np.ndarray:
+    """uint8 images ``[N, 3, size, size]`` for one prompt, image i drawn from a CPU generator seeded ``seeds[i]``."""
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        bs = seeds[i : i + batch_size]
+        gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
+        res = pipe([prompt] * len(bs), height=size, width=size, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, generator=gens, output_type="pt")
+        out.append(res.images.float().cpu() * 2 - 1)
+    return to_uint8(torch.cat(out))
 
 
 def sample_sd_run(run_dir: str | Path, n: int, *, out_dir: str | Path | None = None, prompt: str | None = None,
@@ -46,15 +77,9 @@ def sample_sd_run(run_dir: str | Path, n: int, *, out_dir: str | Path | None = N
     text = prompt or meta["prompts"][0]
     size = meta["latent_shape"][-1] * pipe.vae_scale_factor
     seeds = list(range(seed, seed + n))
-    out = []
-    for i in range(0, n, batch_size):
-        bs = seeds[i : i + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
-        res = pipe([text] * len(bs), height=size, width=size, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, generator=gens, output_type="pt")
-        out.append(res.images.float().cpu() * 2 - 1)
-    imgs = torch.cat(out)
+    imgs = generate_sd(pipe, text, seeds, size=size, steps=steps, guidance_scale=guidance_scale,
+                       batch_size=batch_size)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
     info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "prompt": text, "lora": lora,
             "guidance_scale": guidance_scale}
-    return write_samples(out_dir, to_uint8(imgs), seeds, None, info)
+    return write_samples(out_dir, imgs, seeds, None, info)
