@@ -102,19 +102,13 @@ def make_judge(spec, data_cfg=None, eval_cfg=None, *, target=None, bootstrap: in
     """Load the judge: ``auto`` (the domain CNN of ``data_cfg``, which is then required), an ``.onnx`` or
     TorchScript file, or a :class:`~fairdiff.evaluation.judges.Classifier`. With ``data_cfg`` its held-out real
     images calibrate the judge (valid rate) and give the corrected shares."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from fairdiff.config import EvalConfig
-    from fairdiff.evaluation.evaluate import check_target
+    from fairdiff.evaluation.evaluate import check_target, eval_cfg_with
     from fairdiff.evaluation.judges import Classifier, load_classifier, second_judge
 
-    ec = replace(eval_cfg) if eval_cfg is not None else EvalConfig()
-    if target is not None:
-        ec.target = list(target)
-    if bootstrap is not None:
-        if bootstrap < 0:
-            raise FairdiffError(f"--bootstrap must be >= 0, got {bootstrap}")
-        ec.bootstrap = int(bootstrap)
+    ec = eval_cfg_with(eval_cfg if eval_cfg is not None else EvalConfig(), target, bootstrap, None)
     spec = ec.classifier if spec is None else spec
     if isinstance(spec, Classifier):
         judge_id = {"name": spec.name, "num_classes": spec.num_classes}

@@ -216,7 +216,8 @@ HEADLINE = ("n", "num_classes", "target", "fd_strict", "fd_strict_ci", "shortfal
             "fd_valid", "fd_valid_ci", "fd_forced", "fd_forced_ci")
 
 
-def _eval_cfg_with(eval_cfg, target, bootstrap, seed):
+def eval_cfg_with(eval_cfg, target, bootstrap, seed):
+    """A copy of ``eval_cfg`` with the command-line target, bootstrap count and seed applied (checked)."""
     ec = replace(eval_cfg)
     if target is not None:
         ec.target = list(target)
@@ -257,7 +258,7 @@ def evaluate_samples(
     from fairdiff.evaluation.report import write_report
     from fairdiff.evaluation.samples import grid_next_to, load_images, reference_uint8
 
-    ec = _eval_cfg_with(eval_cfg, target, bootstrap, seed)
+    ec = eval_cfg_with(eval_cfg, target, bootstrap, seed)
     data = load_images(samples_path)
     images = data["images"]
     if n is not None:
