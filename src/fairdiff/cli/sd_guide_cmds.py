@@ -106,11 +106,13 @@ def cmd_fit_heads(args: argparse.Namespace) -> int:
 
     _check_numbers(args)
     sd = _check_sd(args.sd)
-    prompts = read_prompts(args.prompts, args.prompt)
+    read_prompts(args.prompts, args.prompt)  # a missing or empty prompts file is one line before the judge loads
     if not Path(args.judge).is_file():
         raise FairdiffError(f"--judge {args.judge}: no such file (an .onnx or TorchScript .pt judge)")
     check_output_dir(args.out, HEADS_KIND, overwrite=True, inputs=[sd], whole=True)
     clf = load_classifier(args.judge, None)
+    args.target = None
+    prompts = [p for p, _ in read_guided_prompts(args, clf.num_classes)]  # a sample prompts file works here too
     pipe, size = _pipe(args)
     clf.check_images(np.zeros((1, 3, size, size), np.uint8))
     cfg = 7.5 if args.guidance_scale is None else args.guidance_scale

@@ -101,5 +101,6 @@ class SDDistributionGuidance:
         return self.scale * (1 - alpha_bar) ** 0.5 * grad_x
 
     def describe(self) -> dict:
+        """The settings, JSON-ready, for a samples folder's ``meta.json``."""
         return {"mode": self.mode, "scale": self.scale, "target": self.target.cpu().tolist(),
                 "temperature": self.temperature, "loss": self.loss, "attribute": self.attribute}

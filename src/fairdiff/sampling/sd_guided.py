@@ -14,6 +14,7 @@ call it can
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _generate_batch(pipe, prompt: str, seeds: list[int], *, size: int, steps: in
         inp = torch.cat([x] * 2) if do_cfg else x
         inp = pipe.scheduler.scale_model_input(inp, t)
         hook = edit_h(lambda h, _i=i: guidance.edit_h(h, _i, nu), pipe.unet) if guided and guidance.mode == "h" \
-            else _null()
+            else nullcontext()
         with torch.set_grad_enabled(x_grad), capture_h(pipe.unet) as seen, hook:
             noise = pipe.unet(inp, t, encoder_hidden_states=embeds, timestep_cond=None,
                               cross_attention_kwargs=None, added_cond_kwargs=None,
@@ -111,14 +112,6 @@ def _generate_batch(pipe, prompt: str, seeds: list[int], *, size: int, steps: in
         image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=gens)[0]
         image = pipe.image_processor.postprocess(image, output_type="pt", do_denormalize=[True] * b)
     return image.float().cpu() * 2 - 1, (torch.stack(feats) if record else None), h_shape
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def sd_generate(pipe, prompt: str, seeds: list[int], *, size: int, steps: int, cfg_scale: float,
@@ -148,6 +141,15 @@ GUIDED_KIND = "sd-guided"  # the marker kind of a guided-sampling output folder
 PROMPT_MAP = "prompts.json"  # {"subfolder": "prompt text"}, as ``fairdiff audit --images`` reads it
 
 
+def step_shares(history: list[dict]) -> list[list[float]]:
+    """The heads' predicted batch share at each guided step (before that step's guidance), averaged over the
+    batches of a prompt: how the steered share evolved along the trajectory."""
+    by_step: dict[int, list[list[float]]] = {}
+    for h in history:
+        by_step.setdefault(h["step"], []).append(h["shares"])
+    return [np.mean(v, axis=0).round(4).tolist() for _, v in sorted(by_step.items())]
+
+
 def guide_sd(pipe, heads, items: list[tuple[str, list[float], str]], out: str | Path, *, n: int, scale: float,
              mode: str = "x", temperature: float = 1.0, loss: str = "chi2", steps: int, cfg_scale: float,
              size: int, seed: int = 0, batch_size: int = 16, info: dict | None = None,
@@ -169,12 +171,9 @@ def guide_sd(pipe, heads, items: list[tuple[str, list[float], str]], out: str | 
         g = SDDistributionGuidance(heads, target, scale, mode=mode, temperature=temperature, loss=loss)
         gen = sd_generate(pipe, prompt, seeds, size=size, steps=steps, cfg_scale=cfg_scale, guidance=g,
                           batch_size=batch_size)
-        first = [h["shares"] for h in gen.history[:1]]
-        last = [h["shares"] for h in gen.history[-1:]]
         meta = {"prompt": prompt, "n": n, "seed": seed, "seeds": seeds, "steps": steps, "guidance_scale": cfg_scale,
                 "size": size, "scheduler": "ddim", "distribution_guidance": {**g.describe(), **(info or {})},
-                "predicted_shares": {"first_step": first[0] if first else None,
-                                     "last_step": last[0] if last else None}}
+                "predicted_shares": step_shares(gen.history)}
         write_samples(out / sub, gen.images, seeds, None, meta)
         log(f"[{j}/{len(items)}] {prompt}: {n} images (target {target}, scale {scale}, mode {mode})")
     return out
