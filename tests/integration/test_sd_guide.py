@@ -129,7 +129,11 @@ def test_bad_inputs_are_one_line(world, tmp_path, capsys):
     other = GuidanceHeads.from_spec(HeadsConfig({"group": 2}, STEPS, "ddim", schedule_of(world["pipe"], STEPS),
                                                 "mean", [32, 4, 4], "generated"))
     save_heads(other, tmp_path / "other")
+    torch.jit.script(Brightness(10.0)).save(str(tmp_path / "dark.pt"))  # every image in group 0
     cases = {
+        "every group needs images": ["sd-guide", "fit-heads", "--sd", sd, "--prompt", PROMPT, "--judge",
+                                     str(tmp_path / "dark.pt"), "--n", "4", "--steps", "2", "--out",
+                                     str(tmp_path / "h0"), "-q"],
         "no such folder": ["sd-guide", "sample", "--sd", str(tmp_path / "nope"), "--heads", heads, "--prompt",
                            PROMPT, "--n", "2", "--out", str(tmp_path / "o")],
         "--heads": [*sample[:5], str(tmp_path / "no-heads"), *sample[6:]],

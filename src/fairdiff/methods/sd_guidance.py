@@ -102,5 +102,5 @@ class SDDistributionGuidance:
 
     def describe(self) -> dict:
         """The settings, JSON-ready, for a samples folder's ``meta.json``."""
-        return {"mode": self.mode, "scale": self.scale, "target": self.target.cpu().tolist(),
+        return {"mode": self.mode, "scale": self.scale, "target": [round(v, 6) for v in self.target.cpu().tolist()],
                 "temperature": self.temperature, "loss": self.loss, "attribute": self.attribute}
