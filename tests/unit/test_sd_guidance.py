@@ -51,6 +51,8 @@ def test_h_edit_moves_only_the_conditional_half_and_lowers_the_loss():
     before = float(g.loss_of(h[3:], 1))
     after = float(g.loss_of(out[3:], 1))
     assert after < before
+    with pytest.raises(FairdiffError, match="h-space"):  # heads of another U-Net: one line, not a shape error
+        g.edit_h(torch.randn(4, 8, 2, 2), 1, n_uncond=2)
 
 
 def test_x_direction_lowers_the_loss_of_a_differentiable_h():

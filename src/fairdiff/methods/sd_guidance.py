@@ -89,6 +89,7 @@ class SDDistributionGuidance:
     def edit_h(self, h: torch.Tensor, step: int, n_uncond: int) -> torch.Tensor:
         """``mode='h'``: h of a ``[uncond (n_uncond); cond]`` batch with only the conditional part moved down the
         loss gradient."""
+        self.check_h(h[n_uncond:])
         with torch.enable_grad():
             hc = h[n_uncond:].detach().float().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.loss_of(hc, step), hc)
