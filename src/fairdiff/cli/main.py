@@ -13,6 +13,7 @@ from fairdiff.errors import FairdiffError
 COMMAND_MODULES = ["fairdiff.cli.run_cmds", "fairdiff.cli.data_cmds"]
 OPTIONAL_MODULES = ["fairdiff.cli.eval_cmds", "fairdiff.cli.method_cmds", "fairdiff.cli.bench_cmds",
                     "fairdiff.cli.sd_cmds", "fairdiff.cli.audit_cmds"]
+OPTIONAL_MODULES.append("fairdiff.cli.sd_guide_cmds")
 
 
 class _Parser(argparse.ArgumentParser):
