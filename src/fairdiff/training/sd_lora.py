@@ -133,19 +133,30 @@ class SDLoraAdapter(ModelAdapter):
     legacy = SD_RUN_LEGACY
     progress = "sd-lora"
 
-    def __init__(self, sd_path: str | Path, prompt: str = "a photo", prompts_file: str | None = None) -> None:
+    def __init__(self, sd_path: str | Path, prompt: str = "a photo", prompts_file: str | None = None,
+                 prompt_groups: str | None = None) -> None:
         self.sd_path, self.prompt, self.prompts_file = sd_path, prompt, prompts_file
+        self.prompt_groups_file = prompt_groups
         self.sd = None
+        self.groups = None
 
     def open(self, cfg: RunConfig) -> None:
-        self.prompts = read_prompts(self.prompt, self.prompts_file)
+        if self.prompt_groups_file is not None:  # a prompt per subset (data/prompt_groups.py)
+            from fairdiff.data.prompt_groups import load_prompt_groups
+
+            if self.prompts_file is not None:
+                raise ConfigError("give --prompts-file or --prompt-groups, not both")
+            self.groups = load_prompt_groups(self.prompt_groups_file, cfg.data.groups)
+            self.prompts = self.groups.prompts
+        else:
+            self.prompts = read_prompts(self.prompt, self.prompts_file)
         self.sd = load_sd(self.sd_path, "cpu")
         self.unet_targets = resolve_lora_targets(self.sd.unet, cfg.model.lora_targets)
         self.te_targets = resolve_lora_targets(self.sd.text_encoder, list(TEXT_LORA_TARGETS),
                                                what="text encoder") if cfg.model.lora_text_encoder else []
 
     def inputs(self) -> list[str]:
-        return [str(p) for p in (self.sd_path, self.prompts_file) if p]
+        return [str(p) for p in (self.sd_path, self.prompts_file, self.prompt_groups_file) if p]
 
     def check_resume(self, run_dir: Path) -> None:
         meta = run_dir / "sd.json"
@@ -179,7 +190,10 @@ class SDLoraAdapter(ModelAdapter):
             raise ConfigError(f"data.resolution {images.shape[-1]} must be divisible by {f * unet_f} for this model")
         self.device = device
         latents = self._latents(images, device)
-        self.prompt_of = torch.arange(len(latents)) % len(self.prompts)  # prompts cycled over the training images
+        if self.groups is not None:  # each image's prompt from its subset
+            self.prompt_of = torch.from_numpy(self.groups.prompt_index(data.train_groups.numpy()))
+        else:
+            self.prompt_of = torch.arange(len(latents)) % len(self.prompts)  # prompts cycled over the images
         return latents
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -202,7 +216,9 @@ class SDLoraAdapter(ModelAdapter):
         return {"sd.json": {"sd": str(Path(self.sd_path).resolve()), "prompts": self.prompts,
                             "unet_lora_targets": self.unet_targets, "text_encoder_lora_targets": self.te_targets,
                             "lora_rank": mc.lora_rank, "lora_alpha": mc.lora_alpha,
-                            "latent_shape": list(images.shape[1:])}}
+                            "latent_shape": list(images.shape[1:]),
+                            **({"prompt_groups": dict(zip(self.groups.prompts, self.groups.values))}
+                               if self.groups is not None else {})}}
 
     def finish(self, model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
         sd, mc, tc = self.sd, cfg.model, cfg.train
@@ -277,6 +293,7 @@ def finetune_sd_lora(
     *,
     prompt: str = "a photo",
     prompts_file: str | None = None,
+    prompt_groups: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
     data=None,
@@ -288,7 +305,8 @@ def finetune_sd_lora(
     The one trainer runs it (:func:`fairdiff.training.trainer.train` with :class:`SDLoraAdapter`), so ``resume``
     and ``stop_after`` mean what they mean for ``fairdiff train``. The SD folder is the run's pretrained model:
     it is recorded as ``model.pretrained`` (what methods that fine-tune a trained model, e.g. align, ask for).
+    ``prompt_groups``: a spec file giving each subset of ``data.groups`` its own prompt (data/prompt_groups.py).
     """
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(sd_path)))
     return train(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data, stop_after=stop_after,
-                 adapter=SDLoraAdapter(sd_path, prompt, prompts_file))
+                 adapter=SDLoraAdapter(sd_path, prompt, prompts_file, prompt_groups))
