@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--prompts-file", help="one prompt per line, cycled over the training images")
     p.add_argument("--prompt-groups", metavar="FILE",
                    help="YAML/JSON 'prompt: [values]': each data.groups value's images get that prompt")
+    p.add_argument("--prompt-targets", metavar="FILE",
+                   help="method align: YAML/JSON 'prompt: [target shares] | uniform | preserve'")
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -107,8 +109,8 @@ def cmd_sd_finetune(args: argparse.Namespace) -> int:
     from fairdiff.training.sd_lora import finetune_sd_lora
 
     res = finetune_sd_lora(cfg, args.sd, args.out, prompt=args.prompt, prompts_file=args.prompts_file,
-                           prompt_groups=args.prompt_groups, overwrite=args.overwrite, quiet=args.quiet,
-                           resume=args.resume, stop_after=args.stop_after)
+                           prompt_groups=args.prompt_groups, prompt_targets=args.prompt_targets,
+                           overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, stop_after=args.stop_after)
     print(f"fine-tuned LoRA ({cfg.method.name}) {res.steps} optimizer steps in {res.seconds:.1f} s, final loss "
           f"{res.final_loss:.4f}; run folder {args.out}")
     return 0
