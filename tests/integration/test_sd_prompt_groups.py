@@ -28,7 +28,8 @@ def grouped_run(tmp_path_factory):
     spec.write_text("a face: [0, 1]\nan apple: [2, 3]\n")
     run = root / "run"
     assert main(["sd-finetune", "--sd", str(root / "base"), "--out", str(run), "--prompt-groups", str(spec), *FOUR,
-                 "method.name=baseline", "train.steps=2", "-q"]) == 0
+                 "method.name=baseline", "train.steps=2", "model.lora_targets=[to_q,to_k,to_v,proj_in,conv1]",
+                 "model.lora_rank=16", "-q"]) == 0
     return root, spec, run
 
 
@@ -75,6 +76,12 @@ def test_sd_export_merges_the_lora(grouped_run, tmp_path, capsys):
     sd = load_sd(out)  # a plain SD folder: no LoRA layers left
     assert not any("lora_" in n for n, _ in sd.unet.named_parameters())
     tuned, _ = load_sd_pipeline(run, lora=True, device="cpu")
+    # a LoRA on attention and convolutions loads in full (one key naming for both kinds of layer)
+    loaded = {n.split(".lora_")[0] for n, _ in tuned.unet.named_parameters() if ".lora_A." in n}
+    assert any(n.endswith("attn2.to_v") for n in loaded) and any(n.endswith("conv1") for n in loaded)
+    leaves = ("to_q", "to_k", "to_v", "proj_in", "conv1")
+    targets = [n for n, _ in sd.unet.named_modules() if n.rsplit(".", 1)[-1] in leaves]
+    assert sorted(loaded) == sorted(targets)
     base, _ = load_sd_pipeline(run, lora=False, device="cpu")
     merged = load_sd_folder(out, device="cpu")
     kw = dict(size=16, steps=3, guidance_scale=1.0)

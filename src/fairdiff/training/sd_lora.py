@@ -107,11 +107,12 @@ def add_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> N
 
 
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of ``model`` in diffusers' key format (what ``save_lora_weights`` expects)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The LoRA weights of ``model`` in peft's key format (``lora_A`` / ``lora_B``), which ``load_lora_weights``
+    reads as is. (Converting to the older ``lora.down`` naming renames attention projections only, so a LoRA on
+    attention *and* convolutions was saved in two namings and its attention part was dropped on loading.)"""
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    return get_peft_model_state_dict(model)
 
 
 def save_lora(folder: Path, unet: nn.Module, text_encoder: nn.Module | None) -> None:
