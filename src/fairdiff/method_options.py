@@ -107,6 +107,8 @@ class AlignOptions:
     align_classifier: str = "auto"  # training classifier: auto = a CNN unlike the evaluation one; or TorchScript
     align_classifier_steps: int = 300  # optimizer steps for the auto training classifier
     preserve_weight: float = 1.0  # weight of the preservation term (1 - cos of features vs the frozen model)
+    # sd-finetune --prompt-targets: weight of the pixel MSE that keeps 'preserve' prompts' images unchanged
+    preserve_prompt_weight: float = 1.0
     uncertainty_threshold: float = 0.2  # K > 2: drop targets whose averaged OT assignment is less sure than this
     ot_draws: int = 10  # K > 2: target-count draws whose optimal-transport plans are averaged
 
@@ -114,6 +116,7 @@ class AlignOptions:
         """Value ranges of the alignment options."""
         _at_least(self, 2, "num_clusters")
         _at_least(self, 0, "preserve_weight")
+        _at_least(self, 0, "preserve_prompt_weight")
         _at_least(self, 1, "align_classifier_steps")
 
     def check_run(self, cfg: Any) -> None:

@@ -31,6 +31,10 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="run folder")
     p.add_argument("--prompt", default="a photo", help="the one generic training prompt")
     p.add_argument("--prompts-file", help="one prompt per line, cycled over the training images")
+    p.add_argument("--prompt-groups", metavar="FILE",
+                   help="YAML/JSON 'prompt: [values]': each data.groups value's images get that prompt")
+    p.add_argument("--prompt-targets", metavar="FILE",
+                   help="method align: YAML/JSON 'prompt: [target shares] | uniform | preserve'")
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -48,6 +52,12 @@ def register(sub) -> None:
     p.add_argument("--no-lora", action="store_true", help="sample the base model (for comparison)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=cmd_sd_sample)
+
+    p = sub.add_parser("sd-export", help="write an sd-finetune run as a plain SD folder (its LoRA merged in)")
+    p.add_argument("run", help="finished sd-finetune run folder")
+    p.add_argument("out", help="folder for the merged diffusers StableDiffusionPipeline")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sd_export)
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
@@ -99,6 +109,7 @@ def cmd_sd_finetune(args: argparse.Namespace) -> int:
     from fairdiff.training.sd_lora import finetune_sd_lora
 
     res = finetune_sd_lora(cfg, args.sd, args.out, prompt=args.prompt, prompts_file=args.prompts_file,
+                           prompt_groups=args.prompt_groups, prompt_targets=args.prompt_targets,
                            overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, stop_after=args.stop_after)
     print(f"fine-tuned LoRA ({cfg.method.name}) {res.steps} optimizer steps in {res.seconds:.1f} s, final loss "
           f"{res.final_loss:.4f}; run folder {args.out}")
@@ -144,4 +155,15 @@ def cmd_sd_sample(args: argparse.Namespace) -> int:
     out = sample_sd_run(args.run, args.n, out_dir=args.out, prompt=args.prompt, seed=args.seed, steps=args.steps,
                         guidance_scale=args.guidance_scale, lora=not args.no_lora, device=args.device)
     print(f"wrote {args.n} samples to {Path(out)}")
+    return 0
+
+
+def cmd_sd_export(args: argparse.Namespace) -> int:
+    from fairdiff.sampling.sd import export_sd_run
+
+    check_out(args.out, "sd", overwrite=args.overwrite, inputs=[args.run], legacy={"sd": ["model_index.json"]},
+              whole=True)
+    out = export_sd_run(args.run, args.out, overwrite=args.overwrite)
+    mark_out(out, "sd")
+    print(f"wrote {args.run} with its LoRA merged to {out} (a plain Stable Diffusion folder)")
     return 0

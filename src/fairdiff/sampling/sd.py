@@ -51,6 +51,29 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
     return pipe.to(dev), meta
 
 
+def export_sd_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the run's base pipeline with its LoRA fused into the weights as a plain SD folder at ``out``.
+
+    The result is what ``audit``, ``sd-init --vae``-style tools and a further ``sd-finetune`` take as a model
+    (e.g. a prompt-conditioned model with a known bias, made by fine-tuning, then debiased or audited)."""
+    import shutil
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"output folder {out} is not empty; use --overwrite")
+    pipe, _ = load_sd_pipeline(run_dir, lora=True, device="cpu")
+    pipe.fuse_lora(components=["unet", "text_encoder"], lora_scale=1.0)
+    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+    return out
+
+
 def sd_image_size(pipe) -> int:
     """The image side a pipeline makes by default (its U-Net's sample size times the VAE's scale factor)."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -56,6 +56,10 @@ class ModelAdapter:
         """The denoiser: ``model(noisy, t, class_labels).sample`` predicts the noise."""
         raise NotImplementedError
 
+    def wrap_objective(self, objective, cfg: RunConfig):
+        """The objective this model trains with (the method's own by default; SD alignment on prompts wraps it)."""
+        return objective
+
     def noise_scheduler(self, cfg: RunConfig):
         raise NotImplementedError
 

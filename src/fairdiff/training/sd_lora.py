@@ -69,8 +69,10 @@ class PromptConditionedUNet(nn.Module):
             emb = self.text_encoder(ids)[0]
         return emb[inv.to(emb.device)]
 
-    def forward(self, noisy: torch.Tensor, t: torch.Tensor, class_labels=None) -> _Output:
-        index = self.prompt_index
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, class_labels=None,
+                prompt_index: torch.Tensor | None = None) -> _Output:
+        """eps_hat; ``prompt_index`` (one prompt per image) overrides the batch's (alignment chooses its own)."""
+        index = self.prompt_index if prompt_index is None else prompt_index
         if index is None or len(index) != noisy.shape[0]:
             index = torch.zeros(noisy.shape[0], dtype=torch.long)
         emb = self.embed(index).to(noisy.dtype)
@@ -105,11 +107,12 @@ def add_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> N
 
 
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of ``model`` in diffusers' key format (what ``save_lora_weights`` expects)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The LoRA weights of ``model`` in peft's key format (``lora_A`` / ``lora_B``), which ``load_lora_weights``
+    reads as is. (Converting to the older ``lora.down`` naming renames attention projections only, so a LoRA on
+    attention *and* convolutions was saved in two namings and its attention part was dropped on loading.)"""
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    return get_peft_model_state_dict(model)
 
 
 def save_lora(folder: Path, unet: nn.Module, text_encoder: nn.Module | None) -> None:
@@ -133,19 +136,41 @@ class SDLoraAdapter(ModelAdapter):
     legacy = SD_RUN_LEGACY
     progress = "sd-lora"
 
-    def __init__(self, sd_path: str | Path, prompt: str = "a photo", prompts_file: str | None = None) -> None:
+    def __init__(self, sd_path: str | Path, prompt: str = "a photo", prompts_file: str | None = None,
+                 prompt_groups: str | None = None, prompt_targets: str | None = None) -> None:
         self.sd_path, self.prompt, self.prompts_file = sd_path, prompt, prompts_file
+        self.prompt_groups_file, self.prompt_targets_file = prompt_groups, prompt_targets
+        self.targets_raw: dict | None = None
         self.sd = None
+        self.groups = None
 
     def open(self, cfg: RunConfig) -> None:
-        self.prompts = read_prompts(self.prompt, self.prompts_file)
+        given = [f for f, v in (("--prompts-file", self.prompts_file), ("--prompt-groups", self.prompt_groups_file),
+                                ("--prompt-targets", self.prompt_targets_file)) if v is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one of {', '.join(given)}, not both")
+        if self.prompt_targets_file is not None:  # alignment on prompts: the prompts are the spec's
+            from fairdiff.training.sd_align import read_targets_file
+
+            if cfg.method.name != "align":
+                raise ConfigError(f"--prompt-targets is for method.name=align, not {cfg.method.name}")
+            self.targets_raw = read_targets_file(self.prompt_targets_file)
+            self.prompts = [str(k).strip() for k in self.targets_raw]
+        elif self.prompt_groups_file is not None:  # a prompt per subset (data/prompt_groups.py)
+            from fairdiff.data.prompt_groups import load_prompt_groups
+
+            self.groups = load_prompt_groups(self.prompt_groups_file, cfg.data.groups)
+            self.prompts = self.groups.prompts
+        else:
+            self.prompts = read_prompts(self.prompt, self.prompts_file)
         self.sd = load_sd(self.sd_path, "cpu")
         self.unet_targets = resolve_lora_targets(self.sd.unet, cfg.model.lora_targets)
         self.te_targets = resolve_lora_targets(self.sd.text_encoder, list(TEXT_LORA_TARGETS),
                                                what="text encoder") if cfg.model.lora_text_encoder else []
 
     def inputs(self) -> list[str]:
-        return [str(p) for p in (self.sd_path, self.prompts_file) if p]
+        return [str(p) for p in (self.sd_path, self.prompts_file, self.prompt_groups_file, self.prompt_targets_file)
+                if p]
 
     def check_resume(self, run_dir: Path) -> None:
         meta = run_dir / "sd.json"
@@ -178,12 +203,26 @@ class SDLoraAdapter(ModelAdapter):
         if images.shape[-1] % (f * unet_f):
             raise ConfigError(f"data.resolution {images.shape[-1]} must be divisible by {f * unet_f} for this model")
         self.device = device
+        self.pixels, self.num_groups = images, data.num_groups  # alignment on prompts judges decoded pixels
         latents = self._latents(images, device)
-        self.prompt_of = torch.arange(len(latents)) % len(self.prompts)  # prompts cycled over the training images
+        if self.groups is not None:  # each image's prompt from its subset
+            self.prompt_of = torch.from_numpy(self.groups.prompt_index(data.train_groups.numpy()))
+        else:
+            self.prompt_of = torch.arange(len(latents)) % len(self.prompts)  # prompts cycled over the images
         return latents
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self._latents(images, self.device)
+
+    def wrap_objective(self, objective, cfg: RunConfig):
+        """With ``--prompt-targets``: alignment toward a target per prompt through the VAE decoder."""
+        if self.targets_raw is None:
+            return objective
+        from fairdiff.training.sd_align import prompt_align_objective
+
+        return prompt_align_objective(objective, self.targets_raw, self.num_groups, self.sd.vae, self.pixels,
+                                      self.device, where=f"--prompt-targets {self.prompt_targets_file}",
+                                      preserve_prompt_weight=cfg.method.section().preserve_prompt_weight)
 
     def build(self, cfg: RunConfig, images: torch.Tensor, num_classes: int | None) -> nn.Module:
         sd = self.sd
@@ -202,7 +241,9 @@ class SDLoraAdapter(ModelAdapter):
         return {"sd.json": {"sd": str(Path(self.sd_path).resolve()), "prompts": self.prompts,
                             "unet_lora_targets": self.unet_targets, "text_encoder_lora_targets": self.te_targets,
                             "lora_rank": mc.lora_rank, "lora_alpha": mc.lora_alpha,
-                            "latent_shape": list(images.shape[1:])}}
+                            "latent_shape": list(images.shape[1:]),
+                            **({"prompt_groups": dict(zip(self.groups.prompts, self.groups.values))}
+                               if self.groups is not None else {})}}
 
     def finish(self, model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
         sd, mc, tc = self.sd, cfg.model, cfg.train
@@ -277,6 +318,8 @@ def finetune_sd_lora(
     *,
     prompt: str = "a photo",
     prompts_file: str | None = None,
+    prompt_groups: str | None = None,
+    prompt_targets: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
     data=None,
@@ -288,7 +331,9 @@ def finetune_sd_lora(
     The one trainer runs it (:func:`fairdiff.training.trainer.train` with :class:`SDLoraAdapter`), so ``resume``
     and ``stop_after`` mean what they mean for ``fairdiff train``. The SD folder is the run's pretrained model:
     it is recorded as ``model.pretrained`` (what methods that fine-tune a trained model, e.g. align, ask for).
+    ``prompt_groups``: a spec file giving each subset of ``data.groups`` its own prompt (data/prompt_groups.py);
+    ``prompt_targets``: alignment (method align) toward a target per prompt (training/sd_align.py).
     """
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(sd_path)))
     return train(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data, stop_after=stop_after,
-                 adapter=SDLoraAdapter(sd_path, prompt, prompts_file))
+                 adapter=SDLoraAdapter(sd_path, prompt, prompts_file, prompt_groups, prompt_targets))

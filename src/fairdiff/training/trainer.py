@@ -144,7 +144,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     images = adapter.training_tensor(cfg, data, accelerator.device)
     unet = adapter.build(cfg, images, data.num_groups if cfg.model.conditional else None)
     noise_scheduler = adapter.noise_scheduler(cfg)
-    objective: Objective = build_objective(cfg.method)
+    objective: Objective = adapter.wrap_objective(build_objective(cfg.method), cfg)
     objective.setup(DataInfo(num_groups, np.bincount(groups.numpy(), minlength=num_groups).tolist(),
                              tuple(images.shape[1:])))
     ref_facts = {}
