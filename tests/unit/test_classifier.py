@@ -160,3 +160,21 @@ def test_gender_onnx_runs():
     assert clf.num_classes == 2 and clf.info["class_names"] == ["female", "male"]
     logits = clf(np.random.default_rng(0).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8))
     np.testing.assert_allclose(np.exp(logits).sum(1), 1.0, atol=1e-3)  # log-probabilities
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_torchscript_judge_with_fixed_channels_loads(tmp_path, channels):
+    """A judge whose first layer is a convolution over RGB (or grayscale) images loads without being told its
+    input shape (the probe once tried grayscale only and refused every RGB judge)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(channels, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2))
+    path = tmp_path / "conv.pt"
+    torch.jit.trace(net.eval(), torch.zeros(1, channels, 16, 16)).save(str(path))
+    clf = load_classifier(str(path), None)
+    assert clf.num_classes == 2
+    assert clf(np.zeros((2, channels, 16, 16), np.uint8)).shape == (2, 2)
+    bad = tmp_path / "bad.pt"
+    torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(5, 2, 3)).eval(), torch.zeros(1, 5, 8, 8)).save(str(bad))
+    with pytest.raises(FairdiffError, match=r"failed on input \(1, 3, 16, 16\) or \(1, 1, 16, 16\)"):
+        load_classifier(str(bad), None)

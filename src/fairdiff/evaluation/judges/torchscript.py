@@ -29,13 +29,19 @@ def torchscript_classifier(path: str | Path, *, name: str | None = None, accurac
     """A TorchScript module taking float images in [-1, 1] ``[N, C, H, W]`` and returning logits."""
     module = load_torchscript(path)
     c, h, w = input_shape
-    probe_shape = (1, c or 1, h or 16, w or 16)
+    # an unknown channel count: RGB first (most judges), then grayscale; the first that runs is the judge's
+    probes = [(1, ch, h or 16, w or 16) for ch in ((c,) if c else (3, 1))]
+    k, error = None, None
     with torch.no_grad():
-        try:
-            k = int(module(torch.zeros(probe_shape)).shape[-1])
-        except Exception as e:  # noqa: BLE001 - any failure of a foreign module is a user input problem
-            raise FairdiffError(f"TorchScript classifier {path} failed on input {probe_shape}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        for probe_shape in probes:
+            try:
+                k = int(module(torch.zeros(probe_shape)).shape[-1])
+                break
+            except Exception as e:  # noqa: BLE001 - any failure of a foreign module is a user input problem
+                error = error or f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if k is None:
+        shapes = " or ".join(str(s) for s in probes)
+        raise FairdiffError(f"TorchScript classifier {path} failed on input {shapes}: {error}")
 
     @torch.no_grad()
     def forward(images: np.ndarray):
