@@ -20,7 +20,8 @@ def register(sub) -> None:
     f = s.add_parser("fit-heads", help="fit per-step h-space heads on the model's own generations, labelled by a "
                                        "judge")
     _common(f)
-    f.add_argument("--judge", required=True, help="an .onnx or TorchScript .pt judge (uint8 images -> group logits)")
+    f.add_argument("--judge", required=True,
+                   help="an .onnx or TorchScript .pt judge (TorchScript: float images in [-1, 1] [N, C, H, W] -> logits)")
     f.add_argument("--out", "-o", required=True, help="heads folder (a diffusers model folder)")
     f.add_argument("--n", type=int, default=64, help="images generated per prompt")
     f.add_argument("--steps", type=int, default=25, help="DDIM steps (sampling must use the same)")
