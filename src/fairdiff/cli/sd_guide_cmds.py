@@ -21,7 +21,7 @@ def register(sub) -> None:
                                        "judge")
     _common(f)
     f.add_argument("--judge", required=True,
-                   help="an .onnx or TorchScript .pt judge (TorchScript: float images in [-1, 1] [N, C, H, W] -> logits)")
+                   help="an .onnx or TorchScript .pt judge (TorchScript: float [-1, 1] [N, C, H, W] -> logits)")
     f.add_argument("--out", "-o", required=True, help="heads folder (a diffusers model folder)")
     f.add_argument("--n", type=int, default=64, help="images generated per prompt")
     f.add_argument("--steps", type=int, default=25, help="DDIM steps (sampling must use the same)")
