@@ -131,7 +131,7 @@ def test_every_method_trains(base, tmp_path, method):
     rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
     saved = load_file(str(run / "model" / "pytorch_lora_weights.safetensors"))
-    ups = [v for k, v in saved.items() if "lora.up" in k]  # LoRA B ("up") starts at zero: nonzero = trained
+    ups = [v for k, v in saved.items() if "lora_B" in k]  # LoRA B starts at zero: nonzero = trained
     assert ups and all(float(v.abs().sum()) > 0 for v in ups)
     modules = {p.name for p in (run / "model").iterdir() if p.is_dir()}
     assert modules == {"ddm": {"indicator"}, "tiw": {"discriminator"}, "iw": {"discriminator"}}.get(method, set())

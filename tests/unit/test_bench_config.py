@@ -226,3 +226,24 @@ def test_a_cell_run_with_another_config_is_stale_never_reused(tmp_path):
     legacy.mkdir()
     save_config(a, legacy / "config.yaml")
     assert stale_reason(legacy, a) is None and stale_reason(legacy, b) == "train.steps 10 -> 30"
+
+
+def test_an_option_added_after_a_cell_ran_keeps_it_fresh_at_its_default(tmp_path):
+    """A cell recorded before fairdiff grew an option (here: method.preserve_prompt_weight) is still the same cell
+    while the bench leaves that option at its default; set to anything else, the cell is stale."""
+    from fairdiff.bench.matrix import CELL_RECORD, stale_reason, write_cell_record
+    from fairdiff.config import load_config
+    from fairdiff.utils.io import read_json, write_json
+
+    a = load_config(None, ["train.steps=10"])
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    write_cell_record(cell, a)
+    rec = read_json(cell / CELL_RECORD)
+    del rec["config"]["method"]["preserve_prompt_weight"]  # as an older fairdiff wrote it
+    rec["config_hash"] = "older"
+    write_json(cell / CELL_RECORD, rec)
+    assert stale_reason(cell, a) is None
+    changed = load_config(None, ["train.steps=10", "method.preserve_prompt_weight=3.0"])
+    assert stale_reason(cell, changed) == "method.preserve_prompt_weight None -> 3.0"
+    assert stale_reason(cell, load_config(None, ["train.steps=30"])) == "train.steps 10 -> 30"

@@ -73,8 +73,19 @@ def stale_reason(cell_dir: Path, cfg: RunConfig, extra: dict | None = None) -> s
             return f"its {CELL_RECORD} is unreadable"
         if have.get("config_hash") == want["config_hash"]:
             return None
-        return _first_difference({**_flat(have.get("config") or {}), **_flat({"guidance": have.get("extra") or {}})},
-                                 {**_flat(want["config"]), **_flat({"guidance": want["extra"]})})
+        old = {**_flat(have.get("config") or {}), **_flat({"guidance": have.get("extra") or {}})}
+        new = {**_flat(want["config"]), **_flat({"guidance": want["extra"]})}
+        # an option added to fairdiff after the cell ran is not a change, as long as the bench leaves it at its
+        # default (the cell was made with that behaviour)
+        from fairdiff.config import to_dict
+
+        defaults = _flat(to_dict(RunConfig()))
+        for k in set(new) - set(old):
+            if k in defaults and new[k] == defaults[k]:
+                old[k] = new[k]
+        if old == new:
+            return None
+        return _first_difference(old, new)
     if (cell_dir / "config.yaml").is_file():
         from fairdiff.config import dump_config
         from fairdiff.errors import FairdiffError

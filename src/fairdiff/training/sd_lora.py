@@ -152,8 +152,11 @@ class SDLoraAdapter(ModelAdapter):
         if self.prompt_targets_file is not None:  # alignment on prompts: the prompts are the spec's
             from fairdiff.training.sd_align import read_targets_file
 
-            if cfg.method.name != "align":
-                raise ConfigError(f"--prompt-targets is for method.name=align, not {cfg.method.name}")
+            from fairdiff.methods.registry import REGISTRY, get_method
+
+            if get_method(cfg.method.name).prompt_objective is None:
+                takes = ", ".join(n for n, e in REGISTRY.items() if e.prompt_objective)
+                raise ConfigError(f"--prompt-targets is for method.name={takes}, not {cfg.method.name}")
             self.targets_raw = read_targets_file(self.prompt_targets_file)
             self.prompts = [str(k).strip() for k in self.targets_raw]
         elif self.prompt_groups_file is not None:  # a prompt per subset (data/prompt_groups.py)
