@@ -168,6 +168,7 @@ class EvalConfig:
     fid_features: str | None = None  # None = the classifier's penultimate layer; or a local TorchScript Inception
     pr_k: int = 3  # k of the k-NN manifolds for precision / recall
     batch_size: int = 500  # classifier forward batch
+    copy_check: int = 1000  # generated images of a run checked for copies of its training set (0 = skip)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"got {sc.steps}")
     check_sections(cfg.method, cfg)  # every method's option ranges; the chosen method's own conditions
     e = cfg.eval
-    at_least(e, "eval", 0, "bootstrap")
+    at_least(e, "eval", 0, "bootstrap", "copy_check")
     at_least(e, "eval", 1, "n_samples", "classifier_steps", "pr_k", "batch_size")
     in_range("eval.confidence", e.confidence, 0.0, 1.0)
     if e.confidence == 0:

@@ -57,6 +57,27 @@ def test_evaluate_cli_end_to_end(run_dir, capsys):
     assert m["judge2"]["classifier"]["kind"] == "pca-logistic-regression" and "fd_strict" in m["judge2"]
     assert isinstance(m["judges_agreement"]["disagree"], bool)
     assert (run_dir / "shares.png").stat().st_size > 0 and (run_dir / "samples.png").exists()
+    c = m["copying"]  # the copying check against the run's own training images
+    assert c["n"] == 48 and c["train_n"] == sum(json.loads((run_dir / "manifest.json").read_text())["train_counts"])
+    assert 0.0 <= c["copy_rate"] <= 1.0 and c["trained_on"] == "train" and "## Copying check" in report
+
+
+def test_copying_check_flags_samples_that_are_training_images(run_dir, tmp_path):
+    """Replace a run's samples by its own training images: the copying check must say so."""
+    from fairdiff.data import prepare_data
+    from fairdiff.evaluation import evaluate_run
+    from fairdiff.runs import read_run_config
+    import torch
+
+    run = tmp_path / "copier"
+    shutil.copytree(run_dir, run)
+    train = prepare_data(read_run_config(run).data).train_images[:48]
+    imgs = ((train.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    np.savez(run / "samples" / "samples.npz", images=imgs, seeds=np.arange(len(imgs)))
+    m = evaluate_run(run, bootstrap=10, progress=False)
+    assert m["copying"]["copy_rate"] == 1.0 and m["copying"]["nn_train_median"] == 0.0
+    fresh = evaluate_run(run_dir, bootstrap=10, out_dir=tmp_path / "fresh", progress=False)["copying"]
+    assert fresh["copy_rate"] < 1.0 and fresh["nn_train_median"] > 0.0
 
 
 def test_evaluate_run_api_and_options(run_dir, tmp_path):

@@ -50,7 +50,8 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
 
     Each step is skipped when its output exists, so an interrupted cell resumes. Returns the metrics."""
     from fairdiff.data import prepare_data
-    from fairdiff.evaluation import evaluate_samples
+    from fairdiff.evaluation import evaluate_samples, load_images
+    from fairdiff.evaluation.copying import run_copy_check
     from fairdiff.models.heads import read_heads_record, save_heads
     from fairdiff.sampling.files import resolve_device
     from fairdiff.sampling.guided import guide_run, load_guidable
@@ -99,6 +100,10 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
                      "train_shares": list(cfg.data.shares), "train_seed": cell.seed, "sample_seed": cfg.sample.seed,
                      "sample_steps": cfg.sample.steps},
              "guidance": info}
+    copying = run_copy_check(load_images(cell_dir / "samples")["images"], cfg.data, cfg.eval.copy_check,
+                             seed=cfg.eval.seed)  # the guided model was trained on this cell's data
+    if copying is not None:
+        extra["copying"] = copying
     metrics = evaluate_samples(cell_dir / "samples", cfg.data, cfg.eval, out_dir=cell_dir, progress=not quiet,
                                extra=extra)
     # "train" time of a sampling-time method: fitting its heads

@@ -318,7 +318,8 @@ def evaluate_run(
     """Evaluate a trained run: sample it first if ``RUN/samples`` is missing (or holds fewer than ``n``),
     judge the samples with the cached domain classifier for the run's data, and write ``metrics.json`` +
     ``report.md`` into ``out_dir`` (default: the run folder). Returns the metrics dict."""
-    from fairdiff.evaluation.samples import sample_count
+    from fairdiff.evaluation.copying import run_copy_check
+    from fairdiff.evaluation.samples import load_images, sample_count
     from fairdiff.sampling import sample_run
     from fairdiff.runs import read_run_config
 
@@ -345,6 +346,10 @@ def evaluate_run(
                 "train_steps": cfg.train.steps, "train_seed": cfg.train.seed, "sample_seed": cfg.sample.seed,
                 "sample_steps": cfg.sample.steps},
     }
+    copying = run_copy_check(load_images(run_dir / "samples")["images"][: n or None], cfg.data, cfg.eval.copy_check,
+                             seed=cfg.eval.seed)
+    if copying is not None:
+        extra["copying"] = copying
     return evaluate_samples(run_dir / "samples", cfg.data, cfg.eval, n=n, classifier=classifier, target=target,
                             bootstrap=bootstrap, out_dir=out_dir or run_dir, seed=seed, progress=progress,
                             extra=extra, replicates=replicates)

@@ -177,6 +177,20 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def copying_text(c: dict) -> str:
+    """The copying check (``metrics.copying``) in two sentences, each number beside what real images give."""
+    race = c.get("closer_to_train")
+    race_text = ("" if race is None else
+                 f" Against an equal-size race ({c.get('race_size')} training vs {c.get('race_size')} held-out "
+                 f"images, same group counts), {race:.1%} of them lie nearer a training image (about 50% for "
+                 f"images as new as real ones; near 100% for a model that copies).")
+    return (f"Of {c.get('n')} generated images, **{c.get('copy_rate', 0):.1%}** lie closer to one of the "
+            f"{c.get('train_n')} training images ({c.get('trained_on')}) than {1 - c.get('copy_rate_real', 0.05):.0%} "
+            f"of real held-out images do (by construction {c.get('copy_rate_real', 0.05):.0%} for real images; "
+            f"{c.get('space')}, median nearest-training distance {c.get('nn_train_median', float('nan')):.1f} vs "
+            f"{c.get('nn_train_median_real', float('nan')):.1f} for real images).{race_text}")
+
+
 def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None = None,
                  grid_source: Path | None = None) -> Path:
     """Write ``metrics.json``, ``shares.png``, ``samples.png`` and ``report.md`` into ``out_dir``."""
@@ -252,6 +266,8 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
             r = metrics["conditional_rates"][i]
             parts.append(f"| {lab} | {_fmt(r)} | {_fmt_ci(cis[i])} | {metrics['conditional_counts'][i]} |")
         parts.append("")
+    if metrics.get("copying"):
+        parts += ["## Copying check", "", copying_text(metrics["copying"]), ""]
     if (out / "samples.png").exists():
         parts += ["## Samples", "", "![samples](samples.png)", ""]
     parts += [("Quality numbers are only comparable between evaluations with the same feature extractor, "
