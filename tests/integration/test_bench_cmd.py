@@ -162,6 +162,44 @@ def test_second_run_keeps_finished_cells(bench, monkeypatch):
     assert stdout.count("finished earlier, kept") == 8
 
 
+def test_more_samples_reuse_the_trained_models(bench, monkeypatch, tmp_path):
+    """eval.n_samples changed: no cell trains again, every cell is sampled and judged anew at the new count, the
+    earlier results move to CELL/previous/0; a change of a training key is still refused."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(bench["out"], out)
+    data = yaml.safe_load(bench["cfg"].read_text())
+    data["overrides"]["eval.n_samples"] = 24
+    cfg = tmp_path / "more.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def no_train(*a, **kw):
+        raise AssertionError("a trained cell was trained again")
+
+    monkeypatch.setattr(training_mod, "train", no_train)
+    rc, stdout, _ = _main(["bench", str(cfg), "--out", str(out), "--dry-run"])
+    assert rc == 0 and stdout.count("[keeps its model, samples / evaluates again: eval.n_samples changed]") == 8
+    assert not (out / "cells/a/baseline-s0/previous").exists()  # a dry run moves nothing
+    rc, stdout, stderr = _main(["bench", str(cfg), "--out", str(out), "-q"])
+    assert rc == 0, stderr
+    assert stdout.count("keeps its trained model") == 8 and "finished earlier" not in stdout
+    for cell in sorted(out.glob("cells/*/*-s*")):
+        m = json.loads((cell / "metrics.json").read_text())
+        old = json.loads((cell / "previous/0/metrics.json").read_text())
+        assert m["n"] == 24 and old["n"] == 16, cell
+        assert len(np.load(cell / "samples/samples.npz")["images"]) == 24
+        assert len(np.load(cell / "previous/0/samples/samples.npz")["images"]) == 16
+    assert load_config(out / "cells/a/baseline-s0/config.yaml").eval.n_samples == 24
+    # a third run keeps everything; a training key is still a stale cell, refused with one line
+    rc, stdout, _ = _main(["bench", str(cfg), "--out", str(out), "-q"])
+    assert rc == 0 and stdout.count("finished earlier, kept") == 8
+    data["overrides"]["train.steps"] = 5
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    rc, _, stderr = _main(["bench", str(cfg), "--out", str(out), "-q"])
+    assert rc == 2 and "train.steps" in stderr
+
+
 def test_dry_run_lists_cells(tmp_path):
     cfg = _bench_yaml(tmp_path / "b.yaml", {"baseline": {"method.name": "baseline"},
                                             "ddm": {"method.name": "ddm", "method.alpha": 0.1},

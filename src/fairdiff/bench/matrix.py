@@ -8,8 +8,6 @@ checkpoint. Results are gathered into a table (markdown + CSV), aggregated over 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,9 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from fairdiff.bench.plots import plot_fd_vs_fid
+from fairdiff.bench.records import (  # noqa: F401  (re-exported: the cell records live in bench.records)
+    CELL_RECORD,
+    cell_record,
+    refuse_stale,
+    stale_reason,
+    write_cell_record,
+)
 from fairdiff.config import RunConfig, load_config
 from fairdiff.runs import logged_training_seconds
-from fairdiff.utils.io import atomic_write_text, read_json, read_json_checked, write_json
+from fairdiff.utils.io import atomic_write_text, read_json_checked, write_json
 
 
 @dataclass
@@ -32,96 +37,6 @@ class Cell:
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
     method: str = ""  # the row label within a setting (``fairdiff bench``); empty for sweeps
-
-
-CELL_RECORD = "cell.json"  # written with metrics.json: the hash of the resolved config the cell finished with
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def cell_record(cfg: RunConfig, extra: dict | None = None) -> dict:
-    """What a finished cell was made from: its resolved config (+ ``extra``, e.g. guidance options) and a hash."""
-    from fairdiff.config import to_dict
-
-    body = {"config": to_dict(cfg), "extra": extra or {}}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"config_hash": digest, **body}
-
-
-def write_cell_record(cell_dir: Path, cfg: RunConfig, extra: dict | None = None) -> None:
-    write_json(cell_dir / CELL_RECORD, cell_record(cfg, extra))
-
-
-def stale_reason(cell_dir: Path, cfg: RunConfig, extra: dict | None = None) -> str | None:
-    """Why the work already in ``cell_dir`` (finished or not) was made from another config than ``cfg``; None
-    when it matches or there is no work. Cells finished before records existed are compared by their
-    ``config.yaml``."""
-    want = cell_record(cfg, extra)
-    rec_path = cell_dir / CELL_RECORD
-    if rec_path.is_file():
-        try:
-            have = read_json(rec_path)
-        except (OSError, ValueError):
-            return f"its {CELL_RECORD} is unreadable"
-        if have.get("config_hash") == want["config_hash"]:
-            return None
-        old = {**_flat(have.get("config") or {}), **_flat({"guidance": have.get("extra") or {}})}
-        new = {**_flat(want["config"]), **_flat({"guidance": want["extra"]})}
-        # an option added to fairdiff after the cell ran is not a change, as long as the bench leaves it at its
-        # default (the cell was made with that behaviour)
-        from fairdiff.config import to_dict
-
-        defaults = _flat(to_dict(RunConfig()))
-        for k in set(new) - set(old):
-            if k in defaults and new[k] == defaults[k]:
-                old[k] = new[k]
-        if old == new:
-            return None
-        return _first_difference(old, new)
-    if (cell_dir / "config.yaml").is_file():
-        from fairdiff.config import dump_config
-        from fairdiff.errors import FairdiffError
-
-        try:
-            old = load_config(cell_dir / "config.yaml")
-        except FairdiffError:
-            return "its config.yaml cannot be read"
-        if dump_config(old) != dump_config(cfg):
-            from fairdiff.config import to_dict
-
-            return _first_difference(_flat(to_dict(old)), _flat(to_dict(cfg)))
-        return None
-    if (cell_dir / "metrics.json").exists():
-        return "it has results but no record of its config"
-    return None
-
-
-def _first_difference(old: dict, new: dict) -> str:
-    for k in sorted(set(old) | set(new)):
-        if old.get(k) != new.get(k):
-            return f"{k} {old.get(k)!r} -> {new.get(k)!r}"
-    return "the config changed"
-
-
-def refuse_stale(cells: list, reasons: dict[str, str], out_dir: Path) -> None:
-    """One line naming the cells whose earlier work was made from another config; nothing is reused or removed."""
-    from fairdiff.errors import FairdiffError
-
-    if not reasons:
-        return
-    first = next(iter(reasons))
-    more = f" and {len(reasons) - 1} more" if len(reasons) > 1 else ""
-    raise FairdiffError(f"{len(reasons)} cell(s) in {out_dir} were run with another config ({first}: "
-                        f"{reasons[first]}{more}); their results are kept, not reused: use a new --out, or delete "
-                        f"{out_dir / 'cells' / first} (and the others) to rerun them")
 
 
 def run_cell(base: str | Path | None, cell: Cell, cell_dir: Path, *, quiet: bool = False) -> dict:

@@ -27,6 +27,7 @@ from fairdiff.bench.matrix import (
     write_csv,
 )
 from fairdiff.bench.html import write_html_report
+from fairdiff.bench.records import prepare_reevaluation, reevaluable
 from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
 from fairdiff.config import load_config, save_config
 from fairdiff.errors import FairdiffError
@@ -128,16 +129,29 @@ def cell_extra(cell: BenchCell) -> dict | None:
     return asdict(cell.guidance or GuidanceSpec()) if cell.guidance is not None else None
 
 
-def check_cells_fresh(base, cells: list[BenchCell], out_dir: str | Path) -> None:
+def check_cells_fresh(base, cells: list[BenchCell], out_dir: str | Path, log=None) -> None:
     """Before any work: every cell's config resolves, and no cell's earlier work was made from another config
-    (such a cell is refused with one line, never reused)."""
+    (such a cell is refused with one line, never reused). A finished cell whose config differs only in how its
+    model is sampled and judged (``eval.*``; ``sample.*`` for cells that train) keeps its trained model and is
+    re-sampled / re-evaluated: its earlier results move to ``CELL/previous/N`` (``log`` gets one line each).
+    Nothing is moved unless every cell passes."""
     out_dir = Path(out_dir)
-    reasons = {}
+    reasons, again = {}, []
     for c in cells:
-        r = stale_reason(out_dir / "cells" / c.name, load_config(base, c.overrides), cell_extra(c))
+        cfg, extra = load_config(base, c.overrides), cell_extra(c)
+        r = stale_reason(out_dir / "cells" / c.name, cfg, extra)
         if r:
-            reasons[c.name] = r
+            keys = reevaluable(out_dir / "cells" / c.name, cfg, extra, guided=c.guidance is not None)
+            if keys:
+                again.append((c, cfg, extra, keys))
+            else:
+                reasons[c.name] = r
     refuse_stale(cells, reasons, out_dir)
+    for c, cfg, extra, keys in again:
+        dest = prepare_reevaluation(out_dir / "cells" / c.name, cfg, keys, extra)
+        if log is not None:
+            log(f"{c.name}: keeps its trained model, sampled / evaluated again ({', '.join(keys)} changed); "
+                f"earlier results in {dest}")
 
 
 def _cell_line(m: dict) -> str:
@@ -295,7 +309,7 @@ def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
     Raises :class:`BenchError` after writing the results when some cells failed."""
     out_dir = Path(out_dir)
     cells_dir = out_dir / "cells"
-    check_cells_fresh(cfg.base, cells, out_dir)
+    check_cells_fresh(cfg.base, cells, out_dir, log)
     cells_dir.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
     if jobs > 1 and len(cells) > 1:

@@ -117,7 +117,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from fairdiff.bench.config import check_cells, expand_cells, load_bench_config, select_cells
-    from fairdiff.bench.matrix import stale_reason
+    from fairdiff.bench.records import reevaluable, stale_reason
     from fairdiff.bench.runner import cell_extra, check_cells_fresh, run_bench
     from fairdiff.cli.common import check_out, mark_out
     from fairdiff.config import load_config
@@ -146,8 +146,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"bench {cfg.name}: {len(cells)} of {len(all_cells)} cells into {out} (base: {cfg.base or 'defaults'})")
         for c in cells:
             kind = f"guidance of {c.after}" if c.guidance else (f"starts from {c.after}" if c.after else "trains")
-            stale = stale_reason(out / "cells" / c.name, load_config(cfg.base, c.overrides), cell_extra(c))
-            state = f" [ran with another config: {stale}]" if stale else (
+            ccfg = load_config(cfg.base, c.overrides)
+            stale = stale_reason(out / "cells" / c.name, ccfg, cell_extra(c))
+            again = reevaluable(out / "cells" / c.name, ccfg, cell_extra(c), guided=c.guidance is not None)
+            if again:
+                stale = None
+            state = f" [keeps its model, samples / evaluates again: {', '.join(again)} changed]" if again else (
+                f" [ran with another config: {stale}]") if stale else (
                 " [finished]" if (out / "cells" / c.name / "metrics.json").exists() else "")
             print(f"{c.name}  ({kind}){state}")
             print("    " + " ".join(shlex.quote(o) for o in c.overrides))
@@ -155,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"    guidance: {asdict(c.guidance)}")
         return 0
     check_out(out, "bench", reuse=True, legacy={"bench": ["cells"]})
-    check_cells_fresh(cfg.base, cells, out)  # one line before any work, never a reused stale cell
+    check_cells_fresh(cfg.base, cells, out, print)  # one line before any work, never a reused stale cell
     out.mkdir(parents=True, exist_ok=True)
     mark_out(out, "bench")
     t0 = time.time()
