@@ -118,6 +118,8 @@ def metrics_row(cell: Cell, m: dict) -> dict:
         "fd_hard": _get(m, "fd_hard"), "fd_hard_lo": ci[0], "fd_hard_hi": ci[1],
         "fd_soft": _get(m, "fd_soft"), "kl": _get(m, "kl"), "spd": _get(m, "spd"),
         "domain_fid": _get(m, "domain_fid"), "precision": _get(m, "precision"), "recall": _get(m, "recall"),
+        "copy_rate": _get(m.get("copying") or {}, "copy_rate"),
+        "closer_to_train": _get(m.get("copying") or {}, "closer_to_train"),
         **{f"share_{i}": v for i, v in enumerate(shares)},
         "conditional_spd": _get(m, "conditional_spd"),
         "n": _get(m, "n"), "train_s": m.get("timing", {}).get("train_s", math.nan),
@@ -128,7 +130,7 @@ def metrics_row(cell: Cell, m: dict) -> dict:
 
 METRICS = ("fd_strict", "shortfall", "valid_rate", "fd_valid", "fd_strict_corrected", "fd_strict_j2", "valid_rate_j2",
            "fd_forced", "fd_hard", "fd_soft", "kl", "spd", "domain_fid", "precision", "recall", "conditional_spd",
-           "train_s")
+           "copy_rate", "closer_to_train", "train_s")
 
 
 def _share_keys(rows: list[dict]) -> list[str]:
@@ -191,7 +193,8 @@ def _runs_table(rows: list[dict], shares: bool = False) -> list[str]:
     return lines
 
 
-_QUALITY = [("domain FID", "domain_fid", 2), ("precision", "precision", 2), ("recall", "recall", 2)]
+_QUALITY = [("domain FID", "domain_fid", 2), ("precision", "precision", 2), ("recall", "recall", 2),
+            ("copy rate", "copy_rate", 3)]
 _FAIRNESS = [("strict FD", "fd_strict", 3), ("shortfall", "shortfall", 3), ("valid rate", "valid_rate", 3),
              ("FD over valid", "fd_valid", 3),
              ("strict FD corrected", "fd_strict_corrected", 3), ("judge 2 strict FD", "fd_strict_j2", 3),
