@@ -32,7 +32,8 @@ def run_dir(tmp_path_factory) -> Path:
 
 def test_evaluate_cli_end_to_end(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "-q"]) == 0
-    assert "FD=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FD=" in printed and "copy-rate=" in printed
     m = json.loads((run_dir / "metrics.json").read_text())
     for key in ("fd_hard", "fd_hard_ci", "fd_soft", "kl", "spd", "mean_pairwise_gap", "shares", "shares_ci", "n",
                 "target", "classifier", "domain_fid", "precision", "recall", "bootstrap"):

@@ -104,6 +104,9 @@ def _summary(m: dict) -> str:
     if m.get("domain_fid") is not None:
         line += f" domainFID={m['domain_fid']:.3f} P={m['precision']:.3f} R={m['recall']:.3f}"
     line += f" (classifier {m['classifier']['name']}, acc {acc:.3f})" if acc is not None else ""
+    c = m.get("copying")
+    if c:
+        line += f" copy-rate={c['copy_rate']:.3f} (real images {c['copy_rate_real']:.2f})"
     return line
 
 
