@@ -247,3 +247,37 @@ def test_an_option_added_after_a_cell_ran_keeps_it_fresh_at_its_default(tmp_path
     changed = load_config(None, ["train.steps=10", "method.preserve_prompt_weight=3.0"])
     assert stale_reason(cell, changed) == "method.preserve_prompt_weight None -> 3.0"
     assert stale_reason(cell, load_config(None, ["train.steps=30"])) == "train.steps 10 -> 30"
+
+
+def test_which_changed_cells_keep_their_model(tmp_path):
+    """Only eval.* (and, for a cell that trains and has its model, sample.*) changes keep a finished cell's model;
+    a guidance cell's heads depend on the sampler, so a sample.* change refuses it. Preparing moves, never deletes."""
+    from fairdiff.bench.records import prepare_reevaluation, reevaluable, write_cell_record
+    from fairdiff.config import load_config, save_config
+
+    a = load_config(None, ["train.steps=10"])
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    write_cell_record(cell, a)
+    more = load_config(None, ["train.steps=10", "eval.n_samples=5000"])
+    sampler = load_config(None, ["train.steps=10", "sample.steps=7"])
+    assert reevaluable(cell, more) == []  # no trained model in the folder
+    (cell / "model").mkdir()
+    save_config(a, cell / "config.yaml")
+    (cell / "samples").mkdir()
+    (cell / "samples" / "samples.npz").write_bytes(b"old")
+    (cell / "metrics.json").write_text('{"n": 1000}')
+    assert reevaluable(cell, more) == ["eval.n_samples"] and reevaluable(cell, sampler) == ["sample.steps"]
+    assert reevaluable(cell, load_config(None, ["train.steps=11", "eval.n_samples=5000"])) == []
+    assert reevaluable(cell, sampler, guided=True) == [] and reevaluable(cell, more, guided=True) == ["eval.n_samples"]
+    dest = prepare_reevaluation(cell, more, ["eval.n_samples"])
+    assert (dest / "metrics.json").read_text() == '{"n": 1000}' and (dest / "samples/samples.npz").exists()
+    assert not (cell / "metrics.json").exists() and not (cell / "samples").exists()
+    assert load_config(cell / "config.yaml").eval.n_samples == 5000 and reevaluable(cell, more) == []
+    assert load_config(dest / "config.yaml").eval.n_samples == a.eval.n_samples
+    # only the judging changed: the samples stay, the next results go to previous/1
+    (cell / "metrics.json").write_text("{}")
+    boot = load_config(None, ["train.steps=10", "eval.n_samples=5000", "eval.bootstrap=10"])
+    (cell / "samples").mkdir()
+    dest2 = prepare_reevaluation(cell, boot, reevaluable(cell, boot))
+    assert dest2.name == "1" and (cell / "samples").exists() and (dest2 / "metrics.json").exists()
