@@ -67,13 +67,13 @@ def test_copying_check_flags_samples_that_are_training_images(run_dir, tmp_path)
     """Replace a run's samples by its own training images: the copying check must say so."""
     from fairdiff.data import prepare_data
     from fairdiff.evaluation import evaluate_run
+    from fairdiff.evaluation.samples import to_uint8
     from fairdiff.runs import read_run_config
-    import torch
 
     run = tmp_path / "copier"
     shutil.copytree(run_dir, run)
     train = prepare_data(read_run_config(run).data).train_images[:48]
-    imgs = ((train.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    imgs = to_uint8(train)
     np.savez(run / "samples" / "samples.npz", images=imgs, seeds=np.arange(len(imgs)))
     m = evaluate_run(run, bootstrap=10, progress=False)
     assert m["copying"]["copy_rate"] == 1.0 and m["copying"]["nn_train_median"] == 0.0

@@ -7,13 +7,9 @@ reference set for ``data.train_on=reference``); a plain samples folder has no tr
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from fairdiff.evaluation.samples import to_uint8
 from fairdiff.metrics.copying import copy_metrics
-
-
-def _uint8(t) -> np.ndarray:
-    return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
 def run_copy_check(images: np.ndarray, data_cfg, n: int, quantile: float = 0.05, seed: int = 0) -> dict | None:
@@ -25,7 +21,7 @@ def run_copy_check(images: np.ndarray, data_cfg, n: int, quantile: float = 0.05,
     from fairdiff.data import prepare_data
 
     pd = prepare_data(data_cfg)
-    train, held = _uint8(pd.train_images), _uint8(pd.heldout_images)
+    train, held = to_uint8(pd.train_images), to_uint8(pd.heldout_images)
     if tuple(train.shape[1:]) != tuple(images.shape[1:]) or len(held) == 0:
         return None
     out = copy_metrics(images[:n].astype(np.float32), train.astype(np.float32), held.astype(np.float32),

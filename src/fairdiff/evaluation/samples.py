@@ -56,13 +56,18 @@ def load_images(path: str | Path) -> dict:
 def reference_uint8(data_cfg) -> tuple[np.ndarray, np.ndarray]:
     """The run's balanced real held-out images (never trained on), quantised like generated samples, and
     their group indices."""
-    import torch
 
     from fairdiff.data import prepare_data
 
     pd = prepare_data(data_cfg)
-    held = pd.heldout_images
-    return ((held.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy(), pd.heldout_groups.numpy()
+    return to_uint8(pd.heldout_images), pd.heldout_groups.numpy()
+
+
+def to_uint8(images) -> np.ndarray:
+    """Image tensors in [-1, 1] quantised as the sampler writes them (uint8, the same rounding)."""
+    import torch
+
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
 def sample_count(npz: Path) -> int:
