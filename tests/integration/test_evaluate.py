@@ -74,6 +74,7 @@ def test_copying_check_flags_samples_that_are_training_images(run_dir, tmp_path)
     shutil.copytree(run_dir, run)
     train = prepare_data(read_run_config(run).data).train_images[:48]
     imgs = to_uint8(train)
+    (run / "samples").mkdir(exist_ok=True)  # the run may not have been sampled yet when this test runs alone
     np.savez(run / "samples" / "samples.npz", images=imgs, seeds=np.arange(len(imgs)))
     m = evaluate_run(run, bootstrap=10, progress=False)
     assert m["copying"]["copy_rate"] == 1.0 and m["copying"]["nn_train_median"] == 0.0
