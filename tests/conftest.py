@@ -35,3 +35,28 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+class CornerJudge(torch.nn.Module):
+    """A two-group judge with a known answer: group 1 when the top-left pixel is at least as bright as the
+    bottom-right one (mean over channels), else group 0; saturated logits (always confident)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.where((x[:, :, 0, 0] - x[:, :, -1, -1]).mean(dim=1) >= 0, 1000.0, -1000.0)
+        return torch.stack([-s, s], 1)
+
+
+def corner_group(images):
+    """What :class:`CornerJudge` says about uint8 images, computed without it."""
+    import numpy as np
+
+    d = images[:, :, 0, 0].astype(np.float64).mean(1) - images[:, :, -1, -1].astype(np.float64).mean(1)
+    return (d >= 0).astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def corner_judge_file(tmp_path_factory):
+    """The corner judge saved as TorchScript (what ``--judge`` / ``--classifier`` take)."""
+    path = tmp_path_factory.mktemp("judges") / "corner.pt"
+    torch.jit.script(CornerJudge()).save(str(path))
+    return path

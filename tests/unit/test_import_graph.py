@@ -17,11 +17,12 @@ Layers, from the bottom (a module may import its own layer and the layers below 
                              so that methods, training, sampling, evaluation, bench and the CLI can all use it
     3    fairdiff.methods
     4    fairdiff.training, fairdiff.sampling
-    5    fairdiff.evaluation, fairdiff.bench
+    5    fairdiff.evaluation, fairdiff.bench, fairdiff.debias
     6    fairdiff.cli, fairdiff.__main__, fairdiff (the package facade: ``fairdiff.train`` etc.)
 
 Within a layer, some directions are forbidden too (``SIBLING_RULES``): sampling never imports training (training
-may import sampling, to draw its preview grids); evaluation never imports bench (bench runs evaluations); utils
+may import sampling, to draw its preview grids); evaluation never imports bench or debias (they run evaluations), debias never imports bench (the demo and bench
+use debias); utils
 never imports metrics, and errors imports nothing of fairdiff.
 """
 
@@ -47,6 +48,7 @@ RANKS: dict[str, float] = {
     "fairdiff.sampling": 4,
     "fairdiff.evaluation": 5,
     "fairdiff.bench": 5,
+    "fairdiff.debias": 5,
     "fairdiff.cli": 6,
     "fairdiff.__main__": 6,
     "fairdiff": 6,
@@ -56,6 +58,8 @@ RANKS: dict[str, float] = {
 SIBLING_RULES: list[tuple[str, str]] = [
     ("fairdiff.sampling", "fairdiff.training"),
     ("fairdiff.evaluation", "fairdiff.bench"),
+    ("fairdiff.evaluation", "fairdiff.debias"),
+    ("fairdiff.debias", "fairdiff.bench"),
     ("fairdiff.utils", "fairdiff.metrics"),
     ("fairdiff.errors", "fairdiff.utils"),
     ("fairdiff.errors", "fairdiff.metrics"),

@@ -47,7 +47,7 @@ def parse_target(text: str | None) -> list[float] | None:
 
 EVAL_KIND = "eval"
 # folders evaluate may add its files to: its own, a run, a samples folder (legacy: metrics.json + report.md)
-EVAL_INTO = ("eval", "run", "samples", "compare")
+EVAL_INTO = ("eval", "run", "samples", "compare", "debias")
 EVAL_FILES = ("metrics.json", "report.md", "shares.png", "samples.png")
 
 

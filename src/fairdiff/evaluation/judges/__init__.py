@@ -20,7 +20,7 @@ from fairdiff.evaluation.judges.pca import pca_judge, second_judge
 from fairdiff.evaluation.judges.torchscript import torchscript_classifier
 
 __all__ = ["Classifier", "DomainClassifierConfig", "FeatureExtractor", "domain_classifier", "faces_mini_classifier",
-           "from_callable", "inception_features", "load_classifier", "onnx_classifier", "pca_judge",
+           "from_callable", "inception_features", "load_classifier", "load_validation_judge", "onnx_classifier", "pca_judge",
            "second_judge", "torchscript_classifier"]
 
 
@@ -39,3 +39,27 @@ def load_classifier(spec: str | Classifier | None, data_cfg, eval_cfg=None, prog
     if p.suffix in (".pt", ".pts", ".ts", ".torchscript", ".jit"):
         return torchscript_classifier(p)
     raise FairdiffError(f"unknown classifier '{spec}' (use 'auto', an .onnx file or a TorchScript .pt file)")
+
+
+VALIDATION_SEED_OFFSET = 1  # the validation judge's seed is eval.seed + 1; the test judge's is eval.seed
+
+
+def load_validation_judge(spec: str | Classifier | None, data_cfg, eval_cfg=None, progress: bool = False) -> Classifier:
+    """The judge that *chooses* (filters images, tunes a knob): never the one that scores the result.
+
+    ``auto`` (or None) -> the domain CNN trained with seed ``eval.seed + 1`` (the test judge of ``fairdiff evaluate``
+    uses ``eval.seed``: another initialisation and another draw of training images from the same classes). For
+    faces-mini the only gender model there is is used for both (said in the report). A path or a Classifier is
+    used as given.
+    """
+    if spec is None or spec == "auto":
+        if getattr(data_cfg, "source", None) == "faces-mini":
+            return faces_mini_classifier(data_cfg, eval_cfg, progress=progress)
+        clf_cfg = DomainClassifierConfig()
+        if eval_cfg is not None:
+            clf_cfg.steps = eval_cfg.classifier_steps
+            clf_cfg.seed = eval_cfg.seed + VALIDATION_SEED_OFFSET
+        else:
+            clf_cfg.seed = VALIDATION_SEED_OFFSET
+        return domain_classifier(data_cfg, eval_cfg, clf_cfg=clf_cfg, progress=progress)
+    return load_classifier(spec, data_cfg, eval_cfg, progress=progress)

@@ -1,0 +1,57 @@
+"""``fairdiff debias RUN --target 0.5,0.5 --method filter --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fairdiff.errors import FairdiffError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
+    p.add_argument("run", metavar="RUN", help="a trained run folder (e.g. a base from 'fairdiff base make')")
+    p.add_argument("--target", required=True, help="target group shares in the run's group order, e.g. 0.5,0.5")
+    p.add_argument("--method", default="filter", choices=["filter"],
+                   help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota)")
+    p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
+    p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run)")
+    p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), .onnx or .pt")
+    p.add_argument("--seed", type=int, help="first sampling seed (default sample.seed of the run)")
+    p.add_argument("--steps", type=int, help="denoising steps (default sample.steps of the run)")
+    p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpmpp", "unipc"], help="sampler (default the run's)")
+    p.add_argument("--batch-size", type=int, help="images per sampling batch (default sample.batch_size)")
+    p.add_argument("--max-draws", type=int, help="give up after drawing this many images (default 100 x n)")
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
+    p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_debias)
+
+
+def cmd_debias(args: argparse.Namespace) -> int:
+    from fairdiff.cli.eval_cmds import parse_target
+    from fairdiff.debias import debias_run
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise FairdiffError(f"no such run folder: {run}")
+    if args.judge not in (None, "auto") and not Path(args.judge).is_file():
+        raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
+    for name in ("n", "steps", "batch_size", "max_draws"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise FairdiffError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if args.seed is not None and args.seed < 0:
+        raise FairdiffError(f"--seed must be >= 0, got {args.seed}")
+    rec = debias_run(run, args.out, parse_target(args.target), method=args.method, n=args.n, judge=args.judge,
+                     seed=args.seed, batch_size=args.batch_size, steps=args.steps, scheduler=args.scheduler,
+                     max_draws=args.max_draws, overwrite=args.overwrite, evaluate=not args.no_eval,
+                     progress=not args.quiet)
+    print(f"{args.method}: kept {rec['kept']} of {rec['drawn']} drawn ({rec['drawn_per_kept']:.2f} drawn per kept "
+          f"image, {rec['seconds_per_kept_image'] * 1000:.1f} ms per kept image); folder {args.out}")
+    m = rec.get("metrics")
+    if m:
+        from fairdiff.cli.eval_cmds import _summary
+
+        print(_summary(m))
+    return 0

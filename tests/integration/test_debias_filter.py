@@ -1,0 +1,80 @@
+"""``fairdiff debias --method filter`` end to end on a tiny synthetic run, with a judge whose answer is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fairdiff.cli.main import main
+from tests.conftest import corner_group
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("runs") / "base"
+    assert main(["train", *TINY, "train.steps=4", "train.checkpoint_every=0", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_filter_keeps_the_target_shares_of_the_judge(base_run, corner_judge_file, tmp_path):
+    out = tmp_path / "filtered"
+    rc = main(["debias", str(base_run), "--target", "0.3,0.7", "--n", "20", "--judge", str(corner_judge_file),
+               "--steps", "3", "--batch-size", "16", "--out", str(out), "--no-eval", "-q"])
+    assert rc == 0
+    z = np.load(out / "samples" / "samples.npz")
+    assert z["images"].shape == (20, 1, 16, 16)
+    groups = corner_group(z["images"])
+    assert np.bincount(groups, minlength=2).tolist() == [6, 14]
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["kept"] == 20 and rec["target"] == [0.3, 0.7] and rec["drawn"] >= 20
+    assert rec["drawn_per_kept"] == pytest.approx(rec["drawn"] / 20, abs=1e-3)
+    # the kept images are exactly the base's own images for their seeds
+    assert main(["sample", str(base_run), "--n", str(int(z["seeds"].max()) + 1), "--steps", "3",
+                 "--out", str(tmp_path / "plain"), "--no-png", "-q"]) == 0
+    plain = np.load(tmp_path / "plain" / "samples.npz")["images"]
+    np.testing.assert_array_equal(plain[z["seeds"]], z["images"])
+    # the folder is a run folder: config with the target and the base, and the base's manifest
+    from fairdiff.config import load_config
+
+    cfg = load_config(out / "config.yaml")
+    assert cfg.eval.target == [0.3, 0.7] and cfg.eval.n_samples == 20
+    assert cfg.model.pretrained == str(base_run.resolve())
+    assert (out / "manifest.json").read_bytes() == (base_run / "manifest.json").read_bytes()
+
+
+def test_filter_evaluates_with_the_test_judge(base_run, corner_judge_file, tmp_path):
+    out = tmp_path / "ev"
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--n", "16", "--judge", str(corner_judge_file),
+                 "--steps", "3", "--out", str(out), "-q"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 16 and m["target"] == [0.5, 0.5]
+    assert m["classifier"]["name"] != "corner"  # scored by the run's test judge, not the one that filtered
+    assert (out / "report.md").exists()
+
+
+def test_debias_refuses_bad_input_and_keeps_files(base_run, corner_judge_file, tmp_path, capsys):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    common = ["--n", "4", "--judge", str(corner_judge_file), "--steps", "2", "--no-eval", "-q"]
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--out", str(user), *common]) == 2
+    assert (user / "notes.txt").read_text() == "keep me" and len(list(user.iterdir())) == 1
+    assert main(["debias", str(base_run), "--target", "0.2,0.3,0.5", "--out", str(tmp_path / "a"), *common]) == 2
+    assert main(["debias", str(base_run), "--target", "0.5,0.6", "--out", str(tmp_path / "a"), *common]) == 2
+    assert main(["debias", str(tmp_path / "nope"), "--target", "0.5,0.5", "--out", str(tmp_path / "a"), *common]) == 2
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--out", str(tmp_path / "a"), "--n", "0"]) == 2
+    assert not (tmp_path / "a").exists()
+    # a second debias into its own folder needs --overwrite, then replaces it
+    out = tmp_path / "b"
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--out", str(out), *common]) == 0
+    before = (out / "samples" / "samples.npz").read_bytes()
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--out", str(out), *common]) == 2
+    assert (out / "samples" / "samples.npz").read_bytes() == before
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--out", str(out), "--overwrite", *common]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert all(len(line) < 400 for line in err.splitlines())
