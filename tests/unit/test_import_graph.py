@@ -21,8 +21,8 @@ Layers, from the bottom (a module may import its own layer and the layers below 
     6    fairdiff.cli, fairdiff.__main__, fairdiff (the package facade: ``fairdiff.train`` etc.)
 
 Within a layer, some directions are forbidden too (``SIBLING_RULES``): sampling never imports training (training
-may import sampling, to draw its preview grids); evaluation never imports bench or debias (they run evaluations), debias never imports bench (the demo and bench
-use debias); utils
+may import sampling, to draw its preview grids); evaluation never imports bench or debias (they run evaluations),
+debias never imports bench (the demo and bench use debias); utils
 never imports metrics, and errors imports nothing of fairdiff.
 """
 

@@ -20,8 +20,8 @@ from fairdiff.evaluation.judges.pca import pca_judge, second_judge
 from fairdiff.evaluation.judges.torchscript import torchscript_classifier
 
 __all__ = ["Classifier", "DomainClassifierConfig", "FeatureExtractor", "domain_classifier", "faces_mini_classifier",
-           "from_callable", "inception_features", "load_classifier", "load_validation_judge", "onnx_classifier", "pca_judge",
-           "second_judge", "torchscript_classifier"]
+           "from_callable", "inception_features", "load_classifier", "load_validation_judge", "onnx_classifier",
+           "pca_judge", "second_judge", "torchscript_classifier"]
 
 
 def load_classifier(spec: str | Classifier | None, data_cfg, eval_cfg=None, progress: bool = False) -> Classifier:
