@@ -37,6 +37,46 @@ class Cell:
     overrides: list[str] = field(default_factory=list)
     seed: int = 0
     method: str = ""  # the row label within a setting (``fairdiff bench``); empty for sweeps
+    from_run: str | None = None  # a trained run (a base) used as this cell's model instead of training one
+    debias: dict | None = None  # {"from": <cell name>, "method": "filter"}: debias another cell's model
+
+
+def copy_base_run(src: str | Path, dest: Path, cfg: RunConfig | None = None) -> None:
+    """Copy a trained run's model, config, data manifest and base record into ``dest`` (atomically); ``cfg``
+    (the cell's config, same recipe) replaces the copied ``config.yaml``."""
+    import shutil
+
+    from fairdiff.config import save_config
+
+    src = Path(src)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(src / "model", tmp / "model")
+    for f in ("config.yaml", "manifest.json", "base.json", "stats.jsonl", ".fairdiff.json"):
+        if (src / f).is_file():
+            shutil.copy2(src / f, tmp / f)
+    if cfg is not None:
+        save_config(cfg, tmp / "config.yaml")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def _run_debias_cell(cfg: RunConfig, cell: Cell, cell_dir: Path, quiet: bool) -> dict:
+    from fairdiff.debias import debias_run
+
+    src = cell_dir.parent / cell.debias["from"]
+    t0 = time.time()
+    rec = debias_run(src, cell_dir, cfg.eval.target, method=cell.debias.get("method", "filter"),
+                     n=cfg.eval.n_samples, overwrite=cell_dir.exists(), evaluate=True, progress=not quiet)
+    m = rec.pop("metrics")
+    m["debias"] = rec
+    m["timing"] = {"train_s": 0.0, "train_and_sample_s": round(time.time() - t0, 1),
+                   "seconds_per_image": rec["seconds_per_kept_image"]}
+    write_cell_record(cell_dir, cfg)
+    write_json(cell_dir / "metrics.json", m)
+    return m
 
 
 def run_cell(base: str | Path | None, cell: Cell, cell_dir: Path, *, quiet: bool = False) -> dict:
@@ -48,8 +88,13 @@ def run_cell(base: str | Path | None, cell: Cell, cell_dir: Path, *, quiet: bool
     if (cell_dir / "metrics.json").exists():
         return read_json_checked(cell_dir / "metrics.json", "cell metrics")
     cfg: RunConfig = load_config(base, cell.overrides)
+    if cell.debias:
+        return _run_debias_cell(cfg, cell, cell_dir, quiet)
     t0 = time.time()
-    if not (cell_dir / "model").exists():
+    if cell.from_run and not (cell_dir / "model").exists():
+        copy_base_run(cell.from_run, cell_dir, cfg)
+        train_s = 0.0  # a pretrained base: its training is not this cell's cost
+    elif not (cell_dir / "model").exists():
         resume = "latest" if (cell_dir / "config.yaml").exists() else None
         train(cfg, cell_dir, resume=resume, quiet=quiet)
         train_s = time.time() - t0
@@ -123,6 +168,7 @@ def metrics_row(cell: Cell, m: dict) -> dict:
         **{f"share_{i}": v for i, v in enumerate(shares)},
         "conditional_spd": _get(m, "conditional_spd"),
         "n": _get(m, "n"), "train_s": m.get("timing", {}).get("train_s", math.nan),
+        "drawn_per_kept": (m.get("debias") or {}).get("drawn_per_kept", 1.0 if m.get("n") else math.nan),
         "groups": "/".join(str(g) for g in (m.get("data") or {}).get("groups", [])),
         "target_0": target[0], "train_share_0": train_shares[0],
     }

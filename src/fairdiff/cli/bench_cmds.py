@@ -44,7 +44,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="baseline vs DDM vs reweighting on 4:1 biased digits (CPU, minutes)")
+    p = sub.add_parser("demo", help="a 4:1 biased digits base debiased three ways (DDM, reweighting, filter)")
     p.add_argument("--out", "-o", default="runs/demo")
     p.add_argument("--overwrite", action="store_true", help="start again instead of keeping finished cells")
     p.add_argument("--quiet", "-q", action="store_true")

@@ -10,7 +10,8 @@ from fairdiff import __version__
 from fairdiff.errors import FairdiffError
 
 # each module has register(subparsers); its sub-commands set ``func(args) -> int``
-COMMAND_MODULES = ["fairdiff.cli.run_cmds", "fairdiff.cli.data_cmds", "fairdiff.cli.debias_cmds"]
+COMMAND_MODULES = ["fairdiff.cli.run_cmds", "fairdiff.cli.data_cmds", "fairdiff.cli.debias_cmds",
+                   "fairdiff.cli.base_cmds"]
 OPTIONAL_MODULES = ["fairdiff.cli.eval_cmds", "fairdiff.cli.method_cmds", "fairdiff.cli.bench_cmds",
                     "fairdiff.cli.sd_cmds", "fairdiff.cli.audit_cmds"]
 OPTIONAL_MODULES.append("fairdiff.cli.sd_guide_cmds")
