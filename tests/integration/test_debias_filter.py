@@ -78,3 +78,28 @@ def test_debias_refuses_bad_input_and_keeps_files(base_run, corner_judge_file, t
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert all(len(line) < 400 for line in err.splitlines())
+
+
+def test_distill_finetunes_the_base_on_its_filtered_images(base_run, corner_judge_file, tmp_path):
+    out = tmp_path / "distilled"
+    rc = main(["debias", str(base_run), "--method", "distill", "--target", "0.3,0.7", "--train-n", "10",
+               "--train-steps", "2", "--judge", str(corner_judge_file), "--steps", "2", "--n", "8", "--no-eval",
+               "--out", str(out), "-q"])
+    assert rc == 0
+    data = tmp_path / "distilled-data"
+    pngs = sorted(data.glob("images/*.png"))
+    assert len(pngs) == 10
+    z = np.load(data / "samples" / "samples.npz")
+    assert np.bincount(corner_group(z["images"]), minlength=2).tolist() == [3, 7]
+    from fairdiff.config import load_config
+
+    cfg = load_config(out / "config.yaml")
+    assert cfg.data.train_on == "reference" and cfg.data.reference_dir == str((data / "images").resolve())
+    assert cfg.model.pretrained == str(base_run.resolve()) and cfg.train.steps == 2 and cfg.eval.target == [0.3, 0.7]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["reference"]["count"] == 10 and man["reference"]["train_on"] == "reference"
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["method"] == "distill" and rec["filtered"]["kept"] == 10
+    assert (out / "model" / "unet").is_dir()
+    assert main(["debias", str(base_run), "--method", "filter", "--target", "0.5,0.5", "--train-n", "5",
+                 "--out", str(tmp_path / "x")]) == 2

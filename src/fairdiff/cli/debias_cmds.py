@@ -12,8 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
     p.add_argument("run", metavar="RUN", help="a trained run folder (e.g. a base from 'fairdiff base make')")
     p.add_argument("--target", required=True, help="target group shares in the run's group order, e.g. 0.5,0.5")
-    p.add_argument("--method", default="filter", choices=["filter"],
-                   help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota)")
+    p.add_argument("--method", default="filter", choices=["filter", "distill"],
+                   help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota); "
+                   "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead")
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
     p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run)")
     p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), .onnx or .pt")
@@ -22,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpmpp", "unipc"], help="sampler (default the run's)")
     p.add_argument("--batch-size", type=int, help="images per sampling batch (default sample.batch_size)")
     p.add_argument("--max-draws", type=int, help="give up after drawing this many images (default 100 x n)")
+    p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
+    p.add_argument("--train-steps", type=int, help="distill: fine-tuning steps (default 400)")
+    p.add_argument("--lr", type=float, help="distill: fine-tuning learning rate (default 2e-4)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
     p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -37,18 +41,33 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"no such run folder: {run}")
     if args.judge not in (None, "auto") and not Path(args.judge).is_file():
         raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
-    for name in ("n", "steps", "batch_size", "max_draws"):
+    for name in ("n", "steps", "batch_size", "max_draws", "train_n", "train_steps"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise FairdiffError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     if args.seed is not None and args.seed < 0:
         raise FairdiffError(f"--seed must be >= 0, got {args.seed}")
-    rec = debias_run(run, args.out, parse_target(args.target), method=args.method, n=args.n, judge=args.judge,
-                     seed=args.seed, batch_size=args.batch_size, steps=args.steps, scheduler=args.scheduler,
-                     max_draws=args.max_draws, overwrite=args.overwrite, evaluate=not args.no_eval,
-                     progress=not args.quiet)
-    print(f"{args.method}: kept {rec['kept']} of {rec['drawn']} drawn ({rec['drawn_per_kept']:.2f} drawn per kept "
-          f"image, {rec['seconds_per_kept_image'] * 1000:.1f} ms per kept image); folder {args.out}")
+    if args.lr is not None and not (args.lr > 0 and args.lr < 1):
+        raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
+    if args.method != "distill" and any(v is not None for v in (args.train_n, args.train_steps, args.lr)):
+        raise FairdiffError("--train-n, --train-steps and --lr are options of --method distill")
+    common = dict(judge=args.judge, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
+                  scheduler=args.scheduler, max_draws=args.max_draws, overwrite=args.overwrite,
+                  evaluate=not args.no_eval, progress=not args.quiet)
+    target = parse_target(args.target)
+    if args.method == "distill":
+        from fairdiff.debias import distill_run
+
+        rec = distill_run(run, args.out, target, n=args.n, train_n=args.train_n, train_steps=args.train_steps,
+                          lr=args.lr, **common)
+        f = rec["filtered"]
+        print(f"distill: {rec['train_n']} filtered images ({f['drawn_per_kept']:.2f} drawn per kept image) in "
+              f"{rec['data_dir']}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
+              f"run {args.out}")
+    else:
+        rec = debias_run(run, args.out, target, method=args.method, n=args.n, **common)
+        print(f"filter: kept {rec['kept']} of {rec['drawn']} drawn ({rec['drawn_per_kept']:.2f} drawn per kept "
+              f"image, {rec['seconds_per_kept_image'] * 1000:.1f} ms per kept image); folder {args.out}")
     m = rec.get("metrics")
     if m:
         from fairdiff.cli.eval_cmds import _summary

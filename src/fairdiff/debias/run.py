@@ -19,7 +19,9 @@ from fairdiff.errors import FairdiffError
 
 DEBIAS_KIND = "debias"
 DEBIAS_FILE = "debias.json"
-METHODS = ("filter",)
+METHODS = ("filter", "distill")
+# the fine-tuning budget of ``distill`` (full fine-tuning of the base's U-Net on its own filtered images)
+DISTILL_DEFAULTS = {"train_n": 2000, "steps": 400, "lr": 2e-4}
 
 
 def _verdict_fn(judge, data_cfg):
@@ -58,7 +60,10 @@ def debias_run(
     progress: bool = True,
 ) -> dict:
     """Debias the trained run ``run_dir`` toward ``target`` (shares per group) into ``out_dir``; returns the
-    debias record (and ``metrics`` when ``evaluate``). Only ``method='filter'`` (generate-and-filter) for now."""
+    debias record (and ``metrics`` when ``evaluate``).
+
+    ``filter``: generate-and-filter; ``out_dir`` holds the kept images. ``distill``: see :func:`distill_run`.
+    """
     from fairdiff.config import save_config
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
@@ -74,6 +79,10 @@ def debias_run(
 
     if method not in METHODS:
         raise FairdiffError(f"unknown debias method '{method}' (known: {', '.join(METHODS)})")
+    if method == "distill":
+        return distill_run(run_dir, out_dir, target, n=n, judge=judge, seed=seed, batch_size=batch_size,
+                           steps=steps, scheduler=scheduler, max_draws=max_draws, device=device, overwrite=overwrite,
+                           evaluate=evaluate, progress=progress)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if is_sd_run(run_dir):
         raise FairdiffError(f"{run_dir} is a text-to-image run; 'debias --method filter' takes pixel or latent runs")
@@ -146,4 +155,75 @@ def debias_run(
     if evaluate:
         metrics = evaluate_run(out_dir, progress=progress)
         record["metrics"] = metrics
+    return record
+
+
+def distill_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    target,
+    *,
+    train_n: int | None = None,
+    train_steps: int | None = None,
+    lr: float | None = None,
+    n: int | None = None,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    progress: bool = True,
+    **filter_args,
+) -> dict:
+    """Distil the target into the weights: fine-tune the base on its own generate-and-filter output.
+
+    ``OUT-data/`` (a debias folder) gets ``train_n`` filtered images at the target (PNG files in ``images/``);
+    ``OUT/`` is an ordinary run: the base's U-Net fine-tuned on them for ``train_steps`` steps (full fine-tuning,
+    plain denoising loss, ``data.train_on=reference``), which samples at the target with no overhead. ``n`` is
+    the number of images the distilled model is evaluated on (default ``eval.n_samples``).
+    """
+    from fairdiff.config import load_config
+    from fairdiff.evaluation import evaluate_run
+    from fairdiff.runs import read_run_config
+    from fairdiff.training import train
+    from fairdiff.utils.images import save_png
+    from fairdiff.utils.io import write_json
+    from fairdiff.utils.outputs import check_output_dir
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    train_n = int(train_n or DISTILL_DEFAULTS["train_n"])
+    train_steps = int(train_steps or DISTILL_DEFAULTS["steps"])
+    lr = float(lr or DISTILL_DEFAULTS["lr"])
+    if train_n < 2 or train_steps < 1 or not lr > 0:
+        raise FairdiffError("distill: --train-n >= 2, --train-steps >= 1 and --lr > 0 are needed")
+    base_cfg = read_run_config(run_dir)
+    data_dir = out_dir.with_name(out_dir.name + "-data")
+    check_output_dir(out_dir, "run", overwrite=overwrite, inputs=[run_dir], whole=True)
+    t0 = time.perf_counter()
+    if not (data_dir / DEBIAS_FILE).is_file() or overwrite:
+        filtered = debias_run(run_dir, data_dir, target, method="filter", n=train_n, overwrite=overwrite,
+                              evaluate=False, progress=progress, **filter_args)
+        images = np.load(data_dir / "samples" / "samples.npz")
+        (data_dir / "images").mkdir(exist_ok=True)
+        for img, s in zip(images["images"], images["seeds"]):
+            save_png(img, data_dir / "images" / f"seed{int(s):07d}.png")
+    else:  # an interrupted distill: the filtered set is kept and reused
+        import json
+
+        filtered = json.loads((data_dir / DEBIAS_FILE).read_text())
+    filter_s = time.perf_counter() - t0
+    tgt = filtered["target"]
+    cfg = load_config(run_dir / "config.yaml", [
+        f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={(data_dir / 'images').resolve()}",
+        "data.train_on=reference", "method.name=baseline", f"train.steps={train_steps}",
+        f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
+        f"train.checkpoint_every={max(train_steps // 2, 1)}", f"eval.target=[{','.join(str(t) for t in tgt)}]",
+        f"eval.n_samples={int(n or base_cfg.eval.n_samples)}", f"name={out_dir.name}"])
+    resume = "latest" if (out_dir / "config.yaml").is_file() and not overwrite else None
+    t1 = time.perf_counter()
+    train(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=not progress)
+    record = {"method": "distill", "base": str(run_dir.resolve()), "target": tgt, "train_n": train_n,
+              "train_steps": train_steps, "lr": lr, "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
+              "data_dir": str(data_dir), "filter_seconds": round(filter_s, 2),
+              "finetune_seconds": round(time.perf_counter() - t1, 2)}
+    write_json(out_dir / DEBIAS_FILE, record)
+    if evaluate:
+        record["metrics"] = evaluate_run(out_dir, progress=progress)
     return record
