@@ -103,3 +103,25 @@ def test_distill_finetunes_the_base_on_its_filtered_images(base_run, corner_judg
     assert (out / "model" / "unet").is_dir()
     assert main(["debias", str(base_run), "--method", "filter", "--target", "0.5,0.5", "--train-n", "5",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_guide_controller_end_to_end(base_run, corner_judge_file, tmp_path):
+    out = tmp_path / "guided"
+    rc = main(["debias", str(base_run), "--method", "guide", "--target", "0.5,0.5", "--n", "8", "--steps", "3",
+               "--pilot-n", "16", "--max-pilots", "3", "--judge", str(corner_judge_file), "--no-eval",
+               "--out", str(out), "-q"])
+    assert rc == 0
+    rec = json.loads((out / "debias.json").read_text())
+    c = rec["controller"]
+    assert c["pilots"][0]["scale"] == 0.0 and 1 <= len(c["pilots"]) <= 3
+    assert c["scale"] in [p["scale"] for p in c["pilots"]]
+    # the pilot at scale 0 is the base: its shares are the corner judge's on the base's own pilot-seed images
+    assert main(["sample", str(base_run), "--n", "16", "--seed", str(c["pilot_seed"]), "--steps", "3",
+                 "--out", str(tmp_path / "plain"), "--no-png", "-q"]) == 0
+    plain = np.load(tmp_path / "plain" / "samples.npz")["images"]
+    assert c["pilots"][0]["shares"][1] == pytest.approx(corner_group(plain).mean())
+    assert (out / "heads" / "record.json").is_file()
+    z = np.load(out / "samples" / "samples.npz")
+    assert z["images"].shape == (8, 1, 16, 16) and z["seeds"].tolist() == list(range(8))
+    assert main(["debias", str(base_run), "--method", "filter", "--target", "0.5,0.5", "--heads", "x",
+                 "--out", str(tmp_path / "y")]) == 2

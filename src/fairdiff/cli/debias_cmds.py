@@ -12,8 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
     p.add_argument("run", metavar="RUN", help="a trained run folder (e.g. a base from 'fairdiff base make')")
     p.add_argument("--target", required=True, help="target group shares in the run's group order, e.g. 0.5,0.5")
-    p.add_argument("--method", default="filter", choices=["filter", "distill"],
+    p.add_argument("--method", default="filter", choices=["filter", "guide", "distill"],
                    help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota); "
+                   "guide: distribution guidance whose scale a controller finds on judged pilot batches; "
                    "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead")
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
     p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run)")
@@ -26,6 +27,10 @@ def register(sub) -> None:
     p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
     p.add_argument("--train-steps", type=int, help="distill: fine-tuning steps (default 400)")
     p.add_argument("--lr", type=float, help="distill: fine-tuning learning rate (default 2e-4)")
+    p.add_argument("--heads", help="guide: heads folder from 'fairdiff train-heads' (default: fitted here)")
+    p.add_argument("--pilot-n", type=int, default=256, help="guide: images per pilot batch (default 256)")
+    p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
+    p.add_argument("--temperature", type=float, default=1.0, help="guide: heads' softmax temperature (default 1)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
     p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -55,7 +60,27 @@ def cmd_debias(args: argparse.Namespace) -> int:
                   scheduler=args.scheduler, max_draws=args.max_draws, overwrite=args.overwrite,
                   evaluate=not args.no_eval, progress=not args.quiet)
     target = parse_target(args.target)
-    if args.method == "distill":
+    if args.method != "guide" and args.heads is not None:
+        raise FairdiffError("--heads is an option of --method guide")
+    if not args.temperature > 0:
+        raise FairdiffError(f"--temperature must be positive, got {args.temperature}")
+    if args.method == "guide":
+        from fairdiff.debias.run import guide_run_to_target
+
+        if args.heads is not None and not Path(args.heads).exists():
+            raise FairdiffError(f"--heads {args.heads}: no such heads folder")
+        for o in ("scheduler", "batch_size", "max_draws"):
+            if getattr(args, o) is not None:
+                raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method guide")
+        rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
+                                  seed=args.seed, steps=args.steps, temperature=args.temperature,
+                                  pilot_n=args.pilot_n, max_pilots=args.max_pilots, overwrite=args.overwrite,
+                                  evaluate=not args.no_eval, progress=not args.quiet)
+        c = rec["controller"]
+        print(f"guide: scale {c['scale']:g} after {len(c['pilots'])} pilots ({c['reason']}); "
+              f"{rec['seconds_per_image'] * 1000:.1f} ms per image (base {rec['base_seconds_per_image'] * 1000:.1f}); "
+              f"folder {args.out}")
+    elif args.method == "distill":
         from fairdiff.debias import distill_run
 
         rec = distill_run(run, args.out, target, n=args.n, train_n=args.train_n, train_steps=args.train_steps,

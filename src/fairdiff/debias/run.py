@@ -9,6 +9,7 @@ judge and the second judge, ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from fairdiff.errors import FairdiffError
 
 DEBIAS_KIND = "debias"
 DEBIAS_FILE = "debias.json"
-METHODS = ("filter", "distill")
+METHODS = ("filter", "guide", "distill")
+PILOT_SEED = 10_000_000  # pilot batches of the guidance controller draw seeds from here (never scored)
 # the fine-tuning budget of ``distill`` (full fine-tuning of the base's U-Net on its own filtered images)
 DISTILL_DEFAULTS = {"train_n": 2000, "steps": 400, "lr": 2e-4}
 
@@ -39,6 +41,42 @@ def _verdict_fn(judge, data_cfg):
         return judge_images(judge, images, cal).verdicts
 
     return verdicts
+
+
+def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: int, images, seeds, record: dict,
+                         meta: dict, extra_dirs: dict | None = None) -> None:
+    """Build the debias folder beside its place and move it in: an interrupted debias leaves the old one intact."""
+    from fairdiff.config import save_config
+    from fairdiff.runs import write_samples
+    from fairdiff.utils.io import write_json
+    from fairdiff.utils.outputs import write_marker
+
+    out_cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, pretrained=str(run_dir.resolve())),
+        eval=dataclasses.replace(cfg.eval, target=[float(x) for x in tgt], n_samples=n))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_config(out_cfg, tmp / "config.yaml")
+        if (run_dir / "manifest.json").is_file():
+            shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
+        write_samples(tmp / "samples", images, [int(x) for x in seeds], None,
+                      {"run": str(run_dir.resolve()), "n": n, "target": [float(x) for x in tgt], **meta}, png=False)
+        for name, src in (extra_dirs or {}).items():
+            shutil.copytree(src, tmp / name)
+        write_json(tmp / DEBIAS_FILE, record)
+        write_marker(tmp, DEBIAS_KIND)
+        if out_dir.exists():
+            if state == "new":
+                out_dir.rmdir()
+            else:  # "replace": fairdiff's own debias folder and --overwrite (checked before any work)
+                shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def debias_run(
@@ -64,21 +102,22 @@ def debias_run(
 
     ``filter``: generate-and-filter; ``out_dir`` holds the kept images. ``distill``: see :func:`distill_run`.
     """
-    from fairdiff.config import save_config
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
     from fairdiff.evaluation.judges import load_validation_judge
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.runs import is_sd_run, load_model_checked, read_run_config, write_samples
+    from fairdiff.runs import is_sd_run, load_model_checked, read_run_config
     from fairdiff.sampling import sample
     from fairdiff.sampling.files import check_sampling_args, resolve_device
-    from fairdiff.utils.io import write_json
-    from fairdiff.utils.outputs import check_output_dir, write_marker
+    from fairdiff.utils.outputs import check_output_dir
 
     from .filter import filter_to_target
 
     if method not in METHODS:
         raise FairdiffError(f"unknown debias method '{method}' (known: {', '.join(METHODS)})")
+    if method == "guide":
+        return guide_run_to_target(run_dir, out_dir, target, n=n, judge=judge, seed=seed, steps=steps,
+                                   device=device, overwrite=overwrite, evaluate=evaluate, progress=progress)
     if method == "distill":
         return distill_run(run_dir, out_dir, target, n=n, judge=judge, seed=seed, batch_size=batch_size,
                            steps=steps, scheduler=scheduler, max_draws=max_draws, device=device, overwrite=overwrite,
@@ -126,32 +165,8 @@ def debias_run(
         "judge": clf.describe(), "judge_role": "validation (filters); the test judge scores metrics.json",
         **res.summary(), "seconds": round(time.perf_counter() - t0, 2),
     }
-    out_cfg = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, pretrained=str(run_dir.resolve())),
-        eval=dataclasses.replace(cfg.eval, target=tgt.tolist(), n_samples=n))
-    # build beside the destination, then move into place: an interrupted debias leaves the old folder intact
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_config(out_cfg, tmp / "config.yaml")
-        if (run_dir / "manifest.json").is_file():
-            shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
-        meta = {"run": str(run_dir.resolve()), "n": n, "debias": method, "target": tgt.tolist(), "steps": steps,
-                "scheduler": scheduler, "seed": seed}
-        write_samples(tmp / "samples", res.images, res.seeds.tolist(), None, meta, png=False)
-        write_json(tmp / DEBIAS_FILE, record)
-        write_marker(tmp, DEBIAS_KIND)
-        if out_dir.exists():
-            if state == "new":
-                out_dir.rmdir()
-            else:  # "replace": fairdiff's own debias folder and --overwrite (checked above)
-                shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, res.images, res.seeds, record,
+                         {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed})
     if evaluate:
         metrics = evaluate_run(out_dir, progress=progress)
         record["metrics"] = metrics
@@ -224,6 +239,147 @@ def distill_run(
               "data_dir": str(data_dir), "filter_seconds": round(filter_s, 2),
               "finetune_seconds": round(time.perf_counter() - t1, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
+    if evaluate:
+        record["metrics"] = evaluate_run(out_dir, progress=progress)
+    return record
+
+
+def guide_run_to_target(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    target,
+    *,
+    heads: str | Path | None = None,
+    n: int | None = None,
+    judge=None,
+    seed: int | None = None,
+    steps: int | None = None,
+    temperature: float = 1.0,
+    pilot_n: int = 256,
+    max_pilots: int = 10,
+    valid_drop: float = 0.02,
+    tol: float = 0.01,
+    s0: float = 100.0,
+    device: str | None = None,
+    overwrite: bool = False,
+    evaluate: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Distribution guidance whose scale a controller finds (:func:`fairdiff.debias.guide.find_scale`).
+
+    Heads are fitted on the run's training images for its sampling schedule (or read from ``heads``); pilot
+    batches of ``pilot_n`` images (seeds from ``PILOT_SEED``, judged by the validation judge) choose the scale;
+    then ``n`` images (seeds ``seed ..``) are drawn at that scale into ``out_dir`` (a debias folder with the heads
+    in ``heads/``) and scored by the test judge.
+    """
+    import tempfile
+
+    from fairdiff.data import prepare_data
+    from fairdiff.evaluation import evaluate_run
+    from fairdiff.evaluation.evaluate import check_target
+    from fairdiff.evaluation.judges import load_validation_judge
+    from fairdiff.evaluation.samples import to_uint8
+    from fairdiff.methods.guidance import DistributionGuidance
+    from fairdiff.metrics import OUTSIDE
+    from fairdiff.models import build_sampling_scheduler
+    from fairdiff.models.heads import load_heads, save_heads
+    from fairdiff.runs import read_run_config
+    from fairdiff.sampling import sample
+    from fairdiff.sampling.files import check_sampling_args, resolve_device
+    from fairdiff.sampling.guided import check_heads_fit, load_guidable
+    from fairdiff.training.heads import train_heads
+    from fairdiff.utils.outputs import check_output_dir
+
+    from .guide import Pilot, find_scale
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg = read_run_config(run_dir)
+    k = len(cfg.data.groups)
+    tgt = check_target(target, k)
+    if (tgt <= 0).any():
+        raise FairdiffError("guide: every target share must be above 0 (guidance divides by it); use filter")
+    n = int(n if n is not None else cfg.eval.n_samples)
+    seed = int(cfg.sample.seed if seed is None else seed)
+    steps = int(steps or cfg.sample.steps)
+    if pilot_n < 16 or max_pilots < 2:
+        raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
+    check_sampling_args(n, steps, 0.0, pilot_n)
+    state = check_output_dir(out_dir, DEBIAS_KIND, overwrite=overwrite, inputs=[run_dir], whole=True)
+    dev = resolve_device(device)
+    unet, sched_cfg = load_guidable(run_dir, dev)
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="fairdiff-guide-"))
+    try:
+        if heads is None:
+            data = prepare_data(cfg.data)
+            fit = train_heads(unet, sched_cfg, data.train_images, data.train_groups, steps, "ddim",
+                              heldout_images=data.heldout_images, heldout_labels=data.heldout_groups,
+                              num_classes=k, progress=progress)
+            held = fit.heldout_accuracy.get("group", [])
+            save_heads(fit.heads, work / "heads", {"run": str(run_dir), "heldout_accuracy": fit.heldout_accuracy,
+                                                   "seconds": round(fit.seconds, 1)})
+            heads_obj = fit.heads.to(dev).eval()
+            heads_info = {"fitted": True, "heldout_accuracy_mean": float(np.mean(held)) if held else None}
+        else:
+            heads_obj = load_heads(heads, dev)
+            check_heads_fit(heads_obj, unet, sched_cfg, heads, run_dir)
+            if heads_obj.config.num_steps != steps or heads_obj.config.scheduler != "ddim":
+                raise FairdiffError(f"heads {heads} are for --steps {heads_obj.config.num_steps} --scheduler "
+                                    f"{heads_obj.config.scheduler}; guide samples with DDIM and --steps {steps}")
+            heads_info = {"fitted": False, "path": str(heads)}
+        for prm in heads_obj.parameters():
+            prm.requires_grad_(False)
+        heads_s = time.perf_counter() - t0
+        sched = build_sampling_scheduler("ddim", sched_cfg)
+        clf = load_validation_judge(judge, cfg.data, cfg.eval, progress=progress)
+        if clf.num_classes != k:
+            raise FairdiffError(f"the judge has {clf.num_classes} groups, the run has {k}")
+        verdicts = _verdict_fn(clf, cfg.data)
+        timing: dict[float, float] = {}
+
+        def draw(seeds: list[int], scale: float) -> np.ndarray:
+            g = DistributionGuidance(heads_obj, tgt.tolist(), scale, temperature=temperature) if scale > 0 else None
+            t = time.perf_counter()
+            x = sample(unet, sched, seeds, batch_size=pilot_n, num_steps=steps, guidance=g, device=dev,
+                       progress=False)
+            timing[scale] = (time.perf_counter() - t) / len(seeds)
+            return to_uint8(x)
+
+        pilot_seeds = list(range(PILOT_SEED, PILOT_SEED + pilot_n))
+
+        def pilot(scale: float) -> Pilot:
+            v = verdicts(draw(pilot_seeds, scale))
+            valid = v != OUTSIDE
+            shares = (np.bincount(v[valid], minlength=k) / max(int(valid.sum()), 1)).tolist()
+            if progress:
+                print(f"  pilot scale {scale:g}: shares among valid {[round(x, 3) for x in shares]}, "
+                      f"valid rate {valid.mean():.3f}", flush=True)
+            return Pilot(float(scale), shares, float(valid.mean()), pilot_n)
+
+        t1 = time.perf_counter()
+        search = find_scale(pilot, tgt, valid_drop=valid_drop, s0=s0, max_pilots=max_pilots, tol=tol)
+        pilot_s = time.perf_counter() - t1
+        base_per_image = timing.get(0.0)
+        t2 = time.perf_counter()
+        images = draw(list(range(seed, seed + n)), search.scale)
+        per_image = (time.perf_counter() - t2) / n
+        record = {
+            "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
+            "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim",
+            "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
+            "judge_role": "validation (pilots); the test judge scores metrics.json",
+            "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
+                           "valid_drop": valid_drop, "s0": s0},
+            "heads_seconds": round(heads_s, 2), "pilot_seconds": round(pilot_s, 2),
+            "seconds_per_image": round(per_image, 5), "base_seconds_per_image": round(base_per_image or math.nan, 5),
+            "kept": n, "drawn": n, "drawn_per_kept": 1.0, "seconds_per_kept_image": round(per_image, 5),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, images, range(seed, seed + n), record,
+                             {"debias": "guide", "scale": search.scale, "steps": steps, "seed": seed},
+                             {"heads": work / "heads"} if heads is None else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if evaluate:
         record["metrics"] = evaluate_run(out_dir, progress=progress)
     return record

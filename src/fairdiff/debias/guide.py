@@ -1,0 +1,107 @@
+"""Distribution guidance that finds its own scale: a controller on pilot batches judged during sampling.
+
+The scale of distribution guidance is not a constant that carries from one model to another (docs/guidance.md:
+useful values run from hundreds to thousands, and a fixed default undershoots one model and breaks another). The
+controller treats the judged share of the most under-represented group as a monotone function of the scale and
+finds the scale that puts it at the target:
+
+1. a pilot batch at scale 0 (the base) gives the base's shares and valid rate;
+2. the scale grows geometrically from ``s0`` until the judged share reaches the target (a bracket), or until the
+   valid rate falls more than ``valid_drop`` below the base's (the images break: that scale is a ceiling);
+3. geometric bisection inside the bracket until the share is within ``tol`` of the target or the pilot budget
+   is spent; the scale whose pilot was closest to the target with an acceptable valid rate is chosen.
+
+Every pilot uses the same seeds (common random numbers), so the response to the scale is smooth; the pilot seeds
+are disjoint from the seeds of the images that are finally drawn and scored. Pilots are judged by the validation
+judge, never the test judge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from fairdiff.errors import FairdiffError
+
+
+@dataclass
+class Pilot:
+    scale: float
+    shares: list[float]  # shares among valid images, per group
+    valid_rate: float
+    n: int
+
+
+@dataclass
+class ScaleSearch:
+    scale: float
+    focus_group: int
+    reached: bool  # the chosen pilot's focus share is within tol of the target
+    reason: str
+    pilots: list[Pilot] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"scale": self.scale, "focus_group": self.focus_group, "reached": self.reached, "reason": self.reason,
+                "pilots": [vars(p) for p in self.pilots]}
+
+
+def find_scale(
+    pilot: Callable[[float], Pilot],
+    target,
+    *,
+    valid_drop: float = 0.02,
+    s0: float = 100.0,
+    grow: float = 4.0,
+    max_pilots: int = 10,
+    tol: float = 0.01,
+) -> ScaleSearch:
+    """The guidance scale whose pilot puts the most under-represented group's share (among valid images) at its
+    target, without the valid rate falling more than ``valid_drop`` below the unguided pilot's."""
+    t = np.asarray(target, float)
+    if s0 <= 0 or grow <= 1 or max_pilots < 2 or tol <= 0:
+        raise FairdiffError("find_scale: s0 > 0, grow > 1, max_pilots >= 2 and tol > 0 are needed")
+    base = pilot(0.0)
+    pilots = [base]
+    g = int(np.argmax(t - np.asarray(base.shares)))
+    floor = base.valid_rate - valid_drop
+
+    def gap(p: Pilot) -> float:
+        return p.shares[g] - t[g] if math.isfinite(p.shares[g]) else -math.inf
+
+    def ok(p: Pilot) -> bool:
+        return p.valid_rate >= floor
+
+    def choose(reason: str) -> ScaleSearch:
+        good = [p for p in pilots if ok(p)] or [base]
+        best = min(good, key=lambda p: abs(gap(p)))
+        return ScaleSearch(best.scale, g, abs(gap(best)) <= tol, reason, pilots)
+
+    if abs(gap(base)) <= tol:
+        return choose("the base is at the target")
+    lo, hi = 0.0, None  # lo: below the target with valid images; hi: at/over the target, or breaking the images
+    s = s0
+    while hi is None:
+        if len(pilots) >= max_pilots:
+            return choose("pilot budget spent while growing the scale (the target was not reached)")
+        p = pilot(s)
+        pilots.append(p)
+        if not ok(p) or gap(p) >= 0:
+            hi = s
+        else:
+            lo = s
+            s *= grow
+    while len(pilots) < max_pilots:
+        best = min((p for p in pilots if ok(p)), key=lambda p: abs(gap(p)), default=None)
+        if best is not None and abs(gap(best)) <= tol:
+            return choose("reached")
+        s = math.sqrt(lo * hi) if lo > 0 else hi / grow
+        p = pilot(s)
+        pilots.append(p)
+        if not ok(p) or gap(p) >= 0:
+            hi = s
+        else:
+            lo = s
+    return choose("pilot budget spent")

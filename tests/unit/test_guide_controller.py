@@ -1,0 +1,64 @@
+"""The guidance-scale controller (fairdiff.debias.guide.find_scale) on response curves whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fairdiff.debias.guide import Pilot, find_scale
+from fairdiff.errors import FairdiffError
+
+
+def curve(base_share1=0.2, s_half=1000.0, break_at=math.inf, base_valid=0.95):
+    """Share of group 1 rises smoothly with the scale: 0.2 at 0, 0.5 at s_half (a logistic in log scale);
+    the valid rate collapses beyond ``break_at``."""
+    calls = []
+
+    def pilot(s: float) -> Pilot:
+        calls.append(s)
+        if s == 0:
+            p1 = base_share1
+        else:
+            z = math.log(s / s_half)
+            p1 = base_share1 + (0.8 - base_share1) / (1 + math.exp(-2 * z)) * (0.5 - base_share1) / 0.3
+            p1 = min(p1, 0.99)
+        valid = base_valid if s < break_at else 0.5
+        return Pilot(s, [1 - p1, p1], valid, 256)
+
+    return pilot, calls
+
+
+def test_finds_the_scale_of_the_target_share():
+    pilot, calls = curve()
+    res = find_scale(pilot, [0.5, 0.5], tol=0.01, max_pilots=14)
+    assert res.focus_group == 1 and res.reached and res.reason == "reached"
+    got = pilot(res.scale).shares[1]
+    assert abs(got - 0.5) <= 0.01
+    assert calls[0] == 0.0 and len(calls) - 1 <= 14  # the base first, within the budget
+
+
+def test_non_uniform_target_picks_its_own_focus_group():
+    pilot, _ = curve()
+    res = find_scale(pilot, [0.3, 0.7], tol=0.01, max_pilots=16)
+    assert res.focus_group == 1 and res.reached
+    assert abs(pilot(res.scale).shares[1] - 0.7) <= 0.01
+
+
+def test_stops_before_the_images_break():
+    pilot, _ = curve(break_at=300.0)  # the target needs ~1000, but the images break from 300 on
+    res = find_scale(pilot, [0.5, 0.5], max_pilots=10)
+    assert not res.reached and res.scale < 300.0
+    assert all(p.valid_rate >= 0.93 for p in res.pilots if p.scale == res.scale)
+
+
+def test_base_at_target_needs_no_guidance():
+    pilot, calls = curve(base_share1=0.5)
+    res = find_scale(pilot, [0.5, 0.5])
+    assert res.scale == 0.0 and res.reached and calls == [0.0]
+
+
+def test_bad_settings_are_one_line_errors():
+    pilot, _ = curve()
+    with pytest.raises(FairdiffError):
+        find_scale(pilot, [0.5, 0.5], grow=1.0)
