@@ -1,0 +1,199 @@
+"""Published numbers: one results file (CSV, one row per model and seed), markdown tables generated from it.
+
+``docs/results/*.csv`` hold the rows (``add_rows`` appends the evaluations of run folders, replacing a row with
+the same setting / method / seed / n). A doc embeds a table between two markers::
+
+    <!-- table: debias.csv setting=mnist-01 cols=method,seed,valid_rate,share_0 -->
+    ...generated...
+    <!-- /table -->
+
+``python -m fairdiff.bench.published`` rewrites every such block in README.md and docs/*.md from the CSVs;
+``--check`` only reports blocks that are out of date (a test runs it), so a typed number cannot drift from its
+source.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import sys
+from pathlib import Path
+
+FIELDS = ["setting", "method", "seed", "n", "target_0", "fd_strict", "fd_strict_lo", "fd_strict_hi", "valid_rate",
+          "share_0", "share_0_lo", "share_0_hi", "share_1", "share_2", "precision", "recall", "domain_fid",
+          "valid_rate_j2", "share_0_j2", "fd_strict_j2", "copy_rate", "drawn_per_kept", "seconds_per_image",
+          "finetune_s", "note"]
+
+HEADERS = {
+    "setting": "setting", "method": "method", "seed": "seed", "n": "images", "target_0": "target g0",
+    "fd_strict": "strict FD", "fd_strict_ci": "strict FD [95 % CI]", "valid_rate": "valid rate",
+    "share_0": "share g0 (valid)", "share_0_ci": "share g0 (valid) [95 % CI]", "share_1": "share g1",
+    "share_2": "share g2", "precision": "precision", "recall": "recall", "domain_fid": "domain FID",
+    "valid_rate_j2": "judge 2 valid", "share_0_j2": "judge 2 share g0", "fd_strict_j2": "judge 2 strict FD",
+    "copy_rate": "copy rate", "drawn_per_kept": "drawn per kept", "seconds_per_image": "s / image",
+    "finetune_s": "fine-tune s", "note": "note",
+}
+
+BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def row_from_metrics(m: dict, setting: str, method: str, seed: int, note: str = "") -> dict:
+    """One results row from an evaluation's ``metrics.json`` (plus the debias record / timing it carries)."""
+    j2 = m.get("judge2") or {}
+    vs = m.get("valid_shares") or []
+    vci = m.get("valid_shares_ci") or []
+    sci = m.get("fd_strict_ci") or [math.nan, math.nan]
+    deb = m.get("debias") or {}
+    timing = m.get("timing") or {}
+    j2s = j2.get("valid_shares") or []
+    return {
+        "setting": setting, "method": method, "seed": seed, "n": m.get("n"),
+        "target_0": (m.get("target") or [math.nan])[0],
+        "fd_strict": m.get("fd_strict"), "fd_strict_lo": sci[0], "fd_strict_hi": sci[1],
+        "valid_rate": m.get("valid_rate"),
+        "share_0": vs[0] if vs else math.nan,
+        "share_0_lo": vci[0][0] if vci and isinstance(vci[0], list) else math.nan,
+        "share_0_hi": vci[0][1] if vci and isinstance(vci[0], list) else math.nan,
+        "share_1": vs[1] if len(vs) > 1 else math.nan, "share_2": vs[2] if len(vs) > 2 else math.nan,
+        "precision": m.get("precision"), "recall": m.get("recall"), "domain_fid": m.get("domain_fid"),
+        "valid_rate_j2": j2.get("valid_rate"), "share_0_j2": j2s[0] if j2s else math.nan,
+        "fd_strict_j2": j2.get("fd_strict"),
+        "copy_rate": (m.get("copying") or {}).get("copy_rate"),
+        "drawn_per_kept": deb.get("drawn_per_kept", 1.0),
+        "seconds_per_image": deb.get("seconds_per_kept_image", timing.get("seconds_per_image")),
+        "finetune_s": timing.get("train_s"), "note": note,
+    }
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: str | Path, rows: list[dict]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore", restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt_cell(r.get(k)) for k in FIELDS})
+    tmp.replace(p)
+
+
+def _fmt_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def add_rows(path: str | Path, new: list[dict]) -> list[dict]:
+    """Append ``new`` rows, replacing any row with the same (setting, method, seed, n)."""
+    key = ("setting", "method", "seed", "n")
+    rows = read_rows(path)
+    fresh = {tuple(str(_fmt_cell(r.get(k))) for k in key) for r in new}
+    rows = [r for r in rows if tuple(str(r.get(k, "")) for k in key) not in fresh] + new
+    write_rows(path, rows)
+    return rows
+
+
+def _fmt(v: str, digits: int = 3) -> str:
+    x = _num(v)
+    if math.isnan(x):
+        return v if v not in (None, "", "nan") else "—"
+    if x == int(x) and abs(x) >= 10:
+        return str(int(x))
+    return f"{x:.{digits}f}"
+
+
+def render(rows: list[dict], cols: list[str]) -> str:
+    """A markdown table of ``rows``; ``X_ci`` columns print ``X [X_lo, X_hi]``."""
+    head = "| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |"
+    lines = [head, "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            if c.endswith("_ci"):
+                b = c[:-3]
+                cells.append(f"{_fmt(r.get(b, ''))} [{_fmt(r.get(b + '_lo', ''))}, {_fmt(r.get(b + '_hi', ''))}]")
+            elif c in ("seed", "n"):
+                cells.append(str(r.get(c, "")))
+            elif c == "domain_fid":
+                cells.append(_fmt(r.get(c, ""), 1))
+            elif c == "seconds_per_image":
+                cells.append(_fmt(r.get(c, ""), 4))
+            else:
+                cells.append(_fmt(r.get(c, "")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _parse_spec(spec: str) -> tuple[str, dict, list[str]]:
+    parts = spec.split()
+    src, filters, cols = parts[0], {}, []
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        if k == "cols":
+            cols = v.split(",")
+        else:
+            filters[k] = v.split("|")
+    return src, filters, cols
+
+
+def render_block(spec: str, results_dir: Path) -> str:
+    src, filters, cols = _parse_spec(spec)
+    rows = [r for r in read_rows(results_dir / src) if all(r.get(k) in v for k, v in filters.items())]
+    return render(rows, cols)
+
+
+def sync(paths: list[Path], results_dir: Path, write: bool = True) -> list[str]:
+    """Regenerate every table block in ``paths``; returns ``file: spec`` of the blocks that were out of date."""
+    stale = []
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+
+        def repl(mo: re.Match) -> str:
+            body = render_block(mo.group("spec"), results_dir)
+            if body != mo.group("body"):
+                stale.append(f"{path}: {mo.group('spec')}")
+            return mo.group(1) + body + mo.group(4)
+
+        new = BLOCK.sub(repl, text)
+        if write and new != text:
+            path.write_text(new, encoding="utf-8")
+    return stale
+
+
+def doc_paths(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    root = Path.cwd()
+    check = "--check" in argv
+    stale = sync(doc_paths(root), root / "docs" / "results", write=not check)
+    for s in stale:
+        print(("out of date: " if check else "regenerated: ") + s)
+    return 1 if (check and stale) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+__all__ = ["add_rows", "read_rows", "render", "row_from_metrics", "sync", "write_rows"]

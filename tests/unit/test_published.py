@@ -1,0 +1,49 @@
+"""Published tables (fairdiff.bench.published): rows from metrics, rendering, and the docs in sync with the CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fairdiff.bench.published import add_rows, read_rows, render, row_from_metrics, sync
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _metrics(valid=0.9, share0=0.8, n=100):
+    return {"n": n, "target": [0.5, 0.5], "fd_strict": 0.4, "fd_strict_ci": [0.35, 0.45], "valid_rate": valid,
+            "valid_shares": [share0, 1 - share0], "valid_shares_ci": [[share0 - 0.05, share0 + 0.05], [0.1, 0.3]],
+            "precision": 0.91, "recall": 0.88, "domain_fid": 12.34, "judge2": {"valid_rate": 0.85,
+                                                                              "valid_shares": [0.7, 0.3]},
+            "debias": {"drawn_per_kept": 2.5, "seconds_per_kept_image": 0.01}}
+
+
+def test_rows_render_and_replace(tmp_path):
+    csv = tmp_path / "r.csv"
+    add_rows(csv, [row_from_metrics(_metrics(), "s", "filter", 0), row_from_metrics(_metrics(), "s", "base", 0)])
+    add_rows(csv, [row_from_metrics(_metrics(valid=0.95), "s", "filter", 0)])  # same key: replaced
+    rows = read_rows(csv)
+    assert [(r["method"], r["valid_rate"]) for r in rows] == [("base", "0.9"), ("filter", "0.95")]
+    assert rows[1]["drawn_per_kept"] == "2.5" and rows[1]["share_0_lo"] == "0.75" and rows[1]["share_0_j2"] == "0.7"
+    md = render(rows, ["method", "valid_rate", "share_0_ci", "domain_fid"])
+    assert md.splitlines()[2] == "| base | 0.900 | 0.800 [0.750, 0.850] | 12.3 |"
+
+
+def test_sync_rewrites_only_table_blocks(tmp_path):
+    (tmp_path / "results").mkdir()
+    add_rows(tmp_path / "results" / "r.csv", [row_from_metrics(_metrics(), "a", "m1", 0),
+                                              row_from_metrics(_metrics(), "b", "m2", 0)])
+    doc = tmp_path / "d.md"
+    doc.write_text("intro\n<!-- table: r.csv setting=a cols=method,valid_rate -->\nold\n<!-- /table -->\nend\n")
+    assert sync([doc], tmp_path / "results", write=False) == [f"{doc}: r.csv setting=a cols=method,valid_rate"]
+    assert "old" in doc.read_text()
+    sync([doc], tmp_path / "results")
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("<!-- /table -->\nend\n") and "| m1 | 0.900 |" in text
+    assert "m2" not in text and sync([doc], tmp_path / "results", write=False) == []
+
+
+def test_repository_docs_match_their_results_files():
+    from fairdiff.bench.published import doc_paths
+
+    stale = sync(doc_paths(ROOT), ROOT / "docs" / "results", write=False)
+    assert stale == [], f"regenerate with 'python -m fairdiff.bench.published': {stale}"
