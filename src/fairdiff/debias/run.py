@@ -230,7 +230,8 @@ def distill_run(
         "data.train_on=reference", "method.name=baseline", f"train.steps={train_steps}",
         f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
         f"train.checkpoint_every={max(train_steps // 2, 1)}", f"eval.target=[{','.join(str(t) for t in tgt)}]",
-        f"eval.n_samples={int(n or base_cfg.eval.n_samples)}", f"name={out_dir.name}"])
+        f"eval.n_samples={int(n or base_cfg.eval.n_samples)}", f"name={out_dir.name}",
+        *([f"sample.seed={int(filter_args['seed'])}"] if filter_args.get("seed") is not None else [])])
     resume = "latest" if (out_dir / "config.yaml").is_file() and not overwrite else None
     t1 = time.perf_counter()
     train(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=not progress)

@@ -1,0 +1,122 @@
+"""The protocol a user faces: a pretrained biased base, then debias it toward a target. One row per model and seed
+goes into a results CSV (docs/results/debias.csv); the docs' tables are generated from it.
+
+Methods (each toward each target, each seed):
+  base      the base unchanged (its own images, sampling seeds seed*1e6 ..)
+  filter    generate-and-filter (fairdiff debias --method filter): validation judge keeps images to quota
+  guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
+  distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
+  ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
+  reweight  group reweighting toward the target, fine-tuned from the base
+Fine-tunes use one budget: 400 steps, batch 64, lr 2e-4, full fine-tuning of the U-Net, EMA 0.99.
+Every model is scored by the test judge (eval.seed's domain CNN) and the second judge on --n images.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/protocol.py BASE --setting mnist-01 --targets 0.5,0.5 \
+        --seeds 0 --methods base,filter,guide --n 2000 --out runs/protocol/mnist-01
+Resumable: a model whose metrics.json exists is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
+            "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
+SEED_STRIDE = 1_000_000
+
+
+def _tname(target: list[float]) -> str:
+    return "t" + "-".join(f"{x:g}" for x in target)
+
+
+def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out: Path) -> dict:
+    from fairdiff.config import load_config
+    from fairdiff.debias import debias_run, distill_run
+    from fairdiff.debias.run import guide_run_to_target
+    from fairdiff.evaluation import evaluate_samples
+    from fairdiff.runs import read_run_config
+    from fairdiff.sampling import sample_run
+    from fairdiff.training import train
+
+    folder = out / f"{method}-{_tname(target)}-s{seed}"
+    if (folder / "metrics.json").exists():
+        return json.loads((folder / "metrics.json").read_text())
+    sseed = seed * SEED_STRIDE
+    cfg = read_run_config(base)
+    t0 = time.time()
+    timing: dict = {}
+    if method == "base":
+        sample_run(base, n, out_dir=folder / "samples", seed=sseed, steps=cfg.sample.steps,
+                   batch_size=cfg.sample.batch_size, png=False, progress=False)
+        timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
+        ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
+        m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
+    elif method in ("filter", "guide"):
+        fn = debias_run if method == "filter" else guide_run_to_target
+        kw = {"method": "filter"} if method == "filter" else {}
+        rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
+        m = rec.pop("metrics")
+        m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
+    elif method == "distill":
+        rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
+                          progress=False)
+        m = _eval_trained(folder, n, sseed)
+        m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
+        timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]
+    elif method in ("ddm", "reweight"):
+        extra = ["method.name=ddm", "method.alpha=0.05"] if method == "ddm" else [
+            "method.name=reweight", f"method.target=[{','.join(map(str, target))}]"]
+        ft = load_config(base / "config.yaml", [*FINETUNE, *extra, f"model.pretrained={base.resolve()}",
+                                                f"train.seed={seed}", f"sample.seed={sseed}", f"eval.n_samples={n}",
+                                                f"eval.target=[{','.join(map(str, target))}]"])
+        train(ft, folder, resume="latest" if (folder / "config.yaml").exists() else None, quiet=True)
+        timing["train_s"] = round(time.time() - t0, 1)
+        m = _eval_trained(folder, n, sseed)
+    else:
+        raise SystemExit(f"unknown method {method}")
+    m.setdefault("timing", {}).update(timing)
+    (folder / "metrics.json").write_text(json.dumps(m))
+    return m
+
+
+def _eval_trained(folder: Path, n: int, sseed: int) -> dict:
+    """Sample the trained model at the seed's range (its config's sample.seed) and score it."""
+    from fairdiff.evaluation import evaluate_run
+
+    t = time.time()
+    m = evaluate_run(folder, n=n, progress=False)
+    m.setdefault("timing", {})["eval_s"] = round(time.time() - t, 1)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("base", type=Path)
+    ap.add_argument("--setting", required=True)
+    ap.add_argument("--targets", nargs="+", required=True, help="e.g. 0.5,0.5 0.3,0.7")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--methods", default="base,filter,guide,distill,ddm,reweight")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--results", type=Path, default=Path("docs/results/debias.csv"))
+    args = ap.parse_args()
+    from fairdiff.bench.published import add_rows, row_from_metrics
+
+    for t in args.targets:
+        target = [float(x) for x in t.split(",")]
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for method in args.methods.split(","):
+                t0 = time.time()
+                m = run_one(args.base, method, target, seed, args.n, args.out)
+                row = row_from_metrics(m, args.setting, method, seed)
+                add_rows(args.results, [row])
+                print(f"{args.setting} {method} target {t} seed {seed}: valid {row['valid_rate']:.3f} share0 "
+                      f"{row['share_0']:.3f} strictFD {row['fd_strict']:.3f} P {row['precision']:.3f} "
+                      f"R {row['recall']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
