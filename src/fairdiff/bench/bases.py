@@ -234,9 +234,11 @@ def evaluate_shipped(shipped: str | Path, work: str | Path, quiet: bool = True) 
     return meta["metrics"]
 
 
-def verify_first_losses(shipped: str | Path, work: str | Path, *, points: int = 2, rtol: float = 1e-3) -> list:
+def verify_first_losses(shipped: str | Path, work: str | Path, *, points: int = 2, rtol: float = 1e-3,
+                        overrides: list[str] | None = None) -> list:
     """Re-run a shipped base's recipe for its first ``points`` logged steps into ``work``; returns
-    ``[(step, shipped loss, new loss)]`` and raises when any pair differs by more than ``rtol`` (relative)."""
+    ``[(step, shipped loss, new loss)]`` and raises when any pair differs by more than ``rtol`` (relative).
+    ``overrides`` may say where the data is (``data.path=...``); they must not change the recipe otherwise."""
     from fairdiff.training import train
 
     shipped = Path(shipped)
@@ -245,7 +247,7 @@ def verify_first_losses(shipped: str | Path, work: str | Path, *, points: int = 
     if not want:
         raise FairdiffError(f"shipped base {shipped.name} records no first losses")
     cfg = load_config(shipped / "config.yaml", [f"train.steps={want[-1][0]}", "train.checkpoint_every=0",
-                                                 f"train.log_every={meta['log_every']}"])
+                                                 f"train.log_every={meta['log_every']}", *(overrides or [])])
     train(cfg, Path(work), quiet=True)
     got = dict((s, loss) for s, loss in _first_losses(Path(work) / "stats.jsonl", len(want)))
     out = [(s, loss, got.get(s, math.nan)) for s, loss in want]
