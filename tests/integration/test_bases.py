@@ -93,3 +93,17 @@ def test_first_losses_replay(made, tmp_path):
     (shipped / bases.BASE_FILE).write_text(json.dumps(meta))
     with pytest.raises(FairdiffError, match="differ"):
         bases.verify_first_losses(shipped, tmp_path / "replay2", points=2)
+
+
+def test_truncated_run_is_the_shorter_recipe(made, tmp_path):
+    """The 2-step truncation of the 4-step run equals a 2-step training of the same recipe (constant LR)."""
+    short = bases.truncate_run(made, 2, tmp_path / "t2")
+    cfg = load_config(short / "config.yaml")
+    assert cfg.train.steps == 2
+    trained = bases.make_base(None, [*RECIPE, "train.steps=2"], out=tmp_path / "s2", evaluate=False,
+                              use_shipped=False, quiet=True)
+    a = load_file(str(short / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(trained / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6) for k in a)
+    rec = json.loads((short / bases.BASE_FILE).read_text())
+    assert rec["key"] == bases.recipe_key(cfg) and [s for s, _ in rec["first_losses"]] == [2]

@@ -178,6 +178,31 @@ def base_record(run_dir: Path, cfg: RunConfig, seconds: float | None = None) -> 
     }
 
 
+def truncate_run(run_dir: str | Path, step: int, out: str | Path) -> Path:
+    """The run ``run_dir`` as if it had been trained for ``step`` steps: the EMA weights of its checkpoint at that
+    step, its config with ``train.steps = step``, its log up to that step and its ``base.json``. Exact only where
+    the learning-rate schedule does not depend on the total steps (constant, constant with warm-up)."""
+    import dataclasses
+
+    from fairdiff.runs import read_run_config
+
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = read_run_config(run_dir)
+    if cfg.train.lr_schedule not in ("constant", "constant_with_warmup"):
+        raise FairdiffError(f"train.lr_schedule={cfg.train.lr_schedule} depends on the total steps: a checkpoint "
+                            f"at step {step} is not what a {step}-step recipe trains")
+    checkpoint_model(run_dir, step, out)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=step))
+    save_config(cfg, out / "config.yaml")
+    lines = [ln for ln in (run_dir / "stats.jsonl").read_text().splitlines()
+             if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    (out / "stats.jsonl").write_text("\n".join(lines) + "\n")
+    write_json(out / BASE_FILE, {**base_record(out, cfg), "truncated_from": {"run": str(run_dir),
+                                                                            "steps": int(read_run_config(
+                                                                                run_dir).train.steps)}})
+    return out
+
+
 def ship_base(run_dir: str | Path, name: str, dest: str | Path | None = None) -> Path:
     """Write the trained run ``run_dir`` as a shipped base ``name`` (fp16 weights, hashes, recipe)."""
     import torch

@@ -30,6 +30,8 @@ def register(sub) -> None:
     s.add_argument("name", help="the shipped base's name, e.g. mnist-01")
     s.add_argument("--dest", help="folder (default: the package's shipped_bases/NAME)")
     s.add_argument("--no-eval", action="store_true", help="do not evaluate the shipped (fp16) weights")
+    s.add_argument("--step", type=int, help="ship checkpoint-STEP's EMA weights as a STEP-step recipe "
+                   "(chosen from the learning curve; constant learning-rate schedules only)")
     s.set_defaults(func=cmd_ship)
     ls = bsub.add_parser("list", help="the shipped bases and their recipes")
     ls.set_defaults(func=cmd_list)
@@ -74,11 +76,17 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
     if not args.name.replace("-", "").replace("_", "").isalnum():
         raise FairdiffError(f"base name must be letters, digits, '-' or '_', got '{args.name}'")
-    dest = ship_base(args.run, args.name, args.dest)
+    import tempfile
+
+    run = args.run
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.step is not None:
+            from fairdiff.bench.bases import truncate_run
+
+            run = truncate_run(args.run, args.step, Path(tmp) / "run")
+        dest = ship_base(run, args.name, args.dest)
     print(f"shipped: {dest}")
     if not args.no_eval:
-        import tempfile
-
         from fairdiff.bench.bases import evaluate_shipped
 
         with tempfile.TemporaryDirectory() as work:
