@@ -134,6 +134,10 @@ def render(rows: list[dict], cols: list[str]) -> str:
                 cells.append(str(r.get(c, "")))
             elif c == "domain_fid":
                 cells.append(_fmt(r.get(c, ""), 1))
+            elif c in ("finetune_s", "train_seconds"):
+                cells.append(_fmt(r.get(c, ""), 0))
+            elif c == "drawn_per_kept":
+                cells.append(_fmt(r.get(c, ""), 2))
             elif c == "seconds_per_image":
                 cells.append(_fmt(r.get(c, ""), 4))
             else:
