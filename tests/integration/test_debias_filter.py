@@ -125,3 +125,12 @@ def test_guide_controller_end_to_end(base_run, corner_judge_file, tmp_path):
     assert z["images"].shape == (8, 1, 16, 16) and z["seeds"].tolist() == list(range(8))
     assert main(["debias", str(base_run), "--method", "filter", "--target", "0.5,0.5", "--heads", "x",
                  "--out", str(tmp_path / "y")]) == 2
+
+
+def test_label_free_filter_with_clusters(base_run, tmp_path):
+    out = tmp_path / "lf"
+    assert main(["debias", str(base_run), "--target", "0.5,0.5", "--n", "10", "--judge", "clusters", "--steps", "2",
+                 "--batch-size", "64", "--no-eval", "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["judge"]["kind"] == "clusters (label-free)" and rec["kept"] == 10
+    assert rec["cluster_pilot_n"] == 2000 and len(rec["judge"]["pilot_shares"]) == 2

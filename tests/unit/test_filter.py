@@ -89,3 +89,26 @@ def test_filter_rejects_a_judge_with_wrong_groups():
     draw, _, _ = _fake_model([0.5, 0.5], 0.0)
     with pytest.raises(FairdiffError, match="verdict outside"):
         filter_to_target(draw, lambda imgs: np.full(len(imgs), 2), [0.5, 0.5], 10, batch_size=8)
+
+
+def test_cluster_judge_orders_by_size_and_marks_outliers():
+    from fairdiff.debias.clusters import fit_cluster_judge
+
+    rng = np.random.default_rng(0)
+
+    def blobs(n, left):
+        x = rng.integers(0, 30, size=(n, 1, 8, 8)).astype(np.uint8)
+        if left:
+            x[:, :, :, :4] += 200
+        else:
+            x[:, :, :4, :] += 200
+        return x
+
+    pilot = np.concatenate([blobs(160, left=True), blobs(40, left=False)])
+    cj = fit_cluster_judge(pilot, 2, seed=0)
+    assert cj.pilot_shares == [0.8, 0.2]  # cluster 0 is the majority mode
+    assert (cj.verdicts(blobs(20, left=True)) == 0).all() and (cj.verdicts(blobs(20, left=False)) == 1).all()
+    odd = np.full((3, 1, 8, 8), 255, np.uint8)  # far from both modes
+    assert (cj.verdicts(odd) == OUTSIDE).all()
+    # pilot images beyond the 0.99 quantile of their cluster's distances are outside: about 1 %
+    assert (cj.verdicts(pilot) == OUTSIDE).mean() <= 0.03

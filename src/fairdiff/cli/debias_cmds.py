@@ -18,7 +18,8 @@ def register(sub) -> None:
                    "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead")
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
     p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run)")
-    p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), .onnx or .pt")
+    p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), 'clusters' "
+                   "(label-free: k-means on the base's own images, largest cluster first), .onnx or .pt")
     p.add_argument("--seed", type=int, help="first sampling seed (default sample.seed of the run)")
     p.add_argument("--steps", type=int, help="denoising steps (default sample.steps of the run)")
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpmpp", "unipc"], help="sampler (default the run's)")
@@ -44,7 +45,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise FairdiffError(f"no such run folder: {run}")
-    if args.judge not in (None, "auto") and not Path(args.judge).is_file():
+    if args.judge not in (None, "auto", "clusters") and not Path(args.judge).is_file():
         raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
     for name in ("n", "steps", "batch_size", "max_draws", "train_n", "train_steps"):
         v = getattr(args, name)

@@ -21,7 +21,8 @@ from fairdiff.errors import FairdiffError
 DEBIAS_KIND = "debias"
 DEBIAS_FILE = "debias.json"
 METHODS = ("filter", "guide", "distill")
-PILOT_SEED = 10_000_000  # pilot batches of the guidance controller draw seeds from here (never scored)
+PILOT_SEED = 10_000_000  # pilot batches (guidance controller, clusters) draw seeds from here (never scored)
+CLUSTER_PILOT = 2000  # the base's images the label-free clusters are fitted on
 # the fine-tuning budget of ``distill`` (full fine-tuning of the base's U-Net on its own filtered images)
 DISTILL_DEFAULTS = {"train_n": 2000, "steps": 400, "lr": 2e-4}
 
@@ -140,21 +141,31 @@ def debias_run(
     dev = resolve_device(device)
     unet, sched_cfg, vae = load_model_checked(run_dir, dev)
     sched = build_sampling_scheduler(scheduler, sched_cfg)
-    clf = load_validation_judge(judge, cfg.data, cfg.eval, progress=progress)
-    if clf.num_classes != k:
-        raise FairdiffError(f"the judge has {clf.num_classes} groups, the run has {k}")
-    verdicts = _verdict_fn(clf, cfg.data)
 
     def draw(seeds: list[int]) -> np.ndarray:
         from fairdiff.evaluation.samples import to_uint8
 
-        x = sample(unet, sched, seeds, batch_size=len(seeds), num_steps=steps, eta=cfg.sample.eta, device=dev,
-                   progress=False, clip_output=vae is None)
+        x = sample(unet, sched, seeds, batch_size=min(len(seeds), batch_size), num_steps=steps,
+                   eta=cfg.sample.eta, device=dev, progress=False, clip_output=vae is None)
         if vae is not None:
             from fairdiff.models.vae import decode
 
             x = decode(vae, x, batch_size)
         return to_uint8(x)
+
+    if judge == "clusters":  # label-free: k-means clusters of the base's own pilot images, largest first
+        from .clusters import fit_cluster_judge
+
+        t_pilot = time.perf_counter()
+        cj = fit_cluster_judge(draw(list(range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT))), k, seed=seed)
+        clf, verdicts = cj, cj.verdicts
+        cluster_pilot_s = time.perf_counter() - t_pilot
+    else:
+        clf = load_validation_judge(judge, cfg.data, cfg.eval, progress=progress)
+        if clf.num_classes != k:
+            raise FairdiffError(f"the judge has {clf.num_classes} groups, the run has {k}")
+        verdicts = _verdict_fn(clf, cfg.data)
+        cluster_pilot_s = 0.0
 
     t0 = time.perf_counter()
     res = filter_to_target(draw, verdicts, tgt, n, seed=seed, batch_size=batch_size, max_draws=max_draws,
@@ -165,6 +176,9 @@ def debias_run(
         "judge": clf.describe(), "judge_role": "validation (filters); the test judge scores metrics.json",
         **res.summary(), "seconds": round(time.perf_counter() - t0, 2),
     }
+    if judge == "clusters":
+        record.update(judge_role="label-free clusters (filter); the test judge scores metrics.json",
+                      cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(cluster_pilot_s, 2))
     _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, res.images, res.seeds, record,
                          {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed})
     if evaluate:
