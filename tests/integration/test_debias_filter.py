@@ -134,3 +134,13 @@ def test_label_free_filter_with_clusters(base_run, tmp_path):
     rec = json.loads((out / "debias.json").read_text())
     assert rec["judge"]["kind"] == "clusters (label-free)" and rec["kept"] == 10
     assert rec["cluster_pilot_n"] == 2000 and len(rec["judge"]["pilot_shares"]) == 2
+
+
+def test_guide_per_sample_mode(base_run, corner_judge_file, tmp_path):
+    out = tmp_path / "gs"
+    assert main(["debias", str(base_run), "--method", "guide", "--mode", "sample", "--target", "0.3,0.7", "--n", "20",
+                 "--steps", "3", "--pilot-n", "16", "--max-pilots", "2", "--judge", str(corner_judge_file),
+                 "--no-eval", "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["mode"] == "sample" and len(rec["controller"]["pilots"]) <= 2
+    assert np.load(out / "samples" / "samples.npz")["images"].shape[0] == 20

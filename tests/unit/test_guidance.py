@@ -235,3 +235,29 @@ def test_guidance_moves_shares_toward_target(biased_run):
     print(f"shares unguided {shares[0.0]}, guided {shares[3000.0]}; FD {fd_plain:.3f} -> {fd_guided:.3f}")
     assert shares[0.0][0] > 0.7  # the model learned the 4:1 bias
     assert fd_guided < fd_plain - 0.05, (shares, fd_plain, fd_guided)
+
+
+def test_assigned_guidance_moves_each_image_toward_its_group(tiny):
+    from fairdiff.methods.guidance import AssignedGuidance
+
+    unet, sc = tiny
+    heads = _random_heads(unet, sc, 5, "ddim")
+    h = torch.randn(6, 64, 4, 4)
+    assign = torch.tensor([0, 1, 0, 1, 1, 0])
+    g = AssignedGuidance(heads, assign, 5.0)
+    edited = g._edit(h, 2)
+    before = torch.log_softmax(heads.logits(h, 2)["group"], 1)
+    after = torch.log_softmax(heads.logits(edited, 2)["group"], 1)
+    rows = torch.arange(6)
+    assert (after[rows, assign] > before[rows, assign]).all()  # every image's own group gains
+    # the edit of one image does not depend on the others (per-sample, not batch-level)
+    alone = AssignedGuidance(heads, assign[:1], 5.0)._edit(h[:1], 2)
+    assert torch.allclose(alone, edited[:1], atol=1e-5)
+    # scale 0 is exactly unguided; wrong assignments are refused
+    seeds = [1, 2, 3]
+    plain = sample(unet, build_sampling_scheduler("ddim", sc), seeds, batch_size=3, num_steps=5, progress=False)
+    zero = sample(unet, build_sampling_scheduler("ddim", sc), seeds, batch_size=3, num_steps=5, progress=False,
+                  guidance=AssignedGuidance(heads, [0, 1, 0], 0.0, unet=unet))
+    assert torch.equal(plain, zero)
+    with pytest.raises(FairdiffError):
+        AssignedGuidance(heads, [0, 2], 1.0)

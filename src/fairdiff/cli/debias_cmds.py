@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--pilot-n", type=int, default=256, help="guide: images per pilot batch (default 256)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0, help="guide: heads' softmax temperature (default 1)")
+    p.add_argument("--mode", choices=["batch", "sample"], default="batch",
+                   help="guide: batch (push the batch's share to the target) or sample (assign each image a group "
+                   "in the target's proportions and guide it there)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
     p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -75,7 +78,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
                 raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method guide")
         rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
                                   seed=args.seed, steps=args.steps, temperature=args.temperature,
-                                  pilot_n=args.pilot_n, max_pilots=args.max_pilots, overwrite=args.overwrite,
+                                  pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
+                                  overwrite=args.overwrite,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]
         print(f"guide: scale {c['scale']:g} after {len(c['pilots'])} pilots ({c['reason']}); "

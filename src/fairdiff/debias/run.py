@@ -275,6 +275,7 @@ def guide_run_to_target(
     valid_drop: float = 0.02,
     tol: float = 0.01,
     s0: float = 100.0,
+    mode: str = "batch",
     device: str | None = None,
     overwrite: bool = False,
     evaluate: bool = True,
@@ -285,16 +286,19 @@ def guide_run_to_target(
     Heads are fitted on the run's training images for its sampling schedule (or read from ``heads``); pilot
     batches of ``pilot_n`` images (seeds from ``PILOT_SEED``, judged by the validation judge) choose the scale;
     then ``n`` images (seeds ``seed ..``) are drawn at that scale into ``out_dir`` (a debias folder with the heads
-    in ``heads/``) and scored by the test judge.
+    in ``heads/``) and scored by the test judge. ``mode``: ``batch`` (the batch's share is pushed toward the
+    target) or ``sample`` (each image is assigned a group in the target's proportions and guided toward it).
     """
     import tempfile
+
+    import torch
 
     from fairdiff.data import prepare_data
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
     from fairdiff.evaluation.judges import load_validation_judge
     from fairdiff.evaluation.samples import to_uint8
-    from fairdiff.methods.guidance import DistributionGuidance
+    from fairdiff.methods.guidance import AssignedGuidance, DistributionGuidance
     from fairdiff.metrics import OUTSIDE
     from fairdiff.models import build_sampling_scheduler
     from fairdiff.models.heads import load_heads, save_heads
@@ -316,6 +320,8 @@ def guide_run_to_target(
     n = int(n if n is not None else cfg.eval.n_samples)
     seed = int(cfg.sample.seed if seed is None else seed)
     steps = int(steps or cfg.sample.steps)
+    if mode not in ("batch", "sample"):
+        raise FairdiffError(f"guide mode must be 'batch' or 'sample', got '{mode}'")
     if pilot_n < 16 or max_pilots < 2:
         raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
     check_sampling_args(n, steps, 0.0, pilot_n)
@@ -352,11 +358,26 @@ def guide_run_to_target(
         verdicts = _verdict_fn(clf, cfg.data)
         timing: dict[float, float] = {}
 
+        from .filter import quotas
+
+        def assignments(count: int, rng_seed: int) -> np.ndarray:
+            a = np.repeat(np.arange(k), quotas(tgt, count))
+            return np.random.default_rng(rng_seed).permutation(a)
+
         def draw(seeds: list[int], scale: float) -> np.ndarray:
-            g = DistributionGuidance(heads_obj, tgt.tolist(), scale, temperature=temperature) if scale > 0 else None
             t = time.perf_counter()
-            x = sample(unet, sched, seeds, batch_size=pilot_n, num_steps=steps, guidance=g, device=dev,
-                       progress=False)
+            if mode == "batch" or scale == 0:
+                g = DistributionGuidance(heads_obj, tgt.tolist(), scale, temperature=temperature) if scale else None
+                x = sample(unet, sched, seeds, batch_size=pilot_n, num_steps=steps, guidance=g, device=dev,
+                           progress=False)
+            else:  # each batch gets its own guidance with the assignments of its images
+                assign = assignments(len(seeds), seeds[0])
+                parts = []
+                for b in range(0, len(seeds), pilot_n):
+                    g = AssignedGuidance(heads_obj, assign[b : b + pilot_n], scale, temperature=temperature)
+                    parts.append(sample(unet, sched, seeds[b : b + pilot_n], batch_size=pilot_n, num_steps=steps,
+                                        guidance=g, device=dev, progress=False))
+                x = torch.cat(parts)
             timing[scale] = (time.perf_counter() - t) / len(seeds)
             return to_uint8(x)
 
@@ -381,7 +402,7 @@ def guide_run_to_target(
         record = {
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim",
-            "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
+            "mode": mode, "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
             "judge_role": "validation (pilots); the test judge scores metrics.json",
             "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
                            "valid_drop": valid_drop, "s0": s0},
@@ -391,7 +412,7 @@ def guide_run_to_target(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, images, range(seed, seed + n), record,
-                             {"debias": "guide", "scale": search.scale, "steps": steps, "seed": seed},
+                             {"debias": "guide", "mode": mode, "scale": search.scale, "steps": steps, "seed": seed},
                              {"heads": work / "heads"} if heads is None else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -154,3 +154,37 @@ class DistributionGuidance:
                 return denoise(sample)
         with torch.no_grad(), edit_h(lambda h: self._edit(h, step_index), self.unet):
             return denoise(sample)
+
+
+class AssignedGuidance(DistributionGuidance):
+    """Per-sample group assignment: each image of the batch is given a group (``assignments``, drawn in the
+    target's proportions by the caller) and guided toward it, h <- h - scale * grad_h(-log p_i(g_i)), with
+    ``p_i = softmax(head(h_i) / temperature)``. Beside the batch-level mode, which only moves the batch's share;
+    this one decides which image becomes which group. ``scale`` 0 gives exactly the unguided images."""
+
+    def __init__(self, heads: GuidanceHeads, assignments: Sequence[int] | torch.Tensor, scale: float, *,
+                 temperature: float = 1.0, unet: nn.Module | None = None, check_timesteps: bool = True) -> None:
+        attrs = heads.config.attributes
+        if len(attrs) != 1:
+            raise FairdiffError("per-sample guidance steers one attribute; these heads predict several")
+        k = next(iter(attrs.values()))
+        super().__init__(heads, [1.0 / k] * k, scale, temperature=temperature, unet=unet,
+                         check_timesteps=check_timesteps)
+        a = torch.as_tensor(assignments, dtype=torch.long)
+        if a.ndim != 1 or (a < 0).any() or (a >= k).any():
+            raise FairdiffError(f"assignments must be group indices in [0, {k})")
+        self.assignments = a
+
+    def _edit(self, h: torch.Tensor, step: int) -> torch.Tensor:
+        b = h.shape[0]
+        if b != len(self.assignments):
+            raise FairdiffError(f"{len(self.assignments)} assignments for a batch of {b} images")
+        attr = next(iter(self.targets))
+        with torch.enable_grad():
+            hh = h.detach().float().requires_grad_(True)
+            logp = torch.log_softmax(self.heads.logits(hh, step)[attr] / self.temperature, dim=1)
+            idx = self.assignments.to(logp.device)
+            total = -logp[torch.arange(b, device=logp.device), idx].sum()
+            (grad,) = torch.autograd.grad(total, hh)
+        self.history.append({"step": step, "loss": float(total.detach()) / b})
+        return (hh.detach() - self.scale * grad).to(h.dtype)
