@@ -8,6 +8,7 @@ unknown keys and values of the wrong type are rejected with one line that names 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -184,9 +185,21 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+_NAME_CHARS = re.compile(r"[\w.-]+")
+
+
+def check_run_name(name: str) -> None:
+    """``name`` is one plain folder name (``runs/<name>`` and cache folders are made of it): letters, digits,
+    '-', '_' and '.', not '.' or '..'; else one line naming the key."""
+    if not name or name in (".", "..") or not _NAME_CHARS.fullmatch(name):
+        raise ConfigError(f"name: {name!r} is not a plain folder name; use letters, digits, '-', '_' and '.' "
+                          f"(no path separators, not '.' or '..')")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Value ranges and cross-field checks that a type alone cannot express; one line naming the key."""
     check_finite(cfg)
+    check_run_name(cfg.name)
     d = cfg.data
     if len(d.groups) < 2:
         raise ConfigError("data.groups: need at least two groups")
@@ -228,13 +241,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     sc = cfg.sample
     if sc.n < 1 or sc.batch_size < 1 or sc.steps < 1:
         raise ConfigError("sample.n, sample.batch_size and sample.steps must be at least 1")
-    at_least(sc, "sample", 0, "eta")
+    at_least(sc, "sample", 0, "eta", "seed")
     if sc.steps > mc.num_train_timesteps:
         raise ConfigError(f"sample.steps: must be at most model.num_train_timesteps ({mc.num_train_timesteps}), "
                           f"got {sc.steps}")
     check_sections(cfg.method, cfg)  # every method's option ranges; the chosen method's own conditions
     e = cfg.eval
-    at_least(e, "eval", 0, "bootstrap", "copy_check")
+    at_least(e, "eval", 0, "bootstrap", "copy_check", "seed")
     at_least(e, "eval", 1, "n_samples", "classifier_steps", "pr_k", "batch_size")
     in_range("eval.confidence", e.confidence, 0.0, 1.0)
     if e.confidence == 0:

@@ -162,6 +162,23 @@ def _bad_yaml(tmp: Path) -> None:
     (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
 
 
+def _duplicate_keys(tmp: Path) -> None:
+    """YAML keeps the last of two equal keys without a word: config files that say a thing twice."""
+    (tmp / "dup_top.yaml").write_text("train:\n  steps: 2\nsample:\n  steps: 5\ntrain:\n  lr: 0.1\n")
+    (tmp / "dup_nested.yaml").write_text("train:\n  steps: 2\n  lr: 0.1\n  steps: 3\n")
+
+
+def _duplicate_key_in_run_config(w, tmp):
+    """A run copy whose config.yaml names sample.steps twice: sample without --steps cannot trust it."""
+    r = _copy_run(w, tmp)
+    text = (r / "config.yaml").read_text()
+    (r / "config.yaml").write_text(text.replace("sample:\n", "sample:\n  steps: 7\n", 1))
+
+
+def _one_image(w, tmp):
+    _samples_npz(tmp / "s", n=1)
+
+
 def _truncated_celeba(tmp: Path) -> None:
     (tmp / "celeba" / "img_align_celeba").mkdir(parents=True)
     (tmp / "celeba" / "list_attr_celeba.txt").write_text("202599\n")
@@ -230,6 +247,13 @@ CASES = [
     Case("train-invalid-yaml", ["train", "--config", f"{TMP}/bad.yaml"], _s(_bad_yaml), needle="YAML"),
     Case("train-config-not-mapping", ["train", "--config", f"{TMP}/list.yaml"], _s(_bad_yaml), needle="mapping"),
     Case("train-config-not-utf8", ["train", "--config", f"{TMP}/latin1.yaml", "--dry-run"], _s(_bad_yaml)),
+    Case("train-config-duplicate-key", ["train", "--config", f"{TMP}/dup_top.yaml", "--dry-run"],
+         _s(_duplicate_keys), needle="'train' twice"),
+    Case("train-config-duplicate-nested-key", ["train", "--config", f"{TMP}/dup_nested.yaml", "--dry-run"],
+         _s(_duplicate_keys), needle="'train.steps' twice"),
+    # the run name makes runs/<name> (and cache folders): one plain folder name, never a path
+    *[Case(f"train-name-{i}", ["train", *T, f"name={v}"], needle="name", cwd_tmp=True)
+      for i, v in enumerate(["../../escaped", "..", ".", "''", "a/b", "/tmp/abs", "a\\b", "'a b'"])],
     Case("train-folder-no-path", ["train", "data.source=folder", "--out", f"{TMP}/r"], needle="data.path"),
     Case("train-folder-missing", ["train", "data.source=folder", f"data.path={TMP}/none", "--out", f"{TMP}/r"],
          needle="does not exist"),
@@ -280,6 +304,10 @@ CASES = [
     Case("sample-truncated-unet", ["sample", f"{TMP}/runcopy", "--n", "1", "--steps", "2", "--out", f"{TMP}/s",
                                    "-q"], _truncated_model, needle="cannot load"),
     Case("sample-target-without-guidance", [*SAMPLE, "--target", "0.5,0.5"], needle="--guidance"),
+    Case("sample-seed-negative", [*SAMPLE, "--seed", "-1"], needle="--seed"),
+    Case("sample-seed-overflow", [*SAMPLE, "--seed", str(2**63 - 1)], needle="--seed"),
+    Case("sample-run-config-duplicate-key", ["sample", f"{TMP}/runcopy", "--n", "1", "--out", f"{TMP}/s", "-q"],
+         _duplicate_key_in_run_config, needle="--steps"),
     # ---------------------------------------------------------------- sample with distribution guidance
     Case("guided-missing-heads", ["sample", R, "--n", "1", "--steps", "3", "--guidance", f"{TMP}/no.safetensors",
                                   "--scale", "1", "-q"], needle="no guidance heads"),
@@ -299,6 +327,7 @@ CASES = [
          needle="not written by"),
     Case("guided-out-is-run", [*GUIDED, "--scale", "1", "--out", R], needle="input"),
     Case("guided-eta-nan", [*GUIDED, "--scale", "1", "--eta", "nan"], needle="--eta"),
+    Case("guided-seed-negative", [*GUIDED, "--scale", "1", "--seed", "-1"], needle="--seed"),
     # ---------------------------------------------------------------- train-heads
     Case("heads-no-run", ["train-heads", f"{TMP}/nosuch", "--out", f"{TMP}/h"]),
     Case("heads-out-safetensors-file", ["train-heads", R, "--out", f"{TMP}/h.safetensors"], needle="folder name"),
@@ -339,6 +368,9 @@ CASES = [
          needle="guidance"),
     Case("eval-empty-folder", ["evaluate", f"{TMP}/empty", "--config", CFG, "-q"],
          lambda w, tmp: (tmp / "empty").mkdir(), needle="empty"),
+    Case("eval-n-one", ["evaluate", R, "--n", "1", "-q"], needle="--n"),
+    Case("eval-seed-negative", ["evaluate", R, "--seed", "-1", "-q"], needle="--seed"),
+    Case("eval-one-image", ["evaluate", f"{TMP}/s", "--config", CFG, "-q"], _one_image, needle="at least 2"),
     Case("eval-config-missing", ["evaluate", f"{TMP}/s", "--config", f"{TMP}/no.yaml", "-q"],
          lambda w, tmp: _samples_npz(tmp / "s"), needle="not found"),
     # ---------------------------------------------------------------- compare
@@ -369,6 +401,7 @@ CASES = [
     # ---------------------------------------------------------------- bench
     Case("bench-missing-config", ["bench", f"{TMP}/no.yaml"], needle="not found"),
     Case("bench-invalid-yaml", ["bench", f"{TMP}/bad.yaml"], _s(_bad_yaml)),
+    Case("bench-duplicate-key", ["bench", f"{TMP}/dup_top.yaml"], _s(_duplicate_keys), needle="twice"),
     Case("bench-duplicate-seeds", ["bench", B, "--seeds", "0,0", "--out", f"{TMP}/bout"], needle="more than once"),
     Case("bench-empty-seeds", ["bench", B, "--seeds", "", "--out", f"{TMP}/bout"], needle="empty"),
     Case("bench-out-foreign", ["bench", B, "--out", f"{TMP}/my_photos", "-q"], _s(_foreign), needle="not written"),
@@ -534,3 +567,39 @@ def test_samples_record_provenance_and_evaluate_keeps_guided_samples(world, tmp_
     assert main(["sample", str(run), "--n", "2", "--steps", "2", "-q"]) == 0
     meta = json.loads((run / "samples" / "meta.json").read_text())
     assert meta["guidance"] is None and meta["n"] == 2
+
+
+def test_sample_takes_the_runs_sampling_settings(world, tmp_path, monkeypatch):
+    """--steps / --scheduler / --eta / --batch-size left out: the run's sample.* (not 50 / ddim / 0 / 256); a
+    flag that is given wins; a diffusers model folder (no config.yaml) takes the SampleConfig defaults."""
+    import fairdiff.sampling
+    from fairdiff.config import load_config, save_config
+
+    run = _copy_run(world, tmp_path)
+    save_config(load_config(run / "config.yaml", ["sample.steps=4", "sample.scheduler=ddpm", "sample.eta=0.5",
+                                                  "sample.batch_size=1"]), run / "config.yaml")
+    real, calls = fairdiff.sampling.sample_run, []
+
+    def spy(*a, **k):
+        calls.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fairdiff.sampling, "sample_run", spy)
+    assert main(["sample", str(run), "--n", "2", "--no-png", "-q"]) == 0
+    assert {k: calls[-1][k] for k in ("steps", "scheduler", "eta", "batch_size")} == \
+        {"steps": 4, "scheduler": "ddpm", "eta": 0.5, "batch_size": 1}
+    meta = json.loads((run / "samples" / "meta.json").read_text())
+    assert (meta["steps"], meta["scheduler"], meta["eta"]) == (4, "ddpm", 0.5)
+
+    assert main(["sample", str(run), "--n", "2", "--steps", "2", "--scheduler", "ddim", "--eta", "0",
+                 "--batch-size", "2", "--no-png", "-q"]) == 0
+    assert {k: calls[-1][k] for k in ("steps", "scheduler", "eta", "batch_size")} == \
+        {"steps": 2, "scheduler": "ddim", "eta": 0.0, "batch_size": 2}
+
+    exported = tmp_path / "exported"
+    assert main(["export", str(run), str(exported)]) == 0
+    assert not (exported / "config.yaml").exists()
+    monkeypatch.setattr(fairdiff.sampling, "sample_run", lambda *a, **k: calls.append(k) or exported)
+    assert main(["sample", str(exported), "--n", "1", "-q"]) == 0
+    assert {k: calls[-1][k] for k in ("steps", "scheduler", "eta", "batch_size")} == \
+        {"steps": 50, "scheduler": "ddim", "eta": 0.0, "batch_size": 256}

@@ -119,8 +119,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not path.exists():
         raise FairdiffError(f"no such run or samples folder: {path}")
     target = parse_target(args.target)
-    if args.n is not None and args.n < 1:
-        raise FairdiffError(f"--n must be at least 1, got {args.n}")
+    if args.n is not None and args.n < 2:
+        raise FairdiffError(f"--n must be at least 2 (the bootstrap confidence interval needs 2 images), got {args.n}")
+    if args.seed is not None and args.seed < 0:
+        raise FairdiffError(f"--seed must be at least 0, got {args.seed}")
     if args.bootstrap is not None and args.bootstrap < 0:
         raise FairdiffError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.replicates < 1 or (args.n is not None and args.replicates > args.n):

@@ -62,10 +62,12 @@ def _guided(plain):
 
 
 def cmd_sample_guided(args: argparse.Namespace) -> int:
+    from fairdiff.cli.run_cmds import resolve_sample_args
     from fairdiff.sampling.guided import guide_run
 
     if args.scale is None:
         raise FairdiffError("--guidance needs --scale S (try a small sweep; 0 = unguided)")
+    resolve_sample_args(args)  # --steps / --scheduler / --eta / --batch-size left out: the run's sample.*
     labels = None
     if args.class_label:
         labels = [args.class_label[i % len(args.class_label)] for i in range(args.n)]

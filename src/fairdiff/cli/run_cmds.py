@@ -25,10 +25,14 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--out", "-o", help="output folder (default RUN/samples)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--scheduler", choices=list(SAMPLING_SCHEDULERS), default="ddim")
-    p.add_argument("--eta", type=float, default=0.0)
+    # left out: the run's sample.* settings (its config.yaml), else the defaults (256, 50, ddim, 0)
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's "
+                   "sample.batch_size)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's sample.steps)")
+    p.add_argument("--scheduler", choices=list(SAMPLING_SCHEDULERS), default=None,
+                   help="sampling schedule (default: the run's sample.scheduler)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta, 0 = deterministic (default: the run's "
+                   "sample.eta)")
     p.add_argument("--class-label", type=int, action="append", help="condition (repeat for several; cycled)")
     p.add_argument("--no-png", action="store_true", help="only samples.npz and the grid")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -56,9 +60,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLE_FLAGS = {"batch_size": "--batch-size", "steps": "--steps", "scheduler": "--scheduler", "eta": "--eta"}
+
+
+def resolve_sample_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the sampling flags left out (None) from the run's ``sample.*`` settings in its config.yaml; a
+    folder without one (a diffusers model folder) takes the :class:`~fairdiff.config.SampleConfig` defaults."""
+    missing = [k for k in SAMPLE_FLAGS if getattr(args, k, None) is None]
+    if not missing:
+        return args
+    from fairdiff.config import SampleConfig
+    from fairdiff.runs import read_run_config
+
+    sc = SampleConfig()
+    if (Path(args.run) / "config.yaml").is_file():
+        try:
+            sc = read_run_config(args.run).sample
+        except FairdiffError as e:
+            flags = ", ".join(SAMPLE_FLAGS[k] for k in missing)
+            raise FairdiffError(f"cannot take the sampling settings from {Path(args.run) / 'config.yaml'} ({e}); "
+                                f"give {flags}") from None
+    for k in missing:
+        setattr(args, k, getattr(sc, k))
+    return args
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from fairdiff.sampling import sample_run
 
+    resolve_sample_args(args)
     labels = None
     if args.class_label:
         labels = [args.class_label[i % len(args.class_label)] for i in range(args.n)]

@@ -226,6 +226,8 @@ def eval_cfg_with(eval_cfg, target, bootstrap, seed):
             raise FairdiffError(f"--bootstrap must be >= 0, got {bootstrap}")
         ec.bootstrap = int(bootstrap)
     if seed is not None:
+        if seed < 0:
+            raise FairdiffError(f"--seed must be at least 0, got {seed}")
         ec.seed = int(seed)
     return ec
 
@@ -265,6 +267,9 @@ def evaluate_samples(
         if n < 1:
             raise FairdiffError(f"--n must be at least 1, got {n}")
         images = images[:n]
+    if len(images) < 2:  # one image: every bootstrap resample is that image, a zero-width interval
+        raise FairdiffError(f"{data['path']}: {len(images)} image(s) to evaluate; the metrics and their bootstrap "
+                            f"confidence intervals need at least 2")
     labels = data.get("class_labels")
     if labels is not None:
         labels = labels[: len(images)]

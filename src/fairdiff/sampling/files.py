@@ -46,11 +46,19 @@ def resolve_device(device: str | None) -> str:
     raise FairdiffError(f"--device {device!r}: expected one of {', '.join(DEVICE_KINDS)}")
 
 
+# image i uses seed + i; seeds are stored as int64 (samples.npz) and seed torch generators
+MAX_SEED = 2**63 - 1
+
+
 def check_sampling_args(n: int, steps: int, eta: float, batch_size: int,
-                        num_train_timesteps: int | None = None) -> None:
+                        num_train_timesteps: int | None = None, seed: int | None = None) -> None:
     """One-line errors for sampling arguments that would fail late or give silently wrong images."""
     if n < 1:
         raise FairdiffError(f"--n must be at least 1, got {n}")
+    if seed is not None and seed < 0:
+        raise FairdiffError(f"--seed must be at least 0, got {seed}")
+    if seed is not None and seed + n - 1 > MAX_SEED:
+        raise FairdiffError(f"--seed {seed}: image i uses seed + i, which must stay at most {MAX_SEED} (2**63 - 1)")
     if batch_size < 1:
         raise FairdiffError(f"--batch-size must be at least 1, got {batch_size}")
     if steps < 1:
@@ -139,7 +147,7 @@ def sample_run(
     from fairdiff.models import build_sampling_scheduler
 
     run_dir = Path(run_dir)
-    check_sampling_args(n, steps, eta, batch_size)
+    check_sampling_args(n, steps, eta, batch_size, seed=seed)
     from fairdiff.models.unet import SAMPLING_SCHEDULERS
 
     if scheduler not in SAMPLING_SCHEDULERS:

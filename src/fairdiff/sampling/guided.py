@@ -71,7 +71,7 @@ def guide_run(
     must be the ones asked for, their model this run's) and the run (unconditional, pixel space). The samples'
     ``meta.json`` records ``{"guidance": {heads, target, scale, temperature, loss, **info}}``. Returns the
     samples folder and that guidance record."""
-    check_sampling_args(n, steps, eta, batch_size)
+    check_sampling_args(n, steps, eta, batch_size, seed=seed)
     if not math.isfinite(scale) or scale < 0 or not math.isfinite(temperature) or temperature <= 0:
         raise FairdiffError("--scale must be a finite number (0 or more) and --temperature a finite positive number")
     dev = resolve_device(device)

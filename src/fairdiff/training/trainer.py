@@ -92,6 +92,7 @@ def train(
     adapter.check(cfg)  # a config built in code gets the same checks as one read from YAML
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after: must be at least 1, got {stop_after}")
+    check_mixed_precision(cfg.train.mixed_precision)
     run_dir = Path(run_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
@@ -112,6 +113,21 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_mixed_precision(mixed_precision: str) -> None:
+    """fp16 needs a GPU: on the CPU accelerate would silently train in fp32 while config.yaml says fp16.
+
+    Checked before the Accelerator is made (accelerate fixes the precision once per process)."""
+    if mixed_precision != "fp16":
+        return
+    from accelerate.utils import parse_flag_from_env
+
+    mps = getattr(torch.backends, "mps", None)
+    gpu = torch.cuda.is_available() or bool(mps and mps.is_available())
+    if not gpu or parse_flag_from_env("ACCELERATE_USE_CPU"):
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU and none is available here (training would run "
+                          "in fp32); use train.mixed_precision=no or bf16 on the CPU")
 
 
 def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *, resume: str | None, quiet: bool,

@@ -178,7 +178,8 @@ def set_dotted(data: dict, path: list[str], value: Any, unknown: typing.Callable
 
 
 def read_yaml_file(path: str | Path, what: str = "config file", error: type[ConfigError] = ConfigError) -> Any:
-    """The parsed YAML of ``path``; a missing file or invalid YAML is one ``error`` line naming ``what``."""
+    """The parsed YAML of ``path``; a missing file, invalid YAML or a key written twice in one mapping (which
+    YAML would silently resolve to the last) is one ``error`` line naming ``what``."""
     p = Path(path)
     if not p.is_file():
         raise error(f"{what} not found: {p}")
@@ -189,6 +190,52 @@ def read_yaml_file(path: str | Path, what: str = "config file", error: type[Conf
     except OSError as e:
         raise error(f"{what} {p} cannot be read: {e.strerror or e}") from None
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            dup = _duplicate_key(node)
+            if dup is not None:
+                key, first, again = dup
+                raise error(f"{what} {p} has the key '{key}' twice (lines {first} and {again}); YAML would keep "
+                            f"only the last one: remove one of them")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise error(f"{what} {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_key(root: yaml.Node) -> tuple[str, int, int] | None:
+    """The first mapping key written twice in the same mapping of ``root`` (in document order), as
+    ``(dotted key, first line, second line)``; None when there is none.
+
+    PyYAML keeps the last of two equal keys without a word; a merge (``<<: *base``) followed by a key of its own
+    is an override, not a duplicate, and is not reported."""
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen_nodes:  # an alias to a node already checked
+            continue
+        seen_nodes.add(id(node))
+        children: list[tuple[yaml.Node, str]] = []
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for k, v in node.value:
+                name = where
+                if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE_TAG:
+                    name = f"{where}.{k.value}" if where else str(k.value)
+                    ident = (k.tag, k.value)
+                    if ident in lines:
+                        return name, lines[ident], k.start_mark.line + 1
+                    lines[ident] = k.start_mark.line + 1
+                children.append((v, name))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(v, f"{where}[{i}]") for i, v in enumerate(node.value)]
+        stack.extend(reversed(children))
+    return None
