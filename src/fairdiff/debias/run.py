@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -239,12 +240,13 @@ def distill_run(
         filtered = json.loads((data_dir / DEBIAS_FILE).read_text())
     filter_s = time.perf_counter() - t0
     tgt = filtered["target"]
+    run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or "distill"
     cfg = load_config(run_dir / "config.yaml", [
         f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={(data_dir / 'images').resolve()}",
         "data.train_on=reference", "method.name=baseline", f"train.steps={train_steps}",
         f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
         f"train.checkpoint_every={max(train_steps // 2, 1)}", f"eval.target=[{','.join(str(t) for t in tgt)}]",
-        f"eval.n_samples={int(n or base_cfg.eval.n_samples)}", f"name={out_dir.name}",
+        f"eval.n_samples={int(n or base_cfg.eval.n_samples)}", f"name={run_name}",
         *([f"sample.seed={int(filter_args['seed'])}"] if filter_args.get("seed") is not None else [])])
     resume = "latest" if (out_dir / "config.yaml").is_file() and not overwrite else None
     t1 = time.perf_counter()
