@@ -5,6 +5,7 @@ Methods (each toward each target, each seed):
   base      the base unchanged (its own images, sampling seeds seed*1e6 ..)
   filter    generate-and-filter (fairdiff debias --method filter): validation judge keeps images to quota
   guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
+  guide-sample  the same with per-sample group assignment (--mode sample)
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
   reweight  group reweighting toward the target, fine-tuned from the base
@@ -43,7 +44,13 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
 
     folder = out / f"{method}-{_tname(target)}-s{seed}"
     if (folder / "metrics.json").exists():
-        return json.loads((folder / "metrics.json").read_text())
+        m = json.loads((folder / "metrics.json").read_text())
+        if "debias" in m or method in ("base", "ddm", "reweight"):
+            return m
+        # a debias folder evaluated but not yet annotated (an interrupted protocol): its record is in debias.json
+        m["debias"] = json.loads((folder / "debias.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps(m, default=_plain))
+        return m
     sseed = seed * SEED_STRIDE
     cfg = read_run_config(base)
     t0 = time.time()
@@ -54,9 +61,9 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide"):
+    elif method in ("filter", "guide", "guide-sample"):
         fn = debias_run if method == "filter" else guide_run_to_target
-        kw = {"method": "filter"} if method == "filter" else {}
+        kw = {"method": "filter"} if method == "filter" else {"mode": "sample" if method == "guide-sample" else "batch"}
         rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
         m = rec.pop("metrics")
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
@@ -78,8 +85,13 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     else:
         raise SystemExit(f"unknown method {method}")
     m.setdefault("timing", {}).update(timing)
-    (folder / "metrics.json").write_text(json.dumps(m))
+    (folder / "metrics.json").write_text(json.dumps(m, default=_plain))
     return m
+
+
+def _plain(o):
+    """numpy scalars (and anything else json does not know) as plain Python values."""
+    return o.item() if hasattr(o, "item") else str(o)
 
 
 def _eval_trained(folder: Path, n: int, sseed: int) -> dict:

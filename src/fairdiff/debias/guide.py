@@ -77,12 +77,13 @@ def find_scale(
     def choose(reason: str) -> ScaleSearch:
         good = [p for p in pilots if ok(p)] or [base]
         best = min(good, key=lambda p: abs(gap(p)))
-        return ScaleSearch(best.scale, g, abs(gap(best)) <= tol, reason, pilots)
+        return ScaleSearch(float(best.scale), g, bool(abs(gap(best)) <= tol), reason, pilots)
 
     if abs(gap(base)) <= tol:
         return choose("the base is at the target")
     lo, hi = 0.0, None  # lo: below the target with valid images; hi: at/over the target, or breaking the images
     s = s0
+    prev = base
     while hi is None:
         if len(pilots) >= max_pilots:
             return choose("pilot budget spent while growing the scale (the target was not reached)")
@@ -90,8 +91,11 @@ def find_scale(
         pilots.append(p)
         if not ok(p) or gap(p) >= 0:
             hi = s
+        elif gap(p) < gap(prev) - tol:  # the share turned back: guidance peaks below the target
+            return _refine_peak(pilot, pilots, choose, gap, ok, max_pilots, tol)
         else:
             lo = s
+            prev = p
             s *= grow
     while len(pilots) < max_pilots:
         best = min((p for p in pilots if ok(p)), key=lambda p: abs(gap(p)), default=None)
@@ -105,3 +109,29 @@ def find_scale(
         else:
             lo = s
     return choose("pilot budget spent")
+
+
+def _refine_peak(pilot, pilots, choose, gap, ok, max_pilots, tol) -> ScaleSearch:
+    """The judged share rose and then fell with the scale (not monotone): search the peak on the log scale
+    (the best pilot's neighbours, halved in log distance each round) and report that the target is out of reach
+    when the peak stays below it."""
+    while len(pilots) < max_pilots:
+        scales = sorted(p.scale for p in pilots)
+        best = max((p for p in pilots if ok(p)), key=gap)
+        if abs(gap(best)) <= tol:
+            return choose("reached")
+        i = scales.index(best.scale)
+        cands = []
+        if i > 0:
+            left = scales[i - 1]
+            cands.append(math.sqrt(max(left, best.scale / 16) * best.scale) if left > 0 else best.scale / 2)
+        if i + 1 < len(scales):
+            cands.append(math.sqrt(scales[i + 1] * best.scale))
+        cands = [c for c in cands if all(abs(math.log(c / q.scale)) > 0.05 for q in pilots if q.scale > 0)]
+        if not cands:
+            break
+        for c in cands[: max_pilots - len(pilots)]:
+            pilots.append(pilot(c))
+    res = choose("the judged share peaks below the target (guidance cannot reach it on this model)")
+    return res
+
