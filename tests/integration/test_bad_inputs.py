@@ -143,6 +143,7 @@ def _bench_cell(w, tmp, extra: list[str], metrics: str) -> None:
     (cell,) = expand_cells(load_bench_config(w["bench"]), out, None)
     cell_dir = out / "cells" / cell.name
     cell_dir.mkdir(parents=True)
+    (out / ".fairdiff.json").write_text('{"kind": "bench"}')  # fairdiff's own bench folder (a marked one)
     (cell_dir / "metrics.json").write_text(metrics)
     write_cell_record(cell_dir, load_config(None, [*cell.overrides, *extra]))
 

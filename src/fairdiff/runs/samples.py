@@ -28,8 +28,9 @@ META_FILE = "meta.json"
 
 
 def prepare_samples_dir(out_dir: str | Path, inputs: list[str | Path] = ()) -> Path:
-    """Check, before any sampling, that ``out_dir`` may receive samples: absent, empty, or fairdiff's own samples
-    folder (which is then replaced), never an input, the current folder or one of its parents; writable."""
+    """Check, before any sampling, that ``out_dir`` may receive samples: absent, empty, or fairdiff's own (marked)
+    samples folder holding nothing else (it is then replaced), never an input, the current folder or one of its
+    parents; writable. A ``samples.npz`` folder without the marker is refused with a hint, never replaced."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, SAMPLES_KIND, overwrite=True, inputs=inputs, legacy_files=LEGACY_SAMPLES, whole=True)
     parent = out_dir.resolve().parent  # the new folder is built beside it, then renamed into place

@@ -158,18 +158,22 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite
                     legacy: dict | None = None, inputs: list | tuple = ()) -> RunLock:
     """Check the run folder before any work and lock it; return the held :class:`RunLock`.
 
-    A folder is used when it is new or empty; a fairdiff run folder needs --resume (same config) or --overwrite,
-    which removes only a run folder that fairdiff wrote, never the current folder, one of its parents, or an
-    input of this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint, ``inputs``).
-    ``kind`` / ``legacy``: the folder kind that the marker names (``sd-run`` for ``sd-finetune``).
+    A folder is used when it is new or empty; a fairdiff run folder (one with the marker) needs --resume (same
+    config) or --overwrite, which removes only a run folder that fairdiff wrote and that holds nothing else (see
+    :func:`fairdiff.utils.outputs.foreign_entries`), never the current folder, one of its parents, or an input of
+    this run (``model.pretrained``, ``model.vae``, ``data.path``, the --resume checkpoint, ``inputs``).
+    ``kind``: the folder kind that the marker names (``sd-run`` for ``sd-finetune``); ``legacy``: the files of a
+    run folder written before markers, which is refused with a hint rather than resumed or replaced.
     """
-    from fairdiff.utils.outputs import MARKER, OutputDirError, check_output_dir, folder_kind, write_marker
+    from fairdiff.utils.outputs import MARKER, OutputDirError, check_output_dir, read_marker, refuse_foreign, \
+        write_marker
 
     legacy = RUN_LEGACY if legacy is None else legacy
     inputs = [p for p in (cfg.model.pretrained, cfg.model.vae, cfg.data.path, *inputs) if p]
     if resume not in (None, "latest"):
         inputs.append(resume)
-    is_run = run_dir.is_dir() and folder_kind(run_dir, legacy) == kind
+    marker = read_marker(run_dir) if run_dir.is_dir() else None
+    is_run = marker is not None and marker["kind"] == kind
     if is_run and {p.name for p in run_dir.iterdir()} <= {MARKER, LOCK_FILE}:  # a start that failed before work
         action = "new"
         if not os.access(run_dir, os.W_OK | os.X_OK):
@@ -190,6 +194,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite
     lock = RunLock(run_dir).acquire()  # before anything is removed: a running writer keeps its folder
     try:
         if action == "replace":
+            refuse_foreign(run_dir, kind)  # (again, now that the folder is ours alone)
             for p in run_dir.iterdir():
                 if p.name != LOCK_FILE:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
