@@ -80,3 +80,10 @@ def test_a_share_that_turns_back_is_searched_for_its_peak():
     assert 1000 <= res.scale <= 4000  # near the peak
     assert max(calls) <= 25600  # it stopped growing soon after the share turned back
     assert isinstance(res.reached, bool)
+
+
+def test_valid_rate_ceiling_ends_the_search_early():
+    pilot, calls = curve(break_at=300.0)
+    res = find_scale(pilot, [0.5, 0.5], max_pilots=30)
+    assert res.reason == "the valid-rate floor stops the scale below the target"
+    assert len(calls) < 30 and res.scale < 300.0

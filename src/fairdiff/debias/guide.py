@@ -101,6 +101,9 @@ def find_scale(
         best = min((p for p in pilots if ok(p)), key=lambda p: abs(gap(p)), default=None)
         if best is not None and abs(gap(best)) <= tol:
             return choose("reached")
+        hi_pilot = next(p for p in pilots if p.scale == hi)
+        if lo > 0 and hi / lo < 1.15 and not ok(hi_pilot):
+            return choose("the valid-rate floor stops the scale below the target")
         s = math.sqrt(lo * hi) if lo > 0 else hi / grow
         p = pilot(s)
         pilots.append(p)
