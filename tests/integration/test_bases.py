@@ -107,3 +107,13 @@ def test_truncated_run_is_the_shorter_recipe(made, tmp_path):
     assert all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6) for k in a)
     rec = json.loads((short / bases.BASE_FILE).read_text())
     assert rec["key"] == bases.recipe_key(cfg) and [s for s, _ in rec["first_losses"]] == [2]
+
+
+def test_make_base_never_writes_into_a_users_folder(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    with pytest.raises(FairdiffError):
+        bases.make_base(None, RECIPE, out=user, evaluate=False, use_shipped=False, quiet=True)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"] and (user / "notes.txt").read_text() == "keep"
+    assert main(["base", "make", "-c", "nosuch.yaml", "--out", str(user)]) == 2

@@ -129,6 +129,11 @@ def install_shipped(src: str | Path, folder: str | Path) -> Path:
     write_marker(tmp, "run")
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists():
+        from fairdiff.utils.outputs import folder_kind
+
+        if any(folder.iterdir()) and folder_kind(folder) != "run":
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FairdiffError(f"{folder} is not empty and not a fairdiff run folder; the base is not installed there")
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
@@ -146,6 +151,9 @@ def make_base(config: str | Path | RunConfig | None, overrides: list[str] | None
     folder = Path(out) if out else base_folder(cfg)
     done = (folder / "model" / "unet").is_dir() and (folder / BASE_FILE).is_file()
     if not done:
+        from fairdiff.utils.outputs import check_output_dir
+
+        check_output_dir(folder, "run", reuse=True)  # new, empty, or fairdiff's own run (continued); else refused
         shipped = find_shipped(key) if use_shipped else None
         if shipped is not None and not (folder / "config.yaml").exists():
             if not quiet:
