@@ -303,7 +303,23 @@ def write_tables(rows: list[dict], out_dir: Path, title: str = "Results") -> Non
 
 def sweep_cells(alphas: list[float], seeds: list[int], extra: list[str] | None = None,
                 include_reweight: bool = False) -> list[Cell]:
-    """DDM alpha x seed cells (alpha 0 is the baseline loss), optionally with a reweighting row."""
+    """DDM alpha x seed cells (alpha 0 is the baseline loss), optionally with a reweighting row.
+
+    The sweep sets ``method.name``, ``method.alpha`` and ``train.seed`` of each cell itself: an override of one
+    of them (which the cell would silently replace) is a one-line :class:`FairdiffError`."""
+    from fairdiff.errors import FairdiffError
+
+    for ov in extra or []:
+        key, _, value = str(ov).partition("=")
+        key, value = key.strip(), value.strip().strip("'\"")
+        if key == "method.name" and value.lower() != "ddm":
+            raise FairdiffError(f"sweep sweeps DDM's alpha and trains DDM only, not {ov!r}: add a reweighting row "
+                                f"with --reweight, or compare methods with 'fairdiff bench'")
+        if key == "method.alpha":
+            raise FairdiffError(f"sweep sets method.alpha of each cell itself; give the values with --alphas, "
+                                f"not {ov!r}")
+        if key == "train.seed":
+            raise FairdiffError(f"sweep sets train.seed of each cell itself; give the values with --seeds, not {ov!r}")
     cells = []
     for a in alphas:
         for s in seeds:

@@ -191,7 +191,7 @@ def run_audit(out: str | Path, *, sd: str | Path | None = None, images_dir: str 
         settings = {"mode": "images", "images": str(Path(images_dir).resolve()), "n": n, **jd.settings}
     size = _sd_size(sd) if sd is not None else None
     if size is not None:  # the judge must take the images the pipeline makes: known before any work
-        jd.classifier.check_images(np.zeros((1, 3, size, size), np.uint8))
+        jd.classifier.check_judge(np.zeros((2, 3, size, size), np.uint8))
     open_out(out, settings)
     pipe = None
     rows = []
@@ -244,5 +244,5 @@ def _load_pipe(sd: Path, device: str | None, precision: str, jd: AuditJudge):
 
     pipe = load_sd_folder(sd, device=device, precision=precision)
     size = sd_image_size(pipe)
-    jd.classifier.check_images(np.zeros((1, 3, size, size), np.uint8))
+    jd.classifier.check_judge(np.zeros((2, 3, size, size), np.uint8))
     return pipe, size

@@ -141,7 +141,7 @@ def judge_prompt(judge: AuditJudge, images: np.ndarray, extra: dict) -> dict:
     from fairdiff.evaluation.evaluate import METRICS_VERSION, _jsonable, evaluate_images
 
     ec, clf = judge.eval_cfg, judge.classifier
-    clf.check_images(images)
+    clf.check_judge(images)
     ref, groups = judge.reference, judge.reference_groups
     if ref is not None and clf.input_shape[1] is not None and ref.shape[1:] != images.shape[1:]:
         ref = groups = None  # real images at another size cannot go through this judge

@@ -274,8 +274,12 @@ def evaluate_samples(
     if labels is not None:
         labels = labels[: len(images)]
     clf = load_classifier(classifier if classifier is not None else ec.classifier, data_cfg, ec, progress=progress)
+    groups = len(data_cfg.groups)
+    if clf.num_classes != groups:  # a judge of another number of classes would silently change the groups
+        raise FairdiffError(f"classifier '{clf.name}' has {clf.num_classes} classes but the data has {groups} groups "
+                            f"({list(data_cfg.groups)}); use a judge with {groups} classes")
     check_target(ec.target, clf.num_classes)  # fail before any slow work
-    clf.check_images(images)
+    clf.check_judge(images)
     feats = inception_features(ec.fid_features) if ec.fid_features else None
     reference, reference_groups = reference_uint8(data_cfg)
     if reference.shape[1:] != images.shape[1:] and feats is None and clf.has_features:

@@ -65,6 +65,27 @@ class Classifier:
                     f"classifier '{self.name}' takes images {shape} (CxHxW) but got {'x'.join(map(str, got))}"
                 )
 
+    def check_judge(self, images: np.ndarray, rows: int = 2) -> None:
+        """:meth:`check_images`, then run the judge on a few of ``images`` (before any slow work): it must run,
+        return ``[rows, K (+ extra classes)]`` logits, and only finite ones; else a one-line :class:`FairdiffError`."""
+        self.check_images(images)
+        probe = np.ascontiguousarray(images[:rows])
+        try:
+            lg = np.asarray(self.forward(probe)[0], np.float64)
+        except FairdiffError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of a foreign judge on these images is a user input problem
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            shape = "x".join(map(str, images.shape[1:]))
+            raise FairdiffError(f"classifier '{self.name}' failed on images {shape} (CxHxW): {msg}") from None
+        width = self.num_classes + self.extra_classes
+        if lg.ndim != 2 or lg.shape != (len(probe), width):
+            raise FairdiffError(f"classifier '{self.name}' returned logits of shape {tuple(lg.shape)} for "
+                                f"{len(probe)} images, expected ({len(probe)}, {width})")
+        if not np.isfinite(lg).all():
+            raise FairdiffError(f"classifier '{self.name}' returned non-finite logits (NaN or inf) on "
+                                f"{len(probe)} test images; check the judge file")
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.forward(images)[0][:, : self.num_classes]
 
@@ -85,6 +106,9 @@ class Classifier:
             if lg.ndim != 2 or lg.shape[1] != width:
                 raise FairdiffError(f"classifier '{self.name}' returned logits of shape {lg.shape}, "
                                     f"expected [N, {width}]")
+            if not np.isfinite(lg).all():
+                raise FairdiffError(f"classifier '{self.name}' returned non-finite logits (NaN or inf) for "
+                                    f"{int((~np.isfinite(lg).all(1)).sum())} image(s); check the judge file")
             logits.append(lg if all_classes else lg[:, : self.num_classes])
             if features and ft is not None:
                 feats.append(np.asarray(ft, np.float64))
