@@ -111,3 +111,46 @@ def test_sweep_cells_keep_ddm():
 
     cells = sweep_cells([0.0, 0.1], [0], ["method.name=ddm"], include_reweight=True)
     assert [c.name for c in cells] == ["ddm-a0-s0", "ddm-a0.1-s0", "reweight-s0"]
+
+
+CKPT_ARGS = [*TINY, "train.steps=6", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("forged") / "stopped"
+    assert main(["train", *CKPT_ARGS, "--out", str(run), "--stop-after", "4", "--quiet"]) == 0
+    assert (run / "checkpoint-4").is_dir()
+    return run
+
+
+@pytest.mark.parametrize("step, needle", [(-5, "outside [0, 6]"), (999999, "outside [0, 6]"), (2, "checkpoint-4")])
+@pytest.mark.parametrize("how", ["latest", "path"])
+def test_resume_refuses_a_forged_checkpoint_step(stopped_run, tmp_path, capfd, step, needle, how):
+    """trainer_state.json rewritten with another step, and files.json re-hashed to match it."""
+    import json
+    import shutil
+
+    from fairdiff.training.checkpoint import check_checkpoint, write_file_list
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    ck = run / "checkpoint-4"
+    (ck / "trainer_state.json").write_text(json.dumps({"step": step}))
+    write_file_list(ck, step)
+    assert check_checkpoint(ck) is None  # the hashes match: only the step gives the forgery away
+    before = sorted(p.name for p in run.iterdir())
+    resume = "latest" if how == "latest" else str(ck)
+    capfd.readouterr()
+    _refused(["train", *CKPT_ARGS, "--out", str(run), "--resume", resume, "--quiet"], capfd, needle)
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert not (run / "model").exists()
+
+
+def test_resume_of_an_honest_checkpoint_still_works(stopped_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    assert main(["train", *CKPT_ARGS, "--out", str(run), "--resume", "latest", "--quiet"]) == 0
+    assert (run / "checkpoint-6").is_dir()

@@ -119,6 +119,34 @@ def resolve_resume(run_dir: Path, resume: str | None, warn: bool = True) -> Path
     return p
 
 
+def checkpoint_step(folder: Path, total_steps: int) -> int:
+    """The step a checkpoint resumes at, checked against the run's own record: an integer in
+    ``[0, total_steps]`` (``train.steps``), equal to the number of a ``checkpoint-N`` folder and to the step of its
+    ``files.json``; anything else is one :class:`RunDirError` (a forged or mislabelled checkpoint)."""
+    folder = Path(folder)
+    try:
+        step = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RunDirError(f"cannot resume from {folder}: {STATE_FILE} is missing or unreadable") from None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise RunDirError(f"cannot resume from {folder}: {STATE_FILE} names step {step!r}, not an integer")
+    if not 0 <= step <= total_steps:
+        raise RunDirError(f"cannot resume from {folder}: its step {step} lies outside [0, {total_steps}] "
+                          f"(train.steps); the checkpoint is not this run's")
+    m = CKPT_RE.match(folder.name)
+    if m and int(m.group(1)) != step:
+        raise RunDirError(f"cannot resume from {folder}: {STATE_FILE} says step {step} but the folder is "
+                          f"{folder.name}; the checkpoint is mislabelled or forged")
+    try:
+        listed = json.loads((folder / FILE_LIST).read_text(encoding="utf-8")).get("step", step)
+    except (OSError, ValueError, AttributeError):
+        listed = step
+    if listed != step:
+        raise RunDirError(f"cannot resume from {folder}: {STATE_FILE} says step {step} but {FILE_LIST} says "
+                          f"{listed!r}; the checkpoint is mislabelled or forged")
+    return step
+
+
 RUN_LEGACY = {"run": ["config.yaml", "manifest.json"]}  # run folders written before the .fairdiff.json marker
 LOCK_FILE = ".fairdiff.lock"
 

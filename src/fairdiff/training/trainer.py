@@ -38,7 +38,7 @@ from fairdiff.methods.registry import uses_clusters, uses_reference
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.training.adapters import ModelAdapter, UNetAdapter
 from fairdiff.training.batches import DeviceBatches, batch_indices
-from fairdiff.training.checkpoint import prepare_run_dir, resolve_resume
+from fairdiff.training.checkpoint import checkpoint_step, prepare_run_dir, resolve_resume
 from fairdiff.training.loop import (
     Health,
     StopOnSignal,
@@ -139,6 +139,8 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     tc, main = cfg.train, accelerator.is_main_process
     accelerator.wait_for_everyone()
     ckpt = resolve_resume(run_dir, resume, warn=main)
+    if ckpt is not None:
+        checkpoint_step(ckpt, tc.steps)  # a forged or mislabelled step is refused before any work
     seed_everything(derive_seed(tc.seed, "init"))
 
     # ---- data
