@@ -154,3 +154,14 @@ def test_resume_of_an_honest_checkpoint_still_works(stopped_run, tmp_path):
     shutil.copytree(stopped_run, run)
     assert main(["train", *CKPT_ARGS, "--out", str(run), "--resume", "latest", "--quiet"]) == 0
     assert (run / "checkpoint-6").is_dir()
+
+
+def test_evaluate_run_refuses_a_three_class_judge_before_sampling(stopped_run, tmp_path, capfd):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    shutil.rmtree(run / "samples", ignore_errors=True)
+    judge = _judge(tmp_path, ThreeClassJudge(), "three")
+    _refused(["evaluate", str(run), "--classifier", str(judge), "-q"], capfd, "3 classes", "2 groups")
+    assert not (run / "samples").exists() and not (run / "metrics.json").exists()

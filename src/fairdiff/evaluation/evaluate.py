@@ -60,6 +60,14 @@ def check_target(target, num_classes: int) -> np.ndarray:
         raise FairdiffError(f"target: {e}") from None
 
 
+def check_class_count(clf, data_cfg) -> None:
+    """A judge of another number of classes than the data's groups would silently change the groups: refuse."""
+    groups = len(data_cfg.groups)
+    if clf.num_classes != groups:
+        raise FairdiffError(f"classifier '{clf.name}' has {clf.num_classes} classes but the data has {groups} groups "
+                            f"({list(data_cfg.groups)}); use a judge with {groups} classes")
+
+
 def _ci(draws: np.ndarray, confidence: float) -> list:
     lo, hi = percentile_interval(draws, confidence)
     if np.ndim(lo) == 0:
@@ -274,10 +282,7 @@ def evaluate_samples(
     if labels is not None:
         labels = labels[: len(images)]
     clf = load_classifier(classifier if classifier is not None else ec.classifier, data_cfg, ec, progress=progress)
-    groups = len(data_cfg.groups)
-    if clf.num_classes != groups:  # a judge of another number of classes would silently change the groups
-        raise FairdiffError(f"classifier '{clf.name}' has {clf.num_classes} classes but the data has {groups} groups "
-                            f"({list(data_cfg.groups)}); use a judge with {groups} classes")
+    check_class_count(clf, data_cfg)
     check_target(ec.target, clf.num_classes)  # fail before any slow work
     clf.check_judge(images)
     feats = inception_features(ec.fid_features) if ec.fid_features else None
@@ -334,6 +339,11 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    if classifier not in (None, "auto"):  # a judge file: loaded and its class count checked before sampling
+        from fairdiff.evaluation.judges import load_classifier
+
+        classifier = load_classifier(classifier, cfg.data, cfg.eval, progress=progress)
+        check_class_count(classifier, cfg.data)
     want = n or cfg.eval.n_samples
     have = sample_count(run_dir / "samples" / "samples.npz")
     if have == 0 or (n is not None and have < n):
