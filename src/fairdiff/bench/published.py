@@ -102,8 +102,8 @@ def _fmt_cell(v) -> str:
 
 
 def add_rows(path: str | Path, new: list[dict]) -> list[dict]:
-    """Append ``new`` rows, replacing any row with the same (setting, method, seed, n)."""
-    key = ("setting", "method", "seed", "n")
+    """Append ``new`` rows, replacing any row with the same (setting, method, seed, n, target)."""
+    key = ("setting", "method", "seed", "n", "target_0")
     rows = read_rows(path)
     fresh = {tuple(str(_fmt_cell(r.get(k))) for k in key) for r in new}
     rows = [r for r in rows if tuple(str(r.get(k, "")) for k in key) not in fresh] + new
