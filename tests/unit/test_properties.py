@@ -82,8 +82,16 @@ def _as_overrides(cfg) -> list[str]:
 @given(name=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1,
                     max_size=30))
 def test_string_override_round_trips_when_quoted(name):
+    """Any quoted string reaches the config intact: a plain folder name is kept as given, anything else (path
+    separators, '..', spaces, punctuation) is refused with a ConfigError naming the key, never altered."""
+    import re
+
     text = "name=" + yaml.safe_dump(name, default_style='"', width=10**6).strip().removesuffix("...").strip()
-    assert load_config(None, [text]).name == name
+    if re.fullmatch(r"[\w.-]+", name) and name not in (".", ".."):
+        assert load_config(None, [text]).name == name
+    else:
+        with pytest.raises(ConfigError, match="name"):
+            load_config(None, [text])
 
 
 @FAST

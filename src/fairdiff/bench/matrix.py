@@ -301,6 +301,9 @@ def write_tables(rows: list[dict], out_dir: Path, title: str = "Results") -> Non
         plot_fd_vs_fid(rows, out_dir / "fd_vs_fid.png")
 
 
+SWEEP_METHOD = "ddm"  # the sweep is DDM's alpha sweep (plus an optional reweighting row)
+
+
 def sweep_cells(alphas: list[float], seeds: list[int], extra: list[str] | None = None,
                 include_reweight: bool = False) -> list[Cell]:
     """DDM alpha x seed cells (alpha 0 is the baseline loss), optionally with a reweighting row.
@@ -312,7 +315,7 @@ def sweep_cells(alphas: list[float], seeds: list[int], extra: list[str] | None =
     for ov in extra or []:
         key, _, value = str(ov).partition("=")
         key, value = key.strip(), value.strip().strip("'\"")
-        if key == "method.name" and value.lower() != "ddm":
+        if key == "method.name" and value.lower() != SWEEP_METHOD:
             raise FairdiffError(f"sweep sweeps DDM's alpha and trains DDM only, not {ov!r}: add a reweighting row "
                                 f"with --reweight, or compare methods with 'fairdiff bench'")
         if key == "method.alpha":
@@ -323,7 +326,7 @@ def sweep_cells(alphas: list[float], seeds: list[int], extra: list[str] | None =
     cells = []
     for a in alphas:
         for s in seeds:
-            ov = [*(extra or []), "method.name=ddm", f"method.alpha={a}", f"train.seed={s}"]
+            ov = [*(extra or []), f"method.name={SWEEP_METHOD}", f"method.alpha={a}", f"train.seed={s}"]
             cells.append(Cell(f"ddm-a{a:g}-s{s}", f"ddm alpha={a:g}", ov, s))
     if include_reweight:
         for s in seeds:
