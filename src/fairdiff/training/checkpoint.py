@@ -8,7 +8,6 @@ resumes and prunes them, and prepares and locks the run folder before training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from fairdiff.config import RunConfig, dump_config, load_config
 from fairdiff.errors import RunDirError
 from fairdiff.training.state import ALLOWED, FILE_LIST, STATE_FILE
-from fairdiff.utils.io import write_json
+from fairdiff.utils.io import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +43,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return cks[-1][1] if cks else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_file_list(folder: Path, step: int) -> None:
     """Record the size and SHA-256 of every file of a finished checkpoint in ``files.json`` (written last)."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.iterdir()) if p.name != FILE_LIST}
     write_json(folder / FILE_LIST, {"format": 1, "step": step, "files": files})
 
@@ -83,7 +74,7 @@ def check_checkpoint(folder: Path) -> str | None:
         try:
             if p.stat().st_size != facts["bytes"]:
                 return f"{name} has {p.stat().st_size} bytes, not {facts['bytes']}"
-            if _sha256(p) != facts["sha256"]:
+            if sha256_file(p) != facts["sha256"]:
                 return f"{name} does not match its SHA-256"
         except (OSError, KeyError, TypeError):
             return f"{name} cannot be checked"
