@@ -70,7 +70,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     elif method == "distill":
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False)
-        m = _eval_trained(folder, n, sseed)
+        m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]
     elif method in ("ddm", "reweight"):
@@ -81,7 +81,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
                                                 f"eval.target=[{','.join(map(str, target))}]"])
         train(ft, folder, resume="latest" if (folder / "config.yaml").exists() else None, quiet=True)
         timing["train_s"] = round(time.time() - t0, 1)
-        m = _eval_trained(folder, n, sseed)
+        m = _eval_trained(folder, n)
     else:
         raise SystemExit(f"unknown method {method}")
     m.setdefault("timing", {}).update(timing)
@@ -94,7 +94,7 @@ def _plain(o):
     return o.item() if hasattr(o, "item") else str(o)
 
 
-def _eval_trained(folder: Path, n: int, sseed: int) -> dict:
+def _eval_trained(folder: Path, n: int) -> dict:
     """Sample the trained model at the seed's range (its config's sample.seed) and score it."""
     from fairdiff.evaluation import evaluate_run
 

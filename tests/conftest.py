@@ -32,6 +32,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     yield
 
 
+def tiny_bench_yaml(steps: int) -> str:
+    """A one-setting, one-method bench config on the TINY overrides (what several CLI tests run)."""
+    return ("name: tiny\nseeds: [0]\noverrides:\n"
+            + "".join(f"  {t.split('=', 1)[0]}: {t.split('=', 1)[1]}\n" for t in TINY)
+            + f"  train.steps: {steps}\nsettings:\n  a: {{data.shares: [0.75, 0.25]}}\nmethods:\n  baseline: {{}}\n")
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fairdiff.cli.main import main
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_bench_yaml
 
 STEPS = 3  # sampling steps of the fabricated heads
 
@@ -52,11 +52,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     cfg_file = root / "run.yaml"
     shutil.copyfile(run / "config.yaml", cfg_file)
     bench = root / "bench.yaml"
-    bench.write_text(
-        "name: tiny\nseeds: [0]\noverrides:\n"
-        + "".join(f"  {t.split('=', 1)[0]}: {t.split('=', 1)[1]}\n" for t in TINY)
-        + "  train.steps: 2\nsettings:\n  a: {data.shares: [0.75, 0.25]}\nmethods:\n  baseline: {}\n",
-        encoding="utf-8")
+    bench.write_text(tiny_bench_yaml(2), encoding="utf-8")
     return {"root": root, "run": run, "cond": cond, "heads": root / "heads",
             "other_heads": root / "other_heads", "cfg": cfg_file, "bench": bench}
 

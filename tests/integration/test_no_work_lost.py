@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from fairdiff.cli.main import main
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_bench_yaml
 from tests.integration.test_bad_inputs import _check_one_line, _fill, _tree_hashes
 
 T = [*TINY, "train.steps=1"]
@@ -40,11 +40,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     cfg = root / "run.yaml"
     shutil.copyfile(run / "config.yaml", cfg)
     bench = root / "bench.yaml"
-    bench.write_text(
-        "name: tiny\nseeds: [0]\noverrides:\n"
-        + "".join(f"  {t.split('=', 1)[0]}: {t.split('=', 1)[1]}\n" for t in TINY)
-        + "  train.steps: 1\nsettings:\n  a: {data.shares: [0.75, 0.25]}\nmethods:\n  baseline: {}\n",
-        encoding="utf-8")
+    bench.write_text(tiny_bench_yaml(1), encoding="utf-8")
     return {"root": root, "run": run, "cfg": cfg, "bench": bench}
 
 
