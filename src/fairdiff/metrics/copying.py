@@ -12,29 +12,30 @@ each with the value a model that generalises would get written beside it:
   same size and the same group counts. A model whose images are as new as fresh real ones gives about 0.5;
   copying pushes it toward 1.
 
-Pure numpy, so the metric can be tested against a hand computation and reused outside fairdiff.
+Pure numpy and scikit-learn (the nearest-neighbour search), so the metric can be tested against a hand computation
+and reused outside fairdiff.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fairdiff.metrics.functional import nearest_neighbours
+
 
 def nearest_distance(queries: np.ndarray, pool: np.ndarray, batch: int = 512) -> np.ndarray:
-    """L2 distance from every row of ``queries`` ``[N, D]`` to its nearest row of ``pool`` ``[M, D]``."""
+    """L2 distance from every row of ``queries`` ``[N, D]`` to its nearest row of ``pool`` ``[M, D]``.
+
+    ``batch``: unused (scikit-learn chunks the search itself), kept for callers."""
     q = np.asarray(queries, np.float64).reshape(len(queries), -1)
     p = np.asarray(pool, np.float64).reshape(len(pool), -1)
     if len(p) == 0:
         raise ValueError("the pool to search is empty")
     if q.shape[1] != p.shape[1]:
         raise ValueError(f"queries have {q.shape[1]} values each, the pool {p.shape[1]}")
-    p2 = (p * p).sum(1)
-    out = np.empty(len(q))
-    for s in range(0, len(q), batch):
-        b = q[s : s + batch]
-        d2 = (b * b).sum(1)[:, None] + p2[None, :] - 2.0 * b @ p.T
-        out[s : s + batch] = np.sqrt(np.maximum(d2.min(1), 0.0))
-    return out
+    if len(q) == 0:
+        return np.empty(0)
+    return nearest_neighbours(p, 1).kneighbors(q)[0][:, 0]
 
 
 def matched_subsets(train_groups: np.ndarray, heldout_groups: np.ndarray,

@@ -197,17 +197,24 @@ def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
+def nearest_neighbours(pool: np.ndarray, k: int = 1):
+    """A fitted ``sklearn.neighbors.NearestNeighbors`` over the rows of ``pool`` (Euclidean, exact brute force).
+
+    Brute force computes the distances the way ``pairwise_sq_dists`` does (in float64), so radii taken from it and
+    distances compared against them by hand stay consistent; it is also the fast choice for feature dimensions."""
+    from sklearn.neighbors import NearestNeighbors
+
+    return NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(np.asarray(pool, np.float64))
+
+
 def knn_radii(x: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
-    """Squared distance of each row of ``x`` to its k-th nearest other row."""
+    """Squared distance of each row of ``x`` to its k-th nearest other row (``chunk``: unused, kept for callers)."""
+    x = np.asarray(x, np.float64)
     n = x.shape[0]
     if n <= k:
         raise ValueError(f"need more than k={k} feature vectors, got {n}")
-    out = np.empty(n)
-    for s in range(0, n, chunk):
-        d = pairwise_sq_dists(x[s : s + chunk], x)
-        # column k of the partition is the k-th neighbour: column 0 is the point itself (distance 0)
-        out[s : s + chunk] = np.partition(d, k, axis=1)[:, k]
-    return out
+    d, _ = nearest_neighbours(x, k).kneighbors()  # without a query each row's neighbours exclude the row itself
+    return d[:, k - 1] ** 2
 
 
 def _coverage(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int) -> float:
