@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def _noised(x0: torch.Tensor, t: torch.Tensor, noise_scheduler, gen: torch.Generator) -> torch.Tensor:
+    """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` by the scheduler's own ``add_noise`` (eps drawn from ``gen``
+    on the CPU, so a fit is the same on every device)."""
     noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(x0.device, x0.dtype)
-    abar = noise_scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(-1, *([1] * (x0.dim() - 1)))
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    return noise_scheduler.add_noise(x0, noise, t)
 
 
 def fit_discriminator(disc: nn.Module, reference: torch.Tensor, biased: torch.Tensor, noise_scheduler, *,
