@@ -19,10 +19,9 @@ pytest.importorskip("transformers")
 
 from fairdiff.cli.main import main  # noqa: E402
 from fairdiff.evaluation.audit_inputs import prompt_slug  # noqa: E402
-from fairdiff.methods.sd_guidance import SDDistributionGuidance  # noqa: E402
 from fairdiff.models.heads import GuidanceHeads, HeadsConfig, load_heads, save_heads  # noqa: E402
 from fairdiff.sampling.sd import generate_sd, load_sd_folder, sd_image_size  # noqa: E402
-from fairdiff.sampling.sd_guided import schedule_of, sd_generate  # noqa: E402
+from fairdiff.sampling.sd_guided import schedule_of, sd_generate, sd_guidance  # noqa: E402
 
 STEPS, CFG, PROMPT = 6, 3.0, "a photo"
 
@@ -71,12 +70,12 @@ def test_scale_zero_is_the_pipelines_cfg_bit_for_bit(world):
     ref = generate_sd(pipe, PROMPT, seeds, size=size, steps=STEPS, guidance_scale=CFG, batch_size=5)
     heads = load_heads(world["heads"])
     zero = sd_generate(pipe, PROMPT, seeds, size=size, steps=STEPS, cfg_scale=CFG, batch_size=5,
-                       guidance=SDDistributionGuidance(heads, "0.2,0.8", 0.0))
+                       guidance=sd_guidance(pipe, heads, "0.2,0.8", 0.0))
     assert zero.images.dtype == np.uint8 and np.array_equal(zero.images, ref)
     plain = sd_generate(pipe, PROMPT, seeds, size=size, steps=STEPS, cfg_scale=CFG, batch_size=5)
     assert np.array_equal(plain.images, ref)
     moved = sd_generate(pipe, PROMPT, seeds, size=size, steps=STEPS, cfg_scale=CFG, batch_size=5,
-                        guidance=SDDistributionGuidance(heads, "0.2,0.8", 10.0))
+                        guidance=sd_guidance(pipe, heads, "0.2,0.8", 10.0))
     assert not np.array_equal(moved.images, ref)  # the comparison above could fail
     # without classifier-free guidance (scale 1: one U-Net pass) the loop is still the pipeline's
     one = sd_generate(pipe, PROMPT, seeds[:2], size=size, steps=STEPS, cfg_scale=1.0, batch_size=2)

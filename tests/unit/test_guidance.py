@@ -112,12 +112,11 @@ def test_gradient_step_does_not_depend_on_batch_size(tiny):
     one = g._edit(h, 2) - h
     two = g._edit(torch.cat([h, h]), 2) - torch.cat([h, h])  # same images twice: same batch share
     assert torch.allclose(torch.cat([one, one]), two, atol=1e-5)
-    # classifier-free-guidance halves are guided separately: each half's share is its own
-    gh = DistributionGuidance(heads, [0.75, 0.25], 10.0, cfg_halves=True)
-    h2 = torch.randn(4, 64, 4, 4)
-    halves = gh._edit(torch.cat([h, h2]), 2) - torch.cat([h, h2])
-    assert torch.allclose(halves[:4], one, atol=1e-5)
-    assert set(gh.history[-1]["shares"]) == {"group/0", "group/1"}
+    # under classifier-free guidance only the conditional branch (the last rows) is read and edited
+    h_uncond = torch.randn(4, 64, 4, 4)
+    both = g._edit(torch.cat([h_uncond, h]), 2, rows=4)
+    assert torch.equal(both[:4], h_uncond)
+    assert torch.allclose(both[4:] - h, one, atol=1e-5)
 
 
 def test_several_attributes_and_targets(tiny, tmp_path):

@@ -1,5 +1,5 @@
-"""The SD distribution-guidance term alone (no pipeline): its checks, the h edit touching only the conditional
-branch, and the x_t direction lowering the loss."""
+"""Distribution guidance as the SD path uses it, alone (no pipeline): its checks, the h edit touching only the
+conditional branch (the last rows of a classifier-free-guidance batch), and the x_t direction lowering the loss."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from fairdiff.errors import FairdiffError
-from fairdiff.methods.sd_guidance import SDDistributionGuidance
+from fairdiff.methods.guidance import DistributionGuidance
 from fairdiff.models.heads import GuidanceHeads, HeadsConfig
+
+
+ABAR = torch.linspace(0.99, 0.01, 1000)
+
+
+def SDDistributionGuidance(heads, target, scale, **kw):  # noqa: N802 - the settings sd_guidance uses
+    kw.setdefault("mode", "x")
+    return DistributionGuidance(heads, target, scale, temperature=1.0, alphas_cumprod=ABAR, guide_first_step=True,
+                                **kw)
 
 
 def _heads(attrs=None, h_shape=(4, 2, 2)) -> GuidanceHeads:
@@ -31,7 +40,7 @@ def test_checks_are_one_line_errors():
         SDDistributionGuidance(heads, "0.5,0.5", 1.0, mode="z")
     with pytest.raises(FairdiffError, match="scale"):
         SDDistributionGuidance(heads, "0.5,0.5", float("nan"))
-    with pytest.raises(FairdiffError, match="one attribute"):
+    with pytest.raises(FairdiffError, match="several attributes"):
         SDDistributionGuidance(_heads({"a": 2, "b": 2}), "0.5,0.5", 1.0)
     g = SDDistributionGuidance(heads, "0.5,0.5", 1.0)
     g.check_schedule([900, 500, 100])
@@ -46,13 +55,13 @@ def test_h_edit_moves_only_the_conditional_half_and_lowers_the_loss():
     heads = _heads()
     g = SDDistributionGuidance(heads, "0.1,0.9", 0.5, mode="h")
     h = torch.randn(6, 4, 2, 2)
-    out = g.edit_h(h, 1, n_uncond=3)
+    out = g._edit(h, 1, rows=3)
     assert torch.equal(out[:3], h[:3]) and not torch.equal(out[3:], h[3:])
     before = float(g.loss_of(h[3:], 1))
     after = float(g.loss_of(out[3:], 1))
     assert after < before
     with pytest.raises(FairdiffError, match="h-space"):  # heads of another U-Net: one line, not a shape error
-        g.edit_h(torch.randn(4, 8, 2, 2), 1, n_uncond=2)
+        g._edit(torch.randn(4, 8, 2, 2), 1, rows=2)
 
 
 def test_x_direction_lowers_the_loss_of_a_differentiable_h():

@@ -1,4 +1,8 @@
-"""The one denoising loop.
+"""The one denoising loop, for pixel, latent, class-conditional and prompt-conditioned (Stable Diffusion) models.
+
+The model is a denoiser (:mod:`fairdiff.sampling.denoisers`), called as ``denoiser(x, t, **cond)``; a plain
+diffusers ``UNet2DModel`` is wrapped as one. ``cond`` holds per-image conditioning (class labels, text embeddings,
+the two branches of classifier-free guidance), sliced to each batch.
 
 Every image has its own seed: its starting noise and every stochastic step draw from a generator seeded by that
 seed alone, so image i is the same whatever the batch size or the number of images asked for.
@@ -13,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from fairdiff.sampling.denoisers import UNetDenoiser
 
 DenoiseFn = Callable[[torch.Tensor], torch.Tensor]
 PRECISIONS = ("fp32", "bf16")
@@ -37,13 +44,15 @@ def _no_grad_call(fn: DenoiseFn, x: torch.Tensor) -> torch.Tensor:
 
 
 def sample(
-    unet: nn.Module,
+    model,
     scheduler,
     seeds: Sequence[int],
     *,
     batch_size: int = 256,
     num_steps: int = 50,
     class_labels: Sequence[int] | torch.Tensor | None = None,
+    cond: Mapping | None = None,
+    shape: Sequence[int] | None = None,
     guidance: Guidance | None = None,
     eta: float = 0.0,
     device: str | torch.device | None = None,
@@ -55,41 +64,49 @@ def sample(
     compile: bool = False,
     compile_mode: str = "default",
 ) -> torch.Tensor:
-    """Generate one image per seed; returns a float tensor in [-1, 1] on the CPU, ``[N, C, H, W]``.
+    """Generate one image (or latent) per seed; returns a float tensor on the CPU, ``[N, C, H, W]``, in [-1, 1]
+    unless ``clip_output=False`` (latents, decoded afterwards).
 
-    ``scheduler`` is a diffusers scheduler (DDIM or DDPM). ``class_labels`` (one per seed) conditions a
-    class-conditional U-Net. ``guidance`` may need gradients, so the loop only disables autograd around plain
-    denoiser calls. ``clip_output=False`` keeps the result unclamped (latents, decoded afterwards).
+    ``model``: a denoiser (``denoiser(x, t, **cond)``, with a ``unet`` attribute and a ``sample_shape`` unless
+    ``shape`` is given) or a diffusers ``UNet2DModel``. ``scheduler`` is a diffusers scheduler (DDIM or DDPM).
+    ``cond``: per-image conditioning, ``{name: tensor [N, ...]}`` (or nested dicts of such, e.g. the ``cond`` /
+    ``uncond`` branches of :class:`~fairdiff.sampling.denoisers.CFGDenoiser`), each batch gets its rows;
+    ``class_labels`` (one per seed) is short for ``cond={"class_labels": ...}``. ``guidance`` may need gradients,
+    so the loop only disables autograd around plain denoiser calls.
 
     Speed options (docs/performance.md), none of which changes which noise an image starts from:
     ``precision='bf16'`` runs the U-Net under bf16 autocast (the sample and the scheduler step stay fp32);
     ``channels_last`` converts the U-Net's weights to NHWC in place (same values, the layout GPUs prefer);
-    ``compile`` runs a ``torch.compile``-d U-Net (``compile_mode`` as torch names it; unguided sampling only,
-    a guidance's hooks and gradients get the plain module).
+    ``compile`` runs a ``torch.compile``-d U-Net (``compile_mode`` as torch names it; unguided sampling of a
+    plain U-Net only, a guidance's hooks and gradients get the plain module).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    den = model if not isinstance(model, nn.Module) else UNetDenoiser(model)
+    unet: nn.Module = den.unet
     device = torch.device(device) if device is not None else next(unet.parameters()).device
     if channels_last:
         unet.to(memory_format=torch.channels_last)
-    net: nn.Module = unet
-    if compile and guidance is not None:
-        log.warning("sample: compile is ignored with a guidance (it hooks into and differentiates the U-Net)")
+    cudagraphs = False
+    if compile and (guidance is not None or type(den) is not UNetDenoiser):
+        log.warning("sample: compile is ignored with a guidance or a conditioned denoiser")
     elif compile:
-        net = torch.compile(unet, mode=compile_mode)
-    cudagraphs = net is not unet and compile_mode in ("reduce-overhead", "max-autotune")
+        den = UNetDenoiser(torch.compile(unet, mode=compile_mode))
+        cudagraphs = compile_mode in ("reduce-overhead", "max-autotune")
 
     def autocast():
         if precision == "bf16":
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-    cfg = unet.config
-    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    shape = tuple(shape) if shape is not None else tuple(den.sample_shape)
     seeds = [int(s) for s in seeds]
+    cond = dict(cond or {})
     if class_labels is not None:
         class_labels = torch.as_tensor(class_labels, dtype=torch.long)
         if len(class_labels) != len(seeds):
             raise ValueError("class_labels needs one label per seed")
+        cond["class_labels"] = class_labels
+    _check_rows(cond, len(seeds))
     was_training = unet.training
     unet.eval()
     out = []
@@ -100,21 +117,19 @@ def sample(
             bs = seeds[b * batch_size : (b + 1) * batch_size]
             gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
             x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dtype)
-            labels = None
-            if class_labels is not None:
-                labels = class_labels[b * batch_size : (b + 1) * batch_size].to(device)
+            cond_b = _rows(cond, slice(b * batch_size, (b + 1) * batch_size), device)
             scheduler.set_timesteps(num_steps)
             x = x * scheduler.init_noise_sigma
             for i, t in enumerate(scheduler.timesteps):
                 tt = t.to(device) if torch.is_tensor(t) else torch.tensor(t, device=device)
                 tb = tt.expand(x.shape[0])
 
-                def denoise(inp: torch.Tensor, _tb=tb, _labels=labels) -> torch.Tensor:
+                def denoise(inp: torch.Tensor, _tb=tb, _cond=cond_b) -> torch.Tensor:
                     inp = scheduler.scale_model_input(inp, _tb[0])
                     if cudagraphs:  # each call is a new step: the previous step's graph outputs are consumed
                         torch.compiler.cudagraph_mark_step_begin()
                     with autocast():
-                        eps = net(inp, _tb, class_labels=_labels).sample
+                        eps = den(inp, _tb, **_cond)
                     return eps.to(inp.dtype)  # no-op in fp32; bf16 output back to the sample's dtype
 
                 if guidance is None:
@@ -140,3 +155,16 @@ def _step_kwargs(scheduler, eta: float, gens: list[torch.Generator]) -> dict:
     if "generator" in names:
         kw["generator"] = gens
     return kw
+
+
+def _check_rows(cond: Mapping, n: int, name: str = "cond") -> None:
+    for k, v in cond.items():
+        if isinstance(v, Mapping):
+            _check_rows(v, n, f"{name}.{k}")
+        elif len(v) != n:
+            raise ValueError(f"{name}.{k} has {len(v)} rows for {n} seeds (one per seed)")
+
+
+def _rows(cond: Mapping, sl: slice, device: torch.device) -> dict:
+    """The batch's rows of every per-image conditioning tensor, on the device (nested dicts kept)."""
+    return {k: _rows(v, sl, device) if isinstance(v, Mapping) else v[sl].to(device) for k, v in cond.items()}

@@ -1,31 +1,32 @@
-"""The DDIM loop of a Stable Diffusion pipeline with classifier-free guidance, opened up for distribution guidance
-and for reading h-space.
+"""Stable-Diffusion sampling on the one denoising loop: prompts, classifier-free guidance, distribution guidance
+and h-space recording.
 
-:func:`sd_generate` walks the same operations as diffusers' ``StableDiffusionPipeline.__call__`` (its own
-``encode_prompt``, ``prepare_latents``, scheduler, batched ``[uncond; cond]`` U-Net call, VAE decode and
-post-processing), so with no guidance (or scale 0) its images are the pipeline's, bit for bit. Around the U-Net
-call it can
+:func:`sd_generate` encodes the prompt with the pipeline's own ``encode_prompt``, wraps the pipeline's U-Net as a
+:class:`~fairdiff.sampling.denoisers.TextDenoiser` (inside a :class:`~fairdiff.sampling.denoisers.CFGDenoiser`
+when classifier-free guidance is on, as the pipeline decides), and hands it to :func:`fairdiff.sampling.sample`
+with the pipeline's scheduler; the latents are decoded by the pipeline's VAE and post-processing. With no
+guidance (or scale 0) its images are the diffusers pipeline's, bit for bit (tested). Around the denoiser call it
+can
 
 * record the conditional branch's h (the middle block's output) at every step, pooled as the heads take it
-  (for fitting heads on the model's own generations, :mod:`fairdiff.training.sd_heads`);
-* apply :class:`~fairdiff.methods.sd_guidance.SDDistributionGuidance` (an x_t gradient added to the noise
+  (:class:`~fairdiff.sampling.denoisers.RecordH`; for fitting heads on the model's own generations,
+  :mod:`fairdiff.training.sd_heads`);
+* apply :class:`~fairdiff.methods.guidance.DistributionGuidance` (an x_t gradient added to the noise
   prediction, or an h edit of the conditional branch).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fairdiff.methods.sd_guidance import SDDistributionGuidance
-from fairdiff.models.hspace import capture_h, edit_h
+from fairdiff.methods.guidance import DistributionGuidance
+from fairdiff.sampling.denoisers import POOLS, CFGDenoiser, RecordH, TextDenoiser, pool_h  # noqa: F401
+from fairdiff.sampling.sampler import sample
 from fairdiff.utils.images import to_uint8
-
-POOLS = ("flatten", "mean")
 
 
 @dataclass
@@ -38,12 +39,6 @@ class Generation:
     timesteps: list[int]
     history: list[dict] = field(default_factory=list)
     h_shape: list[int] = field(default_factory=list)
-
-
-def pool_h(h: torch.Tensor, pool: str) -> torch.Tensor:
-    """h ``[B, C, H, W]`` -> ``[B, D]`` float32, as :meth:`GuidanceHeads.features` does."""
-    h = h.detach().float()
-    return h.flatten(1) if pool == "flatten" else h.mean(dim=(2, 3))
 
 
 def load_sd_any(sd: str | Path, device: str | None = None):
@@ -63,78 +58,74 @@ def schedule_of(pipe, steps: int) -> list[int]:
     return [int(t) for t in pipe.scheduler.timesteps]
 
 
-def _generate_batch(pipe, prompt: str, seeds: list[int], *, size: int, steps: int, cfg_scale: float,
-                    guidance: SDDistributionGuidance | None, record: str | None):
+def sd_guidance(pipe, heads, target, scale: float, **kw) -> DistributionGuidance:
+    """Distribution guidance for this pipeline's U-Net: guides the first step too, mode ``x`` by default (the
+    scheduler's noise levels given), temperature 1 unless said."""
+    kw.setdefault("mode", "x")
+    kw.setdefault("temperature", 1.0)
+    return DistributionGuidance(heads, target, scale, alphas_cumprod=pipe.scheduler.alphas_cumprod,
+                                guide_first_step=True, unet=pipe.unet, **kw)
+
+
+def prompt_denoiser(pipe, prompt: str, n: int, cfg_scale: float):
+    """``(denoiser, cond)`` for ``n`` images of one prompt: the pipeline's U-Net with the prompt's embeddings per
+    image, inside classifier-free guidance when ``cfg_scale > 1`` (as the pipeline decides)."""
     dev = pipe._execution_device
-    do_cfg = cfg_scale > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides
-    b = len(seeds)
+    do_cfg = cfg_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     with torch.no_grad():
-        cond, uncond = pipe.encode_prompt([prompt] * b, dev, 1, do_cfg, None)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    nu = b if do_cfg else 0  # rows of the unconditional branch in the U-Net batch
-    pipe.scheduler.set_timesteps(steps, device=dev)
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    with torch.no_grad():
-        latents = pipe.prepare_latents(b, pipe.unet.config.in_channels, size, size, embeds.dtype, dev, gens)
-    extra = pipe.prepare_extra_step_kwargs(gens, 0.0)
-    guided = guidance is not None and guidance.active
-    feats: list[torch.Tensor] = []
-    h_shape: list[int] = []
-    for i, t in enumerate(pipe.scheduler.timesteps):
-        x_grad = guided and guidance.mode == "x"
-        x = latents.detach().requires_grad_(True) if x_grad else latents
-        inp = torch.cat([x] * 2) if do_cfg else x
-        inp = pipe.scheduler.scale_model_input(inp, t)
-        hook = edit_h(lambda h, _i=i: guidance.edit_h(h, _i, nu), pipe.unet) if guided and guidance.mode == "h" \
-            else nullcontext()
-        with torch.set_grad_enabled(x_grad), capture_h(pipe.unet) as seen, hook:
-            noise = pipe.unet(inp, t, encoder_hidden_states=embeds, timestep_cond=None,
-                              cross_attention_kwargs=None, added_cond_kwargs=None,
-                              return_dict=False)[0]
-            h_cond = seen[-1][nu:]
-            if i == 0 and guided:
-                guidance.check_h(h_cond)
-            grad = None
-            if x_grad:
-                (grad,) = torch.autograd.grad(guidance.loss_of(h_cond.float(), i), x)
-        if record is not None:
-            feats.append(pool_h(h_cond, record).cpu())
-            h_shape = list(h_cond.shape[1:])
-        noise = noise.detach()
-        if do_cfg:
-            n_u, n_c = noise.chunk(2)
-            noise = n_u + cfg_scale * (n_c - n_u)
-        if grad is not None:
-            noise = noise + guidance.eps_shift(grad.detach(), pipe.scheduler.alphas_cumprod[int(t)].to(dev))
-        with torch.no_grad():
-            latents = pipe.scheduler.step(noise, t, latents.detach(), **extra, return_dict=False)[0]
-    with torch.no_grad():
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=gens)[0]
-        image = pipe.image_processor.postprocess(image, output_type="pt", do_denormalize=[True] * b)
-    return image.float().cpu() * 2 - 1, (torch.stack(feats) if record else None), h_shape
+        cond, uncond = pipe.encode_prompt([prompt], dev, 1, do_cfg, None)
+    den = TextDenoiser(pipe.unet)
+    kw = {"encoder_hidden_states": cond.expand(n, *cond.shape[1:])}
+    if not do_cfg:
+        return den, kw
+    return CFGDenoiser(den, cfg_scale), {"cond": kw, "uncond": {"encoder_hidden_states":
+                                                                  uncond.expand(n, *uncond.shape[1:])}}
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor, seeds: list[int], batch_size: int = 16) -> torch.Tensor:
+    """The pipeline's VAE decode and post-processing of ``latents``; images in [-1, 1] on the CPU."""
+    dev = pipe._execution_device
+    out = []
+    for s in range(0, len(latents), batch_size):
+        z = latents[s : s + batch_size].to(dev, pipe.vae.dtype)
+        gens = [torch.Generator("cpu").manual_seed(v) for v in seeds[s : s + batch_size]]
+        image = pipe.vae.decode(z / pipe.vae.config.scaling_factor, return_dict=False, generator=gens)[0]
+        image = pipe.image_processor.postprocess(image, output_type="pt", do_denormalize=[True] * len(z))
+        out.append(image.float().cpu() * 2 - 1)
+    return torch.cat(out)
 
 
 def sd_generate(pipe, prompt: str, seeds: list[int], *, size: int, steps: int, cfg_scale: float,
-                guidance: SDDistributionGuidance | None = None, record: str | None = None,
-                batch_size: int = 16) -> Generation:
+                guidance: DistributionGuidance | None = None, record: str | None = None,
+                batch_size: int = 16, progress: bool = False) -> Generation:
     """Images of one prompt, image i from a CPU generator seeded ``seeds[i]`` (as the pipeline draws them).
 
     ``cfg_scale``: classifier-free guidance (above 1 runs the unconditional branch too, as the pipeline does).
-    ``guidance``: distribution guidance, taken over each batch of ``batch_size`` images (its share is a batch
-    statistic). ``record``: a pool ('flatten' or 'mean') to keep the conditional branch's h at every step."""
+    ``guidance``: distribution guidance (:func:`sd_guidance`), taken over each batch of ``batch_size`` images
+    (its share is a batch statistic). ``record``: a pool ('flatten' or 'mean') to keep the conditional branch's h
+    at every step."""
+    seeds = [int(s) for s in seeds]
     timesteps = schedule_of(pipe, steps)
-    if guidance is not None and guidance.active:
-        guidance.check_schedule(timesteps)
-    imgs, feats, h_shape = [], [], []
-    for s in range(0, len(seeds), batch_size):
-        im, f, h_shape = _generate_batch(pipe, prompt, seeds[s : s + batch_size], size=size, steps=steps,
-                                         cfg_scale=cfg_scale, guidance=guidance, record=record)
-        imgs.append(im)
-        if f is not None:
-            feats.append(f)
+    g = guidance if guidance is not None and guidance.active else None
+    if g is not None:
+        g.check_schedule(timesteps)
+    rec = RecordH(record, inner=g, unet=pipe.unet) if record is not None else None
+    den, cond = prompt_denoiser(pipe, prompt, len(seeds), cfg_scale)
+    f = int(pipe.vae_scale_factor)
+    latents = sample(den, pipe.scheduler, seeds, batch_size=batch_size, num_steps=steps, cond=cond,
+                     shape=(pipe.unet.config.in_channels, size // f, size // f), guidance=rec or g, eta=0.0,
+                     device=pipe._execution_device, dtype=cond_dtype(cond), progress=progress, clip_output=False)
+    images = decode_latents(pipe, latents, seeds, batch_size)
     history = list(guidance.history) if guidance is not None else []
-    return Generation(to_uint8(torch.cat(imgs)), torch.cat(feats, dim=1) if feats else None, timesteps, history,
-                      h_shape)
+    return Generation(to_uint8(images), rec.feats() if rec is not None else None, timesteps, history,
+                      rec.h_shape if rec is not None else [])
+
+
+def cond_dtype(cond: dict) -> torch.dtype:
+    """The dtype of the (first) conditioning tensor: the latents start in it, as the pipeline's do."""
+    v = next(iter(cond.values()))
+    return cond_dtype(v) if isinstance(v, dict) else v.dtype
 
 
 GUIDED_KIND = "sd-guided"  # the marker kind of a guided-sampling output folder
@@ -146,7 +137,8 @@ def step_shares(history: list[dict]) -> list[list[float]]:
     batches of a prompt: how the steered share evolved along the trajectory."""
     by_step: dict[int, list[list[float]]] = {}
     for h in history:
-        by_step.setdefault(h["step"], []).append(h["shares"])
+        shares = h["shares"]
+        by_step.setdefault(h["step"], []).append(next(iter(shares.values())) if isinstance(shares, dict) else shares)
     return [np.mean(v, axis=0).round(4).tolist() for _, v in sorted(by_step.items())]
 
 
@@ -168,7 +160,7 @@ def guide_sd(pipe, heads, items: list[tuple[str, list[float], str]], out: str | 
     write_json(out / PROMPT_MAP, {sub: prompt for prompt, _, sub in items})
     seeds = list(range(seed, seed + n))
     for j, (prompt, target, sub) in enumerate(items, 1):
-        g = SDDistributionGuidance(heads, target, scale, mode=mode, temperature=temperature, loss=loss)
+        g = sd_guidance(pipe, heads, target, scale, mode=mode, temperature=temperature, loss=loss)
         gen = sd_generate(pipe, prompt, seeds, size=size, steps=steps, cfg_scale=cfg_scale, guidance=g,
                           batch_size=batch_size)
         meta = {"prompt": prompt, "n": n, "seed": seed, "seeds": seeds, "steps": steps, "guidance_scale": cfg_scale,
