@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fairdiff.config import RunConfig, load_config, save_config
 from fairdiff.errors import FairdiffError
+from fairdiff.utils.atomic import atomic_dir
 from fairdiff.utils.io import sha256_file, write_json
 
 BASE_FILE = "base.json"
@@ -105,29 +106,23 @@ def install_shipped(src: str | Path, folder: str | Path) -> Path:
         p = src / rel
         if not p.is_file() or sha256_file(p) != sha:
             raise FairdiffError(f"shipped base {src.name}: {rel} is missing or damaged (SHA-256 mismatch)")
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "model").mkdir(parents=True)
-    shutil.copytree(src / "model", tmp / "model", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.safetensors"))
-    for w in (src / "model").rglob("*.safetensors"):
-        rel = w.relative_to(src / "model")
-        sd = {k: v.to(torch.float32) for k, v in load_file(str(w)).items()}
-        (tmp / "model" / rel).parent.mkdir(parents=True, exist_ok=True)
-        save_file(sd, str(tmp / "model" / rel))
-    for f in ("config.yaml", "manifest.json"):
-        shutil.copy2(src / f, tmp / f)
-    write_json(tmp / BASE_FILE, {**meta, "installed_from": str(src), "weights": "fp16 shipped copy, loaded as fp32"})
-    write_marker(tmp, "run")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists():
         from fairdiff.utils.outputs import folder_kind
 
         if any(folder.iterdir()) and folder_kind(folder) != "run":
-            shutil.rmtree(tmp, ignore_errors=True)
             raise FairdiffError(f"{folder} is not empty and not a fairdiff run folder; the base is not installed there")
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_dir(folder) as tmp:
+        shutil.copytree(src / "model", tmp / "model", ignore=shutil.ignore_patterns("*.safetensors"))
+        for w in (src / "model").rglob("*.safetensors"):
+            rel = w.relative_to(src / "model")
+            sd = {k: v.to(torch.float32) for k, v in load_file(str(w)).items()}
+            (tmp / "model" / rel).parent.mkdir(parents=True, exist_ok=True)
+            save_file(sd, str(tmp / "model" / rel))
+        for f in ("config.yaml", "manifest.json"):
+            shutil.copy2(src / f, tmp / f)
+        write_json(tmp / BASE_FILE, {**meta, "installed_from": str(src),
+                                     "weights": "fp16 shipped copy, loaded as fp32"})
+        write_marker(tmp, "run")
     return folder
 
 
@@ -215,22 +210,19 @@ def ship_base(run_dir: str | Path, name: str, dest: str | Path | None = None) ->
     if not (run_dir / "model" / "unet").is_dir():
         raise FairdiffError(f"{run_dir} holds no trained model to ship")
     dest = Path(dest) if dest else shipped_root() / name
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run_dir / "model", tmp / "model", ignore=shutil.ignore_patterns("*.safetensors", ".fairdiff.json"))
-    for w in (run_dir / "model").rglob("*.safetensors"):
-        rel = w.relative_to(run_dir / "model")
-        sd = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(w)).items()}
-        save_file(sd, str(tmp / "model" / rel))
-    save_config(cfg, tmp / "config.yaml")
-    shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
-    rec = json.loads((run_dir / BASE_FILE).read_text()) if (run_dir / BASE_FILE).is_file() else base_record(
-        run_dir, cfg)
-    files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    write_json(tmp / BASE_FILE, {**rec, "name": name, "files": files})
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(run_dir / "model", tmp / "model",
+                        ignore=shutil.ignore_patterns("*.safetensors", ".fairdiff.json"))
+        for w in (run_dir / "model").rglob("*.safetensors"):
+            rel = w.relative_to(run_dir / "model")
+            sd = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(w)).items()}
+            save_file(sd, str(tmp / "model" / rel))
+        save_config(cfg, tmp / "config.yaml")
+        shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
+        rec = json.loads((run_dir / BASE_FILE).read_text()) if (run_dir / BASE_FILE).is_file() else base_record(
+            run_dir, cfg)
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_json(tmp / BASE_FILE, {**rec, "name": name, "files": files})
     return dest
 
 

@@ -48,19 +48,16 @@ def copy_base_run(src: str | Path, dest: Path, cfg: RunConfig | None = None) -> 
 
     from fairdiff.config import save_config
 
+    from fairdiff.utils.atomic import atomic_dir
+
     src = Path(src)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(src / "model", tmp / "model")
-    for f in ("config.yaml", "manifest.json", "base.json", "stats.jsonl", ".fairdiff.json"):
-        if (src / f).is_file():
-            shutil.copy2(src / f, tmp / f)
-    if cfg is not None:
-        save_config(cfg, tmp / "config.yaml")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src / "model", tmp / "model")
+        for f in ("config.yaml", "manifest.json", "base.json", "stats.jsonl", ".fairdiff.json"):
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
+        if cfg is not None:
+            save_config(cfg, tmp / "config.yaml")
 
 
 def _run_debias_cell(cfg: RunConfig, cell: Cell, cell_dir: Path, quiet: bool) -> dict:

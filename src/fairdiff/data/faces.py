@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import sys
 import time
 import zipfile
@@ -50,6 +49,7 @@ from fairdiff.data.gender_model import (  # noqa: F401  (re-exported: the faces-
 )
 from fairdiff.data.sources import CELEBA_CROP, ImageSet, cache_dir
 from fairdiff.errors import DataError
+from fairdiff.utils.atomic import atomic_dir
 from fairdiff.utils.io import sha256_file  # noqa: F401  (re-exported: used here and by callers)
 
 NAME = "faces-mini"
@@ -204,9 +204,7 @@ def build_faces_mini(images_wheel: str | Path, classifier_wheel: str | Path, fol
     log(f"reading face crops from {images_wheel.name} ...")
     names, crops = read_face_crops(images_wheel, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = folder.with_name(f".{folder.name}.{time.time_ns()}.tmp")
-    stage.mkdir()
-    try:
+    with atomic_dir(folder) as stage:
         (stage / MODEL_FILE).write_bytes(model_bytes)
         sess = open_gender_model(stage / MODEL_FILE)
         log(f"labelling {len(crops)} faces with gender-v1 ({LABEL_RESIZE} resize to {LABEL_SIZE}x{LABEL_SIZE}) ...")
@@ -241,27 +239,7 @@ def build_faces_mini(images_wheel: str | Path, classifier_wheel: str | Path, fol
             "build_seconds": round(time.perf_counter() - t0, 2),
         }
         (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _publish(stage, folder)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
     return folder
-
-
-def _publish(stage: Path, folder: Path) -> None:
-    """Move the staged build into ``folder`` (replacing an old build) with directory renames."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.{time.time_ns()}.old")
-        folder.rename(old)
-    try:
-        stage.rename(folder)
-    except OSError:
-        if old is not None and not folder.exists():
-            old.rename(folder)  # put the previous build back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ loading

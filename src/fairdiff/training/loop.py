@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from fairdiff.errors import FairdiffError
-from fairdiff.runs import atomic_dir_replace
+from fairdiff.utils.atomic import swap_dir
 from fairdiff.training.checkpoint import latest_checkpoint, prune_checkpoints, write_file_list
 from fairdiff.training.state import save_training_state
 from fairdiff.utils.io import atomic_write_text, read_jsonl
@@ -125,7 +125,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, limit: int, state: di
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_file_list(tmp, step)
-        atomic_dir_replace(tmp, final)
+        swap_dir(tmp, final)
         prune_checkpoints(run_dir, max(1, limit))
     accelerator.wait_for_everyone()
 

@@ -154,8 +154,8 @@ class SDLoraAdapter(ModelAdapter):
 
             from fairdiff.methods.registry import REGISTRY, get_method
 
-            if get_method(cfg.method.name).prompt_objective is None:
-                takes = ", ".join(n for n, e in REGISTRY.items() if e.prompt_objective)
+            if not get_method(cfg.method.name).takes_prompts:
+                takes = ", ".join(n for n, e in REGISTRY.items() if e.takes_prompts)
                 raise ConfigError(f"--prompt-targets is for method.name={takes}, not {cfg.method.name}")
             self.targets_raw = read_targets_file(self.prompt_targets_file)
             self.prompts = [str(k).strip() for k in self.targets_raw]
@@ -279,25 +279,21 @@ class SDLoraAdapter(ModelAdapter):
 
     def save(self, run_dir: Path, cfg: RunConfig, model: nn.Module, ema, noise_scheduler, modules: dict) -> None:
         """``model/``: the LoRA (EMA weights) in diffusers format, objective modules beside it."""
-        import shutil
+        from fairdiff.runs import save_module
+        from fairdiff.utils.atomic import atomic_dir
 
-        from fairdiff.runs import atomic_dir_replace, save_module
-
-        tmp = run_dir / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        params = self.ema_parameters(model)
-        if ema is not None:  # the EMA weights in place while saving, the trained ones back afterwards
-            ema.store(params)
-            ema.copy_to(params)
-        try:
-            save_lora(tmp, model.unet, model.text_encoder if self.te_targets else None)
-        finally:
-            if ema is not None:
-                ema.restore(params)
-        for name, (module, config) in modules.items():
-            save_module(module, tmp / name, config)
-        atomic_dir_replace(tmp, run_dir / "model")
+        with atomic_dir(run_dir / "model") as tmp:
+            params = self.ema_parameters(model)
+            if ema is not None:  # the EMA weights in place while saving, the trained ones back afterwards
+                ema.store(params)
+                ema.copy_to(params)
+            try:
+                save_lora(tmp, model.unet, model.text_encoder if self.te_targets else None)
+            finally:
+                if ema is not None:
+                    ema.restore(params)
+            for name, (module, config) in modules.items():
+                save_module(module, tmp / name, config)
 
     def report(self, cfg: RunConfig, run_dir: Path, manifest: dict) -> None:
         from fairdiff.training.report import extra_lines, last_row, method_line, optimizer_line

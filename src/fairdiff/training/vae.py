@@ -12,7 +12,6 @@ Output folder: ``config.yaml``, ``stats.jsonl``, ``vae/`` (diffusers ``Autoencod
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from fairdiff.errors import RunDirError
 from fairdiff.models.vae import build_vae, decode, encode, scaling_factor
 from fairdiff.utils.io import append_jsonl, write_json
 from fairdiff.utils.outputs import check_output_dir, replace_output_dir
+from fairdiff.utils.atomic import atomic_dir
 from fairdiff.utils.seed import derive_seed, make_generator, seed_everything
 
 
@@ -135,10 +135,8 @@ def train_vae(
     metrics = {"heldout_recon_mse": mse, "heldout_psnr_db": psnr(mse), "train_recon_mse": train_mse,
                "scaling_factor": sf, "latent_shape": [vae.config.latent_channels, h // f, w // f],
                "downsample_factor": f, "steps": tc.steps, "seconds": round(time.time() - t0, 3)}
-    tmp = out_dir / "vae.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
-    tmp.rename(out_dir / "vae")
+    with atomic_dir(out_dir / "vae") as tmp:
+        vae.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
     write_json(out_dir / "metrics.json", metrics)
     if len(held):
         show = held[:8]

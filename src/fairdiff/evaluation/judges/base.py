@@ -8,8 +8,6 @@ function.
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,20 +160,7 @@ def publish_folder(folder: Path, write: Callable[[Path], None]) -> None:
     A folder already there with another layout (an older fairdiff's) is replaced; when another process
     published the same folder first, its copy is kept and this one is dropped.
     """
-    tmp = folder.with_name(f".{folder.name}.{time.time_ns()}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    from fairdiff.utils.atomic import atomic_dir
+
+    with atomic_dir(folder, keep_other=True) as tmp:
         write(tmp)
-        if folder.exists():  # another layout: move it aside, then publish
-            old = tmp.with_suffix(".old")
-            try:
-                folder.rename(old)
-            except OSError:  # another process moved it first
-                pass
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process published first: keep its copy
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
