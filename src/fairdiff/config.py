@@ -196,10 +196,58 @@ def check_run_name(name: str) -> None:
                           f"(no path separators, not '.' or '..')")
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and many tools take 32-bit seeds
+BIG = 10**9  # a count no run reaches (steps, images): a typo beyond it is refused instead of tried
+MAX_BATCH = 65_536
+MAX_RESOLUTION = 2048
+
+# Upper bounds of every number a user can type, (section, key) -> bound; lower bounds are in validate().
+# What fits the machine (a batch at a resolution) is checked before training by fairdiff.training.memory.
+UPPER_BOUNDS: dict[tuple[str, str], int | float] = {
+    ("data", "resolution"): MAX_RESOLUTION, ("data", "size"): 10**8, ("data", "heldout_per_group"): 10**6,
+    ("data", "channels"): 4, ("data", "synthetic_size"): 10**7, ("data", "synthetic_classes"): 1000,
+    ("data", "seed"): MAX_SEED,
+    ("model", "num_train_timesteps"): 100_000, ("model", "vae_latent_channels"): 64, ("model", "lora_rank"): 4096,
+    ("model", "lora_alpha"): 1e6, ("model", "vae_kl_weight"): 1e6,
+    ("train", "steps"): BIG, ("train", "batch_size"): MAX_BATCH, ("train", "grad_accum"): MAX_BATCH,
+    ("train", "lr"): 10.0, ("train", "weight_decay"): 100.0, ("train", "warmup_steps"): BIG,
+    ("train", "max_grad_norm"): 1e9, ("train", "log_every"): BIG, ("train", "sample_every"): BIG,
+    ("train", "checkpoint_every"): BIG, ("train", "checkpoint_total_limit"): 10**6, ("train", "seed"): MAX_SEED,
+    ("sample", "n"): 10**8, ("sample", "batch_size"): MAX_BATCH, ("sample", "eta"): 1.0, ("sample", "seed"): MAX_SEED,
+    ("eval", "bootstrap"): 10**6, ("eval", "n_samples"): 10**8, ("eval", "seed"): MAX_SEED,
+    ("eval", "classifier_steps"): 10**7, ("eval", "pr_k"): 1000, ("eval", "batch_size"): MAX_BATCH,
+    ("eval", "copy_check"): 10**8,
+    ("method", "indicator_t_min"): 100_000, ("method", "indicator_t_max"): 100_000, ("method", "num_clusters"): 1000,
+    ("method", "align_steps"): 100_000, ("method", "align_classifier_steps"): 10**7, ("method", "ot_draws"): 10**6,
+    ("method", "disc_width"): MAX_BATCH, ("method", "disc_steps"): 10**7, ("method", "disc_batch_size"): MAX_BATCH,
+    ("method", "disc_lr"): 10.0, ("method", "iw_timestep"): 100_000, ("method", "weight_clip"): 1e9,
+    ("method", "reconstruction_weight"): 1e6, ("method", "preserve_weight"): 1e6,
+    ("method", "preserve_prompt_weight"): 1e6, ("method", "disc_weight_decay"): 100.0,
+}
+
+
+def check_upper_bounds(cfg: RunConfig) -> None:
+    """Every number below its bound in :data:`UPPER_BOUNDS` (and every seed at least 0): one line naming the key."""
+    for (section, key), high in UPPER_BOUNDS.items():
+        owner = getattr(cfg, section)
+        v = getattr(owner, key, None)
+        if v is not None and not isinstance(v, bool) and v > high:
+            raise ConfigError(f"{section}.{key}: must be at most {high:g}, got {v:g}")
+    for section in ("data", "train", "sample", "eval"):
+        at_least(getattr(cfg, section), section, 0, "seed")
+    for w in cfg.method.indicator_widths:
+        if w > MAX_BATCH:
+            raise ConfigError(f"method.indicator_widths: every width must be at most {MAX_BATCH}, got {w}")
+    ref = cfg.data.reference
+    if ref is not None and not isinstance(ref, bool) and ref > 10**8:
+        raise ConfigError(f"data.reference: must be at most {10**8:g}, got {ref:g}")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Value ranges and cross-field checks that a type alone cannot express; one line naming the key."""
     check_finite(cfg)
     check_run_name(cfg.name)
+    check_upper_bounds(cfg)
     d = cfg.data
     if len(d.groups) < 2:
         raise ConfigError("data.groups: need at least two groups")

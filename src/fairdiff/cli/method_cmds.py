@@ -44,6 +44,8 @@ def register(sub) -> None:
                    help="softmax temperature of the heads (8 as in the paper; use ~1 for a non-uniform target, "
                    "since a high one pulls the predicted shares toward uniform)")
     g.add_argument("--guidance-loss", choices=["chi2", "kl"], default="chi2")
+    g.add_argument("--force", action="store_true",
+                   help="use heads fitted on another model than this run's (a warning instead of an error)")
     plain = sp.get_default("func")
     sp.set_defaults(func=_guided(plain))
 
@@ -74,7 +76,8 @@ def cmd_sample_guided(args: argparse.Namespace) -> int:
     out, record = guide_run(args.run, args.guidance, args.n, scale=args.scale, target=args.target,
                             temperature=args.temperature, loss=args.guidance_loss, out_dir=args.out, seed=args.seed,
                             batch_size=args.batch_size, steps=args.steps, scheduler=args.scheduler, eta=args.eta,
-                            class_labels=labels, device=args.device, png=not args.no_png, progress=not args.quiet)
+                            class_labels=labels, device=args.device, png=not args.no_png, progress=not args.quiet,
+                            force=args.force)
     print(f"wrote {args.n} guided samples to {out} (target {record['target']}, scale {args.scale})")
     return 0
 

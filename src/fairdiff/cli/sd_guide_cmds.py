@@ -44,6 +44,8 @@ def register(sub) -> None:
     g.add_argument("--n", type=int, required=True, help="images per prompt")
     g.add_argument("--steps", type=int, help="DDIM steps (default and required: the heads' steps)")
     g.add_argument("--out", "-o", required=True, help="output folder: one samples subfolder per prompt")
+    g.add_argument("--force", action="store_true",
+                   help="use heads fitted on another model than --sd (a warning instead of an error)")
     g.set_defaults(func=cmd_sample)
     p.set_defaults(func=lambda _a: _missing_action(p))
 
@@ -76,6 +78,24 @@ def _check_sd(sd: str) -> Path:
         check_sd_folder(base if base else p / "missing-base")
         return p
     return check_sd_folder(p)
+
+
+def sd_fingerprint(sd: str | Path) -> dict | None:
+    """Which model --sd is (what heads record and are checked against): the SHA-256 of its U-Net weights, and for
+    an sd-finetune run also of its LoRA."""
+    from fairdiff.models.heads import model_fingerprint
+    from fairdiff.models.sd import LORA_FILE
+    from fairdiff.runs import MODEL_DIR, SD_META
+    from fairdiff.utils.io import read_json_checked
+
+    p = Path(sd)
+    if (p / SD_META).is_file():
+        base = read_json_checked(p / SD_META, "sd-finetune run record").get("sd")
+        fp = model_fingerprint(Path(base) / "unet", {"lora_sha256": p / MODEL_DIR / LORA_FILE})
+        if fp is not None:
+            fp["path"] = str(p.resolve())
+        return fp
+    return model_fingerprint(p / "unet")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -120,7 +140,7 @@ def cmd_fit_heads(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else print
     res = fit_sd_heads(pipe, prompts, lambda im: clf.predict(im, features=False)[0].argmax(1), clf.num_classes,
                        n=args.n, steps=args.steps, cfg_scale=cfg, size=size, pool=args.pool, heldout=args.heldout,
-                       seed=args.seed, batch_size=args.batch_size, log=log)
+                       seed=args.seed, batch_size=args.batch_size, log=log, fitted_on=sd_fingerprint(args.sd))
     record = {"sd": str(Path(args.sd).resolve()), "prompts": prompts, "judge": str(Path(args.judge).resolve()),
               "n_per_prompt": args.n, "seed": args.seed, "guidance_scale": cfg, "n_train": res.n_train,
               "n_heldout": res.n_heldout, "heldout_accuracy": res.heldout_accuracy,
@@ -153,7 +173,7 @@ def read_guided_prompts(args: argparse.Namespace, k: int) -> list[tuple[str, lis
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from fairdiff.evaluation.audit_inputs import prompt_slug
-    from fairdiff.models.heads import load_heads, read_heads_record
+    from fairdiff.models.heads import check_heads_model, load_heads, read_heads_record
     from fairdiff.sampling.sd_guided import GUIDED_KIND, guide_sd
     from fairdiff.utils.outputs import check_output_dir, replace_output_dir
 
@@ -166,6 +186,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not Path(args.heads).is_dir():
         raise FairdiffError(f"--heads {args.heads}: no such folder (fit heads with 'fairdiff sd-guide fit-heads')")
     heads = load_heads(args.heads)
+    check_heads_model(heads, sd_fingerprint(args.sd), args.heads, args.sd, force=args.force)
     hc = heads.config
     if args.steps is not None and args.steps != hc.num_steps:
         raise FairdiffError(f"--steps {args.steps}: the heads {args.heads} were fitted for {hc.num_steps} DDIM "

@@ -28,6 +28,22 @@ CLUSTER_PILOT = 2000  # the base's images the label-free clusters are fitted on
 DISTILL_DEFAULTS = {"train_n": 2000, "steps": 400, "lr": 2e-4}
 
 
+def _load_checked_judge(judge, cfg, k: int, progress: bool):
+    """The validation judge, checked before any sampling as evaluate checks its judge: its number of groups
+    against the run's, then one small batch of the run's held-out real images through it (it must run, give
+    logits of the right shape, and only finite ones; else one line)."""
+    from fairdiff.evaluation.judges import load_validation_judge
+    from fairdiff.evaluation.samples import reference_uint8
+
+    clf = load_validation_judge(judge, cfg.data, cfg.eval, progress=progress)
+    if clf.num_classes != k:
+        raise FairdiffError(f"the judge has {clf.num_classes} groups, the run has {k}")
+    ref, _ = reference_uint8(cfg.data)
+    if len(ref):
+        clf.check_judge(ref)
+    return clf
+
+
 def _verdict_fn(judge, data_cfg):
     """``images -> verdicts`` for the open-set judge (its own calibration, else the run's held-out images)."""
     from fairdiff.evaluation.openset import calibration_of, judge_images
@@ -106,7 +122,6 @@ def debias_run(
     """
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
-    from fairdiff.evaluation.judges import load_validation_judge
     from fairdiff.models import build_sampling_scheduler
     from fairdiff.runs import is_sd_run, load_model_checked, read_run_config
     from fairdiff.sampling import sample
@@ -162,9 +177,7 @@ def debias_run(
         clf, verdicts = cj, cj.verdicts
         cluster_pilot_s = time.perf_counter() - t_pilot
     else:
-        clf = load_validation_judge(judge, cfg.data, cfg.eval, progress=progress)
-        if clf.num_classes != k:
-            raise FairdiffError(f"the judge has {clf.num_classes} groups, the run has {k}")
+        clf = _load_checked_judge(judge, cfg, k, progress)
         verdicts = _verdict_fn(clf, cfg.data)
         cluster_pilot_s = 0.0
 
@@ -282,6 +295,7 @@ def guide_run_to_target(
     overwrite: bool = False,
     evaluate: bool = True,
     progress: bool = True,
+    force: bool = False,
 ) -> dict:
     """Distribution guidance whose scale a controller finds (:func:`fairdiff.debias.guide.find_scale`).
 
@@ -290,6 +304,7 @@ def guide_run_to_target(
     then ``n`` images (seeds ``seed ..``) are drawn at that scale into ``out_dir`` (a debias folder with the heads
     in ``heads/``) and scored by the test judge. ``mode``: ``batch`` (the batch's share is pushed toward the
     target) or ``sample`` (each image is assigned a group in the target's proportions and guided toward it).
+    ``force``: use ``heads`` fitted on another model's weights (a warning instead of an error).
     """
     import tempfile
 
@@ -298,7 +313,6 @@ def guide_run_to_target(
     from fairdiff.data import prepare_data
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
-    from fairdiff.evaluation.judges import load_validation_judge
     from fairdiff.evaluation.samples import to_uint8
     from fairdiff.methods.guidance import AssignedGuidance, DistributionGuidance
     from fairdiff.metrics import OUTSIDE
@@ -345,7 +359,7 @@ def guide_run_to_target(
             heads_info = {"fitted": True, "heldout_accuracy_mean": float(np.mean(held)) if held else None}
         else:
             heads_obj = load_heads(heads, dev)
-            check_heads_fit(heads_obj, unet, sched_cfg, heads, run_dir)
+            check_heads_fit(heads_obj, unet, sched_cfg, heads, run_dir, force=force)
             if heads_obj.config.num_steps != steps or heads_obj.config.scheduler != "ddim":
                 raise FairdiffError(f"heads {heads} are for --steps {heads_obj.config.num_steps} --scheduler "
                                     f"{heads_obj.config.scheduler}; guide samples with DDIM and --steps {steps}")
@@ -354,9 +368,7 @@ def guide_run_to_target(
             prm.requires_grad_(False)
         heads_s = time.perf_counter() - t0
         sched = build_sampling_scheduler("ddim", sched_cfg)
-        clf = load_validation_judge(judge, cfg.data, cfg.eval, progress=progress)
-        if clf.num_classes != k:
-            raise FairdiffError(f"the judge has {clf.num_classes} groups, the run has {k}")
+        clf = _load_checked_judge(judge, cfg, k, progress)
         verdicts = _verdict_fn(clf, cfg.data)
         timing: dict[float, float] = {}
 

@@ -16,6 +16,7 @@ writes one atomically with ``record.json`` (the config plus how the heads were f
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -34,6 +35,8 @@ HEADS_KIND = "heads"  # the marker kind of a heads folder
 RECORD = "record.json"  # in a heads folder: the config plus how the heads were fitted
 META_KEY = "fairdiff_heads"  # the safetensors metadata key of a single-file heads file (the earlier format)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class HeadsConfig:
@@ -46,6 +49,9 @@ class HeadsConfig:
     pool: str = "flatten"
     h_shape: list[int] = field(default_factory=list)  # C, H, W of the middle block's output
     mode: str = "noise"
+    # the model the heads were fitted on (:func:`model_fingerprint`): {"unet_sha256", "path"[, "lora_sha256"]};
+    # None in heads written before fairdiff recorded it (they load, with a warning where they are used)
+    fitted_on: dict | None = None
 
     @property
     def in_dim(self) -> int:
@@ -75,7 +81,8 @@ class GuidanceHeads(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, attributes: dict[str, int], num_steps: int, scheduler: str, timesteps: list[int],
-                 pool: str = "flatten", h_shape: list[int] = (), mode: str = "noise") -> None:
+                 pool: str = "flatten", h_shape: list[int] = (), mode: str = "noise",
+                 fitted_on: dict | None = None) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ConfigError(f"unknown head pool '{pool}' (known: {', '.join(POOLS)})")
@@ -89,7 +96,7 @@ class GuidanceHeads(ModelMixin, ConfigMixin):
 
     @property
     def spec(self) -> HeadsConfig:
-        return HeadsConfig(**{f.name: self.config[f.name] for f in fields(HeadsConfig)})
+        return HeadsConfig(**{f.name: self.config.get(f.name, f.default) for f in fields(HeadsConfig)})
 
     @property
     def num_steps(self) -> int:
@@ -181,3 +188,63 @@ def load_heads(path: str | Path, device: str | torch.device = "cpu") -> Guidance
     heads = GuidanceHeads.from_spec(HeadsConfig(**json.loads(meta[META_KEY])))
     heads.load_state_dict(state)
     return heads.to(device).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what heads were fitted on
+
+
+def model_fingerprint(unet_or_folder, extra: dict[str, str | Path] | None = None) -> dict | None:
+    """Which model a U-Net is: ``{"unet_sha256": ..., "path": ...}`` from the safetensors weights of its folder.
+
+    ``unet_or_folder``: a U-Net folder, or a U-Net module loaded with ``from_pretrained`` (its config's
+    ``_name_or_path`` names the folder). ``extra``: further weight files that change the model (an SD run's LoRA:
+    ``{"lora_sha256": path}``). None when the U-Net has no weights file (built in code)."""
+    from fairdiff.utils.io import sha256_file
+
+    if isinstance(unet_or_folder, (str, Path)):
+        folder = Path(unet_or_folder)
+    else:
+        name = getattr(getattr(unet_or_folder, "config", None), "get", lambda *_: None)("_name_or_path", None)
+        if not name:
+            return None
+        folder = Path(name)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    if len(files) == 1:
+        digest = sha256_file(files[0])
+    else:
+        import hashlib
+
+        digest = hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}" for f in files).encode()).hexdigest()
+    fp: dict = {"unet_sha256": digest, "path": str(folder.resolve())}
+    for key, path in (extra or {}).items():
+        fp[key] = sha256_file(path)
+    return fp
+
+
+def check_heads_model(heads: GuidanceHeads, fingerprint: dict | None, heads_path, model, force: bool = False) -> None:
+    """Refuse heads fitted on another model than ``fingerprint`` (one line naming both) unless ``force``, which
+    warns instead; heads from before the fingerprint was recorded warn. Nothing to check when the model has no
+    weights file (``fingerprint`` None)."""
+    fitted = heads.config.get("fitted_on") if hasattr(heads.config, "get") else None
+    if fingerprint is None:
+        return
+    if not fitted:
+        log.warning("warning: heads %s do not record the model they were fitted on (written by an earlier "
+                    "fairdiff); make sure they were fitted on %s", heads_path, model)
+        return
+    keys = [k for k in fingerprint if k.endswith("_sha256")]
+    keys += [k for k in fitted if k.endswith("_sha256") and k not in keys]
+    if all(fitted.get(k) == fingerprint.get(k) for k in keys):
+        return
+    msg = (f"heads {heads_path} were fitted on another model ({fitted.get('path', '?')}, U-Net sha256 "
+           f"{str(fitted.get('unet_sha256'))[:12]}) than {model} (U-Net sha256 "
+           f"{str(fingerprint.get('unet_sha256'))[:12]}")
+    if fitted.get("lora_sha256") != fingerprint.get("lora_sha256"):
+        msg += ", another LoRA"
+    msg += ")"
+    if not force:
+        raise FairdiffError(msg + "; fit heads for this model, or pass --force to use them anyway")
+    log.warning("warning: %s; used anyway (--force)", msg)

@@ -46,8 +46,11 @@ class SDComponents:
     scheduler_config: dict
 
 
-def check_sd_folder(path: str | Path) -> Path:
-    """Return ``path`` if it looks like a diffusers SD folder, else raise one clear :class:`SDFolderError`."""
+def check_sd_folder(path: str | Path, weights: bool = True) -> Path:
+    """Return ``path`` if it looks like a diffusers SD folder, else raise one clear :class:`SDFolderError`.
+
+    ``weights``: also check that the U-Net, VAE and text-encoder weights are complete safetensors files
+    (:func:`check_sd_weights`; reads their headers only)."""
     p = Path(path)
     if not p.is_dir():
         raise SDFolderError(f"--sd {p}: no such folder (give a local diffusers Stable Diffusion folder)")
@@ -67,13 +70,35 @@ def check_sd_folder(path: str | Path) -> Path:
             ok = (sub / marker).is_file()
         if comp not in names or not ok:
             raise SDFolderError(f"--sd {p}: missing component '{comp}' (expected {sub}/)")
+    if weights:
+        check_sd_weights(p)
     return p
+
+
+SD_WEIGHT_FILES = {"unet": ("diffusion_pytorch_model.safetensors",),
+                   "vae": ("diffusion_pytorch_model.safetensors",),
+                   "text_encoder": ("model.safetensors",)}
+
+
+def check_sd_weights(path: str | Path) -> None:
+    """Every weights file of the U-Net, VAE and text encoder is a complete safetensors file (header and size
+    checked, nothing loaded); a missing, truncated, corrupt or pickled one is one :class:`SDFolderError`."""
+    from fairdiff.models.weights import WeightsError, check_weights_folder
+
+    p = Path(path)
+    for comp, names in SD_WEIGHT_FILES.items():
+        try:
+            check_weights_folder(p / comp, f"--sd {p}: component '{comp}'", names)
+        except WeightsError as e:
+            raise SDFolderError(str(e)) from None
 
 
 def load_sd(path: str | Path, device: str | torch.device = "cpu") -> SDComponents:
     """Load the U-Net, VAE, text encoder, tokenizer and scheduler config of a local SD folder (offline)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from fairdiff.models.weights import loader_errors
 
     p = check_sd_folder(path)
     _quiet_loading()
@@ -88,9 +113,12 @@ def load_sd(path: str | Path, device: str | torch.device = "cpu") -> SDComponent
     for comp, load in loaders.items():
         try:
             parts[comp] = load(str(p / comp))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SDFolderError(f"--sd {p}: cannot load component '{comp}': {first}") from None
+        except FairdiffError:
+            raise
+        except loader_errors() as e:
+            first = " ".join(str(e).split())[:300] or type(e).__name__
+            raise SDFolderError(f"--sd {p}: cannot load component '{comp}' (damaged or not a diffusers "
+                                f"component?): {first}") from None
     for comp in ("unet", "vae", "text_encoder"):
         parts[comp].to(device)
     return SDComponents(p, parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
@@ -99,16 +127,9 @@ def load_sd(path: str | Path, device: str | torch.device = "cpu") -> SDComponent
 
 def _quiet_loading() -> None:
     """No per-file loading bars on stderr (they would break the one-line error contract of the CLI)."""
-    try:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
+    from fairdiff.models.weights import quiet_loading
 
-        tlog.disable_progress_bar()
-        tlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        dlog.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
+    quiet_loading()
 
 
 def resolve_lora_targets(model: torch.nn.Module, targets: list[str] | tuple[str, ...],

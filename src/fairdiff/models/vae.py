@@ -94,10 +94,18 @@ def scaling_factor(latents: torch.Tensor) -> float:
 
 def vae_folder(path: str | Path) -> Path:
     """Accept a ``train-vae`` output folder (uses ``vae/``), a model folder with ``vae/``, or the VAE folder."""
+    from fairdiff.models.weights import PICKLE_SUFFIXES
+
     p = Path(path)
     for cand in (p / "vae", p / "model" / "vae", p):
         if (cand / "config.json").is_file() and any(cand.glob("*.safetensors")):
             return cand
+    for cand in (p / "vae", p / "model" / "vae", p):
+        if (cand / "config.json").is_file() and cand.is_dir():
+            pickles = sorted(f.name for f in cand.iterdir() if f.suffix in PICKLE_SUFFIXES)
+            if pickles:
+                raise RunDirError(f"model.vae: {cand} holds only pickled weights ({pickles[0]}), which fairdiff never "
+                                  f"loads; VAE weights must be safetensors")
     raise RunDirError(f"model.vae: {p} holds no trained VAE (expected {p}/vae/config.json; run 'fairdiff train-vae')")
 
 
@@ -105,6 +113,15 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu"):
     """Load a frozen, eval-mode ``AutoencoderKL`` from a VAE, model or ``train-vae`` folder."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(str(vae_folder(path)), use_safetensors=True).to(device)  # never pickle
+    from fairdiff.models.weights import check_weights_folder, first_line, loader_errors, quiet_loading
+
+    folder = vae_folder(path)
+    check_weights_folder(folder, "model.vae", ("diffusion_pytorch_model.safetensors",))  # header and size
+    quiet_loading()
+    try:
+        vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True).to(device)  # never pickle
+    except loader_errors() as e:
+        raise RunDirError(f"model.vae: cannot load the VAE in {folder} (damaged or not a VAE?): {first_line(e)}") \
+            from None
     vae.requires_grad_(False)
     return vae.eval()

@@ -12,7 +12,7 @@ from torch import nn
 
 from fairdiff.errors import FairdiffError
 from fairdiff.methods.guidance import DistributionGuidance, check_guidable, parse_target
-from fairdiff.models.heads import GuidanceHeads, load_heads, schedule_timesteps
+from fairdiff.models.heads import GuidanceHeads, check_heads_model, load_heads, model_fingerprint, schedule_timesteps
 from fairdiff.models.hspace import capture_h
 from fairdiff.runs import load_model_checked, prepare_samples_dir
 from fairdiff.sampling.files import check_sampling_args, resolve_device, sample_run
@@ -26,8 +26,9 @@ def load_guidable(run_dir: str | Path, device: str) -> tuple[nn.Module, dict]:
     return unet, sched_cfg
 
 
-def check_heads_fit(heads: GuidanceHeads, unet: nn.Module, sched_cfg, heads_path, run) -> None:
-    """Heads trained on another model (other h-space shape or schedule) are refused before sampling."""
+def check_heads_fit(heads: GuidanceHeads, unet: nn.Module, sched_cfg, heads_path, run, force: bool = False) -> None:
+    """Heads trained on another model (other h-space shape or schedule) are refused before sampling; so are heads
+    fitted on a model with other weights (their recorded fingerprint), unless ``force``, which warns."""
     cfg = heads.config
     if list(cfg.timesteps) != schedule_timesteps(cfg.scheduler, sched_cfg, cfg.num_steps):
         raise FairdiffError(f"heads {heads_path} were trained on a model with another noise schedule than {run}; "
@@ -40,6 +41,7 @@ def check_heads_fit(heads: GuidanceHeads, unet: nn.Module, sched_cfg, heads_path
     if shape is not None and list(cfg.h_shape) and shape != list(cfg.h_shape):
         raise FairdiffError(f"heads {heads_path} were trained on another model (h-space {list(cfg.h_shape)}, "
                             f"{run} has {shape}); train heads for this run with 'fairdiff train-heads {run}'")
+    check_heads_model(heads, model_fingerprint(unet), heads_path, run, force=force)
 
 
 def guide_run(
@@ -62,6 +64,7 @@ def guide_run(
     png: bool = True,
     progress: bool = True,
     info: Mapping | None = None,
+    force: bool = False,
 ) -> tuple[Path, dict]:
     """Draw ``n`` images (seeds ``seed .. seed+n-1``) from the run in ``run_dir`` guided toward ``target``.
 
@@ -70,7 +73,8 @@ def guide_run(
     checked before the model samples: the arguments, the output folder, the heads (their steps and scheduler
     must be the ones asked for, their model this run's) and the run (unconditional, pixel space). The samples'
     ``meta.json`` records ``{"guidance": {heads, target, scale, temperature, loss, **info}}``. Returns the
-    samples folder and that guidance record."""
+    samples folder and that guidance record. ``force``: use heads fitted on another model's weights (a warning).
+    """
     check_sampling_args(n, steps, eta, batch_size, seed=seed)
     if not math.isfinite(scale) or scale < 0 or not math.isfinite(temperature) or temperature <= 0:
         raise FairdiffError("--scale must be a finite number (0 or more) and --temperature a finite positive number")
@@ -87,7 +91,7 @@ def guide_run(
     if len(cfg.attributes) != 1:
         raise FairdiffError("sampling a run guides one attribute; use DistributionGuidance for several")
     unet, sched_cfg = load_guidable(run, dev)
-    check_heads_fit(heads, unet, sched_cfg, heads_path, run)
+    check_heads_fit(heads, unet, sched_cfg, heads_path, run, force=force)
     del unet
     k = next(iter(cfg.attributes.values()))
     shares = parse_target(target if target is not None else [1 / k] * k, k)

@@ -11,7 +11,6 @@ from fairdiff.errors import RunDirError
 from fairdiff.models.sd import LORA_FILE
 from fairdiff.runs import MODEL_DIR, SD_META, write_samples
 from fairdiff.utils.images import to_uint8
-from fairdiff.utils.io import read_json
 
 
 PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -22,14 +21,19 @@ def load_sd_folder(sd: str | Path, device: str | None = None, precision: str = "
     its weights in ``precision`` (fp32, fp16 or bf16)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from fairdiff.models.sd import _quiet_loading, check_sd_folder
+    from fairdiff.models.sd import SDFolderError, _quiet_loading, check_sd_folder
+    from fairdiff.models.weights import loader_errors
 
-    base = check_sd_folder(sd)
+    base = check_sd_folder(sd)  # structure and every weights file's header: one line naming a damaged file
     _quiet_loading()
-    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
-                                                   use_safetensors=True,
-                                                   local_files_only=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None, requires_safety_checker=False,
+                                                       use_safetensors=True, local_files_only=True)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    except loader_errors() as e:
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        raise SDFolderError(f"--sd {base}: cannot load the pipeline (damaged or foreign component?): {first}") \
+            from None
     pipe.set_progress_bar_config(disable=True)
     if precision != "fp32":
         pipe.to(dtype=PIPELINE_DTYPES[precision])
@@ -38,15 +42,33 @@ def load_sd_folder(sd: str | Path, device: str | None = None, precision: str = "
 
 def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None = None):
     """The run's base ``StableDiffusionPipeline`` (local folder) with its LoRA applied (U-Net + text encoder)."""
+    from fairdiff.models.weights import PICKLE_SUFFIXES, check_safetensors_file, loader_errors
+    from fairdiff.utils.io import read_json_checked
+
     run_dir = Path(run_dir)
     meta_file = run_dir / SD_META
-    if not meta_file.is_file() or not (run_dir / MODEL_DIR / LORA_FILE).is_file():
+    lora_file = run_dir / MODEL_DIR / LORA_FILE
+    if meta_file.is_file() and not lora_file.is_file() and (run_dir / MODEL_DIR).is_dir():
+        pickles = sorted(f.name for f in (run_dir / MODEL_DIR).iterdir() if f.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise RunDirError(f"{run_dir}: the LoRA is pickled ({MODEL_DIR}/{pickles[0]}), which fairdiff never "
+                              f"loads; expected {MODEL_DIR}/{LORA_FILE} (safetensors)")
+    if not meta_file.is_file() or not lora_file.is_file():
         raise RunDirError(f"{run_dir} is not a finished sd-finetune run (expected {SD_META} and "
                           f"{MODEL_DIR}/{LORA_FILE})")
-    meta = read_json(meta_file)
+    meta = read_json_checked(meta_file, "sd-finetune run record")
+    if not isinstance(meta, dict) or not isinstance(meta.get("sd"), str):
+        raise RunDirError(f"{meta_file}: names no base Stable Diffusion folder ('sd'); is it an sd-finetune run?")
+    if lora:
+        check_safetensors_file(lora_file, f"the LoRA of {run_dir}")  # before the base is loaded: fail fast
     pipe = load_sd_folder(meta["sd"], device="cpu")
     if lora:
-        pipe.load_lora_weights(str(run_dir / MODEL_DIR), weight_name=LORA_FILE)
+        try:
+            pipe.load_lora_weights(str(run_dir / MODEL_DIR), weight_name=LORA_FILE)
+        except loader_errors() as e:
+            first = " ".join(str(e).split())[:300] or type(e).__name__
+            raise RunDirError(f"cannot apply the LoRA {lora_file} to {meta['sd']} (damaged, or made for another "
+                              f"base model?): {first}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipe.to(dev), meta
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from fairdiff.errors import ConfigError
 from fairdiff.models.ddim import ddim_chain, inversion_chain
-from fairdiff.models.heads import POOLS, GuidanceHeads, HeadsConfig, schedule_timesteps
+from fairdiff.models.heads import POOLS, GuidanceHeads, HeadsConfig, model_fingerprint, schedule_timesteps
 from fairdiff.models.hspace import capture_h
 
 MODES = ("noise", "invert")
@@ -144,8 +144,12 @@ def train_heads(
     batch_size: int = 128,
     weight_decay: float = 1e-3,
     progress: bool = False,
+    fitted_on: dict | None = None,
 ) -> HeadsTrainResult:
     """Fit one linear head per step position of a ``scheduler_kind`` schedule with ``num_steps`` steps.
+
+    The heads record the model they were fitted on (``fitted_on``; by default the fingerprint of ``unet``'s
+    weights file, :func:`~fairdiff.models.heads.model_fingerprint`), so guidance can refuse another model.
 
     ``labels`` is a tensor (one attribute, named ``group``) or ``{attribute: tensor}``. ``n_per_step`` images
     (a seeded random subset; all when None) are used for fitting; accuracy on ``heldout_*`` is reported per step.
@@ -179,7 +183,8 @@ def train_heads(
         hfeats = collect_features(unet, noise_scheduler_config, heldout_images, timesteps, mode=mode, pool=pool,
                                   seed=seed + 1, batch_size=batch_size)
     cfg = HeadsConfig(attributes=ks, num_steps=num_steps, scheduler=scheduler_kind, timesteps=timesteps,
-                      pool=pool, h_shape=h_shape, mode=mode)
+                      pool=pool, h_shape=h_shape, mode=mode,
+                      fitted_on=fitted_on if fitted_on is not None else model_fingerprint(unet))
     heads = GuidanceHeads.from_spec(cfg)
     tr_acc: dict[str, list[float]] = {a: [] for a in ks}
     he_acc: dict[str, list[float]] = {a: [] for a in ks}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fairdiff.errors import FairdiffError
-from fairdiff.models.heads import GuidanceHeads, HeadsConfig
+from fairdiff.models.heads import GuidanceHeads, HeadsConfig, model_fingerprint
 from fairdiff.sampling.sd_guided import POOLS, sd_generate
 from fairdiff.training.heads import _balanced_accuracy, fit_linear
 
@@ -52,10 +52,13 @@ def fit_sd_heads(
     batch_size: int = 16,
     weight_decay: float = 1e-3,
     log: Callable[[str], None] = lambda _m: None,
+    fitted_on: dict | None = None,
 ) -> SDHeadsResult:
     """Generate ``n`` images per prompt (image i from seed + i), label them with ``judge`` (uint8 images ->
     group indices), fit one head per step on the recorded h; ``heldout`` of the images (a seeded random part)
-    are kept out of fitting and scored."""
+    are kept out of fitting and scored. The heads record ``fitted_on`` (default: the fingerprint of the pipeline's
+    U-Net weights file; give :func:`~fairdiff.models.heads.model_fingerprint` with the LoRA for a fine-tuned run).
+    """
     if pool not in POOLS:
         raise FairdiffError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if not 0 <= heldout < 1:
@@ -85,7 +88,8 @@ def fit_sd_heads(
         raise FairdiffError(f"the judge put the {len(train)} training images in groups with counts "
                             f"{counts.tolist()}: every group needs images; generate more (--n) or add prompts")
     cfg = HeadsConfig(attributes={"group": num_classes}, num_steps=steps, scheduler="ddim", timesteps=timesteps,
-                      pool=pool, h_shape=h_shape, mode=MODE)
+                      pool=pool, h_shape=h_shape, mode=MODE,
+                      fitted_on=fitted_on if fitted_on is not None else model_fingerprint(pipe.unet))
     heads = GuidanceHeads.from_spec(cfg)
     tr_acc, he_acc = [], []
     bank = heads.banks["group"]

@@ -39,6 +39,7 @@ from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.training.adapters import ModelAdapter, UNetAdapter
 from fairdiff.training.batches import DeviceBatches, batch_indices
 from fairdiff.training.checkpoint import checkpoint_step, prepare_run_dir, resolve_resume
+from fairdiff.training.memory import check_training_memory
 from fairdiff.training.loop import (
     Health,
     StopOnSignal,
@@ -93,6 +94,7 @@ def train(
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after: must be at least 1, got {stop_after}")
     check_mixed_precision(cfg.train.mixed_precision)
+    check_training_memory(cfg, getattr(adapter, "sd_path", None))  # a batch that cannot fit: one line, now
     run_dir = Path(run_dir)
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
