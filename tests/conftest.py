@@ -67,3 +67,24 @@ def corner_judge_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("judges") / "corner.pt"
     torch.jit.script(CornerJudge()).save(str(path))
     return path
+
+
+class Brightness(torch.nn.Module):
+    """A two-group judge of an image's mean value (in [-1, 1]): group 1 (bright) above ``threshold``, else group 0
+    (dark); the logits are ``-+ (mean - threshold) * scale`` (the default scale saturates them)."""
+
+    def __init__(self, threshold: float = 0.0, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.threshold = float(threshold)
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = (x.mean(dim=(1, 2, 3)) - self.threshold) * self.scale
+        return torch.stack([-m, m], 1)
+
+
+def brightness(images):
+    """The mean of uint8 images mapped to [-1, 1], per image: what :class:`Brightness` thresholds."""
+    import numpy as np
+
+    return (images.astype(np.float64) / 127.5 - 1.0).mean(axis=(1, 2, 3))

@@ -18,22 +18,15 @@ pytest.importorskip("transformers")
 from fairdiff.cli.main import main  # noqa: E402
 from fairdiff.evaluation.audit import prompt_slug, run_audit  # noqa: E402
 from fairdiff.evaluation.judges import from_callable  # noqa: E402
+from tests.conftest import Brightness, brightness  # noqa: E402
 
 PROMPTS = ["a photo of a doctor", "a nurse"]
 GEN = ["--n", "3", "--steps", "2", "--guidance-scale", "2.0", "--bootstrap", "50", "-q"]
 
 
-class Brightness(torch.nn.Module):
-    """Group 1 when the image's mean (in [-1, 1]) is above 0, else group 0, with saturated logits."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.mean(dim=(1, 2, 3))
-        return torch.stack([-1000.0 * m, 1000.0 * m], 1)
-
-
 def expected_group(images: np.ndarray) -> np.ndarray:
-    """What the brightness judge must say about uint8 images, computed here without it."""
-    return ((images.astype(np.float64) / 127.5 - 1.0).mean(axis=(1, 2, 3)) > 0).astype(int)
+    """What the brightness judge (threshold 0) must say about uint8 images, computed here without it."""
+    return (brightness(images) > 0).astype(int)
 
 
 def strict_fd(shares: list[float]) -> float:
@@ -167,15 +160,44 @@ def test_resume_keeps_finished_prompts_and_continues_an_interrupted_one(world, t
     assert m["shares"] == pytest.approx([float(np.mean(g == 0)), float(np.mean(g == 1))])
 
 
-def test_bf16_pipeline_on_the_cpu(world, tmp_path):
-    out = tmp_path / "audit"
-    assert main(["audit", str(world["sd"]), "--prompt", "a nurse", "--out", str(out), "--judge", str(world["judge"]),
-                 "--precision", "bf16", "--device", "cpu", *GEN]) == 0
-    res = json.loads((out / "audit.json").read_text())
-    assert res["settings"]["precision"] == "bf16" and res["prompts"][0]["n"] == 3
-    s = _npz(out / "prompts" / prompt_slug("a nurse") / "samples")
-    g = expected_group(s["images"])
-    assert res["prompts"][0]["strict_shares"] == pytest.approx([np.mean(g == 0), np.mean(g == 1), 0.0])
+def test_bf16_pipeline_on_the_cpu(world, tmp_path, monkeypatch):
+    """--precision bf16 loads the pipeline in bfloat16 and its U-Net runs on bfloat16 inputs (spied on), and the
+    images differ from the fp32 ones of the same seeds while staying close to them."""
+    import fairdiff.sampling.sd as sd_mod
+
+    seen: dict[str, set] = {"weights": set(), "unet_inputs": set()}
+    load = sd_mod.load_sd_folder
+
+    def spying_load(*a, **k):
+        pipe = load(*a, **k)
+        seen["weights"] |= {p.dtype for p in pipe.unet.parameters()} | {p.dtype for p in pipe.vae.parameters()}
+        forward = pipe.unet.forward
+
+        def spy(sample, *fa, **fk):
+            seen["unet_inputs"].add(sample.dtype)
+            return forward(sample, *fa, **fk)
+
+        pipe.unet.forward = spy
+        return pipe
+
+    monkeypatch.setattr(sd_mod, "load_sd_folder", spying_load)
+    images = {}
+    for precision in ("bf16", "fp32"):
+        seen["weights"].clear()
+        seen["unet_inputs"].clear()
+        out = tmp_path / precision
+        assert main(["audit", str(world["sd"]), "--prompt", "a nurse", "--out", str(out), "--judge",
+                     str(world["judge"]), "--precision", precision, "--device", "cpu", *GEN]) == 0
+        want = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert seen["weights"] == {want} and seen["unet_inputs"] == {want}, (precision, seen)
+        res = json.loads((out / "audit.json").read_text())
+        assert res["settings"]["precision"] == precision and res["prompts"][0]["n"] == 3
+        s = _npz(out / "prompts" / prompt_slug("a nurse") / "samples")
+        g = expected_group(s["images"])
+        assert res["prompts"][0]["strict_shares"] == pytest.approx([np.mean(g == 0), np.mean(g == 1), 0.0])
+        images[precision] = s["images"].astype(np.int64)
+    diff = np.abs(images["bf16"] - images["fp32"])
+    assert diff.max() > 0 and diff.mean() < 8.0, (diff.max(), diff.mean())
 
 
 def _planted(root: Path) -> Path:

@@ -21,12 +21,18 @@ OVERRIDES = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
+    from fairdiff.sampling import sample_run
     from fairdiff.training import train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAIRDIFF_CACHE", str(tmp_path_factory.mktemp("cache")))
         out = tmp_path_factory.mktemp("runs") / "syn"
-        train(load_config(None, OVERRIDES), out, quiet=True)
+        cfg = load_config(None, OVERRIDES)
+        train(cfg, out, quiet=True)
+        # sampled here, once: every test finds RUN/samples whichever runs first or alone
+        sample_run(out, cfg.eval.n_samples, seed=cfg.sample.seed, steps=cfg.sample.steps,
+                   batch_size=cfg.sample.batch_size, scheduler=cfg.sample.scheduler, eta=cfg.sample.eta,
+                   progress=False)
         yield out
 
 
@@ -74,7 +80,6 @@ def test_copying_check_flags_samples_that_are_training_images(run_dir, tmp_path)
     shutil.copytree(run_dir, run)
     train = prepare_data(read_run_config(run).data).train_images[:48]
     imgs = to_uint8(train)
-    (run / "samples").mkdir(exist_ok=True)  # the run may not have been sampled yet when this test runs alone
     np.savez(run / "samples" / "samples.npz", images=imgs, seeds=np.arange(len(imgs)))
     m = evaluate_run(run, bootstrap=10, progress=False)
     assert m["copying"]["copy_rate"] == 1.0 and m["copying"]["nn_train_median"] == 0.0
@@ -198,8 +203,34 @@ def test_torchscript_fid_features(tmp_path):
     data = DataConfig(source="synthetic", resolution=16, synthetic_size=60, heldout_per_group=5)
     m = evaluate_samples(tmp_path, data, EvalConfig(bootstrap=20, fid_features=str(ts)), classifier=clf,
                          progress=False)
-    assert m["quality_features"] == "inception:feat.pt" and m["fid"] > 0 and m["domain_fid"] is None
-    assert m["reference_n"] == 10 and 0 <= m["precision"] <= 1
+    assert m["quality_features"] == "inception:feat.pt" and m["domain_fid"] is None and m["reference_n"] == 10
+
+    # by hand: the same features written out (RGB, 299x299 bilinear, [-1, 1), 4x4 average pooling), and the
+    # Frechet distance through scipy's matrix square root
+    from scipy import linalg
+
+    from fairdiff.evaluation.samples import reference_uint8
+
+    def feats(u8):
+        x = torch.from_numpy(u8).float().repeat(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", antialias=True, align_corners=False)
+        return torch.nn.functional.adaptive_avg_pool2d(x.clamp(0, 255) / 128.0 - 1.0, 4).flatten(1).double().numpy()
+
+    def fid(a, b):
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        covmean = linalg.sqrtm(s1 @ s2).real
+        return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+    ref, _ = reference_uint8(data)
+    gen = np.load(tmp_path / "samples.npz")["images"]
+    assert m["fid"] == pytest.approx(fid(feats(ref), feats(gen)), rel=1e-3)
+    assert m["fid"] > 1.0  # uniform noise is far from the synthetic images
+    # the reference images themselves as samples: FID 0, every image inside the other set's k-NN manifold
+    same = tmp_path / "same"
+    same.mkdir()
+    np.savez(same / "samples.npz", images=ref)
+    m0 = evaluate_samples(same, data, EvalConfig(bootstrap=20, fid_features=str(ts)), classifier=clf, progress=False)
+    assert m0["fid"] == pytest.approx(0.0, abs=1e-6) and m0["precision"] == 1.0 and m0["recall"] == 1.0
 
 
 def test_re_evaluation_keeps_the_bench_timing(run_dir, tmp_path):

@@ -103,9 +103,27 @@ def test_corrected_share_recovers_known_share_within_ci():
 def test_corrected_identity_and_garbage():
     eye = np.eye(2, 3)
     assert corrected_strict_shares(np.array([0.3, 0.5, 0.2]), eye).tolist() == pytest.approx([0.3, 0.5, 0.2])
-    # batched over resamples
-    out = corrected_strict_shares(np.array([[0.3, 0.5, 0.2]] * 3), np.stack([CONF] * 3))
-    assert out.shape == (3, 3) and np.allclose(out.sum(1), 1)
+    # by hand: true (0.6, 0.3) of the groups and 0.1 garbage through CONF are observed as q = M^T p =
+    # (0.6 * 0.80 + 0.3 * 0.05, 0.6 * 0.15 + 0.3 * 0.90, 0.6 * 0.05 + 0.3 * 0.05 + 0.1) = (0.495, 0.36, 0.145);
+    # the correction inverts that exactly
+    q = np.array([0.495, 0.36, 0.145])
+    assert corrected_strict_shares(q, CONF) == pytest.approx([0.6, 0.3, 0.1], abs=1e-12)
+    # every image outside: all of it is garbage, whatever the confusion
+    assert corrected_strict_shares(np.array([0.0, 0.0, 1.0]), CONF) == pytest.approx([0.0, 0.0, 1.0], abs=1e-12)
+    # an observation this judge cannot produce (all group 1, though it calls 5 % of group 1 outside): the
+    # least-squares solution (-0.070, 1.123, -0.053) leaves the simplex and is projected back onto (0, 1, 0)
+    q_bad = np.array([0.0, 1.0, 0.0])
+    raw = np.linalg.solve(np.vstack([CONF, [0.0, 0.0, 1.0]]).T, q_bad)
+    assert raw == pytest.approx([-0.0625 / 0.890625, 1 / 0.890625, -0.05 * 0.9375 / 0.890625])
+    assert corrected_strict_shares(q_bad, CONF) == pytest.approx([0.0, 1.0, 0.0], abs=1e-12)
+    # batched over resamples: each row is corrected with its own confusion matrix
+    qs = np.stack([q, q_bad, np.array([0.3, 0.5, 0.2])])
+    confs = np.stack([CONF, CONF, eye])
+    out = corrected_strict_shares(qs, confs)
+    assert out.shape == (3, 3)
+    for row, (qi, ci) in enumerate(zip(qs, confs)):
+        assert out[row] == pytest.approx(corrected_strict_shares(qi, ci), abs=1e-12)
+    assert out[0] == pytest.approx([0.6, 0.3, 0.1]) and out[2] == pytest.approx([0.3, 0.5, 0.2])
 
 
 def test_knn_membership_and_scale():
