@@ -9,7 +9,7 @@ from torch import nn
 
 from fairdiff.errors import ConfigError
 from fairdiff.methods.align import AlignObjective
-from fairdiff.methods.align_prompts import PromptAlignObjective, parse_prompt_targets, split_prompts
+from fairdiff.methods.align_prompts import parse_prompt_targets, split_prompts
 from fairdiff.methods.base import DataInfo
 
 
@@ -58,8 +58,8 @@ def _objective(spec, preserve_prompt_weight=1.0):
     from diffusers import DDPMScheduler
 
     base = AlignObjective(steps=3, preserve_weight=0.0, classifier="unused")
-    obj = PromptAlignObjective(base, parse_prompt_targets(spec, 2), decode=lambda z: z[:, :1].tanh(),
-                               classifier_images=torch.zeros(4, 1, 4, 4), preserve_prompt_weight=preserve_prompt_weight)
+    obj = base.with_prompts(parse_prompt_targets(spec, 2), decode=lambda z: z[:, :1].tanh(),
+                            classifier_images=torch.zeros(4, 1, 4, 4), preserve_prompt_weight=preserve_prompt_weight)
     obj.setup(DataInfo(2, [2, 2], (2, 4, 4)))
     model = ToyModel()
     obj.frozen = ToyModel().requires_grad_(False)

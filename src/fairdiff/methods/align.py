@@ -142,7 +142,14 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 class AlignObjective(Objective):
-    """Fine-tunes a trained denoiser toward ``target`` group shares of its generated images."""
+    """Fine-tunes a trained denoiser toward ``target`` group shares of its generated images.
+
+    The one alignment objective for pixel, latent and prompt-conditioned models. Two optional parts make it the
+    text-to-image form (:func:`with_prompts`, docs/text-to-image.md): ``prompts``, a target (or ``preserve``) per
+    prompt, each micro-batch split evenly over them and the model called with ``prompt_index``; and ``decode``,
+    latents -> images through a frozen VAE decoder (the gradient flows through it), so the classifier sees
+    pixels. A ``preserve`` prompt's images are kept close to the frozen model's from the same noise
+    (``preserve_prompt_weight`` x mean squared pixel difference)."""
 
     name = "align"
 
@@ -159,11 +166,26 @@ class AlignObjective(Objective):
         self.seed = seed
         self.classifier: nn.Module | None = None
         self.frozen: nn.Module | None = None
+        self.prompts: list | None = None  # PromptTarget's (align_prompts.py) for the text-to-image form
+        self.decode = None  # latents -> images in [-1, 1] (differentiable), or None for pixel models
+        self.classifier_images: torch.Tensor | None = None  # pixel training images when the model's are latents
+        self.channels: int | None = None
+        self.preserve_prompt_weight = 1.0
 
     @classmethod
     def from_config(cls, m, seed: int = 0) -> "AlignObjective":
         return cls(m.target, m.align_steps, m.preserve_weight, m.uncertainty_threshold, m.ot_draws,
                    m.align_classifier, m.align_classifier_steps, seed)
+
+    def with_prompts(self, prompts: list, decode, classifier_images: torch.Tensor | None,
+                     preserve_prompt_weight: float = 1.0) -> "AlignObjective":
+        """The text-to-image form: a target (or preserve) per prompt, images decoded from latents by ``decode``,
+        the 'auto' training classifier fitted on ``classifier_images`` (pixels)."""
+        self.prompts, self.decode = list(prompts), decode
+        self.classifier_images = classifier_images
+        self.channels = classifier_images.shape[1] if classifier_images is not None else None
+        self.preserve_prompt_weight = float(preserve_prompt_weight)
+        return self
 
     # ---- set-up: frozen copy of the starting model, training classifier
     def prepare(self, unet: nn.Module, train_images: torch.Tensor, train_groups: torch.Tensor) -> dict:
@@ -171,26 +193,45 @@ class AlignObjective(Objective):
         k = self.info.num_groups
         self.target_arr = np.full(k, 1.0 / k) if self.target is None else np.asarray(self.target, float)
         self.frozen = copy.deepcopy(unet).eval().requires_grad_(False)
+        images = train_images
+        if self.prompts is not None:
+            images = self.classifier_images
+            if images is None and self.classifier_spec == "auto":
+                raise ConfigError("method align on prompts: the 'auto' classifier needs the pixel training images")
         if self.classifier_spec == "auto":
-            self.classifier, facts = train_alignment_classifier(train_images, train_groups, k,
-                                                                self.classifier_steps, self.seed)
+            self.classifier, facts = train_alignment_classifier(images, train_groups, k, self.classifier_steps,
+                                                                self.seed)
         else:
             self.classifier, facts = load_alignment_classifier(self.classifier_spec, k)
         self.classifier.eval().requires_grad_(False)
+        self.classifier_images = None  # not needed any more
+        if self.prompts is not None:
+            facts = {**facts, "prompt_targets": {t.prompt: (t.target.tolist() if t.target is not None else "preserve")
+                                                 for t in self.prompts}}
         return facts
 
-    def _chain(self, unet: nn.Module, noise: torch.Tensor, noise_scheduler, grad: bool) -> torch.Tensor:
+    def chain(self, model: nn.Module, noise: torch.Tensor, noise_scheduler, grad: bool, **cond) -> torch.Tensor:
+        """The final sample of the short DDIM chain (detached inputs, scaled gradients; ``cond`` to the model)."""
         chain = sampling_chain(noise_scheduler.config, self.steps)
         scales = chain_scales(noise_scheduler.alphas_cumprod, torch.stack(chain.timesteps))
 
         def eps_fn(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             tb = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-            eps = unet(x.detach(), tb).sample
+            eps = model(x.detach(), tb, **cond).sample
             return scale_grad(eps, scales[i].item()) if grad else eps
 
         with torch.set_grad_enabled(grad):
-            x = ddim_chain(eps_fn, noise, chain)
-        return x.clamp(-1, 1)
+            return ddim_chain(eps_fn, noise, chain)
+
+    def images(self, x0: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] as the classifier takes them: decoded when the model makes latents (grey data: the
+        RGB mean, as the VAE saw grey images repeated to RGB)."""
+        if self.decode is None:
+            return x0.clamp(-1, 1)
+        x = self.decode(x0).clamp(-1, 1)
+        if self.channels == 1 and x.shape[1] != 1:
+            x = x.mean(1, keepdim=True)
+        return x
 
     def loss(self, unet: nn.Module, batch: dict, noise_scheduler, generator: torch.Generator) -> LossOutput:
         if self.classifier is None or self.frozen is None:
@@ -200,23 +241,51 @@ class AlignObjective(Objective):
         self.classifier.to(dev)
         self.frozen.to(dev)
         noise = torch.randn(ref.shape, generator=generator, dtype=torch.float32).to(dev, ref.dtype)
-        x0 = self._chain(unet, noise, noise_scheduler, grad=True)
+        if self.prompts is None:  # one target over the whole batch
+            cond: dict = {}
+            parts_of = [(None, self.target_arr, torch.arange(len(noise), device=dev))]
+        else:
+            from fairdiff.methods.align_prompts import split_prompts
+
+            slot = split_prompts(len(noise), len(self.prompts))
+            cond = {"prompt_index": torch.tensor([t.index for t in self.prompts])[slot].to(dev)}
+            parts_of = [(j, t.target, (slot == j).nonzero().flatten().to(dev)) for j, t in enumerate(self.prompts)]
+        x0 = self.images(self.chain(unet, noise, noise_scheduler, True, **cond))
         with torch.no_grad():
-            x0_frozen = self._chain(self.frozen, noise, noise_scheduler, grad=False)
-            _, feat_ref = self.classifier.forward_features(x0_frozen)
-        logits, feat = self.classifier.forward_features(x0)
-        probs = logits.detach().float().softmax(1).cpu().numpy()
+            x0_frozen = self.images(self.chain(self.frozen, noise, noise_scheduler, False, **cond))
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        labels, keep = dynamic_targets(probs, self.target_arr, draws=self.draws, threshold=self.threshold, rng=rng)
-        labels_t = torch.from_numpy(labels).to(dev)
-        keep_t = torch.from_numpy(keep).to(dev)
-        ce_each = F.cross_entropy(logits.float(), labels_t, reduction="none")
-        ce = (ce_each * keep_t).sum() / keep_t.sum().clamp(min=1)
-        pres = (1 - F.cosine_similarity(feat.float(), feat_ref.float(), dim=1)).mean()
+        zero = x0.sum() * 0.0
+        ce_sum, pres_sum, keep_n, n_target = zero, zero, 0, 0
+        mse_terms = []
+        parts: dict[str, torch.Tensor | float] = {}
+        for j, target, sel in parts_of:
+            tag = "" if j is None else f"{j}_"
+            if target is None:  # preserve: the image from this noise stays what the frozen model made
+                mse = (x0[sel] - x0_frozen[sel]).pow(2).mean()
+                mse_terms.append(mse)
+                parts[f"preserve_mse_{j}"] = mse.detach()
+                continue
+            logits, feat = self.classifier.forward_features(x0[sel])
+            with torch.no_grad():
+                _, feat_ref = self.classifier.forward_features(x0_frozen[sel])
+            probs = logits.detach().float().softmax(1).cpu().numpy()
+            labels, keep = dynamic_targets(probs, target, draws=self.draws, threshold=self.threshold, rng=rng)
+            keep_t = torch.from_numpy(keep).to(dev)
+            ce_each = F.cross_entropy(logits.float(), torch.from_numpy(labels).to(dev), reduction="none")
+            ce_sum = ce_sum + (ce_each * keep_t).sum()
+            keep_n += int(keep.sum())
+            pres_sum = pres_sum + (1 - F.cosine_similarity(feat.float(), feat_ref.float(), dim=1)).sum()
+            n_target += len(sel)
+            share = np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)
+            parts.update({f"gen_share_{tag}{g}": float(s) for g, s in enumerate(share)})
+        ce = ce_sum / max(keep_n, 1)
+        pres = pres_sum / max(n_target, 1)
         total = ce + self.preserve_weight * pres
-        share = np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)
-        parts = {"align_ce": ce.detach(), "preserve": pres.detach(), "kept": float(keep.mean())}
-        parts.update({f"gen_share_{g}": float(s) for g, s in enumerate(share)})
+        parts.update({"align_ce": ce.detach(), "preserve": pres.detach(), "kept": keep_n / max(n_target, 1)})
+        if self.prompts is not None:
+            keep_mse = torch.stack(mse_terms).mean() if mse_terms else zero
+            total = total + self.preserve_prompt_weight * keep_mse
+            parts["preserve_prompts"] = keep_mse.detach()
         return LossOutput(total, parts)
 
 

@@ -15,32 +15,20 @@ change). Each micro-batch of N starting latents is split evenly over the spec's 
 4. for every ``preserve`` prompt: ``preserve_prompt_weight`` x the mean squared pixel difference between the tuned and
    the frozen model's images from the same noise (such images need not be of any group the classifier knows).
 
-The objective owns no loop; the model it is given must accept ``model(x, t, prompt_index=...)`` (the SD
-adapter's :class:`~fairdiff.training.sd_lora.PromptConditionedUNet`).
+This module holds the per-prompt spec (:func:`parse_prompt_targets`, :func:`split_prompts`); the objective is
+the one :class:`~fairdiff.methods.align.AlignObjective` in its text-to-image form
+(:meth:`~fairdiff.methods.align.AlignObjective.with_prompts`). It owns no loop; the model it is given must accept
+``model(x, t, prompt_index=...)`` (the SD adapter's :class:`~fairdiff.training.sd_lora.PromptConditionedUNet`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fairdiff.errors import ConfigError
-from fairdiff.methods.align import (
-    AlignObjective,
-    chain_scales,
-    dynamic_targets,
-    load_alignment_classifier,
-    scale_grad,
-    train_alignment_classifier,
-)
-from fairdiff.methods.base import LossOutput, Objective
-from fairdiff.models.ddim import ddim_chain, sampling_chain
 
 PRESERVE = "preserve"
 
@@ -92,106 +80,3 @@ def split_prompts(n: int, num_prompts: int) -> torch.Tensor:
         raise ConfigError(f"train.batch_size {n} is smaller than the number of prompts ({num_prompts}); every "
                           f"prompt needs images in each micro-batch")
     return torch.arange(n) % num_prompts
-
-
-class PromptAlignObjective(Objective):
-    """Alignment toward a target per prompt, with ``preserve`` prompts kept close to the frozen model."""
-
-    name = "align"
-
-    def __init__(self, base: AlignObjective, targets: list[PromptTarget],
-                 decode: Callable[[torch.Tensor], torch.Tensor], classifier_images: torch.Tensor | None,
-                 preserve_prompt_weight: float = 1.0) -> None:
-        self.base = base  # the options (chain length, weights, classifier) of method.align
-        self.preserve_prompt_weight = preserve_prompt_weight
-        self.targets = targets
-        self.decode = decode  # latents -> images in [-1, 1], differentiable (the frozen VAE decoder)
-        self.classifier_images = classifier_images  # pixel training images for the 'auto' training classifier
-        self.channels = classifier_images.shape[1] if classifier_images is not None else None
-        self.classifier: nn.Module | None = None
-        self.frozen: nn.Module | None = None
-
-    def prepare(self, unet: nn.Module, train_images: torch.Tensor, train_groups: torch.Tensor) -> dict:
-        """A frozen copy of the starting model and the training classifier (on pixels, not latents)."""
-        b, k = self.base, self.info.num_groups
-        self.frozen = copy.deepcopy(unet).eval().requires_grad_(False)
-        if b.classifier_spec == "auto":
-            if self.classifier_images is None:
-                raise ConfigError("method align on prompts: the 'auto' classifier needs the pixel training images")
-            self.classifier, facts = train_alignment_classifier(self.classifier_images, train_groups, k,
-                                                                b.classifier_steps, b.seed)
-        else:
-            self.classifier, facts = load_alignment_classifier(b.classifier_spec, k)
-        self.classifier.eval().requires_grad_(False)
-        self.classifier_images = None  # not needed any more
-        return {**facts, "prompt_targets": {t.prompt: (t.target.tolist() if t.target is not None else PRESERVE)
-                                            for t in self.targets}}
-
-    def chain(self, model: nn.Module, noise: torch.Tensor, prompt_index: torch.Tensor, noise_scheduler,
-              grad: bool) -> torch.Tensor:
-        """The final latents of the DDIM chain with the prompts (detached inputs, scaled gradients)."""
-        chain = sampling_chain(noise_scheduler.config, self.base.steps)
-        scales = chain_scales(noise_scheduler.alphas_cumprod, torch.stack(chain.timesteps))
-
-        def eps_fn(i: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            tb = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-            eps = model(x.detach(), tb, prompt_index=prompt_index).sample
-            return scale_grad(eps, scales[i].item()) if grad else eps
-
-        with torch.set_grad_enabled(grad):
-            return ddim_chain(eps_fn, noise, chain)
-
-    def images(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decoded images in [-1, 1] with the training data's channels (grey data: the classifier sees the RGB
-        mean, as the VAE saw grey images repeated to RGB)."""
-        x = self.decode(latents).clamp(-1, 1)
-        if self.channels == 1 and x.shape[1] != 1:
-            x = x.mean(1, keepdim=True)
-        return x
-
-    def loss(self, unet: nn.Module, batch: dict, noise_scheduler, generator: torch.Generator) -> LossOutput:
-        if self.classifier is None or self.frozen is None:
-            raise RuntimeError("PromptAlignObjective.prepare must run before loss")
-        ref = batch["pixel_values"]
-        dev = ref.device
-        self.classifier.to(dev)
-        self.frozen.to(dev)
-        b = self.base
-        noise = torch.randn(ref.shape, generator=generator, dtype=torch.float32).to(dev, ref.dtype)
-        slot = split_prompts(len(noise), len(self.targets))
-        pidx = torch.tensor([t.index for t in self.targets])[slot].to(dev)
-        x0 = self.images(self.chain(unet, noise, pidx, noise_scheduler, grad=True))
-        with torch.no_grad():
-            x0_frozen = self.images(self.chain(self.frozen, noise, pidx, noise_scheduler, grad=False))
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        zero = x0.sum() * 0.0
-        ce_sum, pres_sum, keep_n, n_target = zero, zero, 0, 0
-        mse_terms = []
-        parts: dict[str, torch.Tensor | float] = {}
-        for j, t in enumerate(self.targets):
-            sel = (slot == j).nonzero().flatten().to(dev)
-            if t.target is None:  # preserve: the image from this noise stays what the frozen model made
-                mse = (x0[sel] - x0_frozen[sel]).pow(2).mean()
-                mse_terms.append(mse)
-                parts[f"preserve_mse_{j}"] = mse.detach()
-                continue
-            logits, feat = self.classifier.forward_features(x0[sel])
-            with torch.no_grad():
-                _, feat_ref = self.classifier.forward_features(x0_frozen[sel])
-            probs = logits.detach().float().softmax(1).cpu().numpy()
-            labels, keep = dynamic_targets(probs, t.target, draws=b.draws, threshold=b.threshold, rng=rng)
-            keep_t = torch.from_numpy(keep).to(dev)
-            ce_each = F.cross_entropy(logits.float(), torch.from_numpy(labels).to(dev), reduction="none")
-            ce_sum = ce_sum + (ce_each * keep_t).sum()
-            keep_n += int(keep.sum())
-            pres_sum = pres_sum + (1 - F.cosine_similarity(feat.float(), feat_ref.float(), dim=1)).sum()
-            n_target += len(sel)
-            share = np.bincount(probs.argmax(1), minlength=probs.shape[1]) / len(probs)
-            parts.update({f"gen_share_{j}_{g}": float(s) for g, s in enumerate(share)})
-        ce = ce_sum / max(keep_n, 1)
-        pres = pres_sum / max(n_target, 1)
-        keep_mse = torch.stack(mse_terms).mean() if mse_terms else zero
-        total = ce + b.preserve_weight * pres + self.preserve_prompt_weight * keep_mse
-        parts.update({"align_ce": ce.detach(), "preserve": pres.detach(), "preserve_prompts": keep_mse.detach(),
-                      "kept": keep_n / max(n_target, 1)})
-        return LossOutput(total, parts)

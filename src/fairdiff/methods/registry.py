@@ -51,8 +51,8 @@ class MethodEntry:
     modules: tuple[str, ...] = ()  # modules it trains and saves as model/<module>/ beside the U-Net
     detail: Callable[[Any], str] | None = None  # a short note from its options for reports ("alpha 0.05")
     sampling_hooks: dict[str, str] = field(default_factory=dict)  # sampling-time: role -> "module:attr"
-    # "module:Class" of its per-prompt form for text-to-image runs (`sd-finetune --prompt-targets`); None: no such form
-    prompt_objective: str | None = None
+    # its objective has a per-prompt form (``objective.with_prompts``) for text-to-image runs (--prompt-targets)
+    takes_prompts: bool = False
 
     @property
     def sampling_time(self) -> bool:
@@ -105,7 +105,7 @@ _ENTRIES = (
                 objective="fairdiff.methods.reweight:ReweightObjective", uses_groups=True),
     MethodEntry("align", "distributional alignment fine-tuning of a trained model toward a target",
                 AlignOptions, objective="fairdiff.methods.align:AlignObjective", uses_groups=True,
-                needs_pretrained=True, prompt_objective="fairdiff.methods.align_prompts:PromptAlignObjective"),
+                needs_pretrained=True, takes_prompts=True),
     MethodEntry("tiw", "label-free: time-dependent importance reweighting with score correction (reference set)",
                 TIWOptions, objective="fairdiff.methods.tiw:TIWObjective", uses_reference=True,
                 modules=("discriminator",)),

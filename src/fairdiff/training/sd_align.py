@@ -1,6 +1,7 @@
 """Wiring of alignment on prompts (``sd-finetune --prompt-targets FILE method.name=align``).
 
-The objective (:class:`fairdiff.methods.align_prompts.PromptAlignObjective`) needs what only the SD model knows:
+The objective (:class:`fairdiff.methods.align.AlignObjective` in its per-prompt form) needs what only the SD model
+knows:
 the frozen VAE decoder (the chain from generated latents to the images the classifier judges) and the pixel
 training images (for the ``auto`` training classifier). The spec file maps each prompt to its target::
 
@@ -16,7 +17,7 @@ import torch
 
 from fairdiff.errors import ConfigError
 from fairdiff.methods.align import AlignObjective
-from fairdiff.methods.align_prompts import PromptAlignObjective, parse_prompt_targets
+from fairdiff.methods.align_prompts import parse_prompt_targets
 
 
 def read_targets_file(path: str | Path) -> dict:
@@ -52,11 +53,11 @@ def vae_decoder(vae, device: torch.device):
 
 def prompt_align_objective(objective, raw: dict, num_groups: int, vae, pixels: torch.Tensor, device,
                            where: str = "--prompt-targets", preserve_prompt_weight: float = 1.0
-                           ) -> PromptAlignObjective:
+                           ) -> AlignObjective:
     """Wrap method align's objective into alignment on prompts (targets checked against ``num_groups``)."""
-    if not isinstance(objective, AlignObjective):
-        raise ConfigError(f"{where} is for method.name=align")
+    if not hasattr(objective, "with_prompts"):  # the registry's takes_prompts, checked when the run opened
+        raise ConfigError(f"{where} is for a method whose objective has a per-prompt form (method.name=align)")
     if objective.target is not None:
         raise ConfigError(f"{where}: the targets are per prompt; remove method.target")
     targets = parse_prompt_targets(raw, num_groups, where=where)
-    return PromptAlignObjective(objective, targets, vae_decoder(vae, device), pixels, preserve_prompt_weight)
+    return objective.with_prompts(targets, vae_decoder(vae, device), pixels, preserve_prompt_weight)
