@@ -125,24 +125,65 @@ def test_align_config_errors(overrides, needle):
         load_config(None, overrides)
 
 
-def test_align_loss_three_groups_uses_ot_and_reaches_the_unet():
-    """K = 3 (e.g. a joint attribute): OT targets, a finite loss, gradients on the U-Net and none on the frozen copy."""
+def _spied_align_loss(monkeypatch, k: int, target: list[float]):
+    """One AlignObjective loss on random images with k groups, the two target rules spied on."""
+    import fairdiff.methods.align as align_mod
     from fairdiff.methods.align import AlignObjective
     from fairdiff.methods.base import DataInfo
     from fairdiff.models import build_noise_scheduler, build_unet
 
+    calls: dict[str, list] = {"ot": [], "rank": []}
+    ot, rank = align_mod.ot_targets, align_mod.rank_targets
+
+    def ot_spy(probs, *a, **kw):
+        out = ot(probs, *a, **kw)
+        calls["ot"].append((np.array(probs), out))
+        return out
+
+    def rank_spy(p1, share1):
+        out = rank(p1, share1)
+        calls["rank"].append((np.array(p1), out))
+        return out
+
+    monkeypatch.setattr(align_mod, "ot_targets", ot_spy)
+    monkeypatch.setattr(align_mod, "rank_targets", rank_spy)
     torch.manual_seed(0)
     unet = build_unet("tiny", 16, 1)
     images = torch.rand(60, 1, 16, 16) * 2 - 1
-    groups = torch.arange(60) % 3
-    obj = AlignObjective(target=[0.5, 0.25, 0.25], steps=3, classifier_steps=5, draws=4)
-    obj.setup(DataInfo(3, [20, 20, 20], (1, 16, 16)))
+    groups = torch.arange(60) % k
+    obj = AlignObjective(target=target, steps=3, classifier_steps=5, draws=4)
+    obj.setup(DataInfo(k, [60 // k] * k, (1, 16, 16)))
     facts = obj.prepare(unet, images, groups)
-    assert facts["kind"] == "align-cnn" and len(facts["train_accuracy_per_group"]) == 3
     out = obj.loss(unet, {"pixel_values": images[:8]}, build_noise_scheduler(), torch.Generator().manual_seed(1))
+    return unet, obj, facts, out, calls
+
+
+def test_align_loss_three_groups_uses_ot_and_reaches_the_unet(monkeypatch):
+    """K = 3 (e.g. a joint attribute): OT targets (spied on; the rank rule is never asked), the loss is the
+    cross-entropy toward exactly the OT labels over the images OT keeps, gradients on the U-Net, none on the
+    frozen copy."""
+    unet, obj, facts, out, calls = _spied_align_loss(monkeypatch, 3, [0.5, 0.25, 0.25])
+    assert facts["kind"] == "align-cnn" and len(facts["train_accuracy_per_group"]) == 3
+    assert len(calls["ot"]) == 1 and calls["rank"] == []
+    probs, (labels, keep, _) = calls["ot"][0]
+    assert probs.shape == (8, 3) and keep.any()
+    assert out.parts["kept"] == pytest.approx(keep.mean())
+    ce_by_hand = -np.log(probs[np.arange(8), labels])[keep].mean()  # toward the OT labels, kept images only
+    assert float(out.parts["align_ce"]) == pytest.approx(ce_by_hand, rel=1e-4)
     assert torch.isfinite(out.total)
     assert {"align_ce", "preserve", "kept", "gen_share_2"} <= set(out.parts)
     assert out.parts["preserve"] == pytest.approx(0.0, abs=1e-5)  # nothing fine-tuned yet: same images as frozen
     out.total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in unet.parameters())
     assert all(p.grad is None for p in obj.frozen.parameters())
+
+
+def test_align_loss_two_groups_uses_rank_targets(monkeypatch):
+    """The contrast: with two groups the rank rule gives the labels (OT is never asked) and every image is kept."""
+    _, _, _, out, calls = _spied_align_loss(monkeypatch, 2, [0.5, 0.5])
+    assert calls["ot"] == [] and len(calls["rank"]) == 1
+    p1, labels = calls["rank"][0]
+    assert labels.tolist() == rank_targets(p1, 0.5).tolist() and labels.sum() == 4  # half of 8 toward group 1
+    assert out.parts["kept"] == 1.0
+    p = np.stack([1 - p1, p1], 1)
+    assert float(out.parts["align_ce"]) == pytest.approx(-np.log(p[np.arange(8), labels]).mean(), rel=1e-4)
