@@ -18,27 +18,11 @@ import torch
 pytest.importorskip("peft")
 
 from fairdiff.cli.main import main
+from tests.conftest import Brightness, brightness
 from tests.integration.test_sd_lora import DATA, _one_line_error, build_sd_folder
 
 N = 64
 STEPS = 4  # the alignment chain and the sampling chain have the same length
-
-
-class Brightness(torch.nn.Module):
-    """Logits of dark (0) vs bright (1) from an image's mean value, around ``threshold``."""
-
-    def __init__(self, threshold: float, scale: float) -> None:
-        super().__init__()
-        self.threshold = threshold
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = (x.mean(dim=(1, 2, 3)) - self.threshold) * self.scale
-        return torch.stack([-m, m], dim=1)
-
-
-def _brightness(images: np.ndarray) -> np.ndarray:
-    return images.astype(np.float64).mean(axis=(1, 2, 3)) / 127.5 - 1.0
 
 
 def _draw(pipe, prompt: str) -> np.ndarray:
@@ -56,7 +40,7 @@ def aligned(tmp_path_factory):
     build_sd_folder(root / "base")
     base = load_sd_folder(root / "base", device="cpu")
     before = {p: _draw(base, p) for p in ("a face", "an apple")}
-    m = _brightness(before["a face"])
+    m = brightness(before["a face"])
     threshold = float(np.quantile(m, 0.25))  # ~3 in 4 images of "a face" bright
     judge = root / "bright.pt"  # sure of most images (logit 5 at one standard deviation from the threshold)
     torch.jit.script(Brightness(threshold, 5.0 / float(m.std()))).save(str(judge))
@@ -77,7 +61,7 @@ def aligned(tmp_path_factory):
 
 def test_alignment_moves_the_target_prompt_and_keeps_the_preserved_one(aligned):
     _, run, thr, before, after = aligned
-    share = {k: {p: float((_brightness(v[p]) > thr).mean()) for p in v} for k, v in (("before", before),
+    share = {k: {p: float((brightness(v[p]) > thr).mean()) for p in v} for k, v in (("before", before),
                                                                                       ("after", after))}
     b, a = share["before"]["a face"], share["after"]["a face"]
     assert b >= 0.7  # the planted bias
