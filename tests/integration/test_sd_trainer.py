@@ -124,6 +124,38 @@ METHODS = {
 }
 
 
+@pytest.fixture(scope="module")
+def baseline_run(base, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("sd-baseline") / "baseline"
+    assert _finetune(base, run, "method.name=baseline", "train.steps=2") == 0
+    return run
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+
+
+def test_reweight_weights_the_baseline_loss(base, baseline_run, tmp_path):
+    """Reweighting sees the baseline's batches and noise (same seed: its unweighted denoising loss at step 1 equals
+    the baseline's loss) and weights each image by target / data share: 0.5 / 0.8 = 0.625 for the majority and
+    0.5 / 0.2 = 2.5 for the minority, so its loss is the per-image losses' weighted mean, between 0.625 and 2.5 times
+    their plain mean and not equal to it; the LoRA it trains differs from the baseline's."""
+    from fairdiff.methods.reweight import group_weights
+
+    assert group_weights([80, 20]).tolist() == pytest.approx([0.625, 2.5])
+    run = tmp_path / "reweight"
+    assert _finetune(base, run, "method.name=reweight", "train.steps=2") == 0
+    rw, bl = _rows(run), _rows(baseline_run)
+    assert rw[0]["denoise"] == pytest.approx(bl[0]["loss"], rel=1e-5)
+    for r in rw:
+        assert r["loss"] == pytest.approx(r["weighted"], rel=1e-6)
+        assert 0.625 - 1e-6 <= r["weighted"] / r["denoise"] <= 2.5 + 1e-6
+    assert any(abs(r["weighted"] / r["denoise"] - 1.0) > 1e-3 for r in rw)  # a fallback to weight 1 would not
+    a = load_file(str(run / "model" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(baseline_run / "model" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains(base, tmp_path, method):
     run = tmp_path / method
