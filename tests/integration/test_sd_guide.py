@@ -59,6 +59,22 @@ def world(tmp_path_factory) -> dict:
             "threshold": threshold, "pipe": pipe, "size": size}
 
 
+def pipeline_images(pipe, prompt: str, seeds: list[int], *, size: int, steps: int, guidance_scale: float,
+                    batch_size: int) -> np.ndarray:
+    """The independent reference: diffusers' own ``StableDiffusionPipeline.__call__``, one CPU generator per
+    image, converted to uint8 as fairdiff stores images."""
+    from fairdiff.utils.images import to_uint8
+
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        bs = seeds[i : i + batch_size]
+        res = pipe([prompt] * len(bs), height=size, width=size, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, generator=[torch.Generator("cpu").manual_seed(s) for s in bs],
+                   output_type="pt")
+        out.append(res.images.float().cpu() * 2 - 1)
+    return to_uint8(torch.cat(out))
+
+
 def _share1(folder: Path, threshold: float) -> float:
     with np.load(folder / "samples.npz") as z:
         return float(np.mean(brightness(z["images"]) > threshold))
@@ -67,7 +83,9 @@ def _share1(folder: Path, threshold: float) -> float:
 def test_scale_zero_is_the_pipelines_cfg_bit_for_bit(world):
     pipe, size = world["pipe"], world["size"]
     seeds = [3, 4, 5, 6, 7]
-    ref = generate_sd(pipe, PROMPT, seeds, size=size, steps=STEPS, guidance_scale=CFG, batch_size=5)
+    ref = pipeline_images(pipe, PROMPT, seeds, size=size, steps=STEPS, guidance_scale=CFG, batch_size=5)
+    assert np.array_equal(generate_sd(pipe, PROMPT, seeds, size=size, steps=STEPS, guidance_scale=CFG,
+                                      batch_size=5), ref)
     heads = load_heads(world["heads"])
     zero = sd_generate(pipe, PROMPT, seeds, size=size, steps=STEPS, cfg_scale=CFG, batch_size=5,
                        guidance=sd_guidance(pipe, heads, "0.2,0.8", 0.0))
@@ -79,8 +97,11 @@ def test_scale_zero_is_the_pipelines_cfg_bit_for_bit(world):
     assert not np.array_equal(moved.images, ref)  # the comparison above could fail
     # without classifier-free guidance (scale 1: one U-Net pass) the loop is still the pipeline's
     one = sd_generate(pipe, PROMPT, seeds[:2], size=size, steps=STEPS, cfg_scale=1.0, batch_size=2)
-    assert np.array_equal(one.images, generate_sd(pipe, PROMPT, seeds[:2], size=size, steps=STEPS,
-                                                  guidance_scale=1.0, batch_size=2))
+    assert np.array_equal(one.images, pipeline_images(pipe, PROMPT, seeds[:2], size=size, steps=STEPS,
+                                                      guidance_scale=1.0, batch_size=2))
+    # the batch size does not change an image (each has its own generator)
+    assert np.array_equal(sd_generate(pipe, PROMPT, seeds, size=size, steps=STEPS, cfg_scale=CFG,
+                                      batch_size=2).images, ref)
 
 
 def test_heads_fitted_on_pseudo_labels_beat_chance(world):

@@ -10,7 +10,6 @@ import torch
 from fairdiff.errors import RunDirError
 from fairdiff.models.sd import LORA_FILE
 from fairdiff.runs import MODEL_DIR, SD_META, write_samples
-from fairdiff.utils.images import to_uint8
 
 
 PIPELINE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -103,15 +102,13 @@ def sd_image_size(pipe) -> int:
 
 def generate_sd(pipe, prompt: str, seeds: list[int], *, size: int, steps: int, guidance_scale: float,
                 batch_size: int = 16) -> np.ndarray:
-    """uint8 images ``[N, 3, size, size]`` for one prompt, image i drawn from a CPU generator seeded ``seeds[i]``."""
-    out = []
-    for i in range(0, len(seeds), batch_size):
-        bs = seeds[i : i + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(s) for s in bs]
-        res = pipe([prompt] * len(bs), height=size, width=size, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, generator=gens, output_type="pt")
-        out.append(res.images.float().cpu() * 2 - 1)
-    return to_uint8(torch.cat(out))
+    """uint8 images ``[N, 3, size, size]`` for one prompt, image i drawn from a CPU generator seeded ``seeds[i]``:
+    the one denoising loop (:func:`fairdiff.sampling.sd_guided.sd_generate`), which gives the diffusers
+    pipeline's images bit for bit (tested against ``pipe(...)``)."""
+    from fairdiff.sampling.sd_guided import sd_generate
+
+    return sd_generate(pipe, prompt, list(seeds), size=size, steps=steps, cfg_scale=guidance_scale,
+                       batch_size=batch_size).images
 
 
 def sample_sd_run(run_dir: str | Path, n: int, *, out_dir: str | Path | None = None, prompt: str | None = None,
