@@ -31,6 +31,13 @@ from torch import nn
 from fairdiff.errors import ConfigError, FairdiffError
 
 POOLS = ("flatten", "mean")
+
+
+def pool_h(h: torch.Tensor, pool: str) -> torch.Tensor:
+    """h ``[B, C, H, W]`` -> head input ``[B, D]`` float32: flattened, or the mean over positions. The one pooling
+    the heads, their fitting and the recording sampler share (gradients flow; detach where needed)."""
+    h = h.float()
+    return h.flatten(1) if pool == "flatten" else h.mean(dim=(2, 3))
 HEADS_KIND = "heads"  # the marker kind of a heads folder
 RECORD = "record.json"  # in a heads folder: the config plus how the heads were fitted
 META_KEY = "fairdiff_heads"  # the safetensors metadata key of a single-file heads file (the earlier format)
@@ -104,8 +111,7 @@ class GuidanceHeads(ModelMixin, ConfigMixin):
 
     def features(self, h: torch.Tensor) -> torch.Tensor:
         """h ``[B, C, H, W]`` -> head input ``[B, D]`` (float32)."""
-        h = h.float()
-        return h.flatten(1) if self.config.pool == "flatten" else h.mean(dim=(2, 3))
+        return pool_h(h, self.config.pool)
 
     def logits(self, h: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         f = self.features(h)

@@ -22,9 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fairdiff.models.heads import POOLS, pool_h
 from fairdiff.models.hspace import capture_h
-
-POOLS = ("flatten", "mean")
 
 
 class UNetDenoiser:
@@ -73,12 +72,6 @@ class CFGDenoiser:
         return eps_u + self.scale * (eps_c - eps_u)
 
 
-def pool_h(h: torch.Tensor, pool: str) -> torch.Tensor:
-    """h ``[B, C, H, W]`` -> ``[B, D]`` float32, as :meth:`GuidanceHeads.features` pools it."""
-    h = h.detach().float()
-    return h.flatten(1) if pool == "flatten" else h.mean(dim=(2, 3))
-
-
 class RecordH:
     """A guidance wrapper that keeps the pooled h of the last B rows (the conditional branch) at every step and
     otherwise leaves the call to ``inner`` (another guidance) or to the plain denoiser. ``feats()`` gives
@@ -102,7 +95,7 @@ class RecordH:
                 with torch.no_grad():
                     out = denoise(sample)
         h = seen[0][-b:]  # the first middle-block call of the step: before any edit downstream
-        self._batches[-1].append(pool_h(h, self.pool).cpu())
+        self._batches[-1].append(pool_h(h.detach(), self.pool).cpu())
         self.h_shape = list(h.shape[1:])
         return out
 

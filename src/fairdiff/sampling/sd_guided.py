@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fairdiff.methods.guidance import DistributionGuidance
-from fairdiff.sampling.denoisers import POOLS, CFGDenoiser, RecordH, TextDenoiser, pool_h  # noqa: F401
+from fairdiff.sampling.denoisers import POOLS, CFGDenoiser, RecordH, TextDenoiser  # noqa: F401
 from fairdiff.sampling.sampler import sample
 from fairdiff.utils.images import to_uint8
 
@@ -53,9 +53,10 @@ def load_sd_any(sd: str | Path, device: str | None = None):
 
 
 def schedule_of(pipe, steps: int) -> list[int]:
-    """The timesteps the pipeline's DDIM scheduler walks in ``steps`` steps."""
-    pipe.scheduler.set_timesteps(steps)
-    return [int(t) for t in pipe.scheduler.timesteps]
+    """The timesteps the pipeline's DDIM scheduler walks in ``steps`` steps (as the heads record them)."""
+    from fairdiff.models.heads import schedule_timesteps
+
+    return schedule_timesteps("ddim", pipe.scheduler.config, steps)
 
 
 def sd_guidance(pipe, heads, target, scale: float, **kw) -> DistributionGuidance:

@@ -8,7 +8,7 @@ step position and attribute, fitted full-batch with L-BFGS.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 
 from fairdiff.errors import ConfigError
 from fairdiff.models.ddim import ddim_chain, inversion_chain
-from fairdiff.models.heads import POOLS, GuidanceHeads, HeadsConfig, model_fingerprint, schedule_timesteps
+from fairdiff.models.heads import POOLS, GuidanceHeads, HeadsConfig, model_fingerprint, pool_h, schedule_timesteps
 from fairdiff.models.hspace import capture_h
 
 MODES = ("noise", "invert")
@@ -49,7 +49,6 @@ def collect_features(
     ab = DDPMScheduler.from_config(noise_scheduler_config).alphas_cumprod
     device = next(unet.parameters()).device
     gen = torch.Generator("cpu").manual_seed(seed)
-    reduce = (lambda h: h.float().flatten(1)) if pool == "flatten" else (lambda h: h.float().mean(dim=(2, 3)))
     out: list[torch.Tensor] = []
     was_training = unet.training
     unet.eval()
@@ -57,7 +56,7 @@ def collect_features(
     def run(x: torch.Tensor, t: int, labels) -> tuple[torch.Tensor, torch.Tensor]:
         with capture_h(unet) as seen:
             eps = unet(x, torch.full((x.shape[0],), t, device=device), class_labels=labels).sample
-        return eps, reduce(seen[-1]).cpu()
+        return eps, pool_h(seen[-1], pool).cpu()
 
     order = sorted(range(len(timesteps)), key=lambda k: timesteps[k])  # the inversion's climbing order
     chain = inversion_chain(ab, timesteps, device)
@@ -116,6 +115,34 @@ def _balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: 
     pred = logits.argmax(1)
     accs = [(pred[labels == c] == c).float().mean().item() for c in range(num_classes) if (labels == c).any()]
     return float(sum(accs) / len(accs))
+
+
+def fit_step_heads(cfg: HeadsConfig, feats: torch.Tensor, labels: Mapping[str, torch.Tensor], *,
+                   heldout_feats: torch.Tensor | None = None,
+                   heldout_labels: Mapping[str, torch.Tensor] | None = None, weight_decay: float = 1e-3,
+                   on_step: Callable[[int, dict, dict], None] | None = None,
+                   ) -> tuple[GuidanceHeads, dict[str, list[float]], dict[str, list[float]]]:
+    """The one heads fitter: per step position k and attribute a, a class-balanced linear head
+    (:func:`fit_linear`) on ``feats[k]`` ``[S, N, D]`` with ``labels[a]`` ``[N]``, wherever the features came from
+    (noised or inverted real images, the model's own recorded generations) and whoever labelled them (data, a
+    judge, clusters). Returns the heads (eval, frozen) and the balanced accuracies per step, on the fitted images
+    and on ``heldout_*`` (empty lists without them)."""
+    ks = cfg.attributes
+    heads = GuidanceHeads.from_spec(cfg)
+    tr_acc: dict[str, list[float]] = {a: [] for a in ks}
+    he_acc: dict[str, list[float]] = {a: [] for a in ks}
+    for k in range(cfg.num_steps):
+        for a, bank in heads.banks.items():
+            w, b = fit_linear(feats[k], labels[a], ks[a], weight_decay=weight_decay)
+            with torch.no_grad():
+                bank.weight[k].copy_(w)
+                bank.bias[k].copy_(b)
+            tr_acc[a].append(_balanced_accuracy(feats[k] @ w.T + b, labels[a], ks[a]))
+            if heldout_feats is not None and heldout_labels is not None and a in heldout_labels:
+                he_acc[a].append(_balanced_accuracy(heldout_feats[k] @ w.T + b, heldout_labels[a], ks[a]))
+        if on_step is not None:
+            on_step(k, tr_acc, he_acc)
+    return heads.eval().requires_grad_(False), tr_acc, he_acc
 
 
 @dataclass
@@ -185,20 +212,13 @@ def train_heads(
     cfg = HeadsConfig(attributes=ks, num_steps=num_steps, scheduler=scheduler_kind, timesteps=timesteps,
                       pool=pool, h_shape=h_shape, mode=mode,
                       fitted_on=fitted_on if fitted_on is not None else model_fingerprint(unet))
-    heads = GuidanceHeads.from_spec(cfg)
-    tr_acc: dict[str, list[float]] = {a: [] for a in ks}
-    he_acc: dict[str, list[float]] = {a: [] for a in ks}
-    for k in range(num_steps):
-        for a, bank in heads.banks.items():
-            w, b = fit_linear(feats[k], lab[a], ks[a], weight_decay=weight_decay)
-            with torch.no_grad():
-                bank.weight[k].copy_(w)
-                bank.bias[k].copy_(b)
-            tr_acc[a].append(_balanced_accuracy(feats[k] @ w.T + b, lab[a], ks[a]))
-            if hfeats is not None and a in held:
-                he_acc[a].append(_balanced_accuracy(hfeats[k] @ w.T + b, held[a].long(), ks[a]))
-        if progress:
-            accs = ", ".join(f"{a} {he_acc[a][-1] if he_acc[a] else tr_acc[a][-1]:.3f}" for a in ks)
+    report = None
+    if progress:
+        def report(k: int, tr: dict, he: dict) -> None:
+            accs = ", ".join(f"{a} {he[a][-1] if he[a] else tr[a][-1]:.3f}" for a in ks)
             print(f"step {k:3d} (t={timesteps[k]:4d}): {accs}", flush=True)
-    heads = heads.to(next(unet.parameters()).device).eval().requires_grad_(False)
+    heads, tr_acc, he_acc = fit_step_heads(cfg, feats, lab, heldout_feats=hfeats,
+                                           heldout_labels={a: v.long() for a, v in held.items()} if held else None,
+                                           weight_decay=weight_decay, on_step=report)
+    heads = heads.to(next(unet.parameters()).device)
     return HeadsTrainResult(heads, {a: v for a, v in he_acc.items() if v}, tr_acc, time.time() - start)

@@ -3,7 +3,8 @@
 No labelled data is needed: the pipeline generates ``n`` images for each prompt (classifier-free guidance in the
 loop, as it will sample later) while the conditional branch's h (the U-Net middle block's output) is recorded at
 every DDIM step; the judge labels each final image (pseudo-labels), and one class-balanced linear head per step
-position is fitted on (h at that step, the final image's label) with :func:`fairdiff.training.heads.fit_linear`.
+position is fitted on (h at that step, the final image's label) by the one heads fitter,
+:func:`fairdiff.training.heads.fit_step_heads`.
 A held-out share of the images gives each step's balanced accuracy.
 """
 
@@ -19,7 +20,7 @@ import torch
 from fairdiff.errors import FairdiffError
 from fairdiff.models.heads import GuidanceHeads, HeadsConfig, model_fingerprint
 from fairdiff.sampling.sd_guided import POOLS, sd_generate
-from fairdiff.training.heads import _balanced_accuracy, fit_linear
+from fairdiff.training.heads import fit_step_heads
 
 MODE = "generated"  # HeadsConfig.mode of heads fitted on the model's own judged generations
 
@@ -90,17 +91,9 @@ def fit_sd_heads(
     cfg = HeadsConfig(attributes={"group": num_classes}, num_steps=steps, scheduler="ddim", timesteps=timesteps,
                       pool=pool, h_shape=h_shape, mode=MODE,
                       fitted_on=fitted_on if fitted_on is not None else model_fingerprint(pipe.unet))
-    heads = GuidanceHeads.from_spec(cfg)
-    tr_acc, he_acc = [], []
-    bank = heads.banks["group"]
-    for k in range(steps):
-        w, b = fit_linear(x[k][train], y[train], num_classes, weight_decay=weight_decay)
-        with torch.no_grad():
-            bank.weight[k].copy_(w)
-            bank.bias[k].copy_(b)
-        tr_acc.append(_balanced_accuracy(x[k][train] @ w.T + b, y[train], num_classes))
-        if n_held:
-            he_acc.append(_balanced_accuracy(x[k][held] @ w.T + b, y[held], num_classes))
-    heads = heads.eval().requires_grad_(False)
+    heads, tr, he = fit_step_heads(cfg, x[:, train], {"group": y[train]},
+                                   heldout_feats=x[:, held] if n_held else None,
+                                   heldout_labels={"group": y[held]} if n_held else None, weight_decay=weight_decay)
+    tr_acc, he_acc = tr["group"], he["group"]
     return SDHeadsResult(heads, he_acc, tr_acc, {p: s.tolist() for p, s in shares.items()}, len(train), n_held,
                          time.time() - start)
