@@ -147,6 +147,16 @@ def test_heads_of_another_run_are_refused_unless_forced(two_runs, capsys, caplog
     assert "fitted on" not in caplog.text
 
 
+def test_debias_guide_refuses_heads_of_another_run(two_runs, capsys):
+    root = two_runs["root"]
+    before = _snapshot(root)
+    assert main(["debias", str(two_runs["b"]), "--target", "0.5,0.5", "--method", "guide", "--heads",
+                 str(two_runs["heads"]), "--steps", "3", "--out", str(root / "d-b"), "-q", "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert "fitted on another model" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(root) == before and not (root / "d-b").exists()
+
+
 def test_heads_without_fingerprint_load_and_warn(two_runs, caplog):
     from fairdiff.models.heads import check_heads_model, load_heads, model_fingerprint
 

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--train-steps", type=int, help="distill: fine-tuning steps (default 400)")
     p.add_argument("--lr", type=float, help="distill: fine-tuning learning rate (default 2e-4)")
     p.add_argument("--heads", help="guide: heads folder from 'fairdiff train-heads' (default: fitted here)")
+    p.add_argument("--force", action="store_true",
+                   help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
     p.add_argument("--pilot-n", type=int, default=256, help="guide: images per pilot batch (default 256)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0, help="guide: heads' softmax temperature (default 1)")
@@ -79,7 +81,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
         rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
                                   seed=args.seed, steps=args.steps, temperature=args.temperature,
                                   pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
-                                  overwrite=args.overwrite,
+                                  overwrite=args.overwrite, force=args.force,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]
         print(f"guide: scale {c['scale']:g} after {len(c['pilots'])} pilots ({c['reason']}); "

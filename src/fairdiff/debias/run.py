@@ -344,6 +344,7 @@ def guide_run_to_target(
     state = check_output_dir(out_dir, DEBIAS_KIND, overwrite=overwrite, inputs=[run_dir], whole=True)
     dev = resolve_device(device)
     unet, sched_cfg = load_guidable(run_dir, dev)
+    clf = _load_checked_judge(judge, cfg, k, progress)  # a bad judge is one line before the heads are fitted
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fairdiff-guide-"))
     try:
@@ -368,7 +369,6 @@ def guide_run_to_target(
             prm.requires_grad_(False)
         heads_s = time.perf_counter() - t0
         sched = build_sampling_scheduler("ddim", sched_cfg)
-        clf = _load_checked_judge(judge, cfg, k, progress)
         verdicts = _verdict_fn(clf, cfg.data)
         timing: dict[float, float] = {}
 
