@@ -51,10 +51,20 @@ def test_every_objective_class_in_methods_is_registered():
     assert found == registered
 
 
-def test_sampling_time_hooks_resolve():
+def test_sampling_time_hooks_are_what_production_calls():
+    """The registry's guidance hooks are the very objects the production paths use: heads fitting (``fairdiff
+    method fit-heads``, debias), heads loading and the guidance class of guided sampling. No production code asks
+    the registry for them yet (issue 27: call them or remove them); until then this keeps them from going stale."""
+    import fairdiff.sampling.guided as guided
+    from fairdiff.models.heads import load_heads
+    from fairdiff.training.heads import train_heads
+
     g = get_method("guidance")
     assert g.sampling_time and g.objective is None
-    assert callable(g.hook("fit")) and callable(g.hook("load")) and isinstance(g.hook("guide"), type)
+    assert set(g.sampling_hooks) == {"fit", "load", "guide"}
+    assert g.hook("fit") is train_heads
+    assert g.hook("load") is load_heads and guided.load_heads is load_heads
+    assert g.hook("guide") is guided.DistributionGuidance
     with pytest.raises(KeyError):
         g.hook("nosuch")
     with pytest.raises(ConfigError, match="sampling time"):
