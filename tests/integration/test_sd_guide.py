@@ -22,24 +22,9 @@ from fairdiff.evaluation.audit_inputs import prompt_slug  # noqa: E402
 from fairdiff.models.heads import GuidanceHeads, HeadsConfig, load_heads, save_heads  # noqa: E402
 from fairdiff.sampling.sd import generate_sd, load_sd_folder, sd_image_size  # noqa: E402
 from fairdiff.sampling.sd_guided import schedule_of, sd_generate, sd_guidance  # noqa: E402
+from tests.conftest import Brightness, brightness  # noqa: E402
 
 STEPS, CFG, PROMPT = 6, 3.0, "a photo"
-
-
-class Brightness(torch.nn.Module):
-    """Group 1 when the image's mean (in [-1, 1]) is above ``threshold``, with saturated logits."""
-
-    def __init__(self, threshold: float) -> None:
-        super().__init__()
-        self.threshold = threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.mean(dim=(1, 2, 3)) - self.threshold
-        return torch.stack([-1000.0 * m, 1000.0 * m], 1)
-
-
-def brightness(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float64) / 127.5 - 1.0).mean(axis=(1, 2, 3))
 
 
 @pytest.fixture(scope="module")
