@@ -253,3 +253,16 @@ def _train_domain_judge(data_cfg, clf_cfg: DomainClassifierConfig, key: str, nam
         "train_seconds": round(time.perf_counter() - t0, 2),
     }
     return model, meta, ref
+
+
+def load(spec, data_cfg, eval_cfg=None, *, seed_offset: int = 0, progress: bool = False) -> Classifier:
+    """The registry's loader (judges/registry.py): the domain CNN, trained with seed ``eval.seed + seed_offset``."""
+    if not seed_offset:
+        return domain_classifier(data_cfg, eval_cfg, progress=progress)
+    clf_cfg = DomainClassifierConfig()
+    if eval_cfg is not None:
+        clf_cfg.steps = eval_cfg.classifier_steps
+        clf_cfg.seed = eval_cfg.seed + seed_offset
+    else:
+        clf_cfg.seed = seed_offset
+    return domain_classifier(data_cfg, eval_cfg, clf_cfg=clf_cfg, progress=progress)

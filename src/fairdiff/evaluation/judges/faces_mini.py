@@ -86,3 +86,8 @@ def faces_mini_classifier(data_cfg, eval_cfg=None, progress: bool = False) -> Cl
                       input_shape=(None, None, None), has_features=features is not None, info=info,
                       calibration=calibration,
                       manifold_features=features.manifold_features if features is not None else None)
+
+
+def load(spec, data_cfg, eval_cfg=None, *, seed_offset: int = 0, progress: bool = False) -> Classifier:
+    """The registry's loader: the one gender model there is (``seed_offset`` does not apply)."""
+    return faces_mini_classifier(data_cfg, eval_cfg, progress=progress)

@@ -55,3 +55,8 @@ def onnx_classifier(path: str | Path, *, name: str | None = None, preprocess: st
         info["class_names"] = ["female", "male"]
     return Classifier(name=name or path.stem, num_classes=int(k), forward=forward, accuracy=accuracy,
                       input_shape=(None, None, None), info=info)
+
+
+def load(spec, data_cfg=None, eval_cfg=None, *, seed_offset: int = 0, progress: bool = False):
+    """The registry's loader: the ONNX file ``spec``."""
+    return onnx_classifier(spec)

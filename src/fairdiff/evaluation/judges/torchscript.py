@@ -49,3 +49,8 @@ def torchscript_classifier(path: str | Path, *, name: str | None = None, accurac
 
     return Classifier(name=name or Path(path).stem, num_classes=k, forward=forward, accuracy=accuracy,
                       input_shape=tuple(input_shape), info={"kind": "torchscript", "path": str(path)})
+
+
+def load(spec, data_cfg=None, eval_cfg=None, *, seed_offset: int = 0, progress: bool = False):
+    """The registry's loader: the TorchScript file ``spec``."""
+    return torchscript_classifier(spec)
