@@ -106,12 +106,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("method", [
-    "baseline",
-    pytest.param("ddm", marks=pytest.mark.xfail(strict=True, reason=(
-        "two real ranks train and agree, then the final save fails: methods/ddm.py module_configs reads "
-        "self.indicator.config of the DDP-wrapped indicator ('DistributedDataParallel' has no attribute 'config')"))),
-])
+@pytest.mark.parametrize("method", ["baseline", "ddm"])
 def test_two_ranks_hold_the_same_weights(tmp_path, method):
     """Two real ranks (torchrun; ACCELERATE_USE_CPU=1 makes accelerate set up gloo, without it each process trains
     alone as rank 0) train one model: at every checkpoint both hold the same weights (digests written by each

@@ -114,7 +114,8 @@ class DDMObjective(Objective):
 
     @property
     def module_configs(self) -> dict[str, dict]:
-        cfg = dict(self.indicator.config) if self.indicator is not None else {}
+        ind = getattr(self.indicator, "module", self.indicator)  # the trainer may hand a DDP-wrapped indicator
+        cfg = dict(ind.config) if ind is not None else {}
         cfg.update(input=self.indicator_input, alpha=self.alpha, reconstruction_weight=self.reconstruction_weight,
                    ce=self.indicator_ce, grad=self.indicator_grad, t_min=self.t_min, t_max=self.t_max)
         return {"indicator": cfg}
