@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 from fairdiff.config import RunConfig, load_config
@@ -31,36 +29,18 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def atomic_dir_replace(tmp: Path, final: Path) -> None:
-    """Move a finished temp folder into place; an older folder of the same name is removed only afterwards.
+    """Move a finished temp folder into place (:func:`fairdiff.utils.atomic.swap_dir`): an older folder of the
+    same name goes to a fresh hidden name first and is removed only afterwards."""
+    from fairdiff.utils.atomic import swap_dir
 
-    The older folder is first renamed to a fresh hidden name beside it (``.NAME.*.old``), so no other folder
-    that happens to be called ``NAME.old`` is ever touched."""
-    if final.exists():
-        import tempfile
-
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-        os.replace(final, old)  # (a folder may be renamed onto an empty folder)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    swap_dir(tmp, final)
 
 
 def fresh_dir_beside(final: Path, suffix: str = ".tmp") -> Path:
-    """A new empty folder with a fresh hidden name beside ``final`` (``.NAME.*.tmp``), with the permissions a
-    plain ``mkdir`` would give it: where a folder is built before :func:`atomic_dir_replace` moves it in."""
-    import tempfile
+    """A new empty hidden folder beside ``final`` (:func:`fairdiff.utils.atomic.fresh_dir_beside`)."""
+    from fairdiff.utils.atomic import fresh_dir_beside as fresh
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
-    return tmp
+    return fresh(final, suffix)
 
 
 def logged_training_seconds(stats: Path) -> float:
