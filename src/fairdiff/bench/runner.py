@@ -10,7 +10,8 @@ does not throw away a night of the others; the run then ends with a :class:`Benc
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from fairdiff.bench.records import prepare_reevaluation, reevaluable
 from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
 from fairdiff.config import load_config, save_config
 from fairdiff.errors import FairdiffError
-from fairdiff.utils.io import atomic_write_text, read_json_checked, write_json
+from fairdiff.utils.io import DiskFullError, atomic_write_text, disk_full_as_error, read_json_checked, write_json
 
 
 class BenchError(FairdiffError):
@@ -175,53 +176,166 @@ def shard_cells(cells: list[BenchCell], index: int, count: int) -> list[BenchCel
     return [c for c in cells if (c.setting, c.seed) in mine]
 
 
-def _worker_init(threads: int, devices) -> None:
-    """A ``--jobs`` worker: ``threads`` torch threads on CPU; on GPUs, one device of ``devices`` each."""
-    import os
+# How long the bench waits, after Ctrl-C or SIGTERM, for its cell processes to save a checkpoint and stop before it
+# kills them; and how long a cell process whose bench died (even by kill -9) may take to do the same.
+STOP_GRACE_S = 60.0
+ORPHAN_GRACE_S = 5.0
 
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+
+class BenchInterrupted(KeyboardInterrupt):
+    """The bench was stopped by a signal (``signum``: SIGINT for Ctrl-C, SIGTERM); its cells were stopped first."""
+
+    def __init__(self, signum: int = 2) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+@dataclass
+class _Running:
+    cell: BenchCell
+    proc: object  # multiprocessing.Process
+    conn: object  # the read end of the pipe the cell's result comes back on
+    done: bool  # finished in an earlier run (kept)
+    device: int | None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In a cell process: end when the bench that started it ends, however it ends (kill -9 included).
+
+    On Linux the kernel sends SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG)``): a training cell saves a
+    checkpoint at its current step and stops, anything else stops at once. A watchdog thread backs this up (and
+    stands in for it elsewhere): once the parent is gone it allows :data:`ORPHAN_GRACE_S`, then exits."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the bench died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, armed), name="fairdiff-bench-watch",
+                     daemon=True).start()
+
+
+def _watch_parent(parent_pid: int, signalled: bool) -> None:
+    import os
+    import signal
+
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    if not signalled:
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
+def _cell_process(conn, parent_pid: int, base, cell: BenchCell, cells_dir: Path, threads: int,
+                  device: int | None) -> None:
+    """The body of a cell process (``--jobs``): one cell, its result sent back on ``conn``.
+
+    It runs in its own process group with SIGINT ignored, so a Ctrl-C at the terminal reaches only the bench,
+    which then sends each cell one SIGTERM (a training cell saves a checkpoint and stops); it dies with the bench
+    (see :func:`_die_with_parent`). Results are plain tuples: exceptions may not pickle."""
+    import os
+    import signal
+    import traceback
+
+    from fairdiff.utils.io import disk_full_message, is_disk_full
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # (started with both blocked: see _sigint_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        os.setpgid(0, 0)
+    except (AttributeError, OSError):  # pragma: no cover - not POSIX
+        pass
+    _die_with_parent(parent_pid)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
-
-
-def _worker_cell(base, cell: BenchCell, cells_dir: Path) -> tuple[str, object, float]:
-    """Run one cell in a worker process; a user error comes back as text (exceptions may not pickle)."""
     t0 = time.time()
     try:
-        return "ok", _run_one(base, cell, cells_dir, True), time.time() - t0
+        msg: tuple = ("ok", _run_one(base, cell, cells_dir, True))
+    except DiskFullError as e:
+        msg = ("disk-full", str(e))
     except FairdiffError as e:
-        return "error", str(e), time.time() - t0
+        msg = ("error", str(e))
+    except KeyboardInterrupt as e:  # SIGTERM while training: a checkpoint was saved
+        msg = ("stopped", str(e))
+    except BaseException as e:  # noqa: BLE001 - sent back whole; the bench re-raises it
+        msg = ("disk-full", disk_full_message(cells_dir / cell.name, e, kept=False)) if is_disk_full(e) else (
+            "bug", traceback.format_exc())
+    try:
+        conn.send((*msg, time.time() - t0))
+        conn.close()
+    except (OSError, ValueError):  # the bench is gone
+        pass
+
+
+@contextmanager
+def _sigint_blocked():
+    """Block SIGINT and SIGTERM while a cell process starts and is recorded: it inherits the mask (it cannot die
+    of a Ctrl-C before it ignores SIGINT), and a signal meanwhile reaches the bench once the block ends, when the
+    new process is known and is stopped with the others."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, jobs: int, log,
                   failed: dict[str, str]) -> None:
-    """Run ``cells`` in ``jobs`` worker processes; a cell starts once the cell it starts from has finished."""
+    """Run ``cells`` in up to ``jobs`` processes at once, a fresh one per cell; a cell starts once the cell it
+    starts from has finished. Ctrl-C / SIGTERM stop every cell (one SIGTERM each) before
+    :class:`BenchInterrupted` is raised; a full disk stops the bench with one :class:`DiskFullError`."""
     import multiprocessing as mp
     import os
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing.connection import wait
 
     import torch
 
-    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
-    devices = None
+    ctx = mp.get_context("spawn")  # a fresh interpreter per cell: no forked torch thread pools
     ngpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    free_devices: list[int] | None = None
     if ngpu:
         jobs = min(jobs, ngpu)
-        devices = ctx.Queue()
-        for d in range(jobs):
-            devices.put(d)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        free_devices = list(range(jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     names = {c.name for c in cells}
     pending = list(cells)
-    running: dict = {}
+    running: list[_Running] = []
     finished: set[str] = set()
     n = len(cells)
-    ex = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, devices))
+
+    def start(cell: BenchCell) -> None:
+        done = (cells_dir / cell.name / "metrics.json").exists()
+        device = free_devices.pop(0) if free_devices is not None else None
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_cell_process, name=f"fairdiff-cell-{cell.name}",
+                           args=(send, os.getpid(), cfg.base, cell, cells_dir, threads, device))
+        with _sigint_blocked():
+            proc.start()
+            send.close()
+            running.append(_Running(cell, proc, recv, done, device))
+
     with _TermAsInterrupt():
         try:
             while pending or running:
@@ -230,36 +344,61 @@ def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, job
                         break
                     if cell.after in failed:
                         failed[cell.name] = f"needs {cell.after}, which failed"
-                        log(f"[{n - len(pending) - len(running) + 1}/{n}] {cell.name}: skipped "
-                            f"({failed[cell.name]})")
+                        log(f"[{len(finished) + len(failed)}/{n}] {cell.name}: skipped ({failed[cell.name]})")
                         pending.remove(cell)
                         continue
                     if cell.after is None or cell.after not in names or cell.after in finished:
-                        done = (cells_dir / cell.name / "metrics.json").exists()
-                        running[ex.submit(_worker_cell, cfg.base, cell, cells_dir)] = (cell, done)
                         pending.remove(cell)
+                        start(cell)
                 if not running:
+                    if pending:  # pragma: no cover - every cell waits for one that never runs
+                        raise FairdiffError(f"bench cells wait for each other: {', '.join(c.name for c in pending)}")
                     continue
-                complete, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in complete:
-                    cell, done = running.pop(fut)
-                    status, value, secs = fut.result()
-                    head = f"[{len(finished) + len(failed) + 1}/{n}] {cell.name}"
-                    if status == "error":
-                        failed[cell.name] = str(value)
+                ready = wait([r.conn for r in running] + [r.proc.sentinel for r in running])
+                for r in [r for r in running if r.conn in ready or r.proc.sentinel in ready]:
+                    msg = None
+                    try:
+                        if r.conn.poll():
+                            msg = r.conn.recv()
+                    except (EOFError, OSError):
+                        msg = None
+                    if msg is None and r.proc.is_alive():
+                        continue  # (woken by the pipe's end; the process is still finishing)
+                    r.proc.join(STOP_GRACE_S)
+                    if r.proc.is_alive():  # pragma: no cover - a result was sent but the process hangs on exit
+                        r.proc.kill()
+                        r.proc.join(5)
+                    running.remove(r)
+                    r.conn.close()
+                    if r.device is not None:
+                        free_devices.append(r.device)
+                    head = f"[{len(finished) + len(failed) + 1}/{n}] {r.cell.name}"
+                    if msg is None:
+                        code = r.proc.exitcode
+                        why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                        msg = ("error", f"its process ended without a result ({why}); run the bench again to "
+                                        "continue it", 0.0)
+                    status, value, secs = msg
+                    if status == "ok":
+                        finished.add(r.cell.name)
+                        state = "finished earlier, kept" if r.done else f"done in {secs:.0f} s"
+                        log(f"{head}: {state}; {_cell_line(value)}")
+                    elif status == "disk-full":
+                        raise DiskFullError(value)
+                    elif status == "bug":
+                        raise RuntimeError(f"bench cell {r.cell.name} failed in its process:\n{value}")
+                    else:
+                        if status == "stopped":  # someone else's SIGTERM to this cell alone
+                            value = "stopped by a signal; its checkpoint was saved: run the bench again to continue"
+                        failed[r.cell.name] = str(value)
                         log(f"{head}: FAILED: {value}")
-                        continue
-                    finished.add(cell.name)
-                    state = "finished earlier, kept" if done else f"done in {secs:.0f} s"
-                    log(f"{head}: {state}; {_cell_line(value)}")
         except BaseException:
-            _stop_workers(ex)
+            _stop_cells(running)
             raise
-    ex.shutdown(wait=True)
 
 
 class _TermAsInterrupt:
-    """In the bench's own process, SIGTERM is handled like Ctrl-C, so that the workers are stopped cleanly."""
+    """In the bench's own process, SIGTERM is handled like Ctrl-C, so that the cells are stopped cleanly."""
 
     def __enter__(self):
         import signal
@@ -272,7 +411,7 @@ class _TermAsInterrupt:
 
     @staticmethod
     def _raise(signum, frame):
-        raise KeyboardInterrupt
+        raise BenchInterrupted(signum)
 
     def __exit__(self, *exc) -> bool:
         import signal
@@ -282,20 +421,29 @@ class _TermAsInterrupt:
         return False
 
 
-def _stop_workers(ex, grace_s: float = 60.0) -> None:
-    """SIGTERM every worker (a training cell saves a checkpoint at its current step and stops), wait up to
-    ``grace_s``, then kill what is left: no worker outlives the bench and keeps a run folder locked."""
-    procs = list((getattr(ex, "_processes", None) or {}).values())
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
+def _stop_cells(running: list[_Running], grace_s: float = STOP_GRACE_S) -> None:
+    """One SIGTERM to every cell process (a training cell saves a checkpoint at its current step and stops),
+    wait up to ``grace_s``, then kill what is left: no cell outlives the bench and keeps a run folder locked.
+    A second Ctrl-C while waiting kills them at once."""
+    import os
+    import signal
+
+    for r in running:
+        if r.proc.is_alive():
+            try:
+                os.kill(r.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     deadline = time.time() + grace_s
-    for p in procs:
-        p.join(max(0.0, deadline - time.time()))
-        if p.is_alive():
-            p.kill()
-            p.join(5)
-    ex.shutdown(wait=False, cancel_futures=True)
+    try:
+        for r in running:
+            r.proc.join(max(0.0, deadline - time.time()))
+    finally:
+        for r in running:
+            if r.proc.is_alive():
+                r.proc.kill()
+                r.proc.join(5)
+            r.conn.close()
 
 
 def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
@@ -325,6 +473,8 @@ def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
             t0 = time.time()
             try:
                 m = _run_one(cfg.base, cell, cells_dir, quiet)
+            except DiskFullError:  # every other cell would fail the same way: stop, one line
+                raise
             except FairdiffError as e:
                 failed[cell.name] = str(e)
                 log(f"{head}: FAILED: {e}")
@@ -351,18 +501,37 @@ def collect_rows(cells: list[BenchCell], out_dir: str | Path) -> list[dict]:
 
 def write_results(rows: list[dict], out_dir: str | Path, title: str, expected: int | None = None) -> None:
     """``results.md`` (a table per setting), ``results.csv`` (mean/std per setting x method), ``runs.csv`` (one row
-    per run), ``fd_vs_fid.png``, ``shares.png`` and ``report.html`` (all of it in one self-contained page)."""
+    per run), ``fd_vs_fid.png``, ``shares.png`` and ``report.html`` (all of it in one self-contained page).
+
+    They are written into a hidden folder beside them first and moved into place only when all are complete: a
+    full disk (:class:`DiskFullError`) leaves the earlier results as they were, with no half-written file."""
+    import os
+    import shutil
+    import tempfile
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown_tables(rows, title, per="setting") if rows else f"## {title}\n\nNo cell has finished yet.\n"
     if expected is not None and len(rows) < expected:
         md += f"\n{len(rows)} of {expected} cells have finished; run the bench again to continue.\n"
     md += "\n![FD vs domain FID](fd_vs_fid.png)\n\n![generated share of group 0](shares.png)\n" if rows else ""
-    atomic_write_text(out_dir / "results.md", md)
-    if not rows:
-        return
-    write_csv(summarise(rows, by=("setting", "method")), out_dir / "results.csv")
-    write_csv(rows, out_dir / "runs.csv")
-    plot_fd_vs_fid(rows, out_dir / "fd_vs_fid.png", panel="setting", color="method")
-    plot_shares(rows, out_dir / "shares.png")
-    write_html_report(out_dir, title)
+    with disk_full_as_error(out_dir / "results.md" if not rows else f"the results in {out_dir}"):
+        stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".results.", suffix=".tmp"))
+        try:
+            atomic_write_text(stage / "results.md", md)
+            if rows:
+                write_csv(summarise(rows, by=("setting", "method")), stage / "results.csv")
+                write_csv(rows, stage / "runs.csv")
+                plot_fd_vs_fid(rows, stage / "fd_vs_fid.png", panel="setting", color="method")
+                plot_shares(rows, stage / "shares.png")
+                if (out_dir / "cells").is_dir():  # (the page shows each cell's sample grid)
+                    try:
+                        os.symlink(os.path.join("..", "cells"), stage / "cells", target_is_directory=True)
+                    except OSError:  # pragma: no cover - no symlinks here: the page goes without the grids
+                        pass
+                write_html_report(stage, title)
+            for name in ("results.md", "results.csv", "runs.csv", "fd_vs_fid.png", "shares.png", "report.html"):
+                if (stage / name).is_file():
+                    os.replace(stage / name, out_dir / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -166,10 +165,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         run_bench(cfg, cells, out, all_cells=all_cells, quiet=args.quiet, jobs=jobs[0])
-    except KeyboardInterrupt:
-        print(f"bench interrupted: run the same command again to continue (finished cells in {out} are kept)",
-              file=sys.stderr)
-        raise
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: every cell was stopped (training cells saved a checkpoint)
+        stop = KeyboardInterrupt(f"bench interrupted: run the same command again to continue (finished cells in "
+                                 f"{out} are kept; cells in training saved a checkpoint)")
+        stop.signum = getattr(e, "signum", 2)  # (the CLI prints this one line and exits 128 + signum)
+        raise stop from None
     print((out / "results.md").read_text())
     print(f"bench {cfg.name} finished in {time.time() - t0:.0f} s; results: {out / 'results.md'}")
     return 0

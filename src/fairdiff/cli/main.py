@@ -8,6 +8,7 @@ from importlib import import_module
 
 from fairdiff import __version__
 from fairdiff.errors import FairdiffError
+from fairdiff.utils.io import DiskFullError, disk_full_message, is_disk_full
 
 # each module has register(subparsers); its sub-commands set ``func(args) -> int``
 COMMAND_MODULES = ["fairdiff.cli.run_cmds", "fairdiff.cli.data_cmds", "fairdiff.cli.debias_cmds",
@@ -85,6 +86,17 @@ def _one_line(e: BaseException) -> str:
     return f"{text} ({type(e).__name__})"
 
 
+# how to continue after an interruption or a full disk, per command (default: run the same command again)
+_CONTINUE = {"train": "continue with --resume latest", "sd-finetune": "continue with --resume latest",
+             "bench": "run the same command again to continue", "audit": "run the same command again to continue",
+             "sweep": "run the same command again to continue"}
+
+
+def _disk_full_line(command: str | None, text: str) -> str:
+    hint = _CONTINUE.get(command or "", "run the same command again")
+    return f"error: {text}; free space and {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -92,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("error: fairdiff: give a command (see 'fairdiff --help')", file=sys.stderr)
         return 2
+    command = getattr(args, "command", None)
     try:
         return int(args.func(args) or 0)
+    except DiskFullError as e:
+        print(_disk_full_line(command, " ".join(str(e).split())), file=sys.stderr)
+        return 2
     except FairdiffError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -103,21 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
     except OSError as e:
+        if is_disk_full(e):  # a full disk or quota, wherever it struck: one line, never a writer's traceback
+            print(_disk_full_line(command, disk_full_message(e.filename, e, kept=False)), file=sys.stderr)
+            return 2
         if e.filename is None:  # not about a path the user gave: a bug or a machine fault, keep the traceback
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except _bad_input_classes() as e:
+        if is_disk_full(e):  # safetensors reports a full disk as its own error
+            print(_disk_full_line(command, disk_full_message(None, e, kept=False)), file=sys.stderr)
+            return 2
         print(f"error: a file could not be read: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if str(e):  # the command's own account (train: the step it saved a checkpoint at)
             print(str(e), file=sys.stderr)
             return 128 + int(getattr(e, "signum", 2))
-        hint = {"train": "continue with --resume latest", "sd-finetune": "continue with --resume latest",
-                "bench": "run the same command again to continue",
-                "audit": "run the same command again to continue",
-                "sweep": "run the same command again to continue"}.get(getattr(args, "command", None) or "", "")
+        hint = _CONTINUE.get(command or "", "")
         print("interrupted; completed work is kept" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 130
 

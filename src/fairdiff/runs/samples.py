@@ -45,13 +45,23 @@ def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_lab
                   png: bool = True, inputs: list[str | Path] = ()) -> Path:
     """Write uint8 images to ``out_dir`` atomically (a temp folder, then a rename), with ``meta.json`` (how they
     were made) and the ``.fairdiff.json`` marker. An existing ``out_dir`` is replaced only when it is empty or
-    fairdiff's own samples folder (see :func:`prepare_samples_dir`)."""
-    from fairdiff.utils.io import write_json
+    fairdiff's own samples folder (see :func:`prepare_samples_dir`). A full disk raises
+    :class:`fairdiff.utils.io.DiskFullError`; the half-written temp folder is removed and ``out_dir`` is as it was."""
+    from fairdiff.utils.io import disk_full_as_error
 
     out_dir = prepare_samples_dir(out_dir, inputs)
+    with disk_full_as_error(out_dir):
+        return _write_samples(out_dir, images, seeds, class_labels, meta, png)
+
+
+def _write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_labels, meta: dict | None,
+                   png: bool) -> Path:
+    from fairdiff.utils.io import write_json
+
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.resolve().name}.", suffix=".tmp"))
+    old = None
     try:
         if png:
             for img, s in zip(images, seeds):
@@ -64,7 +74,6 @@ def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_lab
         if meta is not None:
             write_json(tmp / META_FILE, meta)
         write_marker(tmp, SAMPLES_KIND)
-        old = None
         if out_dir.exists():
             if any(out_dir.iterdir()):
                 old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
@@ -73,6 +82,8 @@ def write_samples(out_dir: Path, images: np.ndarray, seeds: list[int], class_lab
                 out_dir.rmdir()
         tmp.rename(out_dir)
     except BaseException:
+        if old is not None and not out_dir.exists():
+            old.rename(out_dir)  # (the swap itself failed: the earlier samples go back)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:

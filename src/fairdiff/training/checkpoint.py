@@ -18,7 +18,7 @@ from pathlib import Path
 from fairdiff.config import RunConfig, dump_config, load_config
 from fairdiff.errors import RunDirError
 from fairdiff.training.state import ALLOWED, FILE_LIST, STATE_FILE
-from fairdiff.utils.io import sha256_file, write_json
+from fairdiff.utils.io import disk_full_as_error, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,23 @@ def write_file_list(folder: Path, step: int) -> None:
     """Record the size and SHA-256 of every file of a finished checkpoint in ``files.json`` (written last)."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
              for p in sorted(folder.iterdir()) if p.name != FILE_LIST}
-    write_json(folder / FILE_LIST, {"format": 1, "step": step, "files": files})
+    with disk_full_as_error(f"checkpoint {folder}"):
+        write_json(folder / FILE_LIST, {"format": 1, "step": step, "files": files})
+
+
+UNFINISHED_RE = re.compile(r"^(checkpoint-\d+\.tmp|\.checkpoint-\d+\..*\.(tmp|old))$")
+
+
+def remove_unfinished_checkpoints(run_dir: Path) -> list[str]:
+    """Remove the checkpoint folders that a save never finished (``checkpoint-N.tmp``, left by a process killed
+    or a disk that filled up while saving; ``.checkpoint-N.*.old`` left by a swap): they are never resumed from,
+    and they hold disk space. Call it only while holding the run's :class:`RunLock`. Returns the names removed."""
+    gone = []
+    for p in sorted(Path(run_dir).iterdir()):
+        if UNFINISHED_RE.match(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    return gone
 
 
 def check_checkpoint(folder: Path) -> str | None:
@@ -145,7 +161,8 @@ LOCK_FILE = ".fairdiff.lock"
 class RunLock:
     """One writer per run folder: an exclusive ``fcntl.flock`` on ``RUN/.fairdiff.lock``, held while training.
 
-    The lock goes with the process: a killed run leaves no stale lock behind.
+    The lock goes with the process: a killed run (or a bench worker that died with its bench) leaves no stale
+    lock behind, since the kernel drops a dead process's flock; the file itself is never written.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -217,6 +234,10 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: str | None, overwrite
             for p in run_dir.iterdir():
                 if p.name != LOCK_FILE:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        elif action == "reuse":
+            gone = remove_unfinished_checkpoints(run_dir)  # a save cut short (killed, disk full): never resumed
+            if gone:
+                log.info("removed unfinished checkpoint folders: %s", ", ".join(gone))
         write_marker(run_dir, kind)
     except BaseException:
         lock.release()
