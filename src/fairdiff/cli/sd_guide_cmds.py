@@ -110,7 +110,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _pipe(args: argparse.Namespace):
     from fairdiff.sampling.files import resolve_device
     from fairdiff.sampling.sd import sd_image_size
-    from fairdiff.sampling.sd_guided import load_sd_any
+    from fairdiff.sampling.sd import load_sd_any
 
     pipe = load_sd_any(args.sd, device=resolve_device(args.device))
     return pipe, sd_image_size(pipe)

@@ -19,12 +19,11 @@ from pathlib import Path
 import torch
 
 from fairdiff.errors import ConfigError, FairdiffError, RunDirError
+from fairdiff.models.lora import DEFAULT_LORA_TARGETS, resolve_lora_targets  # noqa: F401 - re-exported
 
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-DEFAULT_LORA_TARGETS = ("to_q", "to_v", "query", "value")  # old and new names of attention projections
 TEXT_LORA_TARGETS = ("q_proj", "v_proj")
 
-_ATTN_NAMES = {'to_q', 'to_k', 'to_v', 'to_out', 'query', 'key', 'value', 'q_proj', 'k_proj', 'v_proj'}
 
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # an sd-finetune run's LoRA, in diffusers' naming
@@ -130,25 +129,6 @@ def _quiet_loading() -> None:
     from fairdiff.models.weights import quiet_loading
 
     quiet_loading()
-
-
-def resolve_lora_targets(model: torch.nn.Module, targets: list[str] | tuple[str, ...],
-                         defaults: tuple[str, ...] = DEFAULT_LORA_TARGETS, what: str = "U-Net") -> list[str]:
-    """The targets that name ``nn.Linear`` / conv layers of ``model`` (by last name component).
-
-    The default list holds alternatives (``query``/``value`` in old checkpoints, ``to_q``/``to_v`` in new ones),
-    so a default name that matches nothing is dropped; a name the user added that matches nothing is an error,
-    and so is a list of which nothing matches.
-    """
-    leaf = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
-    found = [t for t in targets if t in leaf]
-    missing = [t for t in targets if t not in leaf and t not in defaults]
-    if missing or not found:
-        bad = missing or list(targets)
-        raise ConfigError(f"model.lora_targets: {', '.join(bad)} not found in the {what} "
-                          f"(attention projections here: {', '.join(sorted(leaf & _ATTN_NAMES)) or 'none'})")
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------------

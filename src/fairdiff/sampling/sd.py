@@ -72,6 +72,14 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
     return pipe.to(dev), meta
 
 
+def load_sd_any(sd: str | Path, device: str | None = None):
+    """A local diffusers SD folder, or an ``sd-finetune`` run (its base folder with its LoRA applied)."""
+    p = Path(sd)
+    if (p / SD_META).is_file():
+        return load_sd_pipeline(p, lora=True, device=device)[0]
+    return load_sd_folder(p, device=device)
+
+
 def export_sd_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's base pipeline with its LoRA fused into the weights as a plain SD folder at ``out``.
 

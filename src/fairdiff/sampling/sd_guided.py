@@ -41,17 +41,6 @@ class Generation:
     h_shape: list[int] = field(default_factory=list)
 
 
-def load_sd_any(sd: str | Path, device: str | None = None):
-    """A local diffusers SD folder, or an ``sd-finetune`` run (its base folder with its LoRA applied)."""
-    from fairdiff.runs import SD_META
-    from fairdiff.sampling.sd import load_sd_folder, load_sd_pipeline
-
-    p = Path(sd)
-    if (p / SD_META).is_file():
-        return load_sd_pipeline(p, lora=True, device=device)[0]
-    return load_sd_folder(p, device=device)
-
-
 def schedule_of(pipe, steps: int) -> list[int]:
     """The timesteps the pipeline's DDIM scheduler walks in ``steps`` steps (as the heads record them)."""
     from fairdiff.models.heads import schedule_timesteps

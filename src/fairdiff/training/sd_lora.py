@@ -27,7 +27,8 @@ from torch import nn
 
 from fairdiff.config import RunConfig
 from fairdiff.errors import ConfigError, RunDirError
-from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd, resolve_lora_targets
+from fairdiff.models.lora import add_lora, lora_state, resolve_lora_targets
+from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd
 from fairdiff.training.adapters import ModelAdapter, TrainableState
 from fairdiff.training.trainer import TrainResult, train
 from fairdiff.utils.io import atomic_write_text, read_json
@@ -95,24 +96,6 @@ def read_prompts(prompt: str, prompts_file: str | None) -> list[str]:
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
-
-
-def add_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> None:
-    """Freeze ``model`` and add a trainable peft LoRA adapter on ``targets`` (diffusers / transformers mixin)."""
-    from peft import LoraConfig
-
-    model.requires_grad_(False)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
-    model.add_adapter(cfg)
-
-
-def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of ``model`` in peft's key format (``lora_A`` / ``lora_B``), which ``load_lora_weights``
-    reads as is. (Converting to the older ``lora.down`` naming renames attention projections only, so a LoRA on
-    attention *and* convolutions was saved in two namings and its attention part was dropped on loading.)"""
-    from peft.utils import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(model)
 
 
 def save_lora(folder: Path, unet: nn.Module, text_encoder: nn.Module | None) -> None:
