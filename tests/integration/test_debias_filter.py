@@ -144,3 +144,26 @@ def test_guide_per_sample_mode(base_run, corner_judge_file, tmp_path):
     rec = json.loads((out / "debias.json").read_text())
     assert rec["mode"] == "sample" and len(rec["controller"]["pilots"]) <= 2
     assert np.load(out / "samples" / "samples.npz")["images"].shape[0] == 20
+
+
+def test_label_free_guide_fits_heads_on_clusters_of_its_own_images(base_run, tmp_path):
+    """The sampling-time twin of the label-free filter: heads fitted on the recorded h of the base's own images,
+    labelled by their k-means clusters; the pilots are judged by the same clusters; no label or judge anywhere."""
+    from fairdiff.models.heads import load_heads, read_heads_record
+
+    out = tmp_path / "lfg"
+    assert main(["debias", str(base_run), "--method", "guide", "--target", "0.5,0.5", "--n", "8", "--steps", "2",
+                 "--pilot-n", "16", "--max-pilots", "2", "--judge", "clusters", "--no-eval", "--out", str(out),
+                 "-q"]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["judge"]["kind"] == "clusters (label-free)" and rec["heads"]["labels"] == "clusters"
+    assert rec["judge_role"].startswith("label-free clusters")
+    heads = load_heads(out / "heads")
+    assert heads.config.mode == "generated" and heads.config.num_steps == 2
+    assert heads.config.attributes == {"group": 2}
+    acc = read_heads_record(out / "heads")["heldout_accuracy"]["group"]
+    assert len(acc) == 2 and all(0.0 <= a <= 1.0 for a in acc)
+    # the pilot at scale 0 is the base judged by the clusters: its shares sum to 1 over the two clusters
+    assert sum(rec["controller"]["pilots"][0]["shares"]) == pytest.approx(1.0)
+    assert main(["debias", str(base_run), "--method", "guide", "--target", "0.5,0.5", "--judge", "clusters",
+                 "--heads", str(out / "heads"), "--out", str(tmp_path / "x"), "-q"]) == 2

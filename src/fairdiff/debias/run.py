@@ -274,6 +274,46 @@ def distill_run(
     return record
 
 
+def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, heldout: float = 0.25,
+                  pool: str = "flatten"):
+    """Label-free heads (the SelfDebias-style twin of distribution guidance): ``CLUSTER_PILOT`` images of the base
+    (seeds from ``PILOT_SEED``) are drawn while h is recorded at every DDIM step; k-means clusters of the images
+    (:func:`fit_cluster_judge`) label them (images outside every cluster are dropped); the one heads fitter fits a
+    head per step on the recorded h. Returns the cluster judge and a :class:`HeadsTrainResult` (a seeded
+    ``heldout`` share of the images scores each step's head)."""
+    import torch
+
+    from fairdiff.evaluation.samples import to_uint8
+    from fairdiff.metrics import OUTSIDE
+    from fairdiff.models import build_sampling_scheduler
+    from fairdiff.models.heads import HeadsConfig, model_fingerprint, schedule_timesteps
+    from fairdiff.sampling import sample
+    from fairdiff.sampling.denoisers import RecordH
+    from fairdiff.training.heads import HeadsTrainResult, fit_step_heads
+
+    from .clusters import fit_cluster_judge
+
+    t0 = time.perf_counter()
+    rec = RecordH(pool, unet=unet)
+    x = sample(unet, build_sampling_scheduler("ddim", sched_cfg), range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT),
+               batch_size=250, num_steps=steps, guidance=rec, device=device, progress=False)
+    images = to_uint8(x)
+    cj = fit_cluster_judge(images, k, seed=seed)
+    labels = torch.from_numpy(cj.verdicts(images))
+    keep = torch.nonzero(labels != OUTSIDE).flatten()
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))]
+    n_held = int(round(heldout * len(keep)))
+    held, train = keep[:n_held], keep[n_held:]
+    feats = rec.feats()
+    cfg = HeadsConfig(attributes={"group": k}, num_steps=steps, scheduler="ddim",
+                      timesteps=schedule_timesteps("ddim", sched_cfg, steps), pool=pool, h_shape=rec.h_shape,
+                      mode="generated", fitted_on=model_fingerprint(unet))
+    heads, tr, he = fit_step_heads(cfg, feats[:, train], {"group": labels[train]},
+                                   heldout_feats=feats[:, held] if n_held else None,
+                                   heldout_labels={"group": labels[held]} if n_held else None)
+    return cj, HeadsTrainResult(heads, {a: v for a, v in he.items() if v}, tr, time.perf_counter() - t0)
+
+
 def guide_run_to_target(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -344,11 +384,25 @@ def guide_run_to_target(
     state = check_output_dir(out_dir, DEBIAS_KIND, overwrite=overwrite, inputs=[run_dir], whole=True)
     dev = resolve_device(device)
     unet, sched_cfg = load_guidable(run_dir, dev)
-    clf = _load_checked_judge(judge, cfg, k, progress)  # a bad judge is one line before the heads are fitted
+    label_free = judge == "clusters"
+    if label_free and heads is not None:
+        raise FairdiffError("guide --judge clusters fits its heads on the clusters of the base's own images; "
+                            "leave out --heads")
+    clf = None if label_free else _load_checked_judge(judge, cfg, k, progress)  # one line before heads are fitted
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fairdiff-guide-"))
     try:
-        if heads is None:
+        if label_free:  # no label anywhere: clusters of the base's own images label its recorded h
+            cj, fit = cluster_heads(unet, sched_cfg, k, steps, seed=seed, device=dev)
+            clf, verdicts = cj, cj.verdicts
+            save_heads(fit.heads, work / "heads", {"run": str(run_dir), "labels": "k-means clusters of the base's "
+                                                   "own images", "heldout_accuracy": fit.heldout_accuracy,
+                                                   "seconds": round(fit.seconds, 1)})
+            heads_obj = fit.heads.to(dev).eval()
+            held = fit.heldout_accuracy.get("group", [])
+            heads_info = {"fitted": True, "labels": "clusters", "cluster_pilot_n": CLUSTER_PILOT,
+                          "heldout_accuracy_mean": float(np.mean(held)) if held else None}
+        elif heads is None:
             data = prepare_data(cfg.data)
             fit = train_heads(unet, sched_cfg, data.train_images, data.train_groups, steps, "ddim",
                               heldout_images=data.heldout_images, heldout_labels=data.heldout_groups,
@@ -369,7 +423,8 @@ def guide_run_to_target(
             prm.requires_grad_(False)
         heads_s = time.perf_counter() - t0
         sched = build_sampling_scheduler("ddim", sched_cfg)
-        verdicts = _verdict_fn(clf, cfg.data)
+        if not label_free:
+            verdicts = _verdict_fn(clf, cfg.data)
         timing: dict[float, float] = {}
 
         from .filter import quotas
@@ -417,7 +472,8 @@ def guide_run_to_target(
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim",
             "mode": mode, "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
-            "judge_role": "validation (pilots); the test judge scores metrics.json",
+            "judge_role": ("label-free clusters (heads' labels and pilots)" if label_free else "validation (pilots)")
+            + "; the test judge scores metrics.json",
             "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
                            "valid_drop": valid_drop, "s0": s0},
             "heads_seconds": round(heads_s, 2), "pilot_seconds": round(pilot_s, 2),
