@@ -7,6 +7,8 @@ Methods (each toward each target, each seed):
   guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
   guide-sample  the same with per-sample group assignment (--mode sample)
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
+  filter-lf, guide-lf  the label-free forms: groups are k-means clusters of the base's own images (--judge
+            clusters; guide-lf fits its heads on those clusters), no label or judge anywhere
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
   reweight  group reweighting toward the target, fine-tuned from the base
 Fine-tunes use one budget: 400 steps, batch 64, lr 2e-4, full fine-tuning of the U-Net, EMA 0.99.
@@ -61,9 +63,12 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide", "guide-sample"):
-        fn = debias_run if method == "filter" else guide_run_to_target
-        kw = {"method": "filter"} if method == "filter" else {"mode": "sample" if method == "guide-sample" else "batch"}
+    elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf"):
+        fn = debias_run if method.startswith("filter") else guide_run_to_target
+        kw = {"method": "filter"} if method.startswith("filter") else {
+            "mode": "sample" if method == "guide-sample" else "batch"}
+        if method.endswith("-lf"):
+            kw["judge"] = "clusters"
         rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
         m = rec.pop("metrics")
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
