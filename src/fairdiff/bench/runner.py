@@ -191,12 +191,12 @@ class BenchInterrupted(KeyboardInterrupt):
 
 
 @dataclass
-class _Running:
-    cell: BenchCell
+class _Worker:
     proc: object  # multiprocessing.Process
-    conn: object  # the read end of the pipe the cell's result comes back on
-    done: bool  # finished in an earlier run (kept)
+    conn: object  # its end of a duplex pipe: cells go out, results come back
     device: int | None
+    cell: BenchCell | None = None  # the cell it runs now (None: idle)
+    done: bool = False  # that cell had finished in an earlier run (kept)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -237,18 +237,16 @@ def _watch_parent(parent_pid: int, signalled: bool) -> None:
     os._exit(1)
 
 
-def _cell_process(conn, parent_pid: int, base, cell: BenchCell, cells_dir: Path, threads: int,
-                  device: int | None) -> None:
-    """The body of a cell process (``--jobs``): one cell, its result sent back on ``conn``.
+def _worker_main(conn, parent_pid: int, threads: int, device: int | None) -> None:
+    """A ``--jobs`` worker process: runs the cells it is sent on ``conn``, one at a time, and sends back each
+    result as a plain tuple (exceptions may not pickle); ``None`` ends it.
 
     It runs in its own process group with SIGINT ignored, so a Ctrl-C at the terminal reaches only the bench,
-    which then sends each cell one SIGTERM (a training cell saves a checkpoint and stops); it dies with the bench
-    (see :func:`_die_with_parent`). Results are plain tuples: exceptions may not pickle."""
+    which then sends each worker one SIGTERM: a training cell saves a checkpoint and the worker ends after
+    reporting it; an idle one, or one sampling or evaluating, ends at once (every output is written atomically).
+    It also ends when the bench dies, however it dies (see :func:`_die_with_parent`)."""
     import os
     import signal
-    import traceback
-
-    from fairdiff.utils.io import disk_full_message, is_disk_full
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # (started with both blocked: see _sigint_blocked)
@@ -264,6 +262,28 @@ def _cell_process(conn, parent_pid: int, base, cell: BenchCell, cells_dir: Path,
     import torch
 
     torch.set_num_threads(threads)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the bench is gone
+            return
+        if job is None:
+            return
+        msg = _worker_cell(*job)
+        try:
+            conn.send(msg)
+        except (OSError, ValueError):  # the bench is gone
+            return
+        if msg[0] == "stopped":
+            return
+
+
+def _worker_cell(base, cell: BenchCell, cells_dir: Path) -> tuple[str, object, float]:
+    """Run one cell in a worker process: (status, metrics or message, seconds)."""
+    import traceback
+
+    from fairdiff.utils.io import disk_full_message, is_disk_full
+
     t0 = time.time()
     try:
         msg: tuple = ("ok", _run_one(base, cell, cells_dir, True))
@@ -276,18 +296,14 @@ def _cell_process(conn, parent_pid: int, base, cell: BenchCell, cells_dir: Path,
     except BaseException as e:  # noqa: BLE001 - sent back whole; the bench re-raises it
         msg = ("disk-full", disk_full_message(cells_dir / cell.name, e, kept=False)) if is_disk_full(e) else (
             "bug", traceback.format_exc())
-    try:
-        conn.send((*msg, time.time() - t0))
-        conn.close()
-    except (OSError, ValueError):  # the bench is gone
-        pass
+    return (*msg, time.time() - t0)
 
 
 @contextmanager
 def _sigint_blocked():
-    """Block SIGINT and SIGTERM while a cell process starts and is recorded: it inherits the mask (it cannot die
-    of a Ctrl-C before it ignores SIGINT), and a signal meanwhile reaches the bench once the block ends, when the
-    new process is known and is stopped with the others."""
+    """Block SIGINT and SIGTERM while a worker process starts and is recorded: it inherits the mask (it cannot
+    die of a Ctrl-C before it ignores SIGINT), and a signal meanwhile reaches the bench once the block ends, when
+    the new process is known and is stopped with the others."""
     import signal
     import threading
 
@@ -303,8 +319,8 @@ def _sigint_blocked():
 
 def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, jobs: int, log,
                   failed: dict[str, str]) -> None:
-    """Run ``cells`` in up to ``jobs`` processes at once, a fresh one per cell; a cell starts once the cell it
-    starts from has finished. Ctrl-C / SIGTERM stop every cell (one SIGTERM each) before
+    """Run ``cells`` in up to ``jobs`` worker processes; a cell starts once the cell it starts from has finished.
+    Ctrl-C / SIGTERM stop every worker (one SIGTERM each; see :func:`_worker_main`) before
     :class:`BenchInterrupted` is raised; a full disk stops the bench with one :class:`DiskFullError`."""
     import multiprocessing as mp
     import os
@@ -312,7 +328,7 @@ def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, job
 
     import torch
 
-    ctx = mp.get_context("spawn")  # a fresh interpreter per cell: no forked torch thread pools
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
     ngpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     free_devices: list[int] | None = None
     if ngpu:
@@ -321,80 +337,107 @@ def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, job
     threads = max(1, (os.cpu_count() or 1) // jobs)
     names = {c.name for c in cells}
     pending = list(cells)
-    running: list[_Running] = []
+    workers: list[_Worker] = []
     finished: set[str] = set()
     n = len(cells)
 
-    def start(cell: BenchCell) -> None:
-        done = (cells_dir / cell.name / "metrics.json").exists()
+    def idle_worker() -> _Worker | None:
+        for w in workers:
+            if w.cell is None:
+                return w
+        if len(workers) >= jobs:
+            return None
         device = free_devices.pop(0) if free_devices is not None else None
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_cell_process, name=f"fairdiff-cell-{cell.name}",
-                           args=(send, os.getpid(), cfg.base, cell, cells_dir, threads, device))
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, name="fairdiff-bench-worker",
+                           args=(theirs, os.getpid(), threads, device))
         with _sigint_blocked():
             proc.start()
-            send.close()
-            running.append(_Running(cell, proc, recv, done, device))
+            theirs.close()
+            workers.append(_Worker(proc, mine, device))
+        return workers[-1]
+
+    def retire(w: _Worker) -> None:
+        w.proc.join(STOP_GRACE_S)
+        if w.proc.is_alive():  # pragma: no cover - it said it was done but does not end
+            w.proc.kill()
+            w.proc.join(5)
+        w.conn.close()
+        workers.remove(w)
+        if w.device is not None:
+            free_devices.append(w.device)
 
     with _TermAsInterrupt():
         try:
-            while pending or running:
+            while pending or any(w.cell is not None for w in workers):
                 for cell in list(pending):
-                    if len(running) >= jobs:
-                        break
                     if cell.after in failed:
                         failed[cell.name] = f"needs {cell.after}, which failed"
                         log(f"[{len(finished) + len(failed)}/{n}] {cell.name}: skipped ({failed[cell.name]})")
                         pending.remove(cell)
                         continue
                     if cell.after is None or cell.after not in names or cell.after in finished:
+                        w = idle_worker()
+                        if w is None:
+                            break
                         pending.remove(cell)
-                        start(cell)
-                if not running:
+                        w.cell, w.done = cell, (cells_dir / cell.name / "metrics.json").exists()
+                        try:
+                            w.conn.send((cfg.base, cell, cells_dir))
+                        except OSError:  # it died while idle: seen below as a cell without a result
+                            pass
+                if not any(w.cell is not None for w in workers):
                     if pending:  # pragma: no cover - every cell waits for one that never runs
                         raise FairdiffError(f"bench cells wait for each other: {', '.join(c.name for c in pending)}")
                     continue
-                ready = wait([r.conn for r in running] + [r.proc.sentinel for r in running])
-                for r in [r for r in running if r.conn in ready or r.proc.sentinel in ready]:
+                ready = wait([w.conn for w in workers] + [w.proc.sentinel for w in workers])
+                for w in [w for w in workers if w.conn in ready or w.proc.sentinel in ready]:
                     msg = None
                     try:
-                        if r.conn.poll():
-                            msg = r.conn.recv()
+                        if w.conn.poll():
+                            msg = w.conn.recv()
                     except (EOFError, OSError):
                         msg = None
-                    if msg is None and r.proc.is_alive():
-                        continue  # (woken by the pipe's end; the process is still finishing)
-                    r.proc.join(STOP_GRACE_S)
-                    if r.proc.is_alive():  # pragma: no cover - a result was sent but the process hangs on exit
-                        r.proc.kill()
-                        r.proc.join(5)
-                    running.remove(r)
-                    r.conn.close()
-                    if r.device is not None:
-                        free_devices.append(r.device)
-                    head = f"[{len(finished) + len(failed) + 1}/{n}] {r.cell.name}"
+                    cell, done = w.cell, w.done
                     if msg is None:
-                        code = r.proc.exitcode
+                        if w.proc.is_alive():
+                            continue
+                        retire(w)  # it died (killed from outside, out of memory): the next cell gets a new one
+                        if cell is None:
+                            continue
+                        code = w.proc.exitcode
                         why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                         msg = ("error", f"its process ended without a result ({why}); run the bench again to "
                                         "continue it", 0.0)
+                    else:
+                        w.cell = None
+                        if msg[0] == "stopped":
+                            retire(w)
+                    head = f"[{len(finished) + len(failed) + 1}/{n}] {cell.name}"
                     status, value, secs = msg
                     if status == "ok":
-                        finished.add(r.cell.name)
-                        state = "finished earlier, kept" if r.done else f"done in {secs:.0f} s"
+                        finished.add(cell.name)
+                        state = "finished earlier, kept" if done else f"done in {secs:.0f} s"
                         log(f"{head}: {state}; {_cell_line(value)}")
                     elif status == "disk-full":
                         raise DiskFullError(value)
                     elif status == "bug":
-                        raise RuntimeError(f"bench cell {r.cell.name} failed in its process:\n{value}")
+                        raise RuntimeError(f"bench cell {cell.name} failed in its worker process:\n{value}")
                     else:
-                        if status == "stopped":  # someone else's SIGTERM to this cell alone
+                        if status == "stopped":  # someone else's SIGTERM to this worker alone
                             value = "stopped by a signal; its checkpoint was saved: run the bench again to continue"
-                        failed[r.cell.name] = str(value)
+                        failed[cell.name] = str(value)
                         log(f"{head}: FAILED: {value}")
         except BaseException:
-            _stop_cells(running)
+            _stop_workers(workers)
             raise
+    for w in workers:  # all idle: let them end
+        try:
+            w.conn.send(None)
+        except OSError:
+            pass
+    for w in list(workers):
+        retire(w)
 
 
 class _TermAsInterrupt:
@@ -421,29 +464,29 @@ class _TermAsInterrupt:
         return False
 
 
-def _stop_cells(running: list[_Running], grace_s: float = STOP_GRACE_S) -> None:
-    """One SIGTERM to every cell process (a training cell saves a checkpoint at its current step and stops),
-    wait up to ``grace_s``, then kill what is left: no cell outlives the bench and keeps a run folder locked.
+def _stop_workers(workers: list[_Worker], grace_s: float = STOP_GRACE_S) -> None:
+    """One SIGTERM to every worker process (a training cell saves a checkpoint at its current step and stops),
+    wait up to ``grace_s``, then kill what is left: no worker outlives the bench and keeps a run folder locked.
     A second Ctrl-C while waiting kills them at once."""
     import os
     import signal
 
-    for r in running:
-        if r.proc.is_alive():
+    for w in workers:
+        if w.proc.is_alive():
             try:
-                os.kill(r.proc.pid, signal.SIGTERM)
+                os.kill(w.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
     deadline = time.time() + grace_s
     try:
-        for r in running:
-            r.proc.join(max(0.0, deadline - time.time()))
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.time()))
     finally:
-        for r in running:
-            if r.proc.is_alive():
-                r.proc.kill()
-                r.proc.join(5)
-            r.conn.close()
+        for w in workers:
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(5)
+            w.conn.close()
 
 
 def run_bench(cfg: BenchConfig, cells: list[BenchCell], out_dir: str | Path, *,
