@@ -4,8 +4,10 @@ by bias (or ``fairdiff audit --images FOLDER --out DIR`` for images made elsewhe
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+from fairdiff.cli.aliases import flag, old_flag, set_func
 from fairdiff.errors import FairdiffError
 
 
@@ -21,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="audit folder (run the same command again to continue)")
     p.add_argument("--seed", type=int, default=0, help="image i of every prompt uses seed + i")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    old_flag(p, "--guidance-scale", "--cfg-scale", "cfg_scale", type=float)
     p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="weights of the pipeline (fp16: GPU only)")
@@ -33,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--target", help="target group shares, e.g. 0.5,0.5 (default uniform)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default eval.bootstrap = 1000)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_audit, overrides=[])
+    p.set_defaults(overrides=[])
+    set_func(p, cmd_audit)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -49,6 +53,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.images is None and args.sd is None:
         raise FairdiffError("give a local Stable Diffusion folder (or --images FOLDER for images made elsewhere)")
     target = parse_target(args.target)
+    if not math.isfinite(args.cfg_scale) or args.cfg_scale < 0:
+        raise FairdiffError(f"{flag(args, 'cfg_scale')} must be a finite number >= 0, got {args.cfg_scale}")
     data_cfg = eval_cfg = None
     if args.config is not None or args.overrides:
         if args.config is not None and not Path(args.config).is_file():
@@ -59,7 +65,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise FairdiffError(f"--target has {len(target)} values but there are {len(cfg.data.groups)} groups")
     log = (lambda _msg: None) if args.quiet else print
     res = run_audit(args.out, sd=args.sd, images_dir=args.images, prompts=args.prompt, prompts_file=args.prompts,
-                    n=args.n, seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale,
+                    n=args.n, seed=args.seed, steps=args.steps, guidance_scale=args.cfg_scale,
                     judge=args.judge, data_cfg=data_cfg, eval_cfg=eval_cfg, target=target, bootstrap=args.bootstrap,
                     device=args.device, batch_size=args.batch_size, precision=args.precision,
                     progress=not args.quiet, log=log)

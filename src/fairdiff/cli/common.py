@@ -60,3 +60,29 @@ def check_out_file(path: str | Path, looks_ours, what: str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise FairdiffError(f"{what} {p} is not writable ({parent}: permission denied)")
     return p
+
+
+SAMPLE_FLAGS = {"batch_size": "--batch-size", "steps": "--steps", "scheduler": "--scheduler", "eta": "--eta"}
+
+
+def resolve_sample_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the sampling flags left out (None) from the run's ``sample.*`` settings in its config.yaml; a
+    folder without one (a diffusers model folder) takes the :class:`~fairdiff.config.SampleConfig` defaults."""
+    missing = [k for k in SAMPLE_FLAGS if getattr(args, k, None) is None]
+    if not missing:
+        return args
+    from fairdiff.config import SampleConfig
+    from fairdiff.errors import FairdiffError
+    from fairdiff.runs import read_run_config
+
+    sc = SampleConfig()
+    if (Path(args.run) / "config.yaml").is_file():
+        try:
+            sc = read_run_config(args.run).sample
+        except FairdiffError as e:
+            flags = ", ".join(SAMPLE_FLAGS[k] for k in missing)
+            raise FairdiffError(f"cannot take the sampling settings from {Path(args.run) / 'config.yaml'} ({e}); "
+                                f"give {flags}") from None
+    for k in missing:
+        setattr(args, k, getattr(sc, k))
+    return args

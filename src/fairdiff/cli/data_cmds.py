@@ -1,4 +1,4 @@
-"""``fairdiff data fetch`` and ``fairdiff data split``."""
+"""``fairdiff data fetch``, ``fairdiff data split`` and ``fairdiff data tiny-sd`` (the old ``sd-init``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fairdiff.errors import FairdiffError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="fetch data sets and inspect biased splits")
+    p = sub.add_parser("data", help="fetch data sets, inspect biased splits, write a tiny random SD folder")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     f = dsub.add_parser("fetch", help="put a data set into the cache ($FAIRDIFF_CACHE or ~/.cache/fairdiff)")
     f.add_argument("name", choices=["mnist", "faces-mini"])
@@ -23,11 +23,23 @@ def register(sub) -> None:
     add_config_args(s)
     s.add_argument("--manifest", help="also write the manifest JSON here")
     s.set_defaults(func=cmd_split)
+    t = dsub.add_parser("tiny-sd", help="write a small random Stable-Diffusion-shaped pipeline folder (offline; was "
+                                        "'fairdiff sd-init')")
+    from fairdiff.cli.sd_cmds import add_tiny_sd_args
+
+    add_tiny_sd_args(t)
+    t.set_defaults(func=cmd_tiny_sd)
     p.set_defaults(func=_no_action)
 
 
 def _no_action(args: argparse.Namespace) -> int:
-    raise FairdiffError("fairdiff data: give an action, fetch or split (see 'fairdiff data --help')")
+    raise FairdiffError("fairdiff data: give an action, fetch or split (or tiny-sd; see 'fairdiff data --help')")
+
+
+def cmd_tiny_sd(args: argparse.Namespace) -> int:
+    from fairdiff.cli.sd_cmds import cmd_sd_init
+
+    return cmd_sd_init(args)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

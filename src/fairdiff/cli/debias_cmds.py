@@ -28,12 +28,14 @@ def register(sub) -> None:
     p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
     p.add_argument("--train-steps", type=int, help="distill: fine-tuning steps (default 400)")
     p.add_argument("--lr", type=float, help="distill: fine-tuning learning rate (default 2e-4)")
-    p.add_argument("--heads", help="guide: heads folder from 'fairdiff train-heads' (default: fitted here)")
+    p.add_argument("--heads", help="guide: heads folder from 'fairdiff heads fit' (default: fitted here)")
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
     p.add_argument("--pilot-n", type=int, default=256, help="guide: images per pilot batch (default 256)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
-    p.add_argument("--temperature", type=float, default=1.0, help="guide: heads' softmax temperature (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="guide: heads' softmax temperature (default 1: the controller aims at any target, unlike "
+                        "'sample --heads', whose default 8 suits a uniform one)")
     p.add_argument("--mode", choices=["batch", "sample"], default="batch",
                    help="guide: batch (push the batch's share to the target) or sample (assign each image a group "
                    "in the target's proportions and guide it there)")

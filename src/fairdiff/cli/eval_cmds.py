@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from fairdiff.cli.aliases import flag, old_flag, set_func
 from fairdiff.errors import FairdiffError
 
 
@@ -15,13 +16,14 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, help="number of generated images (a run is sampled if it has fewer)")
     p.add_argument("--target", help="target group shares, e.g. 0.5,0.5 (default uniform)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default eval.bootstrap = 1000)")
-    p.add_argument("--classifier", help="'auto' (cached domain CNN), an .onnx file or a TorchScript .pt file")
+    p.add_argument("--judge", help="'auto' (cached domain CNN), an .onnx file or a TorchScript .pt file")
+    old_flag(p, "--classifier", "--judge", "judge")
     p.add_argument("--seed", type=int, help="bootstrap seed (default eval.seed)")
     p.add_argument("--replicates", type=int, default=1, help="split the images into R replicates: mean +- std")
     p.add_argument("--out", "-o", help="output folder (default: the run / samples folder)")
     p.add_argument("--config", "-c", help="config YAML with the data section (for a plain samples folder)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_evaluate)
+    set_func(p, cmd_evaluate)
 
     p = sub.add_parser("compare", help="several evaluated runs in one table and one chart")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (evaluated first if needed)")
@@ -134,13 +136,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.replicates < 1 or (args.n is not None and args.replicates > args.n):
         raise FairdiffError(f"--replicates must lie in [1, n], got {args.replicates}")
-    if args.classifier not in (None, "auto") and not Path(args.classifier).is_file():
-        raise FairdiffError(f"--classifier {args.classifier}: no such file (use 'auto', an .onnx or a .pt file)")
+    if args.judge not in (None, "auto") and not Path(args.judge).is_file():
+        raise FairdiffError(f"{flag(args, 'judge')} {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
     is_run = path.is_dir() and (path / "config.yaml").exists() and not args.config
     default_out = path if is_run else (path.parent if path.is_file() else path)
     out = Path(args.out) if args.out else default_out
     new_out = check_eval_out(out, explicit=args.out is not None)
-    common = {"n": args.n, "classifier": args.classifier, "target": target, "bootstrap": args.bootstrap,
+    common = {"n": args.n, "classifier": args.judge, "target": target, "bootstrap": args.bootstrap,
               "out_dir": args.out, "seed": args.seed, "progress": not args.quiet, "replicates": args.replicates}
     if is_run:
         from fairdiff.runs import read_run_config

@@ -1,7 +1,8 @@
-"""``fairdiff train-heads`` and the distribution-guidance options of ``fairdiff sample``.
+"""``fairdiff heads fit``: per-step h-space heads for distribution guidance, fitted on a run's labelled images
+(``heads fit RUN``; the old ``train-heads``) or on a Stable Diffusion folder's own generations labelled by a judge
+(``heads fit --sd FOLDER --judge J``; the old ``sd-guide fit-heads``, :mod:`fairdiff.cli.sd_guide_cmds`).
 
-``sample`` itself belongs to :mod:`fairdiff.cli.run_cmds`; this module adds ``--guidance/--target/--scale/
---temperature/--guidance-loss`` to that parser and wraps its command so a guided run goes through
+Guided sampling of a run (``sample RUN --heads HEADS``) goes through :func:`cmd_sample_guided` here, i.e.
 :func:`fairdiff.sampling.guided.guide_run`, the path the bench's guidance cells take too.
 """
 
@@ -10,12 +11,57 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fairdiff.models.unet import SAMPLING_SCHEDULERS
+from fairdiff.cli.aliases import flag, old_command, old_flag, set_func
 from fairdiff.errors import FairdiffError
+from fairdiff.models.unet import SAMPLING_SCHEDULERS
+
+# defaults that differ between the two kinds of heads (a run's images / an SD folder's judged generations)
+RUN_HEADS = {"steps": 50, "pool": "flatten", "batch_size": 128}
+SD_HEADS = {"steps": 25, "pool": "mean", "batch_size": 8}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-heads", help="train per-step h-space attribute heads for distribution guidance")
+    p = sub.add_parser("heads", help="guidance heads: fit on a run's labelled images, or on a Stable Diffusion "
+                                     "folder's own generations labelled by a judge (--sd)")
+    hsub = p.add_subparsers(dest="heads_command", metavar="ACTION", parser_class=type(p))
+    f = hsub.add_parser("fit", help="fit per-step h-space attribute heads (then 'fairdiff sample ... --heads OUT')")
+    f.add_argument("run", nargs="?", help="a trained run folder (its data config gives the images and group "
+                                          "labels); left out with --sd")
+    f.add_argument("--out", "-o", required=True, help="heads folder to write (a diffusers model folder with "
+                   "record.json; replaced when it holds fairdiff heads)")
+    f.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps the heads are for, sample with the same (default {RUN_HEADS['steps']}; "
+                        f"--sd: {SD_HEADS['steps']} DDIM steps)")
+    f.add_argument("--pool", choices=["flatten", "mean"], default=None,
+                   help=f"head input: h flattened or averaged over space (default {RUN_HEADS['pool']}; --sd: "
+                        f"{SD_HEADS['pool']})")
+    f.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per batch (default {RUN_HEADS['batch_size']}; --sd: {SD_HEADS['batch_size']})")
+    f.add_argument("--seed", type=int, default=0, help="random seed (--sd: image i of every prompt uses seed + i)")
+    f.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    f.add_argument("--quiet", "-q", action="store_true", help="no per-step lines")
+    r = f.add_argument_group("heads of a run (was 'fairdiff train-heads')")
+    r.add_argument("--scheduler", choices=list(SAMPLING_SCHEDULERS), default=None,
+                   help="sampling schedule (default ddim)")
+    r.add_argument("--n-per-step", type=int, default=None, help="training images used per step (default 512; 0 = "
+                                                                "all)")
+    r.add_argument("--mode", choices=["noise", "invert"], default=None,
+                   help="h from images noised to each step, or DDIM-inverted (default)")
+    t = f.add_argument_group("heads of a Stable Diffusion folder (was 'fairdiff sd-guide fit-heads')")
+    t.add_argument("--sd", metavar="FOLDER", help="local diffusers Stable Diffusion folder or an SD LoRA run")
+    t.add_argument("--prompts", metavar="FILE", help="text file, one prompt per line (blank and '#' lines skipped)")
+    t.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    t.add_argument("--judge", help="an .onnx or TorchScript .pt judge (TorchScript: float [-1, 1] [N, C, H, W] -> "
+                                   "logits) that labels the generations")
+    t.add_argument("--n", type=int, default=None, help="images generated per prompt (default 64)")
+    t.add_argument("--heldout", type=float, default=None, help="share of the images kept out of fitting and scored "
+                                                               "(default 0.25)")
+    t.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (default 7.5)")
+    old_flag(t, "--guidance-scale", "--cfg-scale", "cfg_scale", type=float)
+    set_func(f, cmd_heads_fit)
+    set_func(p, _no_heads_action)
+
+    p = old_command(sub, "train-heads", "fairdiff heads fit")
     p.add_argument("run", help="a trained run folder (its data config gives the images and group labels)")
     p.add_argument("--out", "-o", required=True, help="heads folder to write (a diffusers model folder with "
                    "record.json; replaced when it holds fairdiff heads)")
@@ -30,45 +76,52 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-step lines")
-    p.set_defaults(func=cmd_train_heads)
-
-    sp = sub.choices.get("sample")
-    if sp is None:
-        return
-    g = sp.add_argument_group("distribution guidance")
-    g.add_argument("--guidance", metavar="HEADS", help="heads folder from 'fairdiff train-heads' (or a heads "
-                   ".safetensors file of earlier versions)")
-    g.add_argument("--target", default=None, help="target shares, e.g. 0.5,0.5 (default: uniform)")
-    g.add_argument("--scale", type=float, default=None, help="guidance step size per image (0 = unguided)")
-    g.add_argument("--temperature", type=float, default=8.0,
-                   help="softmax temperature of the heads (8 as in the paper; use ~1 for a non-uniform target, "
-                   "since a high one pulls the predicted shares toward uniform)")
-    g.add_argument("--guidance-loss", choices=["chi2", "kl"], default="chi2")
-    g.add_argument("--force", action="store_true",
-                   help="use heads fitted on another model than this run's (a warning instead of an error)")
-    plain = sp.get_default("func")
-    sp.set_defaults(func=_guided(plain))
+    set_func(p, cmd_train_heads)
 
 
-def _guided(plain):
-    """Wrap the plain ``sample`` command: without --guidance it runs unchanged."""
+def _no_heads_action(args: argparse.Namespace) -> int:
+    raise FairdiffError("fairdiff heads: give an action, fit (see 'fairdiff heads fit --help')")
 
-    def cmd(args: argparse.Namespace) -> int:
-        if not getattr(args, "guidance", None):
-            if args.target is not None or args.scale is not None:
-                raise FairdiffError("--target and --scale need --guidance HEADS")
-            return plain(args)
-        return cmd_sample_guided(args)
 
-    return cmd
+def cmd_heads_fit(args: argparse.Namespace) -> int:
+    """``heads fit``: --sd fits on an SD folder's judged generations, else on RUN's labelled images."""
+    run_only = {"scheduler": None, "n_per_step": None, "mode": None}
+    sd_only = {"prompts": None, "prompt": [], "judge": None, "n": None, "heldout": None, "cfg_scale": None}
+    if args.sd is not None:
+        if args.run is not None:
+            raise FairdiffError(f"give a run folder or --sd FOLDER, not both (got {args.run} and --sd {args.sd})")
+        wrong = [flag(args, d) for d, unset in run_only.items() if getattr(args, d) != unset]
+        if wrong:
+            raise FairdiffError(f"{', '.join(wrong)}: not an option of 'fairdiff heads fit --sd'")
+        if args.judge is None:
+            raise FairdiffError("--sd needs --judge (an .onnx or TorchScript .pt judge that labels the generations)")
+        from fairdiff.cli.sd_guide_cmds import cmd_fit_heads
+
+        _fill(args, {**SD_HEADS, "n": 64, "heldout": 0.25})
+        return cmd_fit_heads(args)
+    if args.run is None:
+        raise FairdiffError("a run folder is required (or --sd FOLDER --judge J for heads of Stable Diffusion)")
+    wrong = [flag(args, d) for d, unset in sd_only.items() if getattr(args, d) != unset]
+    if wrong:
+        raise FairdiffError(f"{', '.join(wrong)}: options of 'fairdiff heads fit --sd FOLDER' (heads of Stable "
+                            f"Diffusion)")
+    _fill(args, {**RUN_HEADS, "scheduler": "ddim", "n_per_step": 512, "mode": "invert"})
+    return cmd_train_heads(args)
+
+
+def _fill(args: argparse.Namespace, defaults: dict) -> None:
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
 
 
 def cmd_sample_guided(args: argparse.Namespace) -> int:
-    from fairdiff.cli.run_cmds import resolve_sample_args
+    from fairdiff.cli.common import resolve_sample_args
     from fairdiff.sampling.guided import guide_run
 
     if args.scale is None:
-        raise FairdiffError("--guidance needs --scale S (try a small sweep; 0 = unguided)")
+        heads_flag = getattr(args, "heads_flag", "--guidance")
+        raise FairdiffError(f"{heads_flag} needs --scale S (try a small sweep; 0 = unguided)")
     resolve_sample_args(args)  # --steps / --scheduler / --eta / --batch-size left out: the run's sample.*
     labels = None
     if args.class_label:
@@ -97,7 +150,7 @@ def cmd_train_heads(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix == ".safetensors":
         raise FairdiffError(f"--out {out}: heads are written as a folder; give a folder name (a heads .safetensors "
-                            f"file of earlier versions still loads with --guidance)")
+                            f"file of earlier versions still loads with --heads)")
     check_output_dir(out, HEADS_KIND, overwrite=True, inputs=[args.run], whole=True)
     dev = resolve_device(args.device)
     cfg = read_run_config(args.run)

@@ -1,31 +1,32 @@
-"""``fairdiff train-vae``, ``sd-init``, ``sd-finetune``, ``sd-sample``: latent models and Stable-Diffusion LoRA."""
+"""The VAE of latent models and Stable-Diffusion LoRA runs: what ``train --vae``, ``data tiny-sd``, ``train --sd``,
+``sample`` (an SD run) and ``export`` (an SD run) call, and their old spellings ``train-vae``, ``sd-init``,
+``sd-finetune``, ``sd-sample``, ``sd-export`` (hidden aliases that print the new spelling)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from fairdiff.cli.aliases import old_command, set_func
 from fairdiff.cli.common import add_config_args, check_out, mark_out, resolve_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-vae", help="fit a small AutoencoderKL for latent diffusion (then set model.vae=OUT)")
+    """The old spellings, hidden from ``--help``: ``train-vae`` (now ``train --vae``), ``sd-init`` (``data
+    tiny-sd``), ``sd-finetune`` (``train --sd``), ``sd-sample`` (``sample``), ``sd-export`` (``export``)."""
+    p = old_command(sub, "train-vae", "fairdiff train --vae")
     add_config_args(p)
     p.add_argument("--out", "-o", required=True, help="output folder (holds vae/, metrics.json, recon.png)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--quiet", "-q", action="store_true")
-    p.set_defaults(func=cmd_train_vae)
+    set_func(p, cmd_train_vae)
 
-    p = sub.add_parser("sd-init", help="write a small random Stable-Diffusion-shaped pipeline folder (offline)")
-    p.add_argument("out", help="folder for the diffusers StableDiffusionPipeline")
-    p.add_argument("--resolution", type=int, default=32, help="image size the stack is built for")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae", help="use a VAE trained by 'fairdiff train-vae' (3-channel) instead of a random one")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_sd_init)
+    p = old_command(sub, "sd-init", "fairdiff data tiny-sd")
+    add_tiny_sd_args(p)
+    set_func(p, cmd_sd_init)
 
-    p = sub.add_parser("sd-finetune", help="LoRA fine-tuning of a local Stable Diffusion folder with a method")
+    p = old_command(sub, "sd-finetune", "fairdiff train --sd")
     add_config_args(p)
     p.add_argument("--sd", required=True, help="local diffusers Stable Diffusion folder (never downloaded)")
     p.add_argument("--out", "-o", required=True, help="run folder")
@@ -39,9 +40,9 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many optimizer steps")
-    p.set_defaults(func=cmd_sd_finetune)
+    set_func(p, cmd_sd_finetune)
 
-    p = sub.add_parser("sd-sample", help="generate images from an sd-finetune run (diffusers pipeline + LoRA)")
+    p = old_command(sub, "sd-sample", "fairdiff sample")
     p.add_argument("run", help="sd-finetune run folder")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--out", "-o", help="output folder (default RUN/samples)")
@@ -51,13 +52,22 @@ def register(sub) -> None:
     p.add_argument("--guidance-scale", type=float, default=1.0)
     p.add_argument("--no-lora", action="store_true", help="sample the base model (for comparison)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.set_defaults(func=cmd_sd_sample)
+    set_func(p, cmd_sd_sample)
 
-    p = sub.add_parser("sd-export", help="write an sd-finetune run as a plain SD folder (its LoRA merged in)")
+    p = old_command(sub, "sd-export", "fairdiff export")
     p.add_argument("run", help="finished sd-finetune run folder")
     p.add_argument("out", help="folder for the merged diffusers StableDiffusionPipeline")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_sd_export)
+    set_func(p, cmd_sd_export)
+
+
+def add_tiny_sd_args(p) -> None:
+    """``data tiny-sd`` (and the old ``sd-init``)."""
+    p.add_argument("out", help="folder for the diffusers StableDiffusionPipeline")
+    p.add_argument("--resolution", type=int, default=32, help="image size the stack is built for")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", help="use a VAE trained by 'fairdiff train --vae' (3-channel) instead of a random one")
+    p.add_argument("--overwrite", action="store_true")
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
@@ -68,12 +78,13 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
         return 0
     from fairdiff.sampling.files import resolve_device
 
+    out = args.out or f"runs/{cfg.name}-vae"
     device = resolve_device(args.device)
-    check_out(args.out, "vae", overwrite=args.overwrite, legacy={"vae": ["vae", "metrics.json"]}, whole=True)
-    res = train_vae(cfg, args.out, overwrite=args.overwrite, quiet=args.quiet, device=device)
-    mark_out(args.out, "vae")
+    check_out(out, "vae", overwrite=args.overwrite, legacy={"vae": ["vae", "metrics.json"]}, whole=True)
+    res = train_vae(cfg, out, overwrite=args.overwrite, quiet=args.quiet, device=device)
+    mark_out(out, "vae")
     print(f"trained VAE {res.steps} steps in {res.seconds:.1f} s: held-out reconstruction MSE {res.recon_mse:.4f}"
-          f" (PSNR {res.psnr:.1f} dB), scaling factor {res.scaling_factor:.4f}; use model.vae={args.out}")
+          f" (PSNR {res.psnr:.1f} dB), scaling factor {res.scaling_factor:.4f}; use model.vae={out}")
     return 0
 
 
@@ -108,11 +119,12 @@ def cmd_sd_finetune(args: argparse.Namespace) -> int:
         return 0
     from fairdiff.training.sd_lora import finetune_sd_lora
 
-    res = finetune_sd_lora(cfg, args.sd, args.out, prompt=args.prompt, prompts_file=args.prompts_file,
+    out = args.out or f"runs/{cfg.name}"
+    res = finetune_sd_lora(cfg, args.sd, out, prompt=args.prompt, prompts_file=args.prompts_file,
                            prompt_groups=args.prompt_groups, prompt_targets=args.prompt_targets,
                            overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, stop_after=args.stop_after)
     print(f"fine-tuned LoRA ({cfg.method.name}) {res.steps} optimizer steps in {res.seconds:.1f} s, final loss "
-          f"{res.final_loss:.4f}; run folder {args.out}")
+          f"{res.final_loss:.4f}; run folder {out}")
     return 0
 
 
@@ -134,27 +146,48 @@ def _check_sd_steps(run: Path, steps: int) -> None:
 
 
 def cmd_sd_sample(args: argparse.Namespace) -> int:
+    """The old ``sd-sample`` (its defaults: 16 images, 25 steps, CFG 1, 16 images a batch)."""
     from fairdiff.errors import FairdiffError
-    from fairdiff.sampling.sd import sample_sd_run
+    from fairdiff.runs import SD_META, is_sd_run
 
-    import math
-
-    from fairdiff.runs import SD_META, is_sd_run, prepare_samples_dir
-    from fairdiff.sampling.files import resolve_device
-
-    if args.n < 1 or args.steps < 1:
-        raise FairdiffError("--n and --steps must be at least 1")
-    if not math.isfinite(args.guidance_scale) or args.guidance_scale < 0:
-        raise FairdiffError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    check_sd_sample_args(args.n, args.steps, 16, args.guidance_scale, "--guidance-scale")
     run = Path(args.run)
     if not is_sd_run(run):
         raise FairdiffError(f"{run} is not an sd-finetune run (no {SD_META})")
-    args.device = resolve_device(args.device)
-    _check_sd_steps(run, args.steps)
-    prepare_samples_dir(Path(args.out) if args.out else run / "samples", [run])
-    out = sample_sd_run(args.run, args.n, out_dir=args.out, prompt=args.prompt, seed=args.seed, steps=args.steps,
-                        guidance_scale=args.guidance_scale, lora=not args.no_lora, device=args.device)
-    print(f"wrote {args.n} samples to {Path(out)}")
+    return sample_sd(run, n=args.n, out=args.out, prompt=args.prompt, seed=args.seed, steps=args.steps,
+                     cfg_scale=args.guidance_scale, lora=not args.no_lora, device=args.device,
+                     cfg_flag="--guidance-scale")
+
+
+def check_sd_sample_args(n: int, steps: int, batch_size: int, cfg_scale: float, cfg_flag: str) -> None:
+    import math
+
+    from fairdiff.errors import FairdiffError
+
+    if n < 1 or steps < 1:
+        raise FairdiffError("--n and --steps must be at least 1")
+    if batch_size < 1:
+        raise FairdiffError(f"--batch-size must be at least 1, got {batch_size}")
+    if not math.isfinite(cfg_scale) or cfg_scale < 0:
+        raise FairdiffError(f"{cfg_flag} must be a finite number >= 0, got {cfg_scale}")
+
+
+def sample_sd(run: str | Path, *, n: int, out: str | None, prompt: str | None, seed: int, steps: int,
+              cfg_scale: float, lora: bool, device: str | None, batch_size: int = 16,
+              cfg_flag: str = "--cfg-scale") -> int:
+    """Draw ``n`` images from an SD LoRA run through its pipeline (``sample RUN`` and the old ``sd-sample``)."""
+    from fairdiff.runs import prepare_samples_dir
+    from fairdiff.sampling.files import resolve_device
+    from fairdiff.sampling.sd import sample_sd_run
+
+    check_sd_sample_args(n, steps, batch_size, cfg_scale, cfg_flag)
+    run = Path(run)
+    device = resolve_device(device)
+    _check_sd_steps(run, steps)
+    prepare_samples_dir(Path(out) if out else run / "samples", [run])
+    res = sample_sd_run(run, n, out_dir=out, prompt=prompt, seed=seed, steps=steps, guidance_scale=cfg_scale,
+                        lora=lora, device=device, batch_size=batch_size)
+    print(f"wrote {n} samples to {Path(res)}")
     return 0
 
 

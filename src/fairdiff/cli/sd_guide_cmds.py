@@ -1,5 +1,6 @@
-"""``fairdiff sd-guide fit-heads`` and ``fairdiff sd-guide sample``: distribution guidance for a local
-text-to-image (Stable Diffusion) pipeline, with heads fitted on the model's own generations labelled by a judge."""
+"""Distribution guidance for a local text-to-image (Stable Diffusion) pipeline, with heads fitted on the model's own
+generations labelled by a judge: what ``fairdiff heads fit --sd`` and ``fairdiff sample --sd`` call. The old
+spellings ``fairdiff sd-guide fit-heads`` and ``fairdiff sd-guide sample`` stay as hidden aliases."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import argparse
 import math
 from pathlib import Path
 
+from fairdiff.cli.aliases import flag, mark_old, old_command, set_func
 from fairdiff.errors import FairdiffError
 
+SD_FIT_CFG = 7.5  # classifier-free guidance scale heads are fitted under (sampling takes the heads' own)
 TARGET_SEP = " | "  # a line of a guided prompts file: "prompt | 0.5,0.5" (the target is optional)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sd-guide", help="distribution guidance for a local Stable Diffusion folder (fit heads, "
-                                        "sample)")
+    p = old_command(sub, "sd-guide", "fairdiff heads fit --sd' / 'fairdiff sample --sd")
     s = p.add_subparsers(dest="sd_guide_command", metavar="ACTION", parser_class=type(p))
 
     f = s.add_parser("fit-heads", help="fit per-step h-space heads on the model's own generations, labelled by a "
@@ -28,12 +30,13 @@ def register(sub) -> None:
     f.add_argument("--pool", default="mean", choices=["mean", "flatten"],
                    help="head input: h averaged over space (mean) or all of it (flatten)")
     f.add_argument("--heldout", type=float, default=0.25, help="share of the images kept out of fitting and scored")
-    f.set_defaults(func=cmd_fit_heads)
+    mark_old(f, "fairdiff heads fit --sd")
+    set_func(f, cmd_fit_heads)
 
     g = s.add_parser("sample", help="guided sampling toward target group shares, one subfolder per prompt "
                                     "(auditable with 'fairdiff audit --images')")
     _common(g)
-    g.add_argument("--heads", required=True, help="heads folder from 'fairdiff sd-guide fit-heads'")
+    g.add_argument("--heads", required=True, help="heads folder from 'fairdiff heads fit --sd'")
     g.add_argument("--target", help="group shares for every prompt, e.g. 0.5,0.5 (default uniform); a prompts-file "
                                     f"line 'prompt{TARGET_SEP}0.3,0.7' sets its own")
     g.add_argument("--scale", type=float, default=1.0, help="distribution guidance scale (0: plain CFG sampling)")
@@ -46,16 +49,18 @@ def register(sub) -> None:
     g.add_argument("--out", "-o", required=True, help="output folder: one samples subfolder per prompt")
     g.add_argument("--force", action="store_true",
                    help="use heads fitted on another model than --sd (a warning instead of an error)")
-    g.set_defaults(func=cmd_sample)
-    p.set_defaults(func=lambda _a: _missing_action(p))
+    mark_old(g, "fairdiff sample --sd")
+    set_func(g, cmd_sample)
+    set_func(p, lambda _a: _missing_action(p))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sd", required=True, help="local diffusers Stable Diffusion folder or an sd-finetune run")
     p.add_argument("--prompts", help="text file, one prompt per line (blank and '#' lines skipped)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (fit-heads default 7.5; "
-                                                        "sample default: the heads' own)")
+    p.add_argument("--guidance-scale", dest="cfg_scale", type=float,
+                   help="classifier-free guidance scale (fit-heads default 7.5; sample default: the heads' own)")
+    p.set_defaults(_spelling={"cfg_scale": "--guidance-scale"})
     p.add_argument("--seed", type=int, default=0, help="image i of every prompt uses seed + i")
     p.add_argument("--batch-size", type=int, default=8, help="images per U-Net batch (sample: the batch the "
                                                              "share is steered over)")
@@ -64,7 +69,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _missing_action(p: argparse.ArgumentParser) -> int:
-    raise FairdiffError("give an action: 'fairdiff sd-guide fit-heads ...' or 'fairdiff sd-guide sample ...'")
+    raise FairdiffError("give an action: 'fairdiff sd-guide fit-heads ...' or 'fairdiff sd-guide sample ...' (now "
+                        "'fairdiff heads fit --sd ...' and 'fairdiff sample --sd ...')")
 
 
 def _check_sd(sd: str) -> Path:
@@ -103,8 +109,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise FairdiffError("--n, --steps and --batch-size must be at least 1")
     if args.seed < 0:
         raise FairdiffError(f"--seed must be >= 0, got {args.seed}")
-    if args.guidance_scale is not None and (not math.isfinite(args.guidance_scale) or args.guidance_scale < 0):
-        raise FairdiffError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    if args.cfg_scale is not None and (not math.isfinite(args.cfg_scale) or args.cfg_scale < 0):
+        raise FairdiffError(f"{flag(args, 'cfg_scale')} must be a finite number >= 0, got {args.cfg_scale}")
 
 
 def _pipe(args: argparse.Namespace):
@@ -129,14 +135,14 @@ def cmd_fit_heads(args: argparse.Namespace) -> int:
     sd = _check_sd(args.sd)
     read_prompts(args.prompts, args.prompt)  # a missing or empty prompts file is one line before the judge loads
     if not Path(args.judge).is_file():
-        raise FairdiffError(f"--judge {args.judge}: no such file (an .onnx or TorchScript .pt judge)")
+        raise FairdiffError(f"{flag(args, 'judge')} {args.judge}: no such file (an .onnx or TorchScript .pt judge)")
     check_output_dir(args.out, HEADS_KIND, overwrite=True, inputs=[sd], whole=True)
     clf = load_classifier(args.judge, None)
     args.target = None
     prompts = [p for p, _ in read_guided_prompts(args, clf.num_classes)]  # a sample prompts file works here too
     pipe, size = _pipe(args)
     clf.check_images(np.zeros((1, 3, size, size), np.uint8))
-    cfg = 7.5 if args.guidance_scale is None else args.guidance_scale
+    cfg = SD_FIT_CFG if args.cfg_scale is None else args.cfg_scale
     log = (lambda _m: None) if args.quiet else print
     res = fit_sd_heads(pipe, prompts, lambda im: clf.predict(im, features=False)[0].argmax(1), clf.num_classes,
                        n=args.n, steps=args.steps, cfg_scale=cfg, size=size, pool=args.pool, heldout=args.heldout,
@@ -184,7 +190,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--temperature must be a finite positive number, got {args.temperature}")
     sd = _check_sd(args.sd)
     if not Path(args.heads).is_dir():
-        raise FairdiffError(f"--heads {args.heads}: no such folder (fit heads with 'fairdiff sd-guide fit-heads')")
+        raise FairdiffError(f"--heads {args.heads}: no such folder (fit heads with 'fairdiff heads fit --sd')")
     heads = load_heads(args.heads)
     check_heads_model(heads, sd_fingerprint(args.sd), args.heads, args.sd, force=args.force)
     hc = heads.config
@@ -197,7 +203,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     k = next(iter(hc.attributes.values()))
     items = read_guided_prompts(args, k)
     record = read_heads_record(args.heads)
-    cfg = args.guidance_scale if args.guidance_scale is not None else float(record.get("guidance_scale", 7.5))
+    cfg = args.cfg_scale if args.cfg_scale is not None else float(record.get("guidance_scale", SD_FIT_CFG))
     inputs = [sd, Path(args.heads)]
     check_output_dir(args.out, GUIDED_KIND, overwrite=True, inputs=inputs, whole=True)
     pipe, size = _pipe(args)
