@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ import pytest
 from fairdiff.cli.main import main
 from fairdiff.utils.io import DiskFullError, append_jsonl, atomic_output, atomic_write_text, is_disk_full
 from tests.conftest import TINY, tiny_bench_yaml
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names open files by /proc/self/fd")
 
 FAST = [*TINY, "eval.classifier_steps=20", "eval.n_samples=16"]
 
