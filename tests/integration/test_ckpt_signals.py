@@ -68,7 +68,7 @@ def test_signal_saves_the_current_step_and_resume_continues(tmp_path, sig):
 
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["train", *TINY, "train.lr=1e30", "train.warmup_steps=0", "train.steps=8", "train.log_every=1",
+    rc = main(["train", *TINY, "train.lr=10", "train.warmup_steps=0", "train.steps=30", "train.log_every=1",
                "train.checkpoint_every=1", "train.checkpoint_total_limit=100", "--out", str(run), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2, err
