@@ -66,12 +66,12 @@ class ModelConfig:
     prediction_type: Literal["epsilon"] = "epsilon"
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    # latent diffusion (docs/latent.md): a trained VAE folder (``fairdiff train-vae``); None = pixel space
+    # latent diffusion (docs/latent.md): a trained VAE folder (``fairdiff train --vae``); None = pixel space
     vae: str | None = None
     vae_preset: Literal["tiny", "small"] = "tiny"  # the VAE that ``train-vae`` builds
     vae_latent_channels: int = 4
     vae_kl_weight: float = 1e-6  # KL term of the VAE loss (reconstruction MSE + kl_weight * KL)
-    # LoRA fine-tuning of a Stable-Diffusion-shaped model (``fairdiff sd-finetune``)
+    # LoRA fine-tuning of a Stable-Diffusion-shaped model (``fairdiff train --sd``)
     lora_rank: int = 8
     lora_alpha: float = 32.0
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_v", "query", "value"])

@@ -83,6 +83,6 @@ def test_missing_heads_and_target_without_guidance(run_dir, tmp_path, capsys):
     missing = tmp_path / "nope.safetensors"
     assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--guidance", str(missing),
                  "--scale", "1", "-q", "--device", "cpu"]) == 2
-    _one_line_error(capsys, f"error: no guidance heads at {missing} (train them with 'fairdiff train-heads')")
+    _one_line_error(capsys, f"error: no guidance heads at {missing} (fit them with 'fairdiff heads fit')")
     assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--scale", "1", "-q"]) == 2
     _one_line_error(capsys, "error: --target and --scale need --guidance HEADS")

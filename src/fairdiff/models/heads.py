@@ -182,7 +182,7 @@ def load_heads(path: str | Path, device: str | torch.device = "cpu") -> Guidance
                 from None
         return heads.to(device).eval().requires_grad_(False)
     if not path.is_file():
-        raise FairdiffError(f"no guidance heads at {path} (train them with 'fairdiff train-heads')")
+        raise FairdiffError(f"no guidance heads at {path} (fit them with 'fairdiff heads fit')")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}

@@ -106,7 +106,7 @@ def vae_folder(path: str | Path) -> Path:
             if pickles:
                 raise RunDirError(f"model.vae: {cand} holds only pickled weights ({pickles[0]}), which fairdiff never "
                                   f"loads; VAE weights must be safetensors")
-    raise RunDirError(f"model.vae: {p} holds no trained VAE (expected {p}/vae/config.json; run 'fairdiff train-vae')")
+    raise RunDirError(f"model.vae: {p} holds no trained VAE (expected {p}/vae/config.json; run 'fairdiff train --vae')")
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu"):

@@ -32,7 +32,7 @@ def check_heads_fit(heads: GuidanceHeads, unet: nn.Module, sched_cfg, heads_path
     cfg = heads.config
     if list(cfg.timesteps) != schedule_timesteps(cfg.scheduler, sched_cfg, cfg.num_steps):
         raise FairdiffError(f"heads {heads_path} were trained on a model with another noise schedule than {run}; "
-                            f"train heads for this run with 'fairdiff train-heads {run}'")
+                            f"fit heads for this run with 'fairdiff heads fit {run}'")
     c = unet.config
     x = torch.zeros(1, c.in_channels, c.sample_size, c.sample_size, device=next(unet.parameters()).device)
     with torch.no_grad(), capture_h(unet) as hs:
@@ -40,7 +40,7 @@ def check_heads_fit(heads: GuidanceHeads, unet: nn.Module, sched_cfg, heads_path
     shape = list(hs[-1].shape[1:]) if hs else None
     if shape is not None and list(cfg.h_shape) and shape != list(cfg.h_shape):
         raise FairdiffError(f"heads {heads_path} were trained on another model (h-space {list(cfg.h_shape)}, "
-                            f"{run} has {shape}); train heads for this run with 'fairdiff train-heads {run}'")
+                            f"{run} has {shape}); fit heads for this run with 'fairdiff heads fit {run}'")
     check_heads_model(heads, model_fingerprint(unet), heads_path, run, force=force)
 
 

@@ -53,11 +53,12 @@ def load_sd_pipeline(run_dir: str | Path, lora: bool = True, device: str | None 
             raise RunDirError(f"{run_dir}: the LoRA is pickled ({MODEL_DIR}/{pickles[0]}), which fairdiff never "
                               f"loads; expected {MODEL_DIR}/{LORA_FILE} (safetensors)")
     if not meta_file.is_file() or not lora_file.is_file():
-        raise RunDirError(f"{run_dir} is not a finished sd-finetune run (expected {SD_META} and "
-                          f"{MODEL_DIR}/{LORA_FILE})")
+        raise RunDirError(f"{run_dir} is not a finished Stable Diffusion LoRA run ('fairdiff train --sd') "
+                          f"(expected {SD_META} and {MODEL_DIR}/{LORA_FILE})")
     meta = read_json_checked(meta_file, "sd-finetune run record")
     if not isinstance(meta, dict) or not isinstance(meta.get("sd"), str):
-        raise RunDirError(f"{meta_file}: names no base Stable Diffusion folder ('sd'); is it an sd-finetune run?")
+        raise RunDirError(f"{meta_file}: names no base Stable Diffusion folder ('sd'); is it a Stable Diffusion "
+                          f"LoRA run?")
     if lora:
         check_safetensors_file(lora_file, f"the LoRA of {run_dir}")  # before the base is loaded: fail fast
     pipe = load_sd_folder(meta["sd"], device="cpu")

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a local Stable-Diffusion-shaped model with a fairdiff objective (``fairdiff sd-finetune``).
+"""LoRA fine-tuning of a local Stable-Diffusion-shaped model with a fairdiff objective (``fairdiff train --sd``).
 
 This is the setting of the original DDM work: VAE frozen, U-Net (and optionally the text encoder) adapted with
 peft LoRA (rank 8, lora_alpha 32, attention projections), one generic prompt, and the SAME objectives and the SAME

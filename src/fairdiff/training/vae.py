@@ -1,4 +1,4 @@
-"""Fitting the VAE of a latent model (``fairdiff train-vae``).
+"""Fitting the VAE of a latent model (``fairdiff train --vae``).
 
 This is a model-fitting utility, not a diffusion method, so it has its own short loop: reconstruction MSE plus
 a small KL term, AdamW, ``train.steps`` optimizer steps of ``train.batch_size`` images. Afterwards the latent
