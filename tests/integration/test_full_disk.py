@@ -232,9 +232,6 @@ def test_evaluate_on_a_full_disk(world, tmp_path, capsys):
     assert json.loads((run / "metrics.json").read_text())["bootstrap"]["seed"] == 5
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation/report.py writes metrics.json, then shares.png / samples.png "
-                   "straight to their names (savefig, PIL), then report.md: a disk that fills up after metrics.json "
-                   "leaves a new metrics.json beside a truncated shares.png (needs one staged swap, as bench does)")
 def test_evaluate_on_a_disk_that_fills_up_after_the_metrics(world, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -198,13 +199,35 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", metrics)
-    plot_shares(metrics, out / "shares.png")
+    # every file is written into a hidden stage first and moved into place only when all are complete, so a
+    # failure (a full disk) leaves the folder as it was: never a new metrics.json beside an old or cut-off figure
+    import tempfile
+
+    from fairdiff.utils.io import disk_full_as_error
+
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".report.", suffix=".tmp"))
+    try:
+        with disk_full_as_error(out):
+            names = _write_report_files(metrics, out, stage, images, grid_source, save_grid)
+        for name in names:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "report.md"
+
+
+def _write_report_files(metrics: dict, out: Path, st: Path, images, grid_source, save_grid) -> list[str]:
+    """The report's files written into the stage ``st`` (``out`` is the final folder); returns their names."""
+    names = ["metrics.json", "shares.png", "report.md"]
+    write_json(st / "metrics.json", metrics)
+    plot_shares(metrics, st / "shares.png")
     if grid_source is not None and Path(grid_source).exists():
         if Path(grid_source).resolve() != (out / "samples.png").resolve():
-            shutil.copyfile(grid_source, out / "samples.png")
+            shutil.copyfile(grid_source, st / "samples.png")
+            names.append("samples.png")
     elif images is not None and len(images):
-        save_grid(images[:64], out / "samples.png", nrow=8)
+        save_grid(images[:64], st / "samples.png", nrow=8)
+        names.append("samples.png")
     clf = metrics["classifier"]
     labels = group_labels(metrics)
     share_rows = ["| group | share of all images [CI] | over valid [CI] | corrected [CI] | forced-choice [CI] | "
@@ -268,15 +291,15 @@ def write_report(metrics: dict, out_dir: str | Path, images: np.ndarray | None =
         parts.append("")
     if metrics.get("copying"):
         parts += ["## Copying check", "", copying_text(metrics["copying"]), ""]
-    if (out / "samples.png").exists():
+    if (out / "samples.png").exists() or (st / "samples.png").exists():
         parts += ["## Samples", "", "![samples](samples.png)", ""]
     parts += [("Quality numbers are only comparable between evaluations with the same feature extractor, "
                "reference set and N."), ""]
     training = _training_section(out / "report.md")
     if training:
         parts += [TRAINING_MARKER, "", training, ""]
-    atomic_write_text(out / "report.md", "\n".join(parts))
-    return out / "report.md"
+    atomic_write_text(st / "report.md", "\n".join(parts))
+    return names
 
 
 TRAINING_MARKER = "<!-- training report (kept from the trainer) -->"

@@ -29,7 +29,7 @@ LOCK_FILE = ".fairdiff.lock"  # a run folder's writer lock (fairdiff.training.ch
 # replaces a marked folder only when everything in it matches its kind's list; a listed sub-folder with a marker of
 # its own (a run's ``samples/``) is checked against its own kind's list. Anything else is someone else's: the
 # command refuses and names it. A kind not listed here is replaced on its marker alone.
-_ALWAYS = (MARKER, LOCK_FILE, ".*.tmp", ".*.old")  # + atomic writes and folders built beside their place
+_ALWAYS = (MARKER, LOCK_FILE, ".*.tmp", ".*.tmp.*", ".*.old")  # + atomic writes and folders built beside their place
 _EVAL = ("metrics.json", "report.md", "shares.png", "samples.png")  # fairdiff evaluate
 _RUN = ("config.yaml", "manifest.json", "stats.jsonl", "method.json", "sd.json", "base.json", "debias.json",
         "cell.json", "checkpoint-*", "model", "model.tmp", "model.old", "samples", "grids", "logs", "train_grid.png",
