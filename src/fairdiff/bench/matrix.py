@@ -280,13 +280,13 @@ def markdown_tables(rows: list[dict], title: str = "Results", per: str | None = 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     """Write dict rows as CSV atomically; the columns are the union of the rows' keys in order of appearance."""
+    from fairdiff.utils.io import atomic_output
+
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:  # a failed write leaves no temp file
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
 
 
 def write_tables(rows: list[dict], out_dir: Path, title: str = "Results") -> None:

@@ -20,11 +20,14 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
+    from fairdiff.utils.io import atomic_output
+
     plt = _pyplot()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_output(path) as tmp:  # a failed write leaves neither a temp file nor a cut-off figure
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _col(rows: list[dict], key: str) -> np.ndarray:
