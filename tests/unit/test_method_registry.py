@@ -51,11 +51,15 @@ def test_every_objective_class_in_methods_is_registered():
     assert found == registered
 
 
-def test_sampling_time_hooks_are_what_production_calls():
-    """The registry's guidance hooks are the very objects the production paths use: heads fitting (``fairdiff
-    method fit-heads``, debias), heads loading and the guidance class of guided sampling. No production code asks
-    the registry for them yet (issue 27: call them or remove them); until then this keeps them from going stale."""
+def test_sampling_time_hooks_are_what_production_calls(monkeypatch, tmp_path):
+    """The registry's guidance hooks are the objects production uses, and production asks the registry for them:
+    guided sampling (``fairdiff sample RUN --heads``, bench guidance cells) loads its heads and builds its guidance
+    through ``hook('load')`` / ``hook('guide')``; a bench guidance cell fits heads through ``hook('fit')``."""
+    import dataclasses
+
+    import fairdiff.methods.registry as registry
     import fairdiff.sampling.guided as guided
+    from fairdiff.methods.guidance import DistributionGuidance
     from fairdiff.models.heads import load_heads
     from fairdiff.training.heads import train_heads
 
@@ -63,8 +67,25 @@ def test_sampling_time_hooks_are_what_production_calls():
     assert g.sampling_time and g.objective is None
     assert set(g.sampling_hooks) == {"fit", "load", "guide"}
     assert g.hook("fit") is train_heads
-    assert g.hook("load") is load_heads and guided.load_heads is load_heads
-    assert g.hook("guide") is guided.DistributionGuidance
+    assert g.hook("load") is load_heads
+    assert g.hook("guide") is DistributionGuidance
+    # a registry whose 'load' hook is replaced is what guide_run calls: production asks the registry
+    called = []
+
+    def fake_load(path, device):
+        called.append(str(path))
+        raise RuntimeError("stop here")
+
+    mod = type(registry)("fairdiff_test_hooks")
+    mod.load = fake_load
+    monkeypatch.setitem(__import__("sys").modules, "fairdiff_test_hooks", mod)
+    patched = dataclasses.replace(g, sampling_hooks={**g.sampling_hooks, "load": "fairdiff_test_hooks:load"})
+    monkeypatch.setitem(registry.REGISTRY, "guidance", patched)
+    (tmp_path / "run" / "model" / "unet").mkdir(parents=True)  # enough of a run for the checks before the heads
+    with pytest.raises(RuntimeError, match="stop here"):
+        guided.guide_run(tmp_path / "run", tmp_path / "heads", 2, scale=1.0, steps=3, out_dir=tmp_path / "out",
+                         device="cpu")
+    assert called == [str(tmp_path / "heads")]
     with pytest.raises(KeyError):
         g.hook("nosuch")
     with pytest.raises(ConfigError, match="sampling time"):

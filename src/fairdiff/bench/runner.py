@@ -56,9 +56,10 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     from fairdiff.evaluation.copying import run_copy_check
     from fairdiff.models.heads import read_heads_record, save_heads
     from fairdiff.sampling.files import resolve_device
+    from fairdiff.methods.registry import get_method
     from fairdiff.sampling.guided import guide_run, load_guidable
-    from fairdiff.training.heads import train_heads
 
+    fit_heads = get_method("guidance").hook("fit")  # the registry names how a guidance method fits its heads
     if (cell_dir / "metrics.json").exists():
         return read_json_checked(cell_dir / "metrics.json", "cell metrics")
     spec = cell.guidance or GuidanceSpec()
@@ -73,10 +74,10 @@ def run_guidance_cell(base: str | Path | None, cell: BenchCell, cell_dir: Path, 
     if not heads_path.exists():
         unet, sched_cfg = load_guidable(model_dir, dev)
         data = prepare_data(cfg.data)
-        res = train_heads(unet, sched_cfg, data.train_images, data.train_groups, cfg.sample.steps,
-                          cfg.sample.scheduler, heldout_images=data.heldout_images,
-                          heldout_labels=data.heldout_groups, num_classes=data.num_groups,
-                          n_per_step=spec.n_per_step, mode=spec.mode, seed=cell.seed, progress=False)
+        res = fit_heads(unet, sched_cfg, data.train_images, data.train_groups, cfg.sample.steps,
+                        cfg.sample.scheduler, heldout_images=data.heldout_images,
+                        heldout_labels=data.heldout_groups, num_classes=data.num_groups,
+                        n_per_step=spec.n_per_step, mode=spec.mode, seed=cell.seed, progress=False)
         save_heads(res.heads, heads_path, {"run": str(model_dir), "heldout_accuracy": res.heldout_accuracy,
                                            "seconds": round(res.seconds, 1)})
         del unet

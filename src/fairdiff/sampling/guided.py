@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from fairdiff.errors import FairdiffError
-from fairdiff.methods.guidance import DistributionGuidance, check_guidable, parse_target
-from fairdiff.models.heads import GuidanceHeads, check_heads_model, load_heads, model_fingerprint, schedule_timesteps
+from fairdiff.methods.guidance import check_guidable, parse_target
+from fairdiff.models.heads import GuidanceHeads, check_heads_model, model_fingerprint, schedule_timesteps
 from fairdiff.models.hspace import capture_h
 from fairdiff.runs import load_model_checked, prepare_samples_dir
 from fairdiff.sampling.files import check_sampling_args, resolve_device, sample_run
@@ -83,7 +83,10 @@ def guide_run(
     from fairdiff.runs import model_dir
 
     prepare_samples_dir(Path(out_dir) if out_dir else run / "samples", [run, model_dir(run)])
-    heads = load_heads(heads_path, dev)
+    from fairdiff.methods.registry import get_method
+
+    hooks = get_method("guidance")  # its heads loader and guidance class, as the registry names them
+    heads = hooks.hook("load")(heads_path, dev)
     cfg = heads.config
     if steps != cfg.num_steps or scheduler != cfg.scheduler:
         raise FairdiffError(f"heads {heads_path} were trained for --steps {cfg.num_steps} --scheduler "
@@ -95,7 +98,7 @@ def guide_run(
     del unet
     k = next(iter(cfg.attributes.values()))
     shares = parse_target(target if target is not None else [1 / k] * k, k)
-    guidance = DistributionGuidance(heads, shares, scale, temperature=temperature, loss=loss)
+    guidance = hooks.hook("guide")(heads, shares, scale, temperature=temperature, loss=loss)
     record = {"heads": str(heads_path), "target": shares, "scale": scale, "temperature": temperature, "loss": loss,
               **(info or {})}
     out = sample_run(run_dir, n, out_dir=out_dir, seed=seed, batch_size=batch_size, steps=steps, scheduler=scheduler,
