@@ -173,6 +173,20 @@ class EvalConfig:
 
 
 @dataclass
+class TextConfig:
+    """Text-to-image runs (docs/text-to-image.md): LoRA fine-tuning of a local Stable Diffusion folder under
+    prompts, in the same trainer as every other run. ``sd`` unset: a pixel or latent model. At most one of
+    ``prompts_file`` (one prompt per line, used in turn), ``prompt_groups`` (a prompt per subset of data.groups)
+    and ``prompt_targets`` (method align: a target or ``preserve`` per prompt); none: every image gets ``prompt``."""
+
+    sd: str | None = None  # a local diffusers Stable Diffusion folder (never downloaded)
+    prompt: str = "a photo"
+    prompts_file: str | None = None
+    prompt_groups: str | None = None
+    prompt_targets: str | None = None
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs; written as ``config.yaml`` into every run folder."""
 
@@ -183,6 +197,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 _NAME_CHARS = re.compile(r"[\w.-]+")

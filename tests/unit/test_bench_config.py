@@ -54,6 +54,19 @@ def test_parse_mapping_form():
     assert cfg.methods["ddm"].guidance is None and cfg.methods["ddm"].after is None
 
 
+def test_a_mapping_entry_named_after_a_method_trains_that_method():
+    """`reweight: {}` (or with other overrides) trains reweight, not silently the base config's method; a label
+    that is no method, or an explicit method.name, is left as written."""
+    cfg = parse_bench_config({"settings": {"s": {}}, "methods": {
+        "reweight": {}, "ddm": {"method.alpha": 0.1}, "mine": {"method.name": "ddm"}, "other": {"train.lr": 1e-4},
+        "align": {"method.name": "reweight"}}})
+    assert cfg.methods["reweight"].overrides == {"method.name": "reweight"}
+    assert cfg.methods["ddm"].overrides == {"method.alpha": 0.1, "method.name": "ddm"}
+    assert cfg.methods["mine"].overrides == {"method.name": "ddm"}
+    assert cfg.methods["other"].overrides == {"train.lr": 1e-4}
+    assert cfg.methods["align"].overrides == {"method.name": "reweight"}
+
+
 def test_parse_list_form():
     cfg = parse_bench_config({"settings": {"s": {}}, "methods": ["baseline", "ddm", "guidance", "align"]})
     assert cfg.methods["ddm"].overrides == {"method.name": "ddm"}
@@ -153,6 +166,16 @@ def test_override_strings_round_trip():
     cfg = load_config(None, override_strings(ov))
     assert cfg.data.shares == [0.8, 0.2] and cfg.method.name == "ddm" and cfg.train.lr == pytest.approx(1e-4)
     assert cfg.train.ema is False and cfg.eval.target is None and cfg.name == "yes"
+
+
+def test_the_text_to_image_bench_config_resolves(tmp_path):
+    cfg = load_bench_config(REPO / "configs" / "bench" / "t2i-tiny.yaml")
+    cells = expand_cells(cfg, tmp_path)
+    check_cells(cfg, cells)
+    runs = {c.method: load_config(cfg.base, c.overrides) for c in cells}
+    assert set(runs) == {"baseline", "reweight", "ddm"}
+    assert all(r.text.sd == "runs/tiny-sd" and r.method.name == m for m, r in runs.items())
+    assert runs["ddm"].method.alpha == 0.05
 
 
 @pytest.mark.parametrize("name, n_cells", [("mnist-pairs", 60), ("faces-mini", 30)])

@@ -46,7 +46,10 @@ def recipe(cfg: RunConfig) -> dict:
 
     d = to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in _NOT_RECIPE}
-    return {"v": BASES_VERSION, "data": d["data"], "model": d["model"], "method": d["method"], "train": train}
+    out = {"v": BASES_VERSION, "data": d["data"], "model": d["model"], "method": d["method"], "train": train}
+    if d["text"]["sd"]:  # a text-to-image base: its SD folder and prompts are part of the recipe
+        out["text"] = d["text"]
+    return out
 
 
 def recipe_key(cfg: RunConfig) -> str:

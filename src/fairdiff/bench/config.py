@@ -107,6 +107,9 @@ def _method(name: str, entry: Any) -> MethodSpec:
         else:
             raise BenchConfigError(f"unknown key '{where}.{k}' (known: {', '.join(METHOD_KEYS)} or dotted overrides "
                                    "such as method.name)")
+    registered = find_method(name)
+    if "method.name" not in spec.overrides and spec.guidance is None and registered and not registered.sampling_time:
+        spec.overrides["method.name"] = name  # `reweight: {}` trains reweight, not the base config's method
     return spec
 
 

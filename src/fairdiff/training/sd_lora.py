@@ -127,6 +127,12 @@ class SDLoraAdapter(ModelAdapter):
         self.sd = None
         self.groups = None
 
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "SDLoraAdapter":
+        """The adapter a config's ``text`` section describes."""
+        t = cfg.text
+        return cls(t.sd, t.prompt, t.prompts_file, t.prompt_groups, t.prompt_targets)
+
     def open(self, cfg: RunConfig) -> None:
         given = [f for f, v in (("--prompts-file", self.prompts_file), ("--prompt-groups", self.prompt_groups_file),
                                 ("--prompt-targets", self.prompt_targets_file)) if v is not None]
@@ -316,6 +322,15 @@ def finetune_sd_lora(
     ``prompt_groups``: a spec file giving each subset of ``data.groups`` its own prompt (data/prompt_groups.py);
     ``prompt_targets``: alignment (method align) toward a target per prompt (training/sd_align.py).
     """
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(sd_path)))
-    return train(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data, stop_after=stop_after,
-                 adapter=SDLoraAdapter(sd_path, prompt, prompts_file, prompt_groups, prompt_targets))
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, sd=str(sd_path), prompt=prompt,
+                                                            prompts_file=prompts_file, prompt_groups=prompt_groups,
+                                                            prompt_targets=prompt_targets))
+    return train(text_config(cfg, sd_path), run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data,
+                 stop_after=stop_after)
+
+
+def text_config(cfg: RunConfig, sd_path: str | Path) -> RunConfig:
+    """``cfg`` with the SD folder as ``text.sd`` and as the run's pretrained model (what methods that fine-tune a
+    trained model, e.g. align, ask for)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(sd_path)),
+                               text=dataclasses.replace(cfg.text, sd=str(sd_path)))

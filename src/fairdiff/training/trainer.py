@@ -84,11 +84,17 @@ def train(
     ``resume='latest'`` continues from the newest ``checkpoint-N`` (or starts fresh if there is none);
     ``overwrite`` removes an existing run first. ``data`` may be passed to reuse a prepared split.
     ``stop_after`` ends this invocation after that many optimizer steps (with a checkpoint), as if interrupted;
-    the run then continues with ``resume='latest'``. ``adapter``: the model (default :class:`UNetAdapter`).
+    the run then continues with ``resume='latest'``. ``adapter``: the model (default :class:`UNetAdapter`, or for a
+    config with ``text.sd`` the Stable Diffusion LoRA adapter).
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    if adapter is None and cfg.text.sd:  # a text-to-image run: the SD folder's U-Net with LoRA under prompts
+        from fairdiff.training.sd_lora import SDLoraAdapter, text_config
+
+        cfg = text_config(cfg, cfg.text.sd)
+        adapter = SDLoraAdapter.from_config(cfg)
     adapter = adapter or UNetAdapter()
     adapter.check(cfg)  # a config built in code gets the same checks as one read from YAML
     if stop_after is not None and stop_after < 1:
