@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from fairdiff.errors import ConfigError
+from fairdiff.metrics.functional import check_shares
 from fairdiff.method_options import MethodName, check_sections, options_of, union_fields, unknown_option_message
 from fairdiff.utils.typed_config import (  # noqa: F401  (from_dict, parse_override, ...: re-exported)
     at_least,
@@ -268,10 +269,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("data.groups: need at least two groups")
     if len(set(d.groups)) != len(d.groups):
         raise ConfigError(f"data.groups: repeated group in {d.groups}")
-    if len(d.shares) != len(d.groups):
-        raise ConfigError(f"data.shares: {len(d.shares)} shares for {len(d.groups)} groups")
-    if any(s < 0 for s in d.shares) or abs(sum(d.shares) - 1.0) > 1e-6:
-        raise ConfigError(f"data.shares: must be non-negative and sum to 1, got {d.shares} (sum {sum(d.shares):g})")
+    try:
+        check_shares(d.shares, len(d.groups), what="data.shares")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if d.resolution < 8 or d.resolution % 4:
         raise ConfigError(f"data.resolution: must be a multiple of 4 and at least 8, got {d.resolution}")
     at_least(d, "data", 0, "heldout_per_group")
@@ -279,10 +280,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     at_least(d, "data", 2, "synthetic_classes")
     for name, tgt in (("method.target", cfg.method.target), ("eval.target", cfg.eval.target)):
         if tgt is not None:
-            if len(tgt) != len(d.groups):
-                raise ConfigError(f"{name}: {len(tgt)} values for {len(d.groups)} groups")
-            if any(t < 0 for t in tgt) or abs(sum(tgt) - 1.0) > 1e-6:
-                raise ConfigError(f"{name}: must be non-negative and sum to 1, got {tgt}")
+            try:
+                check_shares(tgt, len(d.groups), what=name)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     if cfg.model.lora and not cfg.model.pretrained:
         raise ConfigError("model.lora fine-tunes adapters on a trained U-Net: set model.pretrained as well")
     mc = cfg.model

@@ -60,8 +60,9 @@ def _one_line_error(capsys, needle: str) -> None:
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--target", "0.5,0.6", "--scale", "1"], "error: target [0.5, 0.6] sums to 1.1000, not 1"),
-    (["--target", "0.5,0.3,0.2", "--scale", "1"], "error: target [0.5, 0.3, 0.2] has 3 shares but the heads predict 2"),
+    (["--target", "0.5,0.6", "--scale", "1"], "error: target [0.5, 0.6] sums to 1.1000; shares must sum to 1"),
+    (["--target", "0.5,0.3,0.2", "--scale", "1"],
+     "error: target [0.5, 0.3, 0.2] has 3 values but there are 2 classes the heads predict"),
     (["--target", "0.5,0.5"], "error: --guidance needs --scale S"),
     (["--steps", "4", "--target", "0.5,0.5", "--scale", "1"], "were trained for --steps 3 --scheduler ddim; sample"),
 ])

@@ -90,4 +90,4 @@ def test_sd_export_merges_the_lora(grouped_run, tmp_path, capsys):
     assert np.abs(a - c).max() > 2  # and not the base
     assert "already holds" in _one_line_error(capsys, ["sd-export", str(run), str(out)])
     line = _one_line_error(capsys, ["sd-export", str(tmp_path), str(tmp_path / "o")])
-    assert "not a finished sd-finetune run" in line
+    assert "not a finished Stable Diffusion LoRA run" in line

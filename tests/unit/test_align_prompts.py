@@ -18,7 +18,7 @@ def test_parse_prompt_targets():
     assert [x.prompt for x in t] == ["a doctor", "a nurse", "a cat"] and [x.index for x in t] == [0, 1, 2]
     assert t[0].target.tolist() == [0.5, 0.5] and t[1].target.tolist() == [0.5, 0.5] and t[2].target is None
     for raw, needle in [({"a": [0.6, 0.6]}, "sum to 1"), ({"a": [1.0]}, "2 groups"), ({"a": "preserve"}, "every"),
-                        ({"a": [-0.5, 1.5]}, ">= 0"), ({}, "expected a mapping"), ({"a": None}, "give target"),
+                        ({"a": [-0.5, 1.5]}, "non-negative"), ({}, "expected a mapping"), ({"a": None}, "give target"),
                         ({"a": [0.5, 0.5], " a ": "preserve"}, "same text")]:
         with pytest.raises(ConfigError, match=needle):
             parse_prompt_targets(raw, 2)

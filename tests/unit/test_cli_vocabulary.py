@@ -304,7 +304,7 @@ def test_data_tiny_sd_is_sd_init(tmp_path, monkeypatch, capfd):
 
 def test_train_sd_is_sd_finetune(tmp_path, monkeypatch, capfd):
     res = SimpleNamespace(steps=1, seconds=0.0, final_loss=0.0)
-    calls = _record(monkeypatch, "fairdiff.training.sd_lora.finetune_sd_lora", result=res)
+    calls = _record(monkeypatch, "fairdiff.training.trainer.finetune_sd_lora", result=res)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a face\n")
     common = ["--sd", str(tmp_path / "sd"), "--out", str(tmp_path / "r"), "train.steps=2", "-q"]

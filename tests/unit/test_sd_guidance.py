@@ -32,7 +32,7 @@ def _heads(attrs=None, h_shape=(4, 2, 2)) -> GuidanceHeads:
 
 def test_checks_are_one_line_errors():
     heads = _heads()
-    with pytest.raises(FairdiffError, match="has 3 shares"):
+    with pytest.raises(FairdiffError, match="has 3 values"):
         SDDistributionGuidance(heads, "0.2,0.3,0.5", 1.0)
     with pytest.raises(FairdiffError, match="sums to"):
         SDDistributionGuidance(heads, "0.5,0.2", 1.0)

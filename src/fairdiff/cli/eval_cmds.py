@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from fairdiff.cli.aliases import flag, old_flag, set_func
@@ -36,15 +35,12 @@ def parse_target(text: str | None) -> list[float] | None:
     """'0.5,0.5' -> [0.5, 0.5]; length and sum are checked against the classifier later."""
     if text is None:
         return None
+    from fairdiff.metrics.functional import check_shares
+
     try:
-        vals = [float(v) for v in text.replace(" ", "").strip("[]").split(",") if v != ""]
-    except ValueError:
-        raise FairdiffError(f"--target must be comma-separated numbers like 0.5,0.5, got '{text}'") from None
-    if not vals:
-        raise FairdiffError("--target is empty")
-    if not all(math.isfinite(v) and v >= 0 for v in vals) or abs(sum(vals) - 1.0) > 1e-6:
-        raise FairdiffError(f"--target must be non-negative shares that sum to 1, got '{text}'")
-    return vals
+        return check_shares(text, what="--target").tolist()
+    except ValueError as e:
+        raise FairdiffError(str(e)) from None
 
 
 EVAL_KIND = "eval"

@@ -117,7 +117,7 @@ def cmd_sd_finetune(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if cfg is None:
         return 0
-    from fairdiff.training.sd_lora import finetune_sd_lora
+    from fairdiff.training.trainer import finetune_sd_lora
 
     out = args.out or f"runs/{cfg.name}"
     res = finetune_sd_lora(cfg, args.sd, out, prompt=args.prompt, prompts_file=args.prompts_file,

@@ -48,10 +48,12 @@ def draw_reference(images: ImageSet, split: BiasedSplit, attribute: str, count: 
     """(source indices, group indices) of ``count`` images at ``shares`` that training and held-out never use."""
     k = len(split.groups)
     shares = [1.0 / k] * k if shares is None else list(shares)
-    if len(shares) != k:
-        raise DataError(f"data.reference_shares: {len(shares)} shares for {k} groups")
-    if any(s < 0 for s in shares) or abs(sum(shares) - 1.0) > 1e-6:
-        raise DataError(f"data.reference_shares: must be non-negative and sum to 1, got {shares}")
+    from fairdiff.metrics.functional import check_shares
+
+    try:
+        check_shares(shares, k, what="data.reference_shares")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     attr = images.attributes[attribute]
     used = np.zeros(len(images), bool)
     used[split.train_indices] = True

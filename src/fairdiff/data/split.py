@@ -69,8 +69,12 @@ def build_split(
     if attribute not in images.attributes:
         known = ", ".join(sorted(images.attributes))
         raise DataError(f"data.attribute '{attribute}' not in source '{images.name}' (has: {known})")
-    if abs(sum(shares) - 1.0) > 1e-6:
-        raise DataError(f"shares must sum to 1, got {shares}")
+    from fairdiff.metrics.functional import check_shares
+
+    try:
+        check_shares(shares, len(groups), what="data.shares")
+    except ValueError as e:
+        raise DataError(str(e)) from None
     attr = images.attributes[attribute]
     rng = np.random.default_rng(seed)
     is_test = images.is_test if images.is_test is not None else None

@@ -60,12 +60,13 @@ def parse_prompt_targets(raw: dict, num_groups: int, where: str = "--prompt-targ
         if not ok:
             raise ConfigError(f"{where}: prompt '{prompt}': give target shares [..], 'uniform' or 'preserve', "
                               f"got {val!r}")
-        arr = np.asarray(val, float)
-        if len(arr) != num_groups:
-            raise ConfigError(f"{where}: prompt '{prompt}' has {len(arr)} target shares but there are "
-                              f"{num_groups} groups (data.groups)")
-        if (arr < 0).any() or abs(arr.sum() - 1.0) > 1e-6:
-            raise ConfigError(f"{where}: prompt '{prompt}': target shares must be >= 0 and sum to 1, got {val}")
+        from fairdiff.metrics.functional import check_shares
+
+        try:
+            arr = check_shares(val, num_groups, what=f"{where}: prompt '{prompt}': target",
+                               groups_word="groups (data.groups)")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         out.append(PromptTarget(prompt.strip(), i, arr))
     if len({t.prompt for t in out}) != len(out):
         raise ConfigError(f"{where}: two prompts are the same text once stripped")

@@ -53,18 +53,14 @@ def check_guidable(unet: nn.Module, latent: bool, run: str | Path) -> None:
 
 
 def parse_target(text: str | Sequence[float], num_classes: int | None = None) -> list[float]:
-    """``"0.5,0.5"`` (or a list) -> a checked probability vector (positive, sums to 1, right length)."""
+    """``"0.5,0.5"`` (or a list) -> a checked probability vector (the one rule, :func:`fairdiff.metrics.check_shares`;
+    every share positive: guidance divides by it)."""
+    from fairdiff.metrics.functional import check_shares
+
     try:
-        vals = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
-    except ValueError:
-        raise FairdiffError(f"target '{text}' is not a comma-separated list of numbers") from None
-    if num_classes is not None and len(vals) != num_classes:
-        raise FairdiffError(f"target {vals} has {len(vals)} shares but the heads predict {num_classes} classes")
-    if any(not math.isfinite(v) or v <= 0 for v in vals):
-        raise FairdiffError(f"target {vals}: every share must be positive")
-    if abs(sum(vals) - 1) > 1e-3:
-        raise FairdiffError(f"target {vals} sums to {sum(vals):.4f}, not 1")
-    return vals
+        return check_shares(text, num_classes, positive=True, groups_word="classes the heads predict").tolist()
+    except ValueError as e:
+        raise FairdiffError(str(e)) from None
 
 
 def distribution_loss(pbar: torch.Tensor, target: torch.Tensor, kind: str = "chi2") -> torch.Tensor:

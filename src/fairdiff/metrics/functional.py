@@ -26,6 +26,41 @@ def _as_shares(shares: ArrayLike, tol: float = 1e-4) -> np.ndarray:
     return p
 
 
+SHARES_TOL = 1e-6  # how far from 1 a typed share vector may sum
+
+
+def check_shares(values, num_groups: int | None = None, *, positive: bool = False, what: str = "target",
+                 groups_word: str = "groups") -> np.ndarray:
+    """The one rule for a share vector a user gives (a target, training or reference shares): ``"0.5,0.5"``,
+    ``"[0.5, 0.5]"`` or a sequence; finite numbers, ``num_groups`` of them, each >= 0 (> 0 with ``positive``),
+    summing to 1 within :data:`SHARES_TOL`. Anything else is one ``ValueError`` line naming ``what``."""
+    if isinstance(values, str):
+        parts = [v for v in values.replace(" ", "").strip("[]").split(",") if v != ""]
+        try:
+            vals = [float(v) for v in parts]
+        except ValueError:
+            raise ValueError(f"{what} '{values}' is not a comma-separated list of numbers like 0.5,0.5") from None
+    else:
+        try:
+            vals = [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} {values!r} is not a list of numbers") from None
+    if not vals:
+        raise ValueError(f"{what} is empty")
+    shown = [round(v, 6) for v in vals]
+    if num_groups is not None and len(vals) != num_groups:
+        raise ValueError(f"{what} {shown} has {len(vals)} values but there are {num_groups} {groups_word}")
+    if not all(np.isfinite(v) for v in vals):
+        raise ValueError(f"{what} {shown}: shares must be finite numbers that sum to 1")
+    if positive and any(v <= 0 for v in vals):
+        raise ValueError(f"{what} {shown}: every share must be positive")
+    if any(v < 0 for v in vals):
+        raise ValueError(f"{what} {shown}: shares must be non-negative and sum to 1")
+    if abs(sum(vals) - 1.0) > SHARES_TOL:
+        raise ValueError(f"{what} {shown} sums to {sum(vals):.4f}; shares must sum to 1")
+    return np.asarray(vals, dtype=np.float64)
+
+
 def uniform_target(num_classes: int) -> np.ndarray:
     """The default reference distribution: every group equally often."""
     if num_classes < 1:
@@ -33,18 +68,11 @@ def uniform_target(num_classes: int) -> np.ndarray:
     return np.full(num_classes, 1.0 / num_classes)
 
 
-def resolve_target(target: ArrayLike | None, num_classes: int, tol: float = 1e-6) -> np.ndarray:
-    """Check a user target (length K, non-negative, sums to 1) or return the uniform one."""
+def resolve_target(target: ArrayLike | None, num_classes: int, tol: float = SHARES_TOL) -> np.ndarray:
+    """Check a user target (:func:`check_shares`) or return the uniform one."""
     if target is None:
         return uniform_target(num_classes)
-    t = np.asarray(target, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(t)):
-        raise ValueError(f"target must be finite numbers, got {t.tolist()}")
-    if t.shape[0] != num_classes:
-        raise ValueError(f"target has {t.shape[0]} values but there are {num_classes} groups")
-    if np.any(t < 0) or abs(float(t.sum()) - 1.0) > tol:
-        raise ValueError(f"target must be non-negative and sum to 1, got {t.tolist()} (sum {t.sum():g})")
-    return t
+    return check_shares(target, num_classes)
 
 
 # ------------------------------------------------------------------------------------------ histograms

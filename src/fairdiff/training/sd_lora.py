@@ -30,13 +30,11 @@ from fairdiff.errors import ConfigError, RunDirError
 from fairdiff.models.lora import add_lora, lora_state, resolve_lora_targets
 from fairdiff.models.sd import LORA_FILE, TEXT_LORA_TARGETS, load_sd
 from fairdiff.training.adapters import ModelAdapter, TrainableState
-from fairdiff.training.trainer import TrainResult, train
 from fairdiff.utils.io import atomic_write_text, read_json
 
 SD_RUN_LEGACY = {"sd-run": ["config.yaml", "sd.json"]}  # sd-finetune runs written before the .fairdiff.json marker
 
 
-SDResult = TrainResult  # the result of :func:`finetune_sd_lora` (older name)
 
 
 class _Output:
@@ -297,36 +295,6 @@ class SDLoraAdapter(ModelAdapter):
              f"text encoder targets {self.te_targets or 'none'}"),
             f"- data: counts {manifest['train_counts']}, latents {shape}",
             optimizer_line(cfg, last_row(run_dir)), *extra_lines(run_dir, manifest), ""]))
-
-
-def finetune_sd_lora(
-    cfg: RunConfig,
-    sd_path: str | Path,
-    run_dir: str | Path,
-    *,
-    prompt: str = "a photo",
-    prompts_file: str | None = None,
-    prompt_groups: str | None = None,
-    prompt_targets: str | None = None,
-    overwrite: bool = False,
-    quiet: bool = False,
-    data=None,
-    resume: str | None = None,
-    stop_after: int | None = None,
-) -> TrainResult:
-    """Fine-tune LoRA adapters of the SD folder ``sd_path`` on ``cfg.data`` with ``cfg.method``'s objective.
-
-    The one trainer runs it (:func:`fairdiff.training.trainer.train` with :class:`SDLoraAdapter`), so ``resume``
-    and ``stop_after`` mean what they mean for ``fairdiff train``. The SD folder is the run's pretrained model:
-    it is recorded as ``model.pretrained`` (what methods that fine-tune a trained model, e.g. align, ask for).
-    ``prompt_groups``: a spec file giving each subset of ``data.groups`` its own prompt (data/prompt_groups.py);
-    ``prompt_targets``: alignment (method align) toward a target per prompt (training/sd_align.py).
-    """
-    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, sd=str(sd_path), prompt=prompt,
-                                                            prompts_file=prompts_file, prompt_groups=prompt_groups,
-                                                            prompt_targets=prompt_targets))
-    return train(text_config(cfg, sd_path), run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data,
-                 stop_after=stop_after)
 
 
 def text_config(cfg: RunConfig, sd_path: str | Path) -> RunConfig:

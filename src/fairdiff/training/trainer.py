@@ -21,6 +21,7 @@ inf / nan stop the run with one line before anything non-finite is logged or sav
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -338,3 +339,35 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
         adapter.report(cfg, run_dir, manifest)
     accelerator.end_training()
     return TrainResult(run_dir, tc.steps, last_loss, time.time() - t0)
+
+
+def finetune_sd_lora(
+    cfg: RunConfig,
+    sd_path: str | Path,
+    run_dir: str | Path,
+    *,
+    prompt: str = "a photo",
+    prompts_file: str | None = None,
+    prompt_groups: str | None = None,
+    prompt_targets: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+    data=None,
+    resume: str | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Fine-tune LoRA adapters of the SD folder ``sd_path`` on ``cfg.data`` with ``cfg.method``'s objective.
+
+    The one trainer runs it (:func:`fairdiff.training.trainer.train` with :class:`SDLoraAdapter`), so ``resume``
+    and ``stop_after`` mean what they mean for ``fairdiff train``. The SD folder is the run's pretrained model:
+    it is recorded as ``model.pretrained`` (what methods that fine-tune a trained model, e.g. align, ask for).
+    ``prompt_groups``: a spec file giving each subset of ``data.groups`` its own prompt (data/prompt_groups.py);
+    ``prompt_targets``: alignment (method align) toward a target per prompt (training/sd_align.py).
+    """
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, sd=str(sd_path), prompt=prompt,
+                                                            prompts_file=prompts_file, prompt_groups=prompt_groups,
+                                                            prompt_targets=prompt_targets))
+    from fairdiff.training.sd_lora import text_config
+
+    return train(text_config(cfg, sd_path), run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data,
+                 stop_after=stop_after)
