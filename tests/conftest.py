@@ -16,6 +16,20 @@ TINY = [
 ]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shuffle", type=int, default=None, metavar="SEED",
+                     help="run the collected tests in a random order drawn from SEED (every test must pass in any "
+                          "order; module-scoped fixtures are rebuilt as often as the order needs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle")
+    if seed is not None:
+        import random
+
+        random.Random(seed).shuffle(items)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache_session(tmp_path_factory):
     """Module and session fixtures are built before any function fixture: they see the temporary cache too."""
