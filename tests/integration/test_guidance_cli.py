@@ -6,22 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from fairdiff.cli.main import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two threads on two shared cores can be many times slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, _one_thread):
+def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gcli") / "run"
     rc = main(["train", "data.source=synthetic", "data.synthetic_size=200", "data.resolution=16",
                "model.preset=tiny", "train.steps=2", "train.batch_size=8", "train.checkpoint_every=1000",

@@ -21,14 +21,6 @@ OVERRIDES = [*TINY, "train.steps=2", "train.checkpoint_every=2", "sample.steps=3
              "eval.n_samples=4", "sample.seed=5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_cli_and_bench_guide_the_same_samples(tmp_path, monkeypatch):
     import fairdiff.evaluation
 

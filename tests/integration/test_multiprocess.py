@@ -25,35 +25,6 @@ def test_global_batches_are_split_across_ranks():
     assert sorted(seen.tolist()) == list(range(50))
 
 
-SPY = """
-import hashlib, json, sys
-from pathlib import Path
-
-import fairdiff.training.trainer as trainer
-
-save = trainer.save_checkpoint
-
-
-def digest(module):
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.removeprefix("module.").encode() + v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def spy(accelerator, run_dir, step, limit, state):  # each rank writes a digest of the weights it holds
-    out = Path(sys.argv[-1]).parent / f"rank{accelerator.process_index}-step{step}.json"
-    out.write_text(json.dumps({n: digest(m) for n, m in state["modules"].items()}))
-    return save(accelerator, run_dir, step, limit, state)
-
-
-trainer.save_checkpoint = spy
-from fairdiff.cli.main import main
-
-sys.exit(main(sys.argv[1:-2] + sys.argv[-2:]))
-"""
-
-
 TRAIN = ["train", "data.source=synthetic", "data.synthetic_size=120", "data.heldout_per_group=10", "train.steps=2",
          "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=1", "train.checkpoint_total_limit=2",
          "method.name=ddm", "method.indicator_widths=[16]", "-q"]

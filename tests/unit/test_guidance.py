@@ -24,17 +24,8 @@ from fairdiff.sampling.sampler import sample
 from fairdiff.training.heads import train_heads
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two threads on two shared cores can be many times slower than one; these tests use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def tiny(_one_thread):
+def tiny():
     torch.manual_seed(0)
     unet = build_unet("tiny", 16, 1).eval()
     return unet, build_noise_scheduler().config
@@ -167,7 +158,7 @@ def test_train_heads_shapes_and_accuracy(tiny):
 
 # ------------------------------------------------------------------------------------------ the effect
 @pytest.fixture(scope="module")
-def biased_run(tmp_path_factory, _one_thread):
+def biased_run(tmp_path_factory):
     """A tiny model trained on 4:1 discs vs crosses (synthetic, 16x16, about a minute on one CPU thread)."""
     from fairdiff.config import load_config
     from fairdiff.data import prepare_data
