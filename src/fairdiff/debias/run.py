@@ -289,7 +289,7 @@ def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, hel
     from fairdiff.models.heads import HeadsConfig, model_fingerprint, schedule_timesteps
     from fairdiff.sampling import sample
     from fairdiff.sampling.denoisers import RecordH
-    from fairdiff.training.heads import HeadsTrainResult, fit_step_heads
+    from fairdiff.training.heads import HeadsTrainResult, fit_step_heads, split_heldout
 
     from .clusters import fit_cluster_judge
 
@@ -301,9 +301,8 @@ def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, hel
     cj = fit_cluster_judge(images, k, seed=seed)
     labels = torch.from_numpy(cj.verdicts(images))
     keep = torch.nonzero(labels != OUTSIDE).flatten()
-    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))]
-    n_held = int(round(heldout * len(keep)))
-    held, train = keep[:n_held], keep[n_held:]
+    train, held = split_heldout(keep, heldout, seed)
+    n_held = len(held)
     feats = rec.feats()
     cfg = HeadsConfig(attributes={"group": k}, num_steps=steps, scheduler="ddim",
                       timesteps=schedule_timesteps("ddim", sched_cfg, steps), pool=pool, h_shape=rec.h_shape,

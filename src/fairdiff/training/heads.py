@@ -117,6 +117,13 @@ def _balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: 
     return float(sum(accs) / len(accs))
 
 
+def split_heldout(indices: torch.Tensor, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, held)``: a seeded random ``share`` of ``indices`` held out to score the heads, the rest to fit."""
+    perm = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))]
+    n_held = int(round(share * len(perm)))
+    return perm[n_held:], perm[:n_held]
+
+
 def fit_step_heads(cfg: HeadsConfig, feats: torch.Tensor, labels: Mapping[str, torch.Tensor], *,
                    heldout_feats: torch.Tensor | None = None,
                    heldout_labels: Mapping[str, torch.Tensor] | None = None, weight_decay: float = 1e-3,

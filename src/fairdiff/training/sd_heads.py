@@ -20,7 +20,7 @@ import torch
 from fairdiff.errors import FairdiffError
 from fairdiff.models.heads import GuidanceHeads, HeadsConfig, model_fingerprint
 from fairdiff.sampling.sd_guided import POOLS, sd_generate
-from fairdiff.training.heads import fit_step_heads
+from fairdiff.training.heads import fit_step_heads, split_heldout
 
 MODE = "generated"  # HeadsConfig.mode of heads fitted on the model's own judged generations
 
@@ -81,9 +81,8 @@ def fit_sd_heads(
         timesteps, h_shape = g.timesteps, g.h_shape
     x = torch.cat(feats, dim=1)  # [S, N, D]
     y = torch.cat(labels)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_held = int(round(heldout * len(y)))
-    held, train = perm[:n_held], perm[n_held:]
+    train, held = split_heldout(torch.arange(len(y)), heldout, seed)
+    n_held = len(held)
     counts = torch.bincount(y[train], minlength=num_classes)
     if (counts == 0).any():
         raise FairdiffError(f"the judge put the {len(train)} training images in groups with counts "
