@@ -146,6 +146,22 @@ def test_guide_per_sample_mode(base_run, corner_judge_file, tmp_path):
     assert np.load(out / "samples" / "samples.npz")["images"].shape[0] == 20
 
 
+def test_guide_in_x_space_starts_its_controller_at_s0(base_run, corner_judge_file, tmp_path):
+    """``--space x``: the loss gradient w.r.t. x_t is added to the model output; the controller's first guided
+    pilot is at ``--s0`` (default 1 for x, 100 for h). The option belongs to guide alone."""
+    out = tmp_path / "gx"
+    assert main(["debias", str(base_run), "--method", "guide", "--space", "x", "--s0", "0.5", "--target", "0.3,0.7",
+                 "--n", "8", "--steps", "3", "--pilot-n", "16", "--max-pilots", "2", "--judge",
+                 str(corner_judge_file), "--no-eval", "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["space"] == "x" and rec["controller"]["s0"] == 0.5
+    assert [p["scale"] for p in rec["controller"]["pilots"]] == [0.0, 0.5]
+    assert main(["debias", str(base_run), "--method", "filter", "--space", "x", "--target", "0.5,0.5",
+                 "--out", str(tmp_path / "fx")]) == 2
+    assert main(["debias", str(base_run), "--method", "guide", "--s0", "-1", "--target", "0.5,0.5",
+                 "--out", str(tmp_path / "neg")]) == 2
+
+
 def test_label_free_guide_fits_heads_on_clusters_of_its_own_images(base_run, tmp_path):
     """The sampling-time twin of the label-free filter: heads fitted on the recorded h of the base's own images,
     labelled by their k-means clusters; the pilots are judged by the same clusters; no label or judge anywhere."""

@@ -82,6 +82,31 @@ def test_a_share_that_turns_back_is_searched_for_its_peak():
     assert isinstance(res.reached, bool)
 
 
+def test_a_first_pilot_that_moves_the_wrong_way_is_searched_below_it():
+    """Measured on the MNIST 0 vs 1 base with --space x: scale 1 (the first guided pilot) pushed the minority
+    from 0.16 down to 0.04. The peak then lies between 0 and that scale; the search looks there (it used to
+    take the log of 0) and, where small scales help a little, picks one of them."""
+    calls = []
+
+    def pilot(s: float) -> Pilot:
+        calls.append(s)
+        p1 = 0.16 + 0.3 * s - 0.42 * s * s / 1.0 if s > 0 else 0.16  # up for small s, 0.04 at s = 1
+        return Pilot(s, [1 - p1, p1], 0.96, 256)
+
+    res = find_scale(pilot, [0.5, 0.5], s0=1.0, max_pilots=6)
+    assert not res.reached and "peaks below the target" in res.reason
+    assert all(0 <= c <= 1.0 for c in calls) and len(calls) == 6
+    assert 0 < res.scale < 1.0  # a small scale that raised the share, not the base and not the wrong-way one
+
+
+def test_a_guidance_that_only_hurts_falls_back_to_the_base():
+    def pilot(s: float) -> Pilot:
+        return Pilot(s, [0.84 + 0.1 * min(s, 1) ** 0.5, 0.16 - 0.1 * min(s, 1) ** 0.5], 0.96, 256)
+
+    res = find_scale(pilot, [0.5, 0.5], s0=1.0, max_pilots=5)
+    assert res.scale == 0.0 and not res.reached
+
+
 def test_valid_rate_ceiling_ends_the_search_early():
     pilot, calls = curve(break_at=300.0)
     res = find_scale(pilot, [0.5, 0.5], max_pilots=30)

@@ -39,6 +39,11 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["batch", "sample"], default="batch",
                    help="guide: batch (push the batch's share to the target) or sample (assign each image a group "
                    "in the target's proportions and guide it there)")
+    p.add_argument("--space", choices=["h", "x"], default="h",
+                   help="guide: where the loss gradient acts: h (edit the middle block's output, the default) or x "
+                   "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
+    p.add_argument("--s0", type=float, help="guide: the controller's first non-zero scale (default 100 for "
+                   "--space h, 1 for --space x)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
     p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -70,6 +75,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
     target = parse_target(args.target)
     if args.method != "guide" and args.heads is not None:
         raise FairdiffError("--heads is an option of --method guide")
+    if args.method != "guide" and (args.space != "h" or args.s0 is not None):
+        raise FairdiffError("--space and --s0 are options of --method guide")
     if not args.temperature > 0:
         raise FairdiffError(f"--temperature must be positive, got {args.temperature}")
     if args.method == "guide":
@@ -83,6 +90,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
         rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
                                   seed=args.seed, steps=args.steps, temperature=args.temperature,
                                   pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
+                                  space=args.space, s0=args.s0,
                                   overwrite=args.overwrite, force=args.force,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]

@@ -125,10 +125,12 @@ def _refine_peak(pilot, pilots, choose, gap, ok, max_pilots, tol) -> ScaleSearch
             return choose("reached")
         i = scales.index(best.scale)
         cands = []
-        if i > 0:
+        if best.scale == 0:  # every guided pilot is worse than none: look closer to 0
+            cands.append(scales[1] / 4)
+        elif i > 0:
             left = scales[i - 1]
             cands.append(math.sqrt(max(left, best.scale / 16) * best.scale) if left > 0 else best.scale / 2)
-        if i + 1 < len(scales):
+        if best.scale > 0 and i + 1 < len(scales):
             cands.append(math.sqrt(scales[i + 1] * best.scale))
         cands = [c for c in cands if all(abs(math.log(c / q.scale)) > 0.05 for q in pilots if q.scale > 0)]
         if not cands:

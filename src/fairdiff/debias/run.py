@@ -22,6 +22,7 @@ from fairdiff.errors import FairdiffError
 DEBIAS_KIND = "debias"
 DEBIAS_FILE = "debias.json"
 METHODS = ("filter", "guide", "distill")
+S0 = {"h": 100.0, "x": 1.0}  # the guidance controller's first non-zero scale per space (docs/debias.md)
 PILOT_SEED = 10_000_000  # pilot batches (guidance controller, clusters) draw seeds from here (never scored)
 CLUSTER_PILOT = 2000  # the base's images the label-free clusters are fitted on
 # the fine-tuning budget of ``distill`` (full fine-tuning of the base's U-Net on its own filtered images)
@@ -328,8 +329,9 @@ def guide_run_to_target(
     max_pilots: int = 10,
     valid_drop: float = 0.02,
     tol: float = 0.01,
-    s0: float = 100.0,
+    s0: float | None = None,
     mode: str = "batch",
+    space: str = "h",
     device: str | None = None,
     overwrite: bool = False,
     evaluate: bool = True,
@@ -343,6 +345,9 @@ def guide_run_to_target(
     then ``n`` images (seeds ``seed ..``) are drawn at that scale into ``out_dir`` (a debias folder with the heads
     in ``heads/``) and scored by the test judge. ``mode``: ``batch`` (the batch's share is pushed toward the
     target) or ``sample`` (each image is assigned a group in the target's proportions and guided toward it).
+    ``space``: where the loss gradient acts: ``h`` (the middle block's output is edited, Balancing Act) or ``x``
+    (the gradient w.r.t. x_t through the heads and the down path is added to the model output, as classifier
+    guidance does). ``s0``: the controller's first non-zero scale (default 100 for ``h``, 1 for ``x``).
     ``force``: use ``heads`` fitted on another model's weights (a warning instead of an error).
     """
     import tempfile
@@ -377,6 +382,11 @@ def guide_run_to_target(
     steps = int(steps or cfg.sample.steps)
     if mode not in ("batch", "sample"):
         raise FairdiffError(f"guide mode must be 'batch' or 'sample', got '{mode}'")
+    if space not in ("h", "x"):
+        raise FairdiffError(f"guide space must be 'h' or 'x', got '{space}'")
+    s0 = float(S0[space] if s0 is None else s0)
+    if not math.isfinite(s0) or s0 <= 0:
+        raise FairdiffError("guide: --s0 must be a finite number above 0")
     if pilot_n < 16 or max_pilots < 2:
         raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
     check_sampling_args(n, steps, 0.0, pilot_n)
@@ -422,6 +432,8 @@ def guide_run_to_target(
             prm.requires_grad_(False)
         heads_s = time.perf_counter() - t0
         sched = build_sampling_scheduler("ddim", sched_cfg)
+        how = {"mode": space, "alphas_cumprod": sched.alphas_cumprod if space == "x" else None,
+               "temperature": temperature}
         if not label_free:
             verdicts = _verdict_fn(clf, cfg.data)
         timing: dict[float, float] = {}
@@ -435,14 +447,14 @@ def guide_run_to_target(
         def draw(seeds: list[int], scale: float) -> np.ndarray:
             t = time.perf_counter()
             if mode == "batch" or scale == 0:
-                g = DistributionGuidance(heads_obj, tgt.tolist(), scale, temperature=temperature) if scale else None
+                g = DistributionGuidance(heads_obj, tgt.tolist(), scale, **how) if scale else None
                 x = sample(unet, sched, seeds, batch_size=pilot_n, num_steps=steps, guidance=g, device=dev,
                            progress=False)
             else:  # each batch gets its own guidance with the assignments of its images
                 assign = assignments(len(seeds), seeds[0])
                 parts = []
                 for b in range(0, len(seeds), pilot_n):
-                    g = AssignedGuidance(heads_obj, assign[b : b + pilot_n], scale, temperature=temperature)
+                    g = AssignedGuidance(heads_obj, assign[b : b + pilot_n], scale, **how)
                     parts.append(sample(unet, sched, seeds[b : b + pilot_n], batch_size=pilot_n, num_steps=steps,
                                         guidance=g, device=dev, progress=False))
                 x = torch.cat(parts)
@@ -470,7 +482,7 @@ def guide_run_to_target(
         record = {
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim",
-            "mode": mode, "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
+            "mode": mode, "space": space, "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
             "judge_role": ("label-free clusters (heads' labels and pilots)" if label_free else "validation (pilots)")
             + "; the test judge scores metrics.json",
             "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
@@ -481,7 +493,7 @@ def guide_run_to_target(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, images, range(seed, seed + n), record,
-                             {"debias": "guide", "mode": mode, "scale": search.scale, "steps": steps, "seed": seed},
+                             {"debias": "guide", "mode": mode, "space": space, "scale": search.scale, "steps": steps, "seed": seed},
                              {"heads": work / "heads"} if heads is None else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
