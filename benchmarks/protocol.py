@@ -6,6 +6,8 @@ Methods (each toward each target, each seed):
   filter    generate-and-filter (fairdiff debias --method filter): validation judge keeps images to quota
   guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
   guide-sample  the same with per-sample group assignment (--mode sample)
+  guide-clf, guide-clf-sample  the same two with a noise-aware group classifier on x_t instead of h-space heads
+            (--reader classifier); the classifier is fitted once per base (OUT/classifier) and reused
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
   filter-lf, guide-lf  the label-free forms: groups are k-means clusters of the base's own images (--judge
             clusters; guide-lf fits its heads on those clusters), no label or judge anywhere
@@ -63,15 +65,26 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf"):
+    elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf", "guide-clf", "guide-clf-sample"):
         fn = debias_run if method.startswith("filter") else guide_run_to_target
         kw = {"method": "filter"} if method.startswith("filter") else {
-            "mode": "sample" if method == "guide-sample" else "batch"}
+            "mode": "sample" if method.endswith("-sample") else "batch"}
+        if method.startswith("guide-clf"):
+            kw["reader"] = "classifier"
+            shared = out / "classifier"
+            if shared.is_dir():
+                kw["classifier"] = shared
         if method.endswith("-lf"):
             kw["judge"] = "clusters"
         rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
         m = rec.pop("metrics")
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
+        if method.startswith("guide-clf") and rec["classifier"]["fitted"]:
+            timing["train_s"] = rec["classifier"]["seconds"]  # the one-time fit; later runs reuse it (0 s)
+        if method.startswith("guide-clf") and not (out / "classifier").is_dir():
+            import shutil
+
+            shutil.copytree(folder / "classifier", out / "classifier")  # fitted once per base, then reused
     elif method == "distill":
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False)

@@ -162,6 +162,35 @@ def test_guide_in_x_space_starts_its_controller_at_s0(base_run, corner_judge_fil
                  "--out", str(tmp_path / "neg")]) == 2
 
 
+def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_path):
+    """``--reader classifier``: a noise-aware group classifier is fitted on the run's training images and saved
+    in the folder; a second run reads it back (no fitting); heads-only options are refused in one line."""
+    from fairdiff.models.discriminator import load_discriminator
+
+    out = tmp_path / "gc"
+    common = ["--target", "0.3,0.7", "--n", "8", "--steps", "3", "--pilot-n", "16", "--max-pilots", "2",
+              "--judge", str(corner_judge_file), "--no-eval", "-q"]
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier-steps", "5",
+                 *common, "--out", str(out)]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["reader"] == "classifier" and rec["classifier"]["fitted"] and rec["classifier"]["steps"] == 5
+    assert len(rec["classifier"]["heldout"]) == 4 and rec["controller"]["s0"] == 1.0 and rec["eta"] == 1.0
+    clf = load_discriminator(out / "classifier")
+    assert clf.out_dim == 2 and (out / "classifier" / "record.json").is_file()
+    again = tmp_path / "gc2"
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier",
+                 str(out / "classifier"), *common, "--out", str(again)]) == 0
+    rec2 = json.loads((again / "debias.json").read_text())
+    assert rec2["classifier"]["fitted"] is False
+    # the same classifier, seeds and scales: the same pilots
+    assert rec2["controller"]["pilots"] == rec["controller"]["pilots"]
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--space", "x", *common,
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(out / "classifier"), *common,
+                 "--out", str(tmp_path / "bad2")]) == 2
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+
+
 def test_label_free_guide_fits_heads_on_clusters_of_its_own_images(base_run, tmp_path):
     """The sampling-time twin of the label-free filter: heads fitted on the recorded h of the base's own images,
     labelled by their k-means clusters; the pilots are judged by the same clusters; no label or judge anywhere."""

@@ -42,6 +42,15 @@ def register(sub) -> None:
     p.add_argument("--space", choices=["h", "x"], default="h",
                    help="guide: where the loss gradient acts: h (edit the middle block's output, the default) or x "
                    "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
+    p.add_argument("--reader", choices=["heads", "classifier"], default="heads",
+                   help="guide: what reads the group from the sample: heads on h-space (the default) or a noise-aware "
+                   "group classifier on x_t (classifier guidance toward the target's mixture; fitted here)")
+    p.add_argument("--classifier", help="guide --reader classifier: a classifier folder written by an earlier guide "
+                   "run (its classifier/), instead of fitting one")
+    p.add_argument("--classifier-steps", type=int, default=4000,
+                   help="guide --reader classifier: fitting steps (default 4000)")
+    p.add_argument("--eta", type=float, help="guide: DDIM noise, 0 deterministic to 1 ancestral (default 1 with "
+                   "--reader classifier, 0 with heads)")
     p.add_argument("--s0", type=float, help="guide: the controller's first non-zero scale (default 100 for "
                    "--space h, 1 for --space x)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
@@ -75,8 +84,11 @@ def cmd_debias(args: argparse.Namespace) -> int:
     target = parse_target(args.target)
     if args.method != "guide" and args.heads is not None:
         raise FairdiffError("--heads is an option of --method guide")
-    if args.method != "guide" and (args.space != "h" or args.s0 is not None):
-        raise FairdiffError("--space and --s0 are options of --method guide")
+    if args.method != "guide" and (args.space != "h" or args.s0 is not None or args.reader != "heads"
+                                   or args.classifier is not None or args.eta is not None):
+        raise FairdiffError("--space, --reader, --classifier, --eta and --s0 are options of --method guide")
+    if args.classifier is not None and not Path(args.classifier).is_dir():
+        raise FairdiffError(f"--classifier {args.classifier}: no such folder")
     if not args.temperature > 0:
         raise FairdiffError(f"--temperature must be positive, got {args.temperature}")
     if args.method == "guide":
@@ -90,7 +102,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
                                   seed=args.seed, steps=args.steps, temperature=args.temperature,
                                   pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
-                                  space=args.space, s0=args.s0,
+                                  space=args.space, s0=args.s0, reader=args.reader,
+                                  classifier=args.classifier, classifier_steps=args.classifier_steps, eta=args.eta,
                                   overwrite=args.overwrite, force=args.force,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]

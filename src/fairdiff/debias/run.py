@@ -23,6 +23,7 @@ DEBIAS_KIND = "debias"
 DEBIAS_FILE = "debias.json"
 METHODS = ("filter", "guide", "distill")
 S0 = {"h": 100.0, "x": 1.0}  # the guidance controller's first non-zero scale per space (docs/debias.md)
+CLASSIFIER_STEPS = 4000  # guide --reader classifier: fitting steps of the noise-aware group classifier
 PILOT_SEED = 10_000_000  # pilot batches (guidance controller, clusters) draw seeds from here (never scored)
 CLUSTER_PILOT = 2000  # the base's images the label-free clusters are fitted on
 # the fine-tuning budget of ``distill`` (full fine-tuning of the base's U-Net on its own filtered images)
@@ -314,6 +315,55 @@ def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, hel
     return cj, HeadsTrainResult(heads, {a: v for a, v in he.items() if v}, tr, time.perf_counter() - t0)
 
 
+def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, progress: bool):
+    """The noise-aware group classifier of ``guide --reader classifier``: read from ``path`` or fitted on the
+    run's training images (group-balanced batches) and saved to ``save_to``; with the training images' group
+    shares (the base's, which the guidance divides out) and a record (held-out balanced accuracy per noise level)."""
+    import torch
+
+    from fairdiff.data import prepare_data
+    from diffusers import DDPMScheduler
+
+    from fairdiff.models.discriminator import NoiseAwareDiscriminator, load_discriminator, save_discriminator
+    from fairdiff.training.discriminator import fit_group_classifier, group_accuracy
+    from fairdiff.utils.io import write_json
+
+    k = len(cfg.data.groups)
+    data = prepare_data(cfg.data)
+    groups = torch.as_tensor(np.asarray(data.train_groups), dtype=torch.long)
+    rho = (torch.bincount(groups, minlength=k).double() / len(groups)).tolist()
+    noise = DDPMScheduler.from_config(sched_cfg)  # the base's own forward process
+    t0 = time.perf_counter()
+    if path is not None:
+        try:
+            clf = load_discriminator(path, dev)
+        except FileNotFoundError as e:
+            raise FairdiffError(f"--classifier {path}: {e.strerror or e} (a folder written by guide --reader "
+                                "classifier)") from None
+        if getattr(clf, "out_dim", 1) != k or list(clf.config["in_shape"]) != list(data.train_images.shape[1:]):
+            raise FairdiffError(f"--classifier {path} reads {clf.config['in_shape']} images into "
+                                f"{getattr(clf, 'out_dim', 1)} groups; this run has {list(data.train_images.shape[1:])}"
+                                f" images in {k} groups")
+        info = {"fitted": False, "path": str(path)}
+    else:
+        images = torch.as_tensor(np.asarray(data.train_images)).float()
+        clf = NoiseAwareDiscriminator(images.shape[1:], width=64, num_train_timesteps=noise.config.num_train_timesteps,
+                                      out_dim=k)
+        fit = fit_group_classifier(clf, images, groups, noise, steps=steps, batch_size=64, seed=cfg.train.seed,
+                                   device=dev, progress=progress)
+        info = {"fitted": True, **fit}
+        if len(data.heldout_images):
+            info["heldout"] = group_accuracy(clf, torch.as_tensor(np.asarray(data.heldout_images)).float(),
+                                             np.asarray(data.heldout_groups), noise, seed=cfg.train.seed,
+                                             device=dev)
+        save_discriminator(clf, save_to)
+        write_json(save_to / "record.json", {**info, "train_shares": rho, "groups": list(cfg.data.groups)})
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    return clf.to(dev).eval(), rho, info
+
+
 def guide_run_to_target(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -332,6 +382,10 @@ def guide_run_to_target(
     s0: float | None = None,
     mode: str = "batch",
     space: str = "h",
+    reader: str = "heads",
+    classifier: str | Path | None = None,
+    classifier_steps: int = CLASSIFIER_STEPS,
+    eta: float | None = None,
     device: str | None = None,
     overwrite: bool = False,
     evaluate: bool = True,
@@ -347,7 +401,14 @@ def guide_run_to_target(
     target) or ``sample`` (each image is assigned a group in the target's proportions and guided toward it).
     ``space``: where the loss gradient acts: ``h`` (the middle block's output is edited, Balancing Act) or ``x``
     (the gradient w.r.t. x_t through the heads and the down path is added to the model output, as classifier
-    guidance does). ``s0``: the controller's first non-zero scale (default 100 for ``h``, 1 for ``x``).
+    guidance does). ``reader``: what reads the group from the sample: ``heads`` (linear heads on h-space) or
+    ``classifier`` (a noise-aware group classifier on x_t, fitted here on the run's training images for
+    ``classifier_steps`` steps or read from ``classifier``; :class:`~fairdiff.methods.classifier_guidance.
+    ClassifierGuidance`, whose scale 1 is exact for an exact classifier). ``s0``: the controller's first non-zero
+    scale (default 100 for heads in ``h``, 1 for ``x`` and for the classifier). ``eta``: DDIM's noise (0
+    deterministic, 1 ancestral); default 1 with the classifier (classifier guidance corrects a stochastic sampler;
+    docs/debias.md measures deterministic DDIM stopping short of the target), 0 with heads. Every image keeps its
+    own noise seed, so pilots stay common random numbers.
     ``force``: use ``heads`` fitted on another model's weights (a warning instead of an error).
     """
     import tempfile
@@ -358,6 +419,7 @@ def guide_run_to_target(
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
     from fairdiff.evaluation.samples import to_uint8
+    from fairdiff.methods.classifier_guidance import ClassifierGuidance
     from fairdiff.methods.guidance import AssignedGuidance, DistributionGuidance
     from fairdiff.metrics import OUTSIDE
     from fairdiff.models import build_sampling_scheduler
@@ -384,16 +446,28 @@ def guide_run_to_target(
         raise FairdiffError(f"guide mode must be 'batch' or 'sample', got '{mode}'")
     if space not in ("h", "x"):
         raise FairdiffError(f"guide space must be 'h' or 'x', got '{space}'")
-    s0 = float(S0[space] if s0 is None else s0)
+    if reader not in ("heads", "classifier"):
+        raise FairdiffError(f"guide reader must be 'heads' or 'classifier', got '{reader}'")
+    if reader == "classifier" and (heads is not None or space != "h"):
+        raise FairdiffError("--heads and --space belong to --reader heads; the classifier guides in x_t")
+    if reader == "heads" and classifier is not None:
+        raise FairdiffError("--classifier belongs to --reader classifier")
+    if not 1 <= int(classifier_steps) <= 1_000_000:
+        raise FairdiffError(f"--classifier-steps must lie in [1, 1000000], got {classifier_steps}")
+    s0 = float((S0[space] if reader == "heads" else 1.0) if s0 is None else s0)
+    eta = float((1.0 if reader == "classifier" else 0.0) if eta is None else eta)
     if not math.isfinite(s0) or s0 <= 0:
         raise FairdiffError("guide: --s0 must be a finite number above 0")
     if pilot_n < 16 or max_pilots < 2:
         raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
-    check_sampling_args(n, steps, 0.0, pilot_n)
+    check_sampling_args(n, steps, eta, pilot_n)
     state = check_output_dir(out_dir, DEBIAS_KIND, overwrite=overwrite, inputs=[run_dir], whole=True)
     dev = resolve_device(device)
     unet, sched_cfg = load_guidable(run_dir, dev)
     label_free = judge == "clusters"
+    if label_free and reader == "classifier":
+        raise FairdiffError("guide --reader classifier needs the training images' group labels; with --judge "
+                            "clusters use --reader heads")
     if label_free and heads is not None:
         raise FairdiffError("guide --judge clusters fits its heads on the clusters of the base's own images; "
                             "leave out --heads")
@@ -401,7 +475,11 @@ def guide_run_to_target(
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fairdiff-guide-"))
     try:
-        if label_free:  # no label anywhere: clusters of the base's own images label its recorded h
+        clf_model = rho = None
+        if reader == "classifier":
+            clf_model, rho, heads_info = _group_classifier(cfg, sched_cfg, classifier, work / "classifier",
+                                                           classifier_steps, dev, progress)
+        elif label_free:  # no label anywhere: clusters of the base's own images label its recorded h
             cj, fit = cluster_heads(unet, sched_cfg, k, steps, seed=seed, device=dev)
             clf, verdicts = cj, cj.verdicts
             save_heads(fit.heads, work / "heads", {"run": str(run_dir), "labels": "k-means clusters of the base's "
@@ -428,7 +506,7 @@ def guide_run_to_target(
                 raise FairdiffError(f"heads {heads} are for --steps {heads_obj.config.num_steps} --scheduler "
                                     f"{heads_obj.config.scheduler}; guide samples with DDIM and --steps {steps}")
             heads_info = {"fitted": False, "path": str(heads)}
-        for prm in heads_obj.parameters():
+        for prm in (heads_obj.parameters() if reader == "heads" else ()):
             prm.requires_grad_(False)
         heads_s = time.perf_counter() - t0
         sched = build_sampling_scheduler("ddim", sched_cfg)
@@ -444,19 +522,27 @@ def guide_run_to_target(
             a = np.repeat(np.arange(k), quotas(tgt, count))
             return np.random.default_rng(rng_seed).permutation(a)
 
+        def guidance(scale: float, assign=None):
+            if reader == "classifier":
+                return ClassifierGuidance(clf_model, tgt.tolist(), rho, scale, alphas_cumprod=sched.alphas_cumprod,
+                                          assignments=assign)
+            if assign is None:
+                return DistributionGuidance(heads_obj, tgt.tolist(), scale, **how)
+            return AssignedGuidance(heads_obj, assign, scale, **how)
+
         def draw(seeds: list[int], scale: float) -> np.ndarray:
             t = time.perf_counter()
             if mode == "batch" or scale == 0:
-                g = DistributionGuidance(heads_obj, tgt.tolist(), scale, **how) if scale else None
+                g = guidance(scale) if scale else None
                 x = sample(unet, sched, seeds, batch_size=pilot_n, num_steps=steps, guidance=g, device=dev,
-                           progress=False)
+                           eta=eta, progress=False)
             else:  # each batch gets its own guidance with the assignments of its images
                 assign = assignments(len(seeds), seeds[0])
                 parts = []
                 for b in range(0, len(seeds), pilot_n):
-                    g = AssignedGuidance(heads_obj, assign[b : b + pilot_n], scale, **how)
+                    g = guidance(scale, assign[b : b + pilot_n])
                     parts.append(sample(unet, sched, seeds[b : b + pilot_n], batch_size=pilot_n, num_steps=steps,
-                                        guidance=g, device=dev, progress=False))
+                                        guidance=g, device=dev, eta=eta, progress=False))
                 x = torch.cat(parts)
             timing[scale] = (time.perf_counter() - t) / len(seeds)
             return to_uint8(x)
@@ -481,8 +567,9 @@ def guide_run_to_target(
         per_image = (time.perf_counter() - t2) / n
         record = {
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
-            "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim",
-            "mode": mode, "space": space, "temperature": temperature, "heads": heads_info, "judge": clf.describe(),
+            "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim", "eta": eta,
+            "mode": mode, "reader": reader, "space": space if reader == "heads" else "x",
+            "temperature": temperature if reader == "heads" else None, reader: heads_info, "judge": clf.describe(),
             "judge_role": ("label-free clusters (heads' labels and pilots)" if label_free else "validation (pilots)")
             + "; the test judge scores metrics.json",
             "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
@@ -493,8 +580,9 @@ def guide_run_to_target(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, images, range(seed, seed + n), record,
-                             {"debias": "guide", "mode": mode, "space": space, "scale": search.scale, "steps": steps, "seed": seed},
-                             {"heads": work / "heads"} if heads is None else None)
+                             {"debias": "guide", "mode": mode, "reader": reader, "space": space, "scale": search.scale, "steps": steps,
+                              "eta": eta, "seed": seed},
+                             {reader: work / reader} if (work / reader).is_dir() else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if evaluate:

@@ -1,6 +1,8 @@
-"""A small noise-aware binary classifier ``d(x_t, t)`` (the density-ratio discriminator of methods/tiw.py).
+"""A small noise-aware classifier ``d(x_t, t)``: the density-ratio discriminator of methods/tiw.py (one logit)
+and the group classifier of classifier guidance toward a target (methods/classifier_guidance.py, ``out_dim`` = K
+logits, one per group).
 
-It outputs one logit per input. Trained with BCE on reference (1) against training (0) images noised to random
+With one output it gives one logit per input. Trained with BCE on reference (1) against training (0) images noised to random
 timesteps in balanced batches, its optimum is ``sigmoid(logit) = p_ref^t / (p_ref^t + p_bias^t)``, so the logit
 itself estimates ``log p_ref^t(x_t) - log p_bias^t(x_t)``.
 
@@ -39,7 +41,7 @@ class NoiseAwareDiscriminator(nn.Module):
     """``d(x_t, t)`` as a logit ``[B]``. ``in_shape`` is ``(C, H, W)`` (conv body) or ``(D,)`` (MLP body)."""
 
     def __init__(self, in_shape: tuple[int, ...] | list[int], width: int = 32, num_train_timesteps: int = 1000,
-                 depth: int = 2) -> None:
+                 depth: int = 2, out_dim: int = 1) -> None:
         super().__init__()
         in_shape = tuple(int(s) for s in in_shape)
         if len(in_shape) not in (1, 3):
@@ -47,8 +49,13 @@ class NoiseAwareDiscriminator(nn.Module):
         self.kind = "conv" if len(in_shape) == 3 else "mlp"
         self.width = int(width)
         self.temb_dim = max(16, self.width)
+        if int(out_dim) < 1:
+            raise ValueError(f"out_dim must be at least 1, got {out_dim}")
+        self.out_dim = int(out_dim)
         self.config = {"kind": self.kind, "in_shape": list(in_shape), "width": self.width,
                        "num_train_timesteps": int(num_train_timesteps), "depth": int(depth)}
+        if self.out_dim > 1:
+            self.config["out_dim"] = self.out_dim
         w = self.width
         self.time_mlp = nn.Sequential(nn.Linear(self.temb_dim, w), nn.SiLU(), nn.Linear(w, w))
         if self.kind == "conv":
@@ -64,7 +71,7 @@ class NoiseAwareDiscriminator(nn.Module):
                 tprojs.append(nn.Linear(w, 2 * w))
                 ch = 2 * w
             self.downs, self.norms, self.tprojs = nn.ModuleList(downs), nn.ModuleList(norms), nn.ModuleList(tprojs)
-            self.head = nn.Sequential(nn.Linear(ch + w, w), nn.SiLU(), nn.Linear(w, 1))
+            self.head = nn.Sequential(nn.Linear(ch + w, w), nn.SiLU(), nn.Linear(w, self.out_dim))
         else:
             d = in_shape[0]
             layers: list[nn.Module] = []
@@ -72,11 +79,12 @@ class NoiseAwareDiscriminator(nn.Module):
             for _ in range(max(1, depth)):
                 layers += [nn.Linear(prev, w), nn.SiLU()]
                 prev = w
-            layers.append(nn.Linear(prev, 1))
+            layers.append(nn.Linear(prev, self.out_dim))
             self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The logit of "reference" for each noisy input ``x`` at timestep ``t`` (``[B]`` ints)."""
+        """The logit of "reference" for each noisy input ``x`` at timestep ``t`` (``[B]`` ints): ``[B]``; with
+        ``out_dim`` K > 1 the K logits ``[B, K]``."""
         temb = self.time_mlp(timestep_embedding(t.reshape(-1).to(x.device), self.temb_dim).to(x.dtype))
         act = nn.functional.silu
         if self.kind == "conv":
@@ -84,8 +92,10 @@ class NoiseAwareDiscriminator(nn.Module):
             for down, norm, tp in zip(self.downs, self.norms, self.tprojs):
                 h = act(norm(down(h)) + tp(temb)[:, :, None, None])
             h = h.mean(dim=(2, 3))
-            return self.head(torch.cat([h, temb], dim=1)).squeeze(1)
-        return self.body(torch.cat([x.flatten(1), temb], dim=1)).squeeze(1)
+            out = self.head(torch.cat([h, temb], dim=1))
+        else:
+            out = self.body(torch.cat([x.flatten(1), temb], dim=1))
+        return out.squeeze(1) if self.out_dim == 1 else out
 
 
 def load_discriminator(folder: str | Path, device: str | torch.device = "cpu") -> NoiseAwareDiscriminator:
@@ -94,6 +104,19 @@ def load_discriminator(folder: str | Path, device: str | torch.device = "cpu") -
 
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
-    disc = NoiseAwareDiscriminator(cfg["in_shape"], cfg["width"], cfg["num_train_timesteps"], cfg.get("depth", 2))
+    disc = NoiseAwareDiscriminator(cfg["in_shape"], cfg["width"], cfg["num_train_timesteps"], cfg.get("depth", 2),
+                                   cfg.get("out_dim", 1))
     disc.load_state_dict(load_file(str(folder / "model.safetensors")))
     return disc.to(device).eval()
+
+
+def save_discriminator(disc: NoiseAwareDiscriminator, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (what :func:`load_discriminator` reads)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(disc.config, indent=2))
+    save_file({k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
+              str(folder / "model.safetensors"))
+    return folder

@@ -71,6 +71,74 @@ def fit_discriminator(disc: nn.Module, reference: torch.Tensor, biased: torch.Te
             "first_bce": float(np.mean(losses[:tail])) if losses else math.nan}
 
 
+def fit_group_classifier(clf: nn.Module, images: torch.Tensor, groups: torch.Tensor, noise_scheduler, *,
+                         steps: int = 3000, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4,
+                         seed: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> dict:
+    """Train the K-logit noise-aware classifier ``clf(x_t, t)`` of classifier guidance in place: cross-entropy on
+    group-balanced batches (``batch_size`` images of every group), images noised to t ~ U{0..T-1}, AdamW with a
+    cosine decay. Balanced batches make its logits ``log p_t(x_t | g)`` up to one constant per input, whatever the
+    groups' shares in ``images``; the guidance puts the shares back in (methods/classifier_guidance.py)."""
+    from tqdm.auto import tqdm
+
+    groups = torch.as_tensor(groups, dtype=torch.long)
+    k = int(getattr(clf, "out_dim", 1))
+    members = [torch.nonzero(groups == g).flatten() for g in range(k)]
+    if k < 2 or any(len(m) == 0 for m in members):
+        raise ConfigError(f"the group classifier needs images of each of its {k} groups "
+                          f"(counts {[len(m) for m in members]})")
+    clf.to(device).train()
+    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    num_t = noise_scheduler.config.num_train_timesteps
+    gen = torch.Generator().manual_seed(derive_seed(seed, "group-classifier"))
+    y = torch.arange(k).repeat_interleave(batch_size).to(device)
+    losses, accs = [], []
+    for _ in tqdm(range(steps), desc="group classifier", disable=not progress, leave=False):
+        idx = torch.cat([m[torch.randint(len(m), (batch_size,), generator=gen)] for m in members])
+        x0 = images[idx].to(device).float()
+        t = torch.randint(0, num_t, (len(idx),), generator=gen).to(device)
+        logits = clf(_noised(x0, t, noise_scheduler, gen), t)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        accs.append((logits.argmax(1) == y).float().mean().item())
+    clf.eval()
+    for p in clf.parameters():
+        p.grad = None
+        p.requires_grad_(False)
+    tail = max(1, steps // 10)
+    return {"steps": steps, "batch_size_per_group": batch_size, "lr": lr, "weight_decay": weight_decay,
+            "final_ce": float(np.mean(losses[-tail:])) if losses else math.nan,
+            "final_train_acc": float(np.mean(accs[-tail:])) if accs else math.nan,
+            "first_ce": float(np.mean(losses[:tail])) if losses else math.nan}
+
+
+@torch.no_grad()
+def group_accuracy(clf: nn.Module, images: torch.Tensor, groups: torch.Tensor, noise_scheduler, *,
+                   buckets: int = 4, seed: int = 0, device: str | torch.device = "cpu", batch: int = 512) -> list[dict]:
+    """Balanced accuracy of the group classifier on (held-out) images noised into each of ``buckets`` timestep
+    ranges: how much group signal it reads at each noise level."""
+    groups = torch.as_tensor(groups, dtype=torch.long)
+    k = int(getattr(clf, "out_dim", 1))
+    num_t = noise_scheduler.config.num_train_timesteps
+    gen = torch.Generator().manual_seed(derive_seed(seed, "group-classifier-eval"))
+    rows = []
+    for b in range(buckets):
+        lo, hi = b * num_t // buckets, (b + 1) * num_t // buckets
+        t = torch.randint(lo, hi, (len(images),), generator=gen)
+        pred = []
+        for s in range(0, len(images), batch):
+            xb, tb = images[s : s + batch].to(device).float(), t[s : s + batch].to(device)
+            pred.append(clf(_noised(xb, tb, noise_scheduler, gen), tb).argmax(1).cpu())
+        hit = torch.cat(pred) == groups
+        per = [float(hit[groups == g].float().mean()) for g in range(k) if (groups == g).any()]
+        rows.append({"t": [lo, hi - 1], "balanced_accuracy": round(float(np.mean(per)), 4)})
+    return rows
+
+
 @torch.no_grad()
 def calibration(disc: nn.Module, reference: torch.Tensor, biased: torch.Tensor, noise_scheduler, *,
                 buckets: int = 4, n_per_class: int = 512, bins: int = 10, seed: int = 0,
