@@ -79,8 +79,10 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
         m = rec.pop("metrics")
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
-        if method.startswith("guide-clf") and rec["classifier"]["fitted"]:
-            timing["train_s"] = rec["classifier"]["seconds"]  # the one-time fit; later runs reuse it (0 s)
+        if method.startswith("guide-clf"):  # the one-time fit of the classifier (later runs reuse it)
+            fitted = rec["classifier"] if rec["classifier"]["fitted"] else json.loads(
+                (Path(rec["classifier"]["path"]) / "record.json").read_text())
+            timing["train_s"] = fitted.get("seconds")
         if method.startswith("guide-clf") and not (out / "classifier").is_dir():
             import shutil
 

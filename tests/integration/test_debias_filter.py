@@ -175,6 +175,9 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
     rec = json.loads((out / "debias.json").read_text())
     assert rec["reader"] == "classifier" and rec["classifier"]["fitted"] and rec["classifier"]["steps"] == 5
     assert len(rec["classifier"]["heldout"]) == 4 and rec["controller"]["s0"] == 1.0 and rec["eta"] == 1.0
+    # guided at eta 1, the base's config samples at eta 0: the valid-rate floor comes from the base as configured
+    ref = rec["controller"]["reference_pilot"]
+    assert ref["scale"] == 0.0 and rec["controller"]["valid_floor"] == pytest.approx(ref["valid_rate"] - 0.02)
     clf = load_discriminator(out / "classifier")
     assert clf.out_dim == 2 and (out / "classifier" / "record.json").is_file()
     again = tmp_path / "gc2"

@@ -107,6 +107,16 @@ def test_a_guidance_that_only_hurts_falls_back_to_the_base():
     assert res.scale == 0.0 and not res.reached
 
 
+def test_the_floor_can_come_from_a_reference_sampler():
+    """The guided sampler may draw cleaner images than the base's own (eta 1 against 0): the floor is then the
+    base as its user samples it, so a scale that is fine against that reference is not refused."""
+    pilot, _ = curve(break_at=300.0, base_valid=0.99)  # breaking means valid 0.5
+    strict = find_scale(pilot, [0.5, 0.5], max_pilots=30)
+    loose = find_scale(curve(base_valid=0.99)[0], [0.5, 0.5], max_pilots=30, reference_valid=0.95)
+    assert strict.floor == pytest.approx(0.97) and loose.floor == pytest.approx(0.93)
+    assert loose.reached and loose.record()["valid_floor"] == pytest.approx(0.93)
+
+
 def test_valid_rate_ceiling_ends_the_search_early():
     pilot, calls = curve(break_at=300.0)
     res = find_scale(pilot, [0.5, 0.5], max_pilots=30)

@@ -43,9 +43,11 @@ class ScaleSearch:
     reason: str
     pilots: list[Pilot] = field(default_factory=list)
 
+    floor: float | None = None
+
     def record(self) -> dict:
         return {"scale": self.scale, "focus_group": self.focus_group, "reached": self.reached, "reason": self.reason,
-                "pilots": [vars(p) for p in self.pilots]}
+                "valid_floor": self.floor, "pilots": [vars(p) for p in self.pilots]}
 
 
 def find_scale(
@@ -57,16 +59,18 @@ def find_scale(
     grow: float = 4.0,
     max_pilots: int = 10,
     tol: float = 0.01,
+    reference_valid: float | None = None,
 ) -> ScaleSearch:
     """The guidance scale whose pilot puts the most under-represented group's share (among valid images) at its
-    target, without the valid rate falling more than ``valid_drop`` below the unguided pilot's."""
+    target, without the valid rate falling more than ``valid_drop`` below the unguided pilot's (or below
+    ``reference_valid``, when the guided sampler differs from the base's own: the base as its user samples it)."""
     t = np.asarray(target, float)
     if s0 <= 0 or grow <= 1 or max_pilots < 2 or tol <= 0:
         raise FairdiffError("find_scale: s0 > 0, grow > 1, max_pilots >= 2 and tol > 0 are needed")
     base = pilot(0.0)
     pilots = [base]
     g = int(np.argmax(t - np.asarray(base.shares)))
-    floor = base.valid_rate - valid_drop
+    floor = (base.valid_rate if reference_valid is None else float(reference_valid)) - valid_drop
 
     def gap(p: Pilot) -> float:
         return p.shares[g] - t[g] if math.isfinite(p.shares[g]) else -math.inf
@@ -77,7 +81,7 @@ def find_scale(
     def choose(reason: str) -> ScaleSearch:
         good = [p for p in pilots if ok(p)] or [base]
         best = min(good, key=lambda p: abs(gap(p)))
-        return ScaleSearch(float(best.scale), g, bool(abs(gap(best)) <= tol), reason, pilots)
+        return ScaleSearch(float(best.scale), g, bool(abs(gap(best)) <= tol), reason, pilots, floor)
 
     if abs(gap(base)) <= tol:
         return choose("the base is at the target")

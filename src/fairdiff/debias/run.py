@@ -356,6 +356,7 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
             info["heldout"] = group_accuracy(clf, torch.as_tensor(np.asarray(data.heldout_images)).float(),
                                              np.asarray(data.heldout_groups), noise, seed=cfg.train.seed,
                                              device=dev)
+        info["seconds"] = round(time.perf_counter() - t0, 1)
         save_discriminator(clf, save_to)
         write_json(save_to / "record.json", {**info, "train_shares": rho, "groups": list(cfg.data.groups)})
     for p in clf.parameters():
@@ -530,12 +531,14 @@ def guide_run_to_target(
                 return DistributionGuidance(heads_obj, tgt.tolist(), scale, **how)
             return AssignedGuidance(heads_obj, assign, scale, **how)
 
-        def draw(seeds: list[int], scale: float) -> np.ndarray:
+        def draw(seeds: list[int], scale: float, eta_: float | None = None) -> np.ndarray:
             t = time.perf_counter()
             if mode == "batch" or scale == 0:
                 g = guidance(scale) if scale else None
                 x = sample(unet, sched, seeds, batch_size=pilot_n, num_steps=steps, guidance=g, device=dev,
-                           eta=eta, progress=False)
+                           eta=eta if eta_ is None else eta_, progress=False)
+                if eta_ is not None:
+                    return to_uint8(x)
             else:  # each batch gets its own guidance with the assignments of its images
                 assign = assignments(len(seeds), seeds[0])
                 parts = []
@@ -549,8 +552,8 @@ def guide_run_to_target(
 
         pilot_seeds = list(range(PILOT_SEED, PILOT_SEED + pilot_n))
 
-        def pilot(scale: float) -> Pilot:
-            v = verdicts(draw(pilot_seeds, scale))
+        def pilot(scale: float, eta_: float | None = None) -> Pilot:
+            v = verdicts(draw(pilot_seeds, scale, eta_))
             valid = v != OUTSIDE
             shares = (np.bincount(v[valid], minlength=k) / max(int(valid.sum()), 1)).tolist()
             if progress:
@@ -559,7 +562,13 @@ def guide_run_to_target(
             return Pilot(float(scale), shares, float(valid.mean()), pilot_n)
 
         t1 = time.perf_counter()
-        search = find_scale(pilot, tgt, valid_drop=valid_drop, s0=s0, max_pilots=max_pilots, tol=tol)
+        reference = None  # guided with another eta than the base's own: the floor is the base as its user samples it
+        if eta != float(cfg.sample.eta):
+            if progress:
+                print(f"  the base as sampled by its config (eta {cfg.sample.eta:g}):", flush=True)
+            reference = pilot(0.0, float(cfg.sample.eta))
+        search = find_scale(pilot, tgt, valid_drop=valid_drop, s0=s0, max_pilots=max_pilots, tol=tol,
+                            reference_valid=None if reference is None else reference.valid_rate)
         pilot_s = time.perf_counter() - t1
         base_per_image = timing.get(0.0)
         t2 = time.perf_counter()
@@ -572,7 +581,8 @@ def guide_run_to_target(
             "temperature": temperature if reader == "heads" else None, reader: heads_info, "judge": clf.describe(),
             "judge_role": ("label-free clusters (heads' labels and pilots)" if label_free else "validation (pilots)")
             + "; the test judge scores metrics.json",
-            "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
+            "controller": {**search.record(), "reference_pilot": None if reference is None else vars(reference),
+                           "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
                            "valid_drop": valid_drop, "s0": s0},
             "heads_seconds": round(heads_s, 2), "pilot_seconds": round(pilot_s, 2),
             "seconds_per_image": round(per_image, 5), "base_seconds_per_image": round(base_per_image or math.nan, 5),
