@@ -3,6 +3,7 @@ goes into a results CSV (docs/results/debias.csv); the docs' tables are generate
 
 Methods (each toward each target, each seed):
   base      the base unchanged (its own images, sampling seeds seed*1e6 ..)
+  base-eta1 the base unchanged, sampled with DDIM eta 1 (the sampler guide-clf uses) instead of its config's
   filter    generate-and-filter (fairdiff debias --method filter): validation judge keeps images to quota
   guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
   guide-sample  the same with per-sample group assignment (--mode sample)
@@ -49,7 +50,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     folder = out / f"{method}-{_tname(target)}-s{seed}"
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
-        if "debias" in m or method in ("base", "ddm", "reweight"):
+        if "debias" in m or method in ("base", "base-eta1", "ddm", "reweight"):
             return m
         # a debias folder evaluated but not yet annotated (an interrupted protocol): its record is in debias.json
         m["debias"] = json.loads((folder / "debias.json").read_text())
@@ -59,8 +60,9 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     cfg = read_run_config(base)
     t0 = time.time()
     timing: dict = {}
-    if method == "base":
+    if method in ("base", "base-eta1"):
         sample_run(base, n, out_dir=folder / "samples", seed=sseed, steps=cfg.sample.steps,
+                   eta=1.0 if method == "base-eta1" else cfg.sample.eta,
                    batch_size=cfg.sample.batch_size, png=False, progress=False)
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
