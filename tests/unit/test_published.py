@@ -42,6 +42,26 @@ def test_sync_rewrites_only_table_blocks(tmp_path):
     assert "m2" not in text and sync([doc], tmp_path / "results", write=False) == []
 
 
+def test_summary_by_method_counts_the_seeds_that_meet_the_bar(tmp_path):
+    """``by=method``: one row per method, averaged; ``bar`` checks each seed against the base row of that seed
+    (share within 0.03 of the target, valid rate >= base - 0.02, precision / recall >= base - 0.03)."""
+    from fairdiff.bench.published import meets_bar, render_block
+
+    rows = []
+    for seed in (0, 1):
+        rows.append(row_from_metrics(_metrics(valid=0.95, share0=0.82), "s", "base", seed))
+    rows.append(row_from_metrics(_metrics(valid=0.94, share0=0.52), "s", "good", 0))  # meets it
+    rows.append(row_from_metrics(_metrics(valid=0.92, share0=0.50), "s", "good", 1))  # valid 0.03 under the base
+    rows.append(row_from_metrics(_metrics(valid=0.96, share0=0.54), "s", "far", 0))  # 0.04 off the target
+    add_rows(tmp_path / "r.csv", rows)
+    assert meets_bar(rows[2], rows[0]) is True and meets_bar(rows[3], rows[1]) is False
+    assert meets_bar(rows[4], rows[0]) is False and meets_bar(rows[4], None) is None
+    md = render_block("r.csv by=method cols=method,seeds,valid_rate,share_0_range,bar", tmp_path).splitlines()
+    assert md[2] == "| base | 0,1 | 0.950 | 0.820-0.820 | — |"
+    assert md[3] == "| good | 0,1 | 0.930 | 0.500-0.520 | 1/2 |"
+    assert md[4] == "| far | 0 | 0.960 | 0.540-0.540 | 0/1 |"
+
+
 def test_repository_docs_match_their_results_files():
     from fairdiff.bench.published import doc_paths
 

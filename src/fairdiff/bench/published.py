@@ -7,6 +7,12 @@ the same setting / method / seed / n). A doc embeds a table between two markers:
     ...generated...
     <!-- /table -->
 
+``by=method`` turns the block into a summary: one row per method (in order of first appearance), numbers averaged
+over its rows, ``seeds`` listing them, ``share_0_range`` the lowest and highest share, and ``bar`` counting the
+seeds that meet the target bar of issue 26 against the ``base`` row of the same seed (two groups: share among
+valid images within 0.03 of the target, valid rate at least the base's - 0.02, precision and recall at least the
+base's - 0.03).
+
 ``python -m fairdiff.bench.published`` rewrites every such block in README.md and docs/*.md from the CSVs;
 ``--check`` only reports blocks that are out of date (a test runs it), so a typed number cannot drift from its
 source.
@@ -32,8 +38,10 @@ HEADERS = {
     "share_2": "share g2", "precision": "precision", "recall": "recall", "domain_fid": "domain FID",
     "valid_rate_j2": "judge 2 valid", "share_0_j2": "judge 2 share g0", "fd_strict_j2": "judge 2 strict FD",
     "copy_rate": "copy rate", "drawn_per_kept": "drawn per kept", "seconds_per_image": "s / image",
-    "finetune_s": "fine-tune s", "note": "note",
+    "finetune_s": "fine-tune s", "note": "note", "seeds": "seeds", "share_0_range": "share g0 (lowest-highest)",
+    "bar": "meets the bar (seeds)",
 }
+BAR = {"share": 0.03, "valid_rate": 0.02, "precision": 0.03, "recall": 0.03}
 
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -130,7 +138,7 @@ def render(rows: list[dict], cols: list[str]) -> str:
             if c.endswith("_ci"):
                 b = c[:-3]
                 cells.append(f"{_fmt(r.get(b, ''))} [{_fmt(r.get(b + '_lo', ''))}, {_fmt(r.get(b + '_hi', ''))}]")
-            elif c in ("seed", "n"):
+            elif c in ("seed", "n", "seeds", "share_0_range", "bar"):
                 cells.append(str(r.get(c, "")))
             elif c == "domain_fid":
                 cells.append(_fmt(r.get(c, ""), 1))
@@ -158,10 +166,49 @@ def _parse_spec(spec: str) -> tuple[str, dict, list[str]]:
     return src, filters, cols
 
 
+def meets_bar(row: dict, base: dict | None) -> bool | None:
+    """Whether a two-group row meets the target bar against its base row (None: no base or not two groups)."""
+    if base is None or _num(row.get("share_2")) == _num(row.get("share_2")):  # share_2 set: K > 2
+        return None
+    vals = [_num(row.get(k)) for k in ("share_0", "target_0", "valid_rate", "precision", "recall")]
+    ref = [_num(base.get(k)) for k in ("valid_rate", "precision", "recall")]
+    if any(math.isnan(v) for v in vals + ref):
+        return None
+    share, target, valid, prec, rec = vals
+    return (abs(share - target) <= BAR["share"] + 1e-9 and valid >= ref[0] - BAR["valid_rate"] - 1e-9
+            and prec >= ref[1] - BAR["precision"] - 1e-9 and rec >= ref[2] - BAR["recall"] - 1e-9)
+
+
+def summarize(rows: list[dict], by: str) -> list[dict]:
+    """One row per value of ``by``: numeric columns averaged, ``seeds``, ``share_0_range`` and ``bar``."""
+    bases = {(r.get("seed"), r.get("target_0"), r.get("setting")): r for r in rows if r.get("method") == "base"}
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.get(by, ""), []).append(r)
+    summary = []
+    for key, rs in out.items():
+        agg: dict = {by: key}
+        for f in FIELDS:
+            if f in (by, "seed", "setting", "method", "note"):
+                continue
+            xs = [_num(r.get(f)) for r in rs]
+            xs = [x for x in xs if not math.isnan(x)]
+            agg[f] = str(sum(xs) / len(xs)) if xs else ""
+        agg["seeds"] = ",".join(str(r.get("seed")) for r in rs)
+        shares = [_num(r.get("share_0")) for r in rs]
+        agg["share_0_range"] = f"{_fmt(str(min(shares)))}-{_fmt(str(max(shares)))}" if shares else ""
+        verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting")))) for r in rs]
+        known = [v for v in verdicts if v is not None]
+        agg["bar"] = f"{sum(known)}/{len(known)}" if known and key != "base" else "—"
+        summary.append(agg)
+    return summary
+
+
 def render_block(spec: str, results_dir: Path) -> str:
     src, filters, cols = _parse_spec(spec)
+    by = filters.pop("by", [None])[0]
     rows = [r for r in read_rows(results_dir / src) if all(r.get(k) in v for k, v in filters.items())]
-    return render(rows, cols)
+    return render(summarize(rows, by) if by else rows, cols)
 
 
 def sync(paths: list[Path], results_dir: Path, write: bool = True) -> list[str]:
