@@ -93,7 +93,8 @@ def _write_results(path: Path, base: str, n: int, rows: list[dict], ref: dict) -
             "valid_rate": round(r["valid"], 4), "share_0": round(r["share0"], 4),
             "agrees_with_reference": "yes" if inside(r) else "no",
             "precision": r["precision"], "recall": None if r["recall"] is None else round(r["recall"], 4),
-            "valid_rate_j2": r["valid_j2"], "domain_fid": None if r["domain_fid"] is None else round(r["domain_fid"], 2)}
+            "valid_rate_j2": r["valid_j2"],
+            "domain_fid": None if r["domain_fid"] is None else round(r["domain_fid"], 2)}
            for r in rows]
     keys = {(x["base"], x["setting"], str(x["n"])) for x in new}
     old = [x for x in read_rows(path) if (x.get("base"), x.get("setting"), str(x.get("n"))) not in keys]

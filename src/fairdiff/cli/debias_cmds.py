@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--heads", help="guide: heads folder from 'fairdiff heads fit' (default: fitted here)")
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
-    p.add_argument("--pilot-n", type=int, default=256, help="guide: images per pilot batch (default 256)")
+    p.add_argument("--pilot-n", type=int, help="guide: images per pilot batch (default 256; 1024 with --reader "
+                   "classifier)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="guide: heads' softmax temperature (default 1: the controller aims at any target, unlike "

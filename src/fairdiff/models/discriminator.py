@@ -2,9 +2,9 @@
 and the group classifier of classifier guidance toward a target (methods/classifier_guidance.py, ``out_dim`` = K
 logits, one per group).
 
-With one output it gives one logit per input. Trained with BCE on reference (1) against training (0) images noised to random
-timesteps in balanced batches, its optimum is ``sigmoid(logit) = p_ref^t / (p_ref^t + p_bias^t)``, so the logit
-itself estimates ``log p_ref^t(x_t) - log p_bias^t(x_t)``.
+With one output it gives one logit per input. Trained with BCE on reference (1) against training (0) images
+noised to random timesteps in balanced batches, its optimum is ``sigmoid(logit) = p_ref^t / (p_ref^t + p_bias^t)``,
+so the logit itself estimates ``log p_ref^t(x_t) - log p_bias^t(x_t)``.
 
 Two bodies share one timestep embedding: a tiny conv net for images ``[B, C, H, W]`` and an MLP for flat vectors
 ``[B, D]`` (toy data). Activations are SiLU and normalisation is per sample (GroupNorm), so the logit is a smooth
