@@ -94,6 +94,17 @@ def test_scale_zero_and_target_equal_to_base_change_nothing():
     assert torch.equal(_run(_guide(RHO.tolist(), 3.0), n=500), plain)  # w = 1 everywhere: zero gradient
 
 
+def test_describe_names_what_it_steers():
+    d = _guide([0.3, 0.7], 1.5, min_t=200).describe()
+    assert d == {"kind": "classifier", "scale": 1.5, "min_t": 200, "target": [0.3, 0.7], "base_shares": [0.8, 0.2],
+                 "per_sample": False}
+
+
+def test_guidance_below_min_t_is_left_alone():
+    """``min_t`` = every timestep: nothing is guided, the samples are the base's."""
+    assert torch.equal(_run(_guide([0.5, 0.5], 1.0, min_t=10_000), n=300), _run(None, n=300))
+
+
 def test_per_sample_assignment_sends_each_point_to_its_group():
     a = torch.tensor([0, 1] * 200)
     got = _run(_guide([0.5, 0.5], 1.0, assignments=a), n=400)
