@@ -32,6 +32,41 @@ def _noised(x0: torch.Tensor, t: torch.Tensor, noise_scheduler, gen: torch.Gener
     return noise_scheduler.add_noise(x0, noise, t)
 
 
+def _fit_noisy(model: nn.Module, draw, y: torch.Tensor, loss_fn, correct, noise_scheduler, *, steps: int, lr: float,
+               weight_decay: float, gen: torch.Generator, device, desc: str | None = None) -> tuple[list, list]:
+    """The one loop that fits a noise-aware classifier in place: each step ``draw(gen)`` gives clean images, they
+    are noised to t ~ U{0..T-1} and ``loss_fn(model(x_t, t), y)`` is minimised by AdamW with a cosine decay to 0
+    (the late, small steps average out the minibatch noise, which matters most at large t, where the noised
+    distributions barely differ). Returns the per-step losses and accuracies (``correct(out, y)``)."""
+    from tqdm.auto import tqdm
+
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    num_t = noise_scheduler.config.num_train_timesteps
+    losses, accs = [], []
+    for _ in tqdm(range(steps), desc=desc, disable=desc is None, leave=False):
+        x0 = draw(gen).to(device).float()
+        t = torch.randint(0, num_t, (len(x0),), generator=gen).to(device)
+        out = model(_noised(x0, t, noise_scheduler, gen), t)
+        loss = loss_fn(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        accs.append(correct(out, y).float().mean().item())
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return losses, accs
+
+
+def _tail_mean(xs: list, first: bool = False) -> float:
+    tail = max(1, len(xs) // 10)
+    return float(np.mean(xs[:tail] if first else xs[-tail:])) if xs else math.nan
+
+
 def fit_discriminator(disc: nn.Module, reference: torch.Tensor, biased: torch.Tensor, noise_scheduler, *,
                       steps: int = 500, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
                       seed: int = 0, device: str | torch.device = "cpu") -> dict:
@@ -39,36 +74,19 @@ def fit_discriminator(disc: nn.Module, reference: torch.Tensor, biased: torch.Te
     learning-rate decay); returns a summary of the fit."""
     if len(reference) == 0 or len(biased) == 0:
         raise ConfigError("the discriminator needs at least one reference and one training image")
-    disc.to(device).train()
-    opt = torch.optim.AdamW(disc.parameters(), lr=lr, weight_decay=weight_decay)
-    # cosine decay to 0: the late, small steps average out the minibatch noise, which matters most at large t,
-    # where the two noised distributions barely differ and the ratio's gradient is a small signal
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    num_t = noise_scheduler.config.num_train_timesteps
-    gen = torch.Generator().manual_seed(derive_seed(seed, "discriminator"))
-    y = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)]).to(device)
-    losses, accs = [], []
-    for _ in range(steps):
+
+    def draw(gen: torch.Generator) -> torch.Tensor:
         ri = torch.randint(len(reference), (batch_size,), generator=gen)
         bi = torch.randint(len(biased), (batch_size,), generator=gen)
-        x0 = torch.cat([reference[ri], biased[bi]]).to(device).float()
-        t = torch.randint(0, num_t, (2 * batch_size,), generator=gen).to(device)
-        logit = disc(_noised(x0, t, noise_scheduler, gen), t)
-        loss = F.binary_cross_entropy_with_logits(logit, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        accs.append(((logit > 0).float() == y).float().mean().item())
-    disc.eval()
-    for p in disc.parameters():
-        p.grad = None
-    tail = max(1, steps // 10)
+        return torch.cat([reference[ri], biased[bi]])
+
+    y = torch.cat([torch.ones(batch_size), torch.zeros(batch_size)]).to(device)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "discriminator"))
+    losses, accs = _fit_noisy(disc, draw, y, F.binary_cross_entropy_with_logits, lambda o, y: (o > 0).float() == y,
+                              noise_scheduler, steps=steps, lr=lr, weight_decay=weight_decay, gen=gen, device=device)
     return {"steps": steps, "batch_size_per_class": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "final_bce": float(np.mean(losses[-tail:])) if losses else math.nan,
-            "final_train_acc": float(np.mean(accs[-tail:])) if accs else math.nan,
-            "first_bce": float(np.mean(losses[:tail])) if losses else math.nan}
+            "final_bce": _tail_mean(losses), "final_train_acc": _tail_mean(accs),
+            "first_bce": _tail_mean(losses, first=True)}
 
 
 def fit_group_classifier(clf: nn.Module, images: torch.Tensor, groups: torch.Tensor, noise_scheduler, *,
@@ -78,42 +96,26 @@ def fit_group_classifier(clf: nn.Module, images: torch.Tensor, groups: torch.Ten
     group-balanced batches (``batch_size`` images of every group), images noised to t ~ U{0..T-1}, AdamW with a
     cosine decay. Balanced batches make its logits ``log p_t(x_t | g)`` up to one constant per input, whatever the
     groups' shares in ``images``; the guidance puts the shares back in (methods/classifier_guidance.py)."""
-    from tqdm.auto import tqdm
-
     groups = torch.as_tensor(groups, dtype=torch.long)
     k = int(getattr(clf, "out_dim", 1))
     members = [torch.nonzero(groups == g).flatten() for g in range(k)]
     if k < 2 or any(len(m) == 0 for m in members):
         raise ConfigError(f"the group classifier needs images of each of its {k} groups "
                           f"(counts {[len(m) for m in members]})")
-    clf.to(device).train()
-    opt = torch.optim.AdamW(clf.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    num_t = noise_scheduler.config.num_train_timesteps
-    gen = torch.Generator().manual_seed(derive_seed(seed, "group-classifier"))
+
+    def draw(gen: torch.Generator) -> torch.Tensor:
+        return images[torch.cat([m[torch.randint(len(m), (batch_size,), generator=gen)] for m in members])]
+
     y = torch.arange(k).repeat_interleave(batch_size).to(device)
-    losses, accs = [], []
-    for _ in tqdm(range(steps), desc="group classifier", disable=not progress, leave=False):
-        idx = torch.cat([m[torch.randint(len(m), (batch_size,), generator=gen)] for m in members])
-        x0 = images[idx].to(device).float()
-        t = torch.randint(0, num_t, (len(idx),), generator=gen).to(device)
-        logits = clf(_noised(x0, t, noise_scheduler, gen), t)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        accs.append((logits.argmax(1) == y).float().mean().item())
-    clf.eval()
+    gen = torch.Generator().manual_seed(derive_seed(seed, "group-classifier"))
+    losses, accs = _fit_noisy(clf, draw, y, F.cross_entropy, lambda o, y: o.argmax(1) == y, noise_scheduler,
+                              steps=steps, lr=lr, weight_decay=weight_decay, gen=gen, device=device,
+                              desc="group classifier" if progress else None)
     for p in clf.parameters():
-        p.grad = None
         p.requires_grad_(False)
-    tail = max(1, steps // 10)
     return {"steps": steps, "batch_size_per_group": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "final_ce": float(np.mean(losses[-tail:])) if losses else math.nan,
-            "final_train_acc": float(np.mean(accs[-tail:])) if accs else math.nan,
-            "first_ce": float(np.mean(losses[:tail])) if losses else math.nan}
+            "final_ce": _tail_mean(losses), "final_train_acc": _tail_mean(accs),
+            "first_ce": _tail_mean(losses, first=True)}
 
 
 @torch.no_grad()
