@@ -192,6 +192,12 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
     assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(out / "classifier"), *common,
                  "--out", str(tmp_path / "bad2")]) == 2
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad2").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((out / "classifier" / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes((out / "classifier" / "model.safetensors").read_bytes()[:100])
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier",
+                 str(broken), *common, "--out", str(tmp_path / "bad3")]) == 2
 
 
 def test_label_free_guide_fits_heads_on_clusters_of_its_own_images(base_run, tmp_path):

@@ -324,10 +324,9 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
     run's training images (group-balanced batches) and saved to ``save_to``; with the training images' group
     shares (the base's, which the guidance divides out) and a record (held-out balanced accuracy per noise level)."""
     import torch
-
-    from fairdiff.data import prepare_data
     from diffusers import DDPMScheduler
 
+    from fairdiff.data import prepare_data
     from fairdiff.models.discriminator import NoiseAwareDiscriminator, load_discriminator, save_discriminator
     from fairdiff.training.discriminator import fit_group_classifier, group_accuracy
     from fairdiff.utils.io import write_json
@@ -344,6 +343,8 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
         except FileNotFoundError as e:
             raise FairdiffError(f"--classifier {path}: {e.strerror or e} (a folder written by guide --reader "
                                 "classifier)") from None
+        except Exception as e:  # a truncated or foreign file: one line, never a traceback
+            raise FairdiffError(f"--classifier {path}: cannot read it ({type(e).__name__}: {e})") from None
         if getattr(clf, "out_dim", 1) != k or list(clf.config["in_shape"]) != list(data.train_images.shape[1:]):
             raise FairdiffError(f"--classifier {path} reads {clf.config['in_shape']} images into "
                                 f"{getattr(clf, 'out_dim', 1)} groups; this run has {list(data.train_images.shape[1:])}"
