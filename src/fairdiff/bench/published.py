@@ -89,15 +89,17 @@ def read_rows(path: str | Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def write_rows(path: str | Path, rows: list[dict]) -> None:
+def write_rows(path: str | Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Write ``rows`` (columns ``fields``, default the debias results' ``FIELDS``) in one atomic replace."""
     p = Path(path)
+    fields = FIELDS if fields is None else fields
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore", restval="")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt_cell(r.get(k)) for k in FIELDS})
+            w.writerow({k: _fmt_cell(r.get(k)) for k in fields})
     tmp.replace(p)
 
 

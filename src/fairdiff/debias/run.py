@@ -364,9 +364,9 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
         info["seconds"] = round(time.perf_counter() - t0, 1)
         save_discriminator(clf, save_to)
         write_json(save_to / "record.json", {**info, "train_shares": rho, "groups": list(cfg.data.groups)})
-    for p in clf.parameters():
+    for p in clf.parameters():  # loaded classifiers too (the fit freezes its own)
         p.requires_grad_(False)
-    info["seconds"] = round(time.perf_counter() - t0, 1)
+    info.setdefault("seconds", round(time.perf_counter() - t0, 1))
     return clf.to(dev).eval(), rho, info
 
 
