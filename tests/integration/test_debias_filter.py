@@ -182,11 +182,22 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
     assert clf.out_dim == 2 and (out / "classifier" / "record.json").is_file()
     again = tmp_path / "gc2"
     assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier",
-                 str(out / "classifier"), *common, "--out", str(again)]) == 0
+                 str(out / "classifier"), *common, "--no-pilot-cache", "--out", str(again)]) == 0
     rec2 = json.loads((again / "debias.json").read_text())
     assert rec2["classifier"]["fitted"] is False
-    # the same classifier, seeds and scales: the same pilots
+    # the same classifier, seeds and scales: the same pilots, judged anew (what the pilot cache relies on)
     assert rec2["controller"]["pilots"] == rec["controller"]["pilots"]
+    assert rec2["controller"]["cache"]["hits"] == 0 and rec2["controller"]["cache"]["path"] is None
+    # with the cache (the default), the classifier read back from disk has the same digest: every pilot, the
+    # reference pilot included, comes from the first run's cache file
+    third = tmp_path / "gc3"
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier",
+                 str(out / "classifier"), *common, "--out", str(third)]) == 0
+    rec3 = json.loads((third / "debias.json").read_text())
+    assert rec3["controller"]["cache"]["key"] == rec["controller"]["cache"]["key"]
+    assert rec3["controller"]["cache"]["hits"] == len(rec["controller"]["pilots"]) + 1
+    assert rec3["controller"]["pilots"] == rec["controller"]["pilots"]
+    assert rec3["controller"]["scale"] == rec["controller"]["scale"]
     assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--space", "x", *common,
                  "--out", str(tmp_path / "bad")]) == 2
     assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(out / "classifier"), *common,

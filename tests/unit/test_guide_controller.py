@@ -122,3 +122,46 @@ def test_valid_rate_ceiling_ends_the_search_early():
     res = find_scale(pilot, [0.5, 0.5], max_pilots=30)
     assert res.reason == "the valid-rate floor stops the scale below the target"
     assert len(calls) < 30 and res.scale < 300.0
+
+
+def test_pilot_cache_serves_a_pilot_judged_before_and_keys_on_everything(tmp_path):
+    from fairdiff.debias.guide import PilotCache
+
+    pilot, calls = curve()
+    key = {"unet": "abc", "target": [0.5, 0.5], "eta": 1.0}
+    first = find_scale(PilotCache(tmp_path, key).wrap(pilot), [0.5, 0.5])
+    n_first = len(calls)
+    again = PilotCache(tmp_path, dict(key))
+    second = find_scale(again.wrap(pilot), [0.5, 0.5])
+    assert len(calls) == n_first and again.hits == len(first.pilots)  # nothing drawn the second time
+    assert second.scale == first.scale and [vars(p) for p in second.pilots] == [vars(p) for p in first.pilots]
+    other = PilotCache(tmp_path, {**key, "eta": 0.0})  # another sampler: another file, every pilot drawn
+    assert other.key != again.key
+    find_scale(other.wrap(pilot), [0.5, 0.5])
+    assert len(calls) == 2 * n_first and other.hits == 0
+    # extra arguments are part of a pilot's name; a damaged file is ignored, then rewritten
+    c = PilotCache(tmp_path, key)
+    assert c.wrap(lambda s, eta: pilot(s))(0.0, 1.0).scale == 0.0 and c.hits == 0
+    c.path.write_text("{not json")
+    d = PilotCache(tmp_path, key)
+    assert d.pilots == {} and d.wrap(pilot)(0.0).scale == 0.0 and PilotCache(tmp_path, key).pilots
+    assert PilotCache(None, key).wrap(pilot)(0.0).scale == 0.0  # no folder: nothing kept
+
+
+def test_sha256_arrays_tells_weights_apart():
+    import numpy as np
+    import torch
+
+    from fairdiff.utils.io import sha256_arrays
+
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert sha256_arrays(a.state_dict().items()) == sha256_arrays(b.state_dict().items())
+    with torch.no_grad():
+        b.bias[0] += 1e-5
+    assert sha256_arrays(a.state_dict().items()) != sha256_arrays(b.state_dict().items())
+    x = np.arange(6, dtype=np.float32)
+    assert sha256_arrays([("x", x)]) == sha256_arrays([("x", torch.from_numpy(x))])
+    assert sha256_arrays([("x", x)]) != sha256_arrays([("x", x.reshape(2, 3))])
+    assert sha256_arrays([("x", x)]) != sha256_arrays([("y", x)])

@@ -78,3 +78,20 @@ def test_x0_predictions_are_clipped_like_ddim_when_the_schedule_says_so(kind):
                    clip_output=False)
     assert out_c.abs().max() <= 1.0 + 1e-3
     assert (out_f - far).abs().max() < 0.1
+
+
+def test_eta_per_step_matches_a_single_eta_and_mixes_when_it_varies():
+    """``eta`` may be one number per step: all equal is the single number, bit for bit; ancestral steps first and
+    deterministic ones after lies between the two, and a list of the wrong length is refused."""
+    torch.manual_seed(0)
+    from fairdiff.models import build_unet
+
+    unet = build_unet("tiny", 16, 1)
+    sched = build_sampling_scheduler("ddim", build_noise_scheduler().config)
+    run = lambda eta: sample(unet, sched, [3, 4], num_steps=4, eta=eta, progress=False)  # noqa: E731
+    torch.testing.assert_close(run([1.0] * 4), run(1.0), rtol=0, atol=0)
+    torch.testing.assert_close(run([0.0] * 4), run(0.0), rtol=0, atol=0)
+    mixed = run([1.0, 1.0, 0.0, 0.0])
+    assert not torch.equal(mixed, run(0.0)) and not torch.equal(mixed, run(1.0))
+    with pytest.raises(ValueError, match="one per step"):
+        run([1.0, 0.0])

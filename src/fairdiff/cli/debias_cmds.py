@@ -54,6 +54,9 @@ def register(sub) -> None:
                    "--reader classifier, 0 with heads)")
     p.add_argument("--s0", type=float, help="guide: the controller's first non-zero scale (default 100 for "
                    "--space h, 1 for --space x)")
+    p.add_argument("--no-pilot-cache", action="store_true",
+                   help="guide: judge every pilot anew instead of reusing those judged before with the same model, "
+                   "reader, judge, target and sampler ($FAIRDIFF_CACHE/pilots)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
     p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -86,8 +89,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
     if args.method != "guide" and args.heads is not None:
         raise FairdiffError("--heads is an option of --method guide")
     if args.method != "guide" and (args.space != "h" or args.s0 is not None or args.reader != "heads"
-                                   or args.classifier is not None or args.eta is not None):
-        raise FairdiffError("--space, --reader, --classifier, --eta and --s0 are options of --method guide")
+                                   or args.classifier is not None or args.eta is not None or args.no_pilot_cache):
+        raise FairdiffError("--space, --reader, --classifier, --eta, --s0 and --no-pilot-cache are options of "
+                            "--method guide")
     if args.classifier is not None and not Path(args.classifier).is_dir():
         raise FairdiffError(f"--classifier {args.classifier}: no such folder")
     if not args.temperature > 0:
@@ -105,10 +109,12 @@ def cmd_debias(args: argparse.Namespace) -> int:
                                   pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
                                   space=args.space, s0=args.s0, reader=args.reader,
                                   classifier=args.classifier, classifier_steps=args.classifier_steps, eta=args.eta,
-                                  overwrite=args.overwrite, force=args.force,
+                                  overwrite=args.overwrite, force=args.force, pilot_cache=not args.no_pilot_cache,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]
-        print(f"guide: scale {c['scale']:g} after {len(c['pilots'])} pilots ({c['reason']}); "
+        hits = c["cache"]["hits"]
+        print(f"guide: scale {c['scale']:g} after {len(c['pilots'])} pilots"
+              f"{f' ({hits} judged before, from the pilot cache)' if hits else ''} ({c['reason']}); "
               f"{rec['seconds_per_image'] * 1000:.1f} ms per image (base {rec['base_seconds_per_image'] * 1000:.1f}); "
               f"folder {args.out}")
     elif args.method == "distill":

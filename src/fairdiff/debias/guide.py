@@ -18,13 +18,17 @@ judge, never the test judge.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from fairdiff.errors import FairdiffError
+from fairdiff.utils.io import write_json
 
 
 @dataclass
@@ -48,6 +52,46 @@ class ScaleSearch:
     def record(self) -> dict:
         return {"scale": self.scale, "focus_group": self.focus_group, "reached": self.reached, "reason": self.reason,
                 "valid_floor": self.floor, "pilots": [vars(p) for p in self.pilots]}
+
+
+class PilotCache:
+    """Pilots judged before, kept on disk so that a second run with the same model, reader, judge, target and
+    sampler does not draw them again. The controller's pilots are common random numbers (fixed seeds), so the
+    pilot at a scale is the same image batch in every such run; ``key`` names everything that decides it (weight
+    digests, target, eta, steps, pilot seeds, judge), and a change to any of it is a new file. One JSON file per
+    key in ``folder`` (``None``: nothing is kept); a damaged file is ignored and rewritten."""
+
+    def __init__(self, folder: str | Path | None, key: dict):
+        self.key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        self.path = None if folder is None else Path(folder) / f"{self.key}.json"
+        self.pilots: dict[str, Pilot] = {}
+        self.hits = 0
+        if self.path is not None and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                self.pilots = {k: Pilot(**p) for k, p in data["pilots"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self.pilots = {}
+
+    def wrap(self, pilot: Callable[..., Pilot]) -> Callable[..., Pilot]:
+        """``pilot(scale, *args)`` served from the cache when that call was judged before."""
+
+        def cached(scale: float, *args) -> Pilot:
+            name = json.dumps([float(scale), *args])
+            if name in self.pilots:
+                self.hits += 1
+                return self.pilots[name]
+            p = pilot(scale, *args)
+            self.pilots[name] = p
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(self.path, {"pilots": {k: vars(v) for k, v in self.pilots.items()}})
+            return p
+
+        return cached
+
+    def record(self) -> dict:
+        return {"key": self.key, "path": None if self.path is None else str(self.path), "hits": self.hits}
 
 
 def find_scale(

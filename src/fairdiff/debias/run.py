@@ -370,6 +370,17 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
     return clf.to(dev).eval(), rho, info
 
 
+def _judge_digest(judge) -> dict:
+    """What decides a judge's verdicts, for the pilot cache: its description, and its centroids when it is a
+    label-free cluster judge (whose description alone does not pin them)."""
+    from fairdiff.utils.io import sha256_arrays
+
+    d = dict(judge.describe())
+    if hasattr(judge, "centroids"):
+        d["arrays"] = sha256_arrays([(k, getattr(judge, k)) for k in ("mean", "components", "centroids", "radius")])
+    return d
+
+
 def guide_run_to_target(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -397,6 +408,7 @@ def guide_run_to_target(
     evaluate: bool = True,
     progress: bool = True,
     force: bool = False,
+    pilot_cache: bool = True,
 ) -> dict:
     """Distribution guidance whose scale a controller finds (:func:`fairdiff.debias.guide.find_scale`).
 
@@ -417,6 +429,9 @@ def guide_run_to_target(
     docs/debias.md measures deterministic DDIM stopping short of the target), 0 with heads. Every image keeps its
     own noise seed, so pilots stay common random numbers.
     ``force``: use ``heads`` fitted on another model's weights (a warning instead of an error).
+    ``pilot_cache``: keep judged pilots in ``$FAIRDIFF_CACHE/pilots`` (:class:`~fairdiff.debias.guide.PilotCache`,
+    keyed by the weights of the model and the reader, the judge, target and sampler): a second seed, or a rerun,
+    of the same guidance skips the pilots it has judged before (the record counts the hits).
     """
     import tempfile
 
@@ -438,7 +453,10 @@ def guide_run_to_target(
     from fairdiff.training.heads import train_heads
     from fairdiff.utils.outputs import check_output_dir
 
-    from .guide import Pilot, find_scale
+    from fairdiff.data.sources import cache_dir
+    from fairdiff.utils.io import sha256_arrays
+
+    from .guide import Pilot, PilotCache, find_scale
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = read_run_config(run_dir)
@@ -558,7 +576,14 @@ def guide_run_to_target(
             return to_uint8(x)
 
         pilot_seeds = list(range(PILOT_SEED, PILOT_SEED + pilot_n))
+        cache = PilotCache(cache_dir() / "pilots" if pilot_cache else None, {
+            "version": 1, "unet": sha256_arrays(unet.state_dict().items()),
+            "reader": sha256_arrays((clf_model if reader == "classifier" else heads_obj).state_dict().items()),
+            "rho": rho, "judge": _judge_digest(clf), "target": tgt.tolist(), "eta": eta, "steps": steps,
+            "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "mode": mode, "reader": reader, "space": space,
+            "temperature": temperature})
 
+        @cache.wrap
         def pilot(scale: float, eta_: float | None = None) -> Pilot:
             v = verdicts(draw(pilot_seeds, scale, eta_))
             valid = v != OUTSIDE
@@ -590,7 +615,7 @@ def guide_run_to_target(
             + "; the test judge scores metrics.json",
             "controller": {**search.record(), "reference_pilot": None if reference is None else vars(reference),
                            "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
-                           "valid_drop": valid_drop, "s0": s0},
+                           "valid_drop": valid_drop, "s0": s0, "cache": cache.record()},
             "heads_seconds": round(heads_s, 2), "pilot_seconds": round(pilot_s, 2),
             "seconds_per_image": round(per_image, 5), "base_seconds_per_image": round(base_per_image or math.nan, 5),
             "kept": n, "drawn": n, "drawn_per_kept": 1.0, "seconds_per_kept_image": round(per_image, 5),

@@ -54,7 +54,7 @@ def sample(
     cond: Mapping | None = None,
     shape: Sequence[int] | None = None,
     guidance: Guidance | None = None,
-    eta: float = 0.0,
+    eta: float | Sequence[float] = 0.0,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
@@ -73,6 +73,9 @@ def sample(
     ``uncond`` branches of :class:`~fairdiff.sampling.denoisers.CFGDenoiser`), each batch gets its rows;
     ``class_labels`` (one per seed) is short for ``cond={"class_labels": ...}``. ``guidance`` may need gradients,
     so the loop only disables autograd around plain denoiser calls.
+
+    ``eta``: DDIM's noise, one number for every step or one per step (``num_steps`` of them, first step first):
+    e.g. ancestral steps while the image's coarse form is decided, deterministic ones after.
 
     Speed options (docs/performance.md), none of which changes which noise an image starts from:
     ``precision='bf16'`` runs the U-Net under bf16 autocast (the sample and the scheduler step stay fp32);
@@ -107,6 +110,9 @@ def sample(
             raise ValueError("class_labels needs one label per seed")
         cond["class_labels"] = class_labels
     _check_rows(cond, len(seeds))
+    etas = [float(e) for e in eta] if hasattr(eta, "__len__") else [float(eta)] * num_steps
+    if len(etas) != num_steps:
+        raise ValueError(f"eta: one number, or one per step ({num_steps}), got {len(etas)}")
     was_training = unet.training
     unet.eval()
     out = []
@@ -137,7 +143,7 @@ def sample(
                 else:
                     eps = guidance(i, tb, x, denoise)
                 with torch.no_grad():
-                    x = scheduler.step(eps.detach(), t, x, **_step_kwargs(scheduler, eta, gens)).prev_sample
+                    x = scheduler.step(eps.detach(), t, x, **_step_kwargs(scheduler, etas[i], gens)).prev_sample
             out.append(x.float().clamp(-1, 1).cpu() if clip_output else x.float().cpu())
             bar.update(len(bs))
     finally:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from fairdiff.errors import FairdiffError
 
 DISK_FULL_ERRNOS = frozenset(e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e)
@@ -187,4 +189,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def sha256_arrays(named: Iterable[tuple[str, Any]]) -> str:
+    """The SHA-256 (hex) of named arrays, in the order given: each name, dtype, shape and bytes. Torch tensors
+    (``module.state_dict().items()``) and numpy arrays alike; two models hash equal only when every weight is."""
+    h = hashlib.sha256()
+    for name, a in named:
+        if hasattr(a, "detach"):  # a torch tensor, read without importing torch here
+            a = a.detach().cpu()
+            a = (a.float() if str(a.dtype) == "torch.bfloat16" else a).numpy()
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
