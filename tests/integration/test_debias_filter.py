@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -209,6 +210,40 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
     (broken / "model.safetensors").write_bytes((out / "classifier" / "model.safetensors").read_bytes()[:100])
     assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier",
                  str(broken), *common, "--out", str(tmp_path / "bad3")]) == 2
+
+
+def test_label_free_classifier_guidance_learns_the_clusters_of_its_own_images(base_run, tmp_path):
+    """``--judge clusters --reader classifier``: the noise-aware classifier is fitted on the base's own images
+    labelled by their k-means clusters, which are saved beside it; the guidance divides out the base's shares over
+    those clusters; a second run reads classifier and clusters back; a labelled classifier is refused."""
+    from fairdiff.debias.clusters import load_cluster_judge
+
+    common = ["--target", "0.5,0.5", "--n", "8", "--steps", "2", "--pilot-n", "16", "--max-pilots", "2",
+              "--judge", "clusters", "--reader", "classifier", "--no-eval", "-q"]
+    out = tmp_path / "lfc"
+    assert main(["debias", str(base_run), "--method", "guide", "--classifier-steps", "5", *common,
+                 "--out", str(out)]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["reader"] == "classifier" and rec["judge"]["kind"] == "clusters (label-free)"
+    c = rec["classifier"]
+    assert c["fitted"] and "clusters" in c["labels"] and c["cluster_pilot_n"] == 2000 and len(c["heldout"]) == 4
+    cj = load_cluster_judge(out / "classifier" / "clusters.npz")
+    assert cj.num_classes == 2 and cj.pilot_shares == pytest.approx(rec["judge"]["pilot_shares"], abs=1e-4)
+    shares = json.loads((out / "classifier" / "record.json").read_text())["train_shares"]
+    # the shares divided out are those of the fitting images over the clusters: the largest cluster comes first
+    assert sum(shares) == pytest.approx(1.0) and shares[0] >= shares[1] - 0.1
+    assert rec["judge_role"].startswith("label-free clusters (classifier's")
+    again = tmp_path / "lfc2"
+    assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(out / "classifier"), *common,
+                 "--no-pilot-cache", "--out", str(again)]) == 0
+    rec2 = json.loads((again / "debias.json").read_text())
+    assert rec2["classifier"]["fitted"] is False and rec2["controller"]["pilots"] == rec["controller"]["pilots"]
+    labelled = tmp_path / "labelled"  # a classifier folder without clusters (as a labelled fit writes it)
+    shutil.copytree(out / "classifier", labelled)
+    (labelled / "clusters.npz").unlink()
+    assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(labelled), *common,
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_label_free_guide_fits_heads_on_clusters_of_its_own_images(base_run, tmp_path):

@@ -45,7 +45,8 @@ def register(sub) -> None:
                    "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
     p.add_argument("--reader", choices=["heads", "classifier"], default="heads",
                    help="guide: what reads the group from the sample: heads on h-space (the default) or a noise-aware "
-                   "group classifier on x_t (classifier guidance toward the target's mixture; fitted here)")
+                   "group classifier on x_t (classifier guidance toward the target's mixture; fitted here on the training labels, "
+                   "or with --judge clusters on the base's own images and their clusters)")
     p.add_argument("--classifier", help="guide --reader classifier: a classifier folder written by an earlier guide "
                    "run (its classifier/), instead of fitting one")
     p.add_argument("--classifier-steps", type=int, default=4000,

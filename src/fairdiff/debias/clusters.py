@@ -67,3 +67,21 @@ def fit_cluster_judge(images: np.ndarray, k: int, *, seed: int = 0, n_components
     radius = np.array([np.quantile(d[lab == c], outside_quantile) if (lab == c).any() else np.inf
                        for c in range(k)])
     return ClusterJudge(pca.mean_, pca.components_, centroids, radius, (counts[order] / len(lab)).tolist(), seed)
+
+
+CLUSTER_FIELDS = ("mean", "components", "centroids", "radius")
+
+
+def save_cluster_judge(cj: ClusterJudge, path) -> None:
+    """The clusters as plain arrays (``.npz``, no pickle), so that a label-free classifier carries the groups it
+    was fitted on."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{f: getattr(cj, f) for f in CLUSTER_FIELDS}, pilot_shares=np.asarray(cj.pilot_shares),
+             seed=np.asarray(cj.seed))
+
+
+def load_cluster_judge(path) -> ClusterJudge:
+    with np.load(path, allow_pickle=False) as z:
+        return ClusterJudge(*(z[f] for f in CLUSTER_FIELDS), z["pilot_shares"].tolist(), int(z["seed"]))

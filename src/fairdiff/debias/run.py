@@ -9,6 +9,7 @@ judge and the second judge, ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import shutil
@@ -280,32 +281,40 @@ def distill_run(
     return record
 
 
-def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, heldout: float = 0.25,
-                  pool: str = "flatten"):
-    """Label-free heads (the SelfDebias-style twin of distribution guidance): ``CLUSTER_PILOT`` images of the base
-    (seeds from ``PILOT_SEED``) are drawn while h is recorded at every DDIM step; k-means clusters of the images
-    (:func:`fit_cluster_judge`) label them (images outside every cluster are dropped); the one heads fitter fits a
-    head per step on the recorded h. Returns the cluster judge and a :class:`HeadsTrainResult` (a seeded
-    ``heldout`` share of the images scores each step's head)."""
-    import torch
-
+def cluster_pilot(unet, sched_cfg, k: int, steps: int, *, seed: int, device, guidance=None):
+    """``CLUSTER_PILOT`` images of the base (seeds from ``PILOT_SEED``, DDIM with ``steps``; ``guidance`` may
+    record along the way) and their k-means clusters (:func:`fit_cluster_judge`): the cluster judge, the uint8
+    images and each image's cluster (``OUTSIDE`` beyond every cluster's radius)."""
     from fairdiff.evaluation.samples import to_uint8
-    from fairdiff.metrics import OUTSIDE
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.models.heads import HeadsConfig, model_fingerprint, schedule_timesteps
     from fairdiff.sampling import sample
-    from fairdiff.sampling.denoisers import RecordH
-    from fairdiff.training.heads import HeadsTrainResult, fit_step_heads, split_heldout
 
     from .clusters import fit_cluster_judge
 
-    t0 = time.perf_counter()
-    rec = RecordH(pool, unet=unet)
     x = sample(unet, build_sampling_scheduler("ddim", sched_cfg), range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT),
-               batch_size=250, num_steps=steps, guidance=rec, device=device, progress=False)
+               batch_size=250, num_steps=steps, guidance=guidance, device=device, progress=False)
     images = to_uint8(x)
     cj = fit_cluster_judge(images, k, seed=seed)
-    labels = torch.from_numpy(cj.verdicts(images))
+    return cj, images, cj.verdicts(images)
+
+
+def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, heldout: float = 0.25,
+                  pool: str = "flatten"):
+    """Label-free heads (the SelfDebias-style twin of distribution guidance): the base's :func:`cluster_pilot`
+    images are drawn while h is recorded at every DDIM step; their clusters label them (images outside every
+    cluster are dropped); the one heads fitter fits a head per step on the recorded h. Returns the cluster judge
+    and a :class:`HeadsTrainResult` (a seeded ``heldout`` share of the images scores each step's head)."""
+    import torch
+
+    from fairdiff.metrics import OUTSIDE
+    from fairdiff.models.heads import HeadsConfig, model_fingerprint, schedule_timesteps
+    from fairdiff.sampling.denoisers import RecordH
+    from fairdiff.training.heads import HeadsTrainResult, fit_step_heads, split_heldout
+
+    t0 = time.perf_counter()
+    rec = RecordH(pool, unet=unet)
+    cj, _, verdicts = cluster_pilot(unet, sched_cfg, k, steps, seed=seed, device=device, guidance=rec)
+    labels = torch.from_numpy(verdicts)
     keep = torch.nonzero(labels != OUTSIDE).flatten()
     train, held = split_heldout(keep, heldout, seed)
     n_held = len(held)
@@ -319,22 +328,22 @@ def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, hel
     return cj, HeadsTrainResult(heads, {a: v for a, v in he.items() if v}, tr, time.perf_counter() - t0)
 
 
-def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, progress: bool):
-    """The noise-aware group classifier of ``guide --reader classifier``: read from ``path`` or fitted on the
-    run's training images (group-balanced batches) and saved to ``save_to``; with the training images' group
-    shares (the base's, which the guidance divides out) and a record (held-out balanced accuracy per noise level)."""
+def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, progress: bool, *, in_shape,
+                      images=None, groups=None, heldout=None, seed: int = 0):
+    """The noise-aware group classifier of ``guide --reader classifier``: read from ``path`` (with the group
+    shares its record says it was fitted on) or fitted (group-balanced batches) and saved to ``save_to``; returns
+    it, the group shares of the images it was fitted on (the base's, which the guidance divides out) and a record
+    (held-out balanced accuracy per noise level). Fitted on the run's training images and their labels, or,
+    label-free, on ``images`` (float, [-1, 1]) with ``groups`` (the base's own images and their clusters;
+    ``heldout``: images and groups that score it)."""
     import torch
     from diffusers import DDPMScheduler
 
-    from fairdiff.data import prepare_data
     from fairdiff.models.discriminator import NoiseAwareDiscriminator, load_discriminator, save_discriminator
     from fairdiff.training.discriminator import fit_group_classifier, group_accuracy
-    from fairdiff.utils.io import write_json
+    from fairdiff.utils.io import read_json_checked, write_json
 
     k = len(cfg.data.groups)
-    data = prepare_data(cfg.data)
-    groups = torch.as_tensor(np.asarray(data.train_groups), dtype=torch.long)
-    rho = (torch.bincount(groups, minlength=k).double() / len(groups)).tolist()
     noise = DDPMScheduler.from_config(sched_cfg)  # the base's own forward process
     t0 = time.perf_counter()
     if path is not None:
@@ -345,21 +354,35 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
                                 "classifier)") from None
         except Exception as e:  # a truncated or foreign file: one line, never a traceback
             raise FairdiffError(f"--classifier {path}: cannot read it ({type(e).__name__}: {e})") from None
-        if getattr(clf, "out_dim", 1) != k or list(clf.config["in_shape"]) != list(data.train_images.shape[1:]):
+        if getattr(clf, "out_dim", 1) != k or list(clf.config["in_shape"]) != list(in_shape):
             raise FairdiffError(f"--classifier {path} reads {clf.config['in_shape']} images into "
-                                f"{getattr(clf, 'out_dim', 1)} groups; this run has {list(data.train_images.shape[1:])}"
-                                f" images in {k} groups")
+                                f"{getattr(clf, 'out_dim', 1)} groups; this run has {list(in_shape)} images in {k} "
+                                "groups")
+        rho = read_json_checked(Path(path) / "record.json", "classifier record").get("train_shares")
+        if not isinstance(rho, list) or len(rho) != k:
+            raise FairdiffError(f"--classifier {path}: its record.json lacks the {k} group shares it was fitted on")
         info = {"fitted": False, "path": str(path)}
     else:
-        images = torch.as_tensor(np.asarray(data.train_images)).float()
+        if images is None:
+            from fairdiff.data import prepare_data
+
+            data = prepare_data(cfg.data)
+            images = torch.as_tensor(np.asarray(data.train_images)).float()
+            groups = np.asarray(data.train_groups)
+            if len(data.heldout_images):
+                heldout = (torch.as_tensor(np.asarray(data.heldout_images)).float(), np.asarray(data.heldout_groups))
+            labels = "the run's training images and their group labels"
+        else:
+            labels = "the base's own images and their k-means clusters (no label)"
+        groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
+        rho = (torch.bincount(groups, minlength=k).double() / len(groups)).tolist()
         clf = NoiseAwareDiscriminator(images.shape[1:], width=64, num_train_timesteps=noise.config.num_train_timesteps,
                                       out_dim=k)
-        fit = fit_group_classifier(clf, images, groups, noise, steps=steps, batch_size=64, seed=cfg.train.seed,
-                                   device=dev, progress=progress)
-        info = {"fitted": True, **fit}
-        if len(data.heldout_images):
-            info["heldout"] = group_accuracy(clf, torch.as_tensor(np.asarray(data.heldout_images)).float(),
-                                             np.asarray(data.heldout_groups), noise, seed=cfg.train.seed,
+        fit = fit_group_classifier(clf, images, groups, noise, steps=steps, batch_size=64,
+                                   seed=cfg.train.seed + seed, device=dev, progress=progress)
+        info = {"fitted": True, "labels": labels, **fit}
+        if heldout is not None and len(heldout[0]):
+            info["heldout"] = group_accuracy(clf, heldout[0], np.asarray(heldout[1]), noise, seed=cfg.train.seed,
                                              device=dev)
         info["seconds"] = round(time.perf_counter() - t0, 1)
         save_discriminator(clf, save_to)
@@ -368,6 +391,54 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
         p.requires_grad_(False)
     info.setdefault("seconds", round(time.perf_counter() - t0, 1))
     return clf.to(dev).eval(), rho, info
+
+
+def _in_shape(unet) -> list[int]:
+    """The shape of one sample of the U-Net (channels, height, width): what a classifier on x_t reads."""
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    return [int(c.in_channels), int(size), int(size)]
+
+
+def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, steps: int, classifier_steps: int,
+                           dev, progress: bool, seed: int):
+    """The label-free classifier of ``guide --judge clusters --reader classifier``: the base's own
+    :func:`cluster_pilot` images labelled by their k-means clusters (outside images dropped; a seeded quarter held
+    out), a noise-aware classifier fitted on them, the clusters saved beside it (``clusters.npz``) so that a
+    later run reads both back. Returns the cluster judge, the classifier, the base's shares over the clusters and
+    a record."""
+    import torch
+
+    from fairdiff.metrics import OUTSIDE
+    from fairdiff.training.heads import split_heldout
+
+    from .clusters import load_cluster_judge, save_cluster_judge
+
+    t0 = time.perf_counter()
+    if path is not None:
+        f = Path(path) / "clusters.npz"
+        if not f.is_file():
+            raise FairdiffError(f"--classifier {path} has no clusters.npz: it was fitted on labels; with --judge "
+                                "clusters give a classifier folder written by a label-free guide run")
+        cj = load_cluster_judge(f)
+        if cj.num_classes != k:
+            raise FairdiffError(f"--classifier {path}: its clusters are {cj.num_classes} groups, this run has {k}")
+        clf, rho, info = _group_classifier(cfg, sched_cfg, path, save_to, classifier_steps, dev, progress,
+                                           in_shape=_in_shape(unet))
+        return cj, clf, rho, info
+    cj, images, verdicts = cluster_pilot(unet, sched_cfg, k, steps, seed=seed, device=dev)
+    pilot_s = time.perf_counter() - t0
+    labels = torch.from_numpy(verdicts)
+    keep = torch.nonzero(labels != OUTSIDE).flatten()
+    train, held = split_heldout(keep, 0.25, seed)
+    x = torch.from_numpy(images).float() / 127.5 - 1.0  # the quantised images, as the training images are
+    clf, rho, info = _group_classifier(cfg, sched_cfg, None, save_to, classifier_steps, dev, progress,
+                                       in_shape=_in_shape(unet), images=x[train], groups=labels[train], heldout=(x[held], labels[held]),
+                                       seed=seed)
+    save_cluster_judge(cj, save_to / "clusters.npz")
+    info.update(cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(pilot_s, 2),
+                outside=int((labels == OUTSIDE).sum()), seconds=round(time.perf_counter() - t0, 1))
+    return cj, clf, rho, info
 
 
 def _judge_digest(judge) -> dict:
@@ -491,9 +562,6 @@ def guide_run_to_target(
     dev = resolve_device(device)
     unet, sched_cfg = load_guidable(run_dir, dev)
     label_free = judge == "clusters"
-    if label_free and reader == "classifier":
-        raise FairdiffError("guide --reader classifier needs the training images' group labels; with --judge "
-                            "clusters use --reader heads")
     if label_free and heads is not None:
         raise FairdiffError("guide --judge clusters fits its heads on the clusters of the base's own images; "
                             "leave out --heads")
@@ -502,9 +570,14 @@ def guide_run_to_target(
     work = Path(tempfile.mkdtemp(prefix="fairdiff-guide-"))
     try:
         clf_model = rho = None
-        if reader == "classifier":
+        if reader == "classifier" and label_free:  # no label anywhere: the classifier learns the base's clusters
+            cj, clf_model, rho, heads_info = _label_free_classifier(cfg, unet, sched_cfg, classifier,
+                                                                    work / "classifier", k, steps, classifier_steps,
+                                                                    dev, progress, seed)
+            clf, verdicts = cj, cj.verdicts
+        elif reader == "classifier":
             clf_model, rho, heads_info = _group_classifier(cfg, sched_cfg, classifier, work / "classifier",
-                                                           classifier_steps, dev, progress)
+                                                           classifier_steps, dev, progress, in_shape=_in_shape(unet))
         elif label_free:  # no label anywhere: clusters of the base's own images label its recorded h
             cj, fit = cluster_heads(unet, sched_cfg, k, steps, seed=seed, device=dev)
             clf, verdicts = cj, cj.verdicts
@@ -611,7 +684,7 @@ def guide_run_to_target(
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim", "eta": eta,
             "mode": mode, "reader": reader, "space": space if reader == "heads" else "x",
             "temperature": temperature if reader == "heads" else None, reader: heads_info, "judge": clf.describe(),
-            "judge_role": ("label-free clusters (heads' labels and pilots)" if label_free else "validation (pilots)")
+            "judge_role": (f"label-free clusters ({reader}'s labels and pilots)" if label_free else "validation (pilots)")
             + "; the test judge scores metrics.json",
             "controller": {**search.record(), "reference_pilot": None if reference is None else vars(reference),
                            "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
