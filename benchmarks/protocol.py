@@ -10,10 +10,14 @@ Methods (each toward each target, each seed):
   guide-clf, guide-clf-sample  the same two with a noise-aware group classifier on x_t instead of h-space heads
             (--reader classifier); the classifier is fitted once per base (OUT/classifier) and reused
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
-  filter-lf, guide-lf  the label-free forms: groups are k-means clusters of the base's own images (--judge
-            clusters; guide-lf fits its heads on those clusters), no label or judge anywhere
+  filter-lf, guide-lf, guide-clf-lf  the label-free forms: groups are k-means clusters of the base's own images
+            (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its classifier, once per
+            base at OUT/classifier-lf), no label or judge anywhere
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
   reweight  group reweighting toward the target, fine-tuned from the base
+  tiw, iw   label-free reference-set reweighting (docs/tiw.md), fine-tuned from the base: an unlabeled reference
+            of 10 % of the training set drawn at the target's shares; the training set is cut to 5000 images
+            (data.size) so that enough digits of every group lie outside it for that reference
 Fine-tunes use one budget: 400 steps, batch 64, lr 2e-4, full fine-tuning of the U-Net, EMA 0.99.
 Every model is scored by the test judge (eval.seed's domain CNN) and the second judge on --n images.
 
@@ -32,6 +36,8 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
+REFERENCE = ["data.size=5000", "data.reference=0.1", "method.disc_steps=500", "method.disc_batch_size=64",
+             "method.disc_holdout=0.2", "method.weight_clip=20.0"]  # the reference-set methods (docs/tiw.md)
 
 
 def _tname(target: list[float]) -> str:
@@ -50,7 +56,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     folder = out / f"{method}-{_tname(target)}-s{seed}"
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
-        if "debias" in m or method in ("base", "base-eta1", "ddm", "reweight"):
+        if "debias" in m or method in ("base", "base-eta1", "ddm", "reweight", "tiw", "iw"):
             return m
         # a debias folder evaluated but not yet annotated (an interrupted protocol): its record is in debias.json
         m["debias"] = json.loads((folder / "debias.json").read_text())
@@ -67,13 +73,14 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf", "guide-clf", "guide-clf-sample"):
+    elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf", "guide-clf", "guide-clf-sample",
+                    "guide-clf-lf"):
         fn = debias_run if method.startswith("filter") else guide_run_to_target
         kw = {"method": "filter"} if method.startswith("filter") else {
             "mode": "sample" if method.endswith("-sample") else "batch"}
+        shared = out / ("classifier-lf" if method.endswith("-lf") else "classifier")
         if method.startswith("guide-clf"):
             kw["reader"] = "classifier"
-            shared = out / "classifier"
             if shared.is_dir():
                 kw["classifier"] = shared
         if method.endswith("-lf"):
@@ -85,19 +92,21 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             fitted = rec["classifier"] if rec["classifier"]["fitted"] else json.loads(
                 (Path(rec["classifier"]["path"]) / "record.json").read_text())
             timing["train_s"] = fitted.get("seconds")
-        if method.startswith("guide-clf") and not (out / "classifier").is_dir():
+        if method.startswith("guide-clf") and not shared.is_dir():
             import shutil
 
-            shutil.copytree(folder / "classifier", out / "classifier")  # fitted once per base, then reused
+            shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
     elif method == "distill":
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False)
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]
-    elif method in ("ddm", "reweight"):
-        extra = ["method.name=ddm", "method.alpha=0.05"] if method == "ddm" else [
-            "method.name=reweight", f"method.target=[{','.join(map(str, target))}]"]
+    elif method in ("ddm", "reweight", "tiw", "iw"):
+        tstr = ",".join(map(str, target))
+        extra = {"ddm": ["method.name=ddm", "method.alpha=0.05"],
+                 "reweight": ["method.name=reweight", f"method.target=[{tstr}]"]}.get(method) or [
+            f"method.name={method}", *REFERENCE, f"data.reference_shares=[{tstr}]"]
         ft = load_config(base / "config.yaml", [*FINETUNE, *extra, f"model.pretrained={base.resolve()}",
                                                 f"train.seed={seed}", f"sample.seed={sseed}", f"eval.n_samples={n}",
                                                 f"eval.target=[{','.join(map(str, target))}]"])
