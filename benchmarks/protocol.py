@@ -36,6 +36,7 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
+FINETUNED = ("distill", "ddm", "reweight", "tiw", "iw")
 REFERENCE = ["data.size=5000", "data.reference=0.1", "method.disc_steps=500", "method.disc_batch_size=64",
              "method.disc_holdout=0.2", "method.weight_clip=20.0"]  # the reference-set methods (docs/tiw.md)
 
@@ -44,11 +45,12 @@ def _tname(target: list[float]) -> str:
     return "t" + "-".join(f"{x:g}" for x in target)
 
 
-def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out: Path) -> dict:
+def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out: Path,
+            reuse: Path | None = None) -> dict:
     from fairdiff.config import load_config
     from fairdiff.debias import debias_run, distill_run
     from fairdiff.debias.run import guide_run_to_target
-    from fairdiff.evaluation import evaluate_samples
+    from fairdiff.evaluation import evaluate_run, evaluate_samples
     from fairdiff.runs import read_run_config
     from fairdiff.sampling import sample_run
     from fairdiff.training import train
@@ -66,7 +68,18 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     cfg = read_run_config(base)
     t0 = time.time()
     timing: dict = {}
-    if method in ("base", "base-eta1"):
+    trained = None if reuse is None else reuse / folder.name
+    if method in FINETUNED and trained is not None and (trained / "model").is_dir():
+        # a model fine-tuned by an earlier protocol run (same method, target, seed) sampled again at n images: the
+        # first images are the earlier run's (the same seeds), its metrics stay in its own folder
+        m = evaluate_run(trained, n=n, out_dir=folder, progress=False)
+        earlier = json.loads((trained / "metrics.json").read_text())
+        timing["train_s"] = earlier.get("timing", {}).get("train_s")
+        m["debias"] = earlier.get("debias")
+        if m["debias"] is None:
+            m.pop("debias")
+        timing["reused"] = str(trained)
+    elif method in ("base", "base-eta1"):
         sample_run(base, n, out_dir=folder / "samples", seed=sseed, steps=cfg.sample.steps,
                    eta=1.0 if method == "base-eta1" else cfg.sample.eta,
                    batch_size=cfg.sample.batch_size, png=False, progress=False)
@@ -81,6 +94,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         shared = out / ("classifier-lf" if method.endswith("-lf") else "classifier")
         if method.startswith("guide-clf"):
             kw["reader"] = "classifier"
+            if not shared.is_dir() and reuse is not None and (reuse / shared.name).is_dir():
+                shared = reuse / shared.name  # the classifier an earlier protocol run fitted for this base
             if shared.is_dir():
                 kw["classifier"] = shared
         if method.endswith("-lf"):
@@ -145,6 +160,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--results", type=Path, default=Path("docs/results/debias.csv"))
+    ap.add_argument("--reuse", type=Path, help="an earlier --out of the same base: its fine-tuned models (distill, "
+                    "ddm, reweight, tiw, iw) and classifiers are sampled again at --n instead of trained anew")
     args = ap.parse_args()
     from fairdiff.bench.published import add_rows, row_from_metrics
 
@@ -153,7 +170,7 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for method in args.methods.split(","):
                 t0 = time.time()
-                m = run_one(args.base, method, target, seed, args.n, args.out)
+                m = run_one(args.base, method, target, seed, args.n, args.out, args.reuse)
                 row = row_from_metrics(m, args.setting, method, seed)
                 add_rows(args.results, [row])
                 print(f"{args.setting} {method} target {t} seed {seed}: valid {row['valid_rate']:.3f} share0 "

@@ -183,7 +183,8 @@ def meets_bar(row: dict, base: dict | None) -> bool | None:
 
 def summarize(rows: list[dict], by: str) -> list[dict]:
     """One row per value of ``by``: numeric columns averaged, ``seeds``, ``share_0_range`` and ``bar``."""
-    bases = {(r.get("seed"), r.get("target_0"), r.get("setting")): r for r in rows if r.get("method") == "base"}
+    bases = {(r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n")): r for r in rows
+             if r.get("method") == "base"}
     out: dict[str, list[dict]] = {}
     for r in rows:
         out.setdefault(r.get(by, ""), []).append(r)
@@ -199,7 +200,8 @@ def summarize(rows: list[dict], by: str) -> list[dict]:
         agg["seeds"] = ",".join(str(r.get("seed")) for r in rs)
         shares = [_num(r.get("share_0")) for r in rs]
         agg["share_0_range"] = f"{_fmt(str(min(shares)))}-{_fmt(str(max(shares)))}" if shares else ""
-        verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting")))) for r in rs]
+        verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n"))))
+                    for r in rs]
         known = [v for v in verdicts if v is not None]
         agg["bar"] = f"{sum(known)}/{len(known)}" if known and key != "base" else "—"
         summary.append(agg)
