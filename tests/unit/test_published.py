@@ -60,6 +60,13 @@ def test_summary_by_method_counts_the_seeds_that_meet_the_bar(tmp_path):
     assert md[2] == "| base | 0,1 | 0.950 | 0.820-0.820 | — |"
     assert md[3] == "| good | 0,1 | 0.930 | 0.500-0.520 | 1/2 |"
     assert md[4] == "| far | 0 | 0.960 | 0.540-0.540 | 0/1 |"
+    # the same seed at more images: compared with the base row of its own image count, never the other one
+    add_rows(tmp_path / "r.csv", [row_from_metrics(_metrics(valid=0.97, share0=0.82, n=1000), "s", "base", 0),
+                                  row_from_metrics(_metrics(valid=0.94, share0=0.52, n=1000), "s", "good", 0)])
+    md = render_block("r.csv by=method cols=method,seeds,bar", tmp_path).splitlines()
+    assert md[3] == "| good | 0,1,0 | 1/3 |"  # seed 0 at 100 images still meets it against its own base
+    md = render_block("r.csv n=1000 by=method cols=method,seeds,valid_rate,bar", tmp_path).splitlines()
+    assert md[2:] == ["| base | 0 | 0.970 | — |", "| good | 0 | 0.940 | 0/1 |"]
 
 
 def test_repository_docs_match_their_results_files():
