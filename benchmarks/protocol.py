@@ -18,6 +18,7 @@ Methods (each toward each target, each seed):
   tiw, iw   label-free reference-set reweighting (docs/tiw.md), fine-tuned from the base: an unlabeled reference
             of 10 % of the training set drawn at the target's shares; the training set is cut to 5000 images
             (data.size) so that enough digits of every group lie outside it for that reference
+  ref-only  the base fine-tuned on that reference set alone (data.train_on=reference; no labels)
 Fine-tunes use one budget: 400 steps, batch 64, lr 2e-4, full fine-tuning of the U-Net, EMA 0.99.
 Every model is scored by the test judge (eval.seed's domain CNN) and the second judge on --n images.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
-FINETUNED = ("distill", "ddm", "reweight", "tiw", "iw")
+FINETUNED = ("distill", "ddm", "reweight", "tiw", "iw", "ref-only")
 REFERENCE = ["data.size=5000", "data.reference=0.1", "method.disc_steps=500", "method.disc_batch_size=64",
              "method.disc_holdout=0.2", "method.weight_clip=20.0"]  # the reference-set methods (docs/tiw.md)
 
@@ -58,7 +59,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     folder = out / f"{method}-{_tname(target)}-s{seed}"
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
-        if "debias" in m or method in ("base", "base-eta1", "ddm", "reweight", "tiw", "iw"):
+        if "debias" in m or method in ("base", "base-eta1", *FINETUNED[1:]):
             return m
         # a debias folder evaluated but not yet annotated (an interrupted protocol): its record is in debias.json
         m["debias"] = json.loads((folder / "debias.json").read_text())
@@ -117,10 +118,12 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]
-    elif method in ("ddm", "reweight", "tiw", "iw"):
+    elif method in FINETUNED[1:]:
         tstr = ",".join(map(str, target))
         extra = {"ddm": ["method.name=ddm", "method.alpha=0.05"],
-                 "reweight": ["method.name=reweight", f"method.target=[{tstr}]"]}.get(method) or [
+                 "reweight": ["method.name=reweight", f"method.target=[{tstr}]"],
+                 "ref-only": ["method.name=baseline", "data.train_on=reference", *REFERENCE[:2],
+                              f"data.reference_shares=[{tstr}]"]}.get(method) or [
             f"method.name={method}", *REFERENCE, f"data.reference_shares=[{tstr}]"]
         ft = load_config(base / "config.yaml", [*FINETUNE, *extra, f"model.pretrained={base.resolve()}",
                                                 f"train.seed={seed}", f"sample.seed={sseed}", f"eval.n_samples={n}",
