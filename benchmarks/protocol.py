@@ -14,6 +14,7 @@ Methods (each toward each target, each seed):
             (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its classifier, once per
             base at OUT/classifier-lf), no label or judge anywhere
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
+  ddm-reverse  DDM with gradient reversal through the indicator, alpha 0.1 (docs/ddm-analysis.md), fine-tuned
   reweight  group reweighting toward the target, fine-tuned from the base
   tiw, iw   label-free reference-set reweighting (docs/tiw.md), fine-tuned from the base: an unlabeled reference
             of 10 % of the training set drawn at the target's shares; the training set is cut to 5000 images
@@ -37,7 +38,7 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
-FINETUNED = ("distill", "ddm", "reweight", "tiw", "iw", "ref-only")
+FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only")
 REFERENCE = ["data.size=5000", "data.reference=0.1", "method.disc_steps=500", "method.disc_batch_size=64",
              "method.disc_holdout=0.2", "method.weight_clip=20.0"]  # the reference-set methods (docs/tiw.md)
 
@@ -121,6 +122,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     elif method in FINETUNED[1:]:
         tstr = ",".join(map(str, target))
         extra = {"ddm": ["method.name=ddm", "method.alpha=0.05"],
+                 "ddm-reverse": ["method.name=ddm", "method.alpha=0.1", "method.indicator_grad=reverse"],
                  "reweight": ["method.name=reweight", f"method.target=[{tstr}]"],
                  "ref-only": ["method.name=baseline", "data.train_on=reference", *REFERENCE[:2],
                               f"data.reference_shares=[{tstr}]"]}.get(method) or [
