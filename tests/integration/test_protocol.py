@@ -1,0 +1,47 @@
+"""benchmarks/protocol.py on a tiny base: a fine-tune row, and the same model sampled again at more images with
+``--reuse`` (no second fine-tune; the first images are the earlier run's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fairdiff.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("protocol", ROOT / "benchmarks" / "protocol.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reuse_samples_a_fine_tuned_model_again_at_more_images(protocol, tmp_path, monkeypatch):
+    from tests.conftest import TINY
+
+    base = tmp_path / "base"
+    assert main(["train", *TINY, "train.steps=4", "train.checkpoint_every=0", "--out", str(base), "--quiet"]) == 0
+    monkeypatch.setattr(protocol, "FINETUNE", ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1",
+                                               "train.checkpoint_every=0"])
+    first = protocol.run_one(base, "reweight", [0.5, 0.5], 0, 8, tmp_path / "p")
+    folder = tmp_path / "p" / "reweight-t0.5-0.5-s0"
+    assert first["n"] == 8 and (folder / "model").is_dir() and first["timing"]["train_s"] > 0
+    scored = np.load(folder / "samples" / "samples.npz")["images"]
+    again = protocol.run_one(base, "reweight", [0.5, 0.5], 0, 12, tmp_path / "p12", reuse=tmp_path / "p")
+    new = tmp_path / "p12" / "reweight-t0.5-0.5-s0"
+    assert again["n"] == 12 and again["timing"]["reused"] == str(folder)
+    assert again["timing"]["train_s"] == first["timing"]["train_s"]  # the fine-tune's cost, not run again
+    assert not (new / "model").exists() and (new / "metrics.json").is_file()
+    assert json.loads((folder / "metrics.json").read_text())["n"] == 8  # the earlier row's metrics stay
+    imgs = np.load(folder / "samples" / "samples.npz")["images"]
+    assert len(imgs) == 12  # the same seeds, extended: the first 8 images are the ones the 8-image row scored
+    np.testing.assert_array_equal(imgs[:8], scored)
+    row = protocol.run_one(base, "reweight", [0.5, 0.5], 0, 12, tmp_path / "p12", reuse=tmp_path / "p")
+    assert row["n"] == 12  # resumed from its metrics.json
