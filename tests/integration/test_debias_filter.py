@@ -106,6 +106,45 @@ def test_distill_finetunes_the_base_on_its_filtered_images(base_run, corner_judg
                  "--out", str(tmp_path / "x")]) == 2
 
 
+def test_reweight_and_iw_fine_tune_the_base_toward_the_target(base_run, tmp_path):
+    """``--method reweight`` (training labels) and ``--method iw`` (an unlabeled --reference folder) fine-tune the
+    base with the protocol's budget into ordinary runs; wrong combinations are one-line errors, no folder."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from fairdiff.config import load_config
+    from fairdiff.utils.images import save_png
+
+    out = tmp_path / "rw"
+    assert main(["debias", str(base_run), "--method", "reweight", "--target", "0.3,0.7", "--train-steps", "2",
+                 "--no-eval", "--out", str(out), "-q"]) == 0
+    cfg = load_config(out / "config.yaml")
+    assert cfg.method.name == "reweight" and cfg.method.target == [0.3, 0.7] and cfg.eval.target == [0.3, 0.7]
+    assert cfg.model.pretrained == str(base_run.resolve()) and cfg.train.steps == 2 and cfg.train.batch_size == 64
+    rec = json.loads((out / "debias.json").read_text())
+    assert rec["method"] == "reweight" and rec["reference"] is None and rec["finetune_seconds"] > 0
+    base_w = UNet2DModel.from_pretrained(base_run / "model" / "unet").conv_in.weight
+    tuned_w = UNet2DModel.from_pretrained(out / "model" / "unet").conv_in.weight
+    assert tuned_w.shape == base_w.shape and not torch.equal(tuned_w, base_w)  # started from the base, then moved
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        save_png(rng.integers(0, 256, (1, 16, 16), dtype=np.uint8), ref / f"r{i}.png")
+    out_iw = tmp_path / "iw"
+    assert main(["debias", str(base_run), "--method", "iw", "--target", "0.5,0.5", "--reference", str(ref),
+                 "--train-steps", "2", "--no-eval", "--out", str(out_iw), "-q"]) == 0
+    cfg = load_config(out_iw / "config.yaml")
+    assert cfg.method.name == "iw" and cfg.data.reference_dir == str(ref.resolve())
+    assert json.loads((out_iw / "manifest.json").read_text())["reference"]["count"] == 12
+    for bad in (["--method", "iw"], ["--method", "filter", "--reference", str(ref)],
+                ["--method", "reweight", "--judge", "auto"], ["--method", "guide", "--train-steps", "3"],
+                ["--method", "iw", "--reference", str(tmp_path / "none")]):
+        assert main(["debias", str(base_run), "--target", "0.5,0.5", *bad, "--out", str(tmp_path / "bad"),
+                     "-q"]) == 2
+        assert not (tmp_path / "bad").exists()
+
+
 def test_guide_controller_end_to_end(base_run, corner_judge_file, tmp_path):
     out = tmp_path / "guided"
     rc = main(["debias", str(base_run), "--method", "guide", "--target", "0.5,0.5", "--n", "8", "--steps", "3",

@@ -12,10 +12,12 @@ def register(sub) -> None:
     p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
     p.add_argument("run", metavar="RUN", help="a trained run folder (e.g. a base from 'fairdiff base make')")
     p.add_argument("--target", required=True, help="target group shares in the run's group order, e.g. 0.5,0.5")
-    p.add_argument("--method", default="filter", choices=["filter", "guide", "distill"],
+    p.add_argument("--method", default="filter", choices=["filter", "guide", "distill", "reweight", "iw"],
                    help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota); "
                    "guide: distribution guidance whose scale a controller finds on judged pilot batches; "
-                   "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead")
+                   "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead; "
+                   "reweight: fine-tune with group-reweighted loss (training labels); iw: fine-tune with "
+                   "density-ratio weights toward an unlabeled --reference folder (no labels)")
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
     p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run)")
     p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), 'clusters' "
@@ -26,8 +28,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="images per sampling batch (default sample.batch_size)")
     p.add_argument("--max-draws", type=int, help="give up after drawing this many images (default 100 x n)")
     p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
-    p.add_argument("--train-steps", type=int, help="distill: fine-tuning steps (default 400)")
-    p.add_argument("--lr", type=float, help="distill: fine-tuning learning rate (default 2e-4)")
+    p.add_argument("--train-steps", type=int, help="distill / reweight / iw: fine-tuning steps (default 400)")
+    p.add_argument("--lr", type=float, help="distill / reweight / iw: fine-tuning learning rate (default 2e-4)")
+    p.add_argument("--reference", help="iw: a folder of unlabeled images drawn at the target (a few hundred)")
     p.add_argument("--heads", help="guide: heads folder from 'fairdiff heads fit' (default: fitted here)")
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
@@ -81,8 +84,10 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--seed must be >= 0, got {args.seed}")
     if args.lr is not None and not (args.lr > 0 and args.lr < 1):
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
-    if args.method != "distill" and any(v is not None for v in (args.train_n, args.train_steps, args.lr)):
-        raise FairdiffError("--train-n, --train-steps and --lr are options of --method distill")
+    if args.method != "distill" and args.train_n is not None:
+        raise FairdiffError("--train-n is an option of --method distill")
+    if args.method not in ("distill", "reweight", "iw") and (args.train_steps is not None or args.lr is not None):
+        raise FairdiffError("--train-steps and --lr are options of the fine-tuning methods (distill, reweight, iw)")
     common = dict(judge=args.judge, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
                   scheduler=args.scheduler, max_draws=args.max_draws, overwrite=args.overwrite,
                   evaluate=not args.no_eval, progress=not args.quiet)
@@ -97,6 +102,23 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--classifier {args.classifier}: no such folder")
     if not args.temperature > 0:
         raise FairdiffError(f"--temperature must be positive, got {args.temperature}")
+    if args.method in ("reweight", "iw"):
+        from fairdiff.debias.finetune import finetune_run
+
+        for o in ("judge", "steps", "scheduler", "batch_size", "max_draws"):
+            if getattr(args, o) is not None:
+                raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method {args.method}")
+        rec = finetune_run(run, args.out, target, method=args.method, reference=args.reference,
+                           train_steps=args.train_steps, lr=args.lr, n=args.n, seed=args.seed,
+                           overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.quiet)
+        print(f"{args.method}: fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; run {args.out}")
+        if rec.get("metrics"):
+            from fairdiff.cli.eval_cmds import _summary
+
+            print(_summary(rec["metrics"]))
+        return 0
+    if args.reference is not None:
+        raise FairdiffError("--reference is an option of --method iw")
     if args.method == "guide":
         from fairdiff.debias.run import guide_run_to_target
 
