@@ -238,6 +238,13 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
     assert rec3["controller"]["cache"]["hits"] == len(rec["controller"]["pilots"]) + 1
     assert rec3["controller"]["pilots"] == rec["controller"]["pilots"]
     assert rec3["controller"]["scale"] == rec["controller"]["scale"]
+    # another classifier (fewer fitting steps: other weights) is another key: nothing comes from the cache
+    other = tmp_path / "gc4"
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier-steps", "3",
+                 *common, "--out", str(other)]) == 0
+    rec4 = json.loads((other / "debias.json").read_text())
+    assert rec4["controller"]["cache"]["key"] != rec["controller"]["cache"]["key"]
+    assert rec4["controller"]["cache"]["hits"] == 0
     assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--space", "x", *common,
                  "--out", str(tmp_path / "bad")]) == 2
     assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(out / "classifier"), *common,

@@ -48,8 +48,8 @@ def register(sub) -> None:
                    "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
     p.add_argument("--reader", choices=["heads", "classifier"], default="heads",
                    help="guide: what reads the group from the sample: heads on h-space (the default) or a noise-aware "
-                   "group classifier on x_t (classifier guidance toward the target's mixture; fitted here on the training labels, "
-                   "or with --judge clusters on the base's own images and their clusters)")
+                   "group classifier on x_t (classifier guidance toward the target's mixture; fitted here on the "
+                   "training labels, or with --judge clusters on the base's own images and their clusters)")
     p.add_argument("--classifier", help="guide --reader classifier: a classifier folder written by an earlier guide "
                    "run (its classifier/), instead of fitting one")
     p.add_argument("--classifier-steps", type=int, default=4000,
@@ -111,7 +111,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         rec = finetune_run(run, args.out, target, method=args.method, reference=args.reference,
                            train_steps=args.train_steps, lr=args.lr, n=args.n, seed=args.seed,
                            overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.quiet)
-        print(f"{args.method}: fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; run {args.out}")
+        print(f"{args.method}: fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
+              f"run {args.out}")
         if rec.get("metrics"):
             from fairdiff.cli.eval_cmds import _summary
 

@@ -9,7 +9,6 @@ judge and the second judge, ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import shutil
@@ -433,8 +432,8 @@ def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, st
     train, held = split_heldout(keep, 0.25, seed)
     x = torch.from_numpy(images).float() / 127.5 - 1.0  # the quantised images, as the training images are
     clf, rho, info = _group_classifier(cfg, sched_cfg, None, save_to, classifier_steps, dev, progress,
-                                       in_shape=_in_shape(unet), images=x[train], groups=labels[train], heldout=(x[held], labels[held]),
-                                       seed=seed)
+                                       in_shape=_in_shape(unet), images=x[train], groups=labels[train],
+                                       heldout=(x[held], labels[held]), seed=seed)
     save_cluster_judge(cj, save_to / "clusters.npz")
     info.update(cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(pilot_s, 2),
                 outside=int((labels == OUTSIDE).sum()), seconds=round(time.perf_counter() - t0, 1))
@@ -651,7 +650,7 @@ def guide_run_to_target(
         pilot_seeds = list(range(PILOT_SEED, PILOT_SEED + pilot_n))
         cache = PilotCache(cache_dir() / "pilots" if pilot_cache else None, {
             "version": 1, "unet": sha256_arrays(unet.state_dict().items()),
-            "reader": sha256_arrays((clf_model if reader == "classifier" else heads_obj).state_dict().items()),
+            "reader_weights": sha256_arrays((clf_model if reader == "classifier" else heads_obj).state_dict().items()),
             "rho": rho, "judge": _judge_digest(clf), "target": tgt.tolist(), "eta": eta, "steps": steps,
             "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "mode": mode, "reader": reader, "space": space,
             "temperature": temperature})
@@ -684,8 +683,8 @@ def guide_run_to_target(
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim", "eta": eta,
             "mode": mode, "reader": reader, "space": space if reader == "heads" else "x",
             "temperature": temperature if reader == "heads" else None, reader: heads_info, "judge": clf.describe(),
-            "judge_role": (f"label-free clusters ({reader}'s labels and pilots)" if label_free else "validation (pilots)")
-            + "; the test judge scores metrics.json",
+            "judge_role": (f"label-free clusters ({reader}'s labels and pilots)" if label_free
+                           else "validation (pilots)") + "; the test judge scores metrics.json",
             "controller": {**search.record(), "reference_pilot": None if reference is None else vars(reference),
                            "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
                            "valid_drop": valid_drop, "s0": s0, "cache": cache.record()},
