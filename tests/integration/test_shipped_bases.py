@@ -1,5 +1,5 @@
 """The bases shipped inside the package: intact files, recipes that match their configs, and first losses that a
-re-run of the recipe reproduces (MNIST bases only where MNIST is fetched on this machine)."""
+re-run of the recipe reproduces (MNIST and faces-mini bases only where their data is fetched on this machine)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ SHIPPED = bases.list_shipped()
 
 
 MNIST = Path.home() / ".cache" / "fairdiff" / "mnist" / "mnist.pkl.gz"  # read only, never written by tests
+FACES = Path.home() / ".cache" / "fairdiff" / "faces-mini"  # likewise (fairdiff data fetch faces-mini)
 
 
 def test_the_demo_base_is_shipped():
@@ -50,5 +51,10 @@ def test_recipe_reproduces_the_first_losses(meta, tmp_path):
         if not MNIST.is_file():
             pytest.skip("MNIST is not fetched on this machine (fairdiff data fetch mnist)")
         overrides = [f"data.path={MNIST}"]
+    elif cfg["recipe"]["data"]["source"] == "faces-mini":  # one point too: 50 steps of 32x32 RGB
+        points = 1
+        if not (FACES / "faces.npz").is_file():
+            pytest.skip("faces-mini is not fetched on this machine (fairdiff data fetch faces-mini)")
+        overrides = [f"data.path={FACES}"]
     out = bases.verify_first_losses(Path(meta["dir"]), tmp_path / "replay", points=points, overrides=overrides)
     assert len(out) == points
