@@ -275,7 +275,9 @@ def test_label_free_classifier_guidance_learns_the_clusters_of_its_own_images(ba
     assert c["fitted"] and "clusters" in c["labels"] and c["cluster_pilot_n"] == 2000 and len(c["heldout"]) == 4
     cj = load_cluster_judge(out / "classifier" / "clusters.npz")
     assert cj.num_classes == 2 and cj.pilot_shares == pytest.approx(rec["judge"]["pilot_shares"], abs=1e-4)
-    shares = json.loads((out / "classifier" / "record.json").read_text())["train_shares"]
+    saved = json.loads((out / "classifier" / "record.json").read_text())
+    assert saved["seconds"] == c["seconds"] and saved["cluster_pilot_n"] == 2000  # the whole one-time cost
+    shares = saved["train_shares"]
     # the shares divided out are those of the fitting images over the clusters: the largest cluster comes first
     assert sum(shares) == pytest.approx(1.0) and shares[0] >= shares[1] - 0.1
     assert rec["judge_role"].startswith("label-free clusters (classifier's")

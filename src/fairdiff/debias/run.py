@@ -410,6 +410,7 @@ def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, st
 
     from fairdiff.metrics import OUTSIDE
     from fairdiff.training.heads import split_heldout
+    from fairdiff.utils.io import write_json
 
     from .clusters import load_cluster_judge, save_cluster_judge
 
@@ -437,6 +438,8 @@ def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, st
     save_cluster_judge(cj, save_to / "clusters.npz")
     info.update(cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(pilot_s, 2),
                 outside=int((labels == OUTSIDE).sum()), seconds=round(time.perf_counter() - t0, 1))
+    # the saved record counts the whole one-time cost (cluster pilot + fit), as a later run that reads it reports it
+    write_json(save_to / "record.json", {**info, "train_shares": rho, "groups": list(cfg.data.groups)})
     return cj, clf, rho, info
 
 
