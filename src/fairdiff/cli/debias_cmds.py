@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fairdiff.debias.finetune import METHODS as FINETUNE_METHODS
 from fairdiff.errors import FairdiffError
 
 
@@ -12,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
     p.add_argument("run", metavar="RUN", help="a trained run folder (e.g. a base from 'fairdiff base make')")
     p.add_argument("--target", required=True, help="target group shares in the run's group order, e.g. 0.5,0.5")
-    p.add_argument("--method", default="filter", choices=["filter", "guide", "distill", "reweight", "iw"],
+    p.add_argument("--method", default="filter", choices=["filter", "guide", "distill", *FINETUNE_METHODS],
                    help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota); "
                    "guide: distribution guidance whose scale a controller finds on judged pilot batches; "
                    "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead; "
@@ -86,7 +87,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and args.train_n is not None:
         raise FairdiffError("--train-n is an option of --method distill")
-    if args.method not in ("distill", "reweight", "iw") and (args.train_steps is not None or args.lr is not None):
+    if args.method != "distill" and args.method not in FINETUNE_METHODS and (args.train_steps is not None
+                                                                             or args.lr is not None):
         raise FairdiffError("--train-steps and --lr are options of the fine-tuning methods (distill, reweight, iw)")
     common = dict(judge=args.judge, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
                   scheduler=args.scheduler, max_draws=args.max_draws, overwrite=args.overwrite,
@@ -102,7 +104,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--classifier {args.classifier}: no such folder")
     if not args.temperature > 0:
         raise FairdiffError(f"--temperature must be positive, got {args.temperature}")
-    if args.method in ("reweight", "iw"):
+    if args.method in FINETUNE_METHODS:
         from fairdiff.debias.finetune import finetune_run
 
         for o in ("judge", "steps", "scheduler", "batch_size", "max_draws"):

@@ -20,7 +20,7 @@ from pathlib import Path
 from fairdiff.errors import FairdiffError
 
 FINETUNE_DEFAULTS = {"steps": 400, "lr": 2e-4, "batch_size": 64}
-METHODS = ("reweight", "iw")
+METHODS = ("reweight", "iw")  # the training methods `debias` offers as fine-tunes of a base (methods/registry.py)
 
 
 def finetune_run(
@@ -50,10 +50,13 @@ def finetune_run(
     from fairdiff.utils.io import write_json
     from fairdiff.utils.outputs import check_output_dir
 
+    from fairdiff.methods.registry import get_method
+
     from .run import DEBIAS_FILE
 
     if method not in METHODS:
         raise FairdiffError(f"fine-tune method must be one of {', '.join(METHODS)}, got '{method}'")
+    entry = get_method(method)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     base_cfg = read_run_config(run_dir)
     tgt = check_target(target, len(base_cfg.data.groups)).tolist()
@@ -61,18 +64,17 @@ def finetune_run(
     lr = float(lr or FINETUNE_DEFAULTS["lr"])
     if steps < 1 or not lr > 0:
         raise FairdiffError("fine-tune: --train-steps >= 1 and --lr > 0 are needed")
-    if method == "iw":
+    if entry.uses_reference:
         if reference is None:
             raise FairdiffError("--method iw needs --reference DIR: a folder of unlabeled images drawn at the target "
                                 "(a few hundred; docs/tiw.md)")
         if not Path(reference).is_dir():
             raise FairdiffError(f"--reference {reference}: no such folder")
     elif reference is not None:
-        raise FairdiffError("--reference is an option of --method iw (reweight uses the training labels)")
+        raise FairdiffError(f"--reference is an option of --method iw ({method} uses the training labels)")
     tstr = ",".join(str(t) for t in tgt)
-    method_keys = ([f"method.target=[{tstr}]"] if method == "reweight" else
-                   [f"data.reference_dir={Path(reference).resolve()}", "data.reference=null",
-                    "data.reference_shares=null"])
+    method_keys = ([f"data.reference_dir={Path(reference).resolve()}", "data.reference=null",
+                    "data.reference_shares=null"] if entry.uses_reference else [f"method.target=[{tstr}]"])
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or method
     cfg = load_config(run_dir / "config.yaml", [
         f"model.pretrained={run_dir.resolve()}", f"method.name={method}", *method_keys, "data.train_on=train",
