@@ -31,12 +31,18 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
+def _sigint_default() -> None:
+    # a job started with `&` by a non-interactive shell (`nohup make test &`, some CI runners) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: give the bench what a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cfg: Path, out: Path, cache: Path) -> subprocess.Popen:
     env = {**os.environ, "FAIRDIFF_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     # its own session, as a shell gives a foreground job: a Ctrl-C at the terminal signals the whole group
     return subprocess.Popen([sys.executable, "-m", "fairdiff", "bench", str(cfg), "--out", str(out), "-q",
                              "--jobs", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_default)
 
 
 def _children(pid: int) -> list[int]:
