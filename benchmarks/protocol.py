@@ -9,6 +9,8 @@ Methods (each toward each target, each seed):
   guide-sample  the same with per-sample group assignment (--mode sample)
   guide-clf, guide-clf-sample  the same two with a noise-aware group classifier on x_t instead of h-space heads
             (--reader classifier); the classifier is fitted once per base (OUT/classifier) and reused
+  guide-clf-filter  guide-clf, then images kept to quota by the validation judge (--then-filter): the target
+            exactly where the valid-rate floor stops guidance short
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
   filter-lf, guide-lf, guide-clf-lf  the label-free forms: groups are k-means clusters of the base's own images
             (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its classifier, once per
@@ -89,10 +91,10 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
     elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf", "guide-clf", "guide-clf-sample",
-                    "guide-clf-lf"):
+                    "guide-clf-lf", "guide-clf-filter"):
         fn = debias_run if method.startswith("filter") else guide_run_to_target
         kw = {"method": "filter"} if method.startswith("filter") else {
-            "mode": "sample" if method.endswith("-sample") else "batch"}
+            "mode": "sample" if method.endswith("-sample") else "batch", "then_filter": method.endswith("-filter")}
         shared = out / ("classifier-lf" if method.endswith("-lf") else "classifier")
         if method.startswith("guide-clf"):
             kw["reader"] = "classifier"

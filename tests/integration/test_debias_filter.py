@@ -315,3 +315,25 @@ def test_label_free_guide_fits_heads_on_clusters_of_its_own_images(base_run, tmp
     assert sum(rec["controller"]["pilots"][0]["shares"]) == pytest.approx(1.0)
     assert main(["debias", str(base_run), "--method", "guide", "--target", "0.5,0.5", "--judge", "clusters",
                  "--heads", str(out / "heads"), "--out", str(tmp_path / "x"), "-q"]) == 2
+
+
+def test_guide_then_filter_keeps_the_target_exactly(base_run, corner_judge_file, tmp_path):
+    """``--then-filter``: guidance at the scale the controller found, then images kept to quota by the judge; the
+    kept images are guided draws (their seeds are recorded), their judged groups meet the quotas exactly."""
+    out = tmp_path / "gf"
+    assert main(["debias", str(base_run), "--method", "guide", "--then-filter", "--target", "0.3,0.7", "--n", "10",
+                 "--steps", "3", "--pilot-n", "16", "--max-pilots", "2", "--judge", str(corner_judge_file),
+                 "--no-eval", "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    z = np.load(out / "samples" / "samples.npz")
+    assert rec["then_filter"] is True and rec["kept"] == 10 and rec["drawn"] >= 10
+    assert rec["drawn_per_kept"] == pytest.approx(rec["drawn"] / 10, abs=1e-3)
+    assert np.bincount(corner_group(z["images"]), minlength=2).tolist() == [3, 7]
+    seeds = z["seeds"].tolist()
+    assert seeds == sorted(seeds) and len(set(seeds)) == 10 and max(seeds) < rec["drawn"]
+    # one-line refusals: --max-draws without --then-filter, --then-filter outside guide, a max below --n
+    for bad in (["--method", "guide", "--max-draws", "50"], ["--method", "filter", "--then-filter"],
+                ["--method", "guide", "--then-filter", "--max-draws", "5"]):
+        assert main(["debias", str(base_run), "--target", "0.5,0.5", "--n", "10", *bad, "--judge",
+                     str(corner_judge_file), "--out", str(tmp_path / "bad"), "-q"]) == 2
+        assert not (tmp_path / "bad").exists()

@@ -62,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--no-pilot-cache", action="store_true",
                    help="guide: judge every pilot anew instead of reusing those judged before with the same model, "
                    "reader, judge, target and sampler ($FAIRDIFF_CACHE/pilots)")
+    p.add_argument("--then-filter", action="store_true",
+                   help="guide: draw at the scale found and keep images to the target's quotas with the validation "
+                   "judge (the target exactly where the valid-rate floor stops guidance short; --max-draws applies)")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate the kept images")
     p.add_argument("--overwrite", action="store_true", help="replace a debias folder fairdiff wrote before")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -97,9 +100,10 @@ def cmd_debias(args: argparse.Namespace) -> int:
     if args.method != "guide" and args.heads is not None:
         raise FairdiffError("--heads is an option of --method guide")
     if args.method != "guide" and (args.space != "h" or args.s0 is not None or args.reader != "heads"
-                                   or args.classifier is not None or args.eta is not None or args.no_pilot_cache):
-        raise FairdiffError("--space, --reader, --classifier, --eta, --s0 and --no-pilot-cache are options of "
-                            "--method guide")
+                                   or args.classifier is not None or args.eta is not None or args.no_pilot_cache
+                                   or args.then_filter):
+        raise FairdiffError("--space, --reader, --classifier, --eta, --s0, --no-pilot-cache and --then-filter are "
+                            "options of --method guide")
     if args.classifier is not None and not Path(args.classifier).is_dir():
         raise FairdiffError(f"--classifier {args.classifier}: no such folder")
     if not args.temperature > 0:
@@ -127,15 +131,17 @@ def cmd_debias(args: argparse.Namespace) -> int:
 
         if args.heads is not None and not Path(args.heads).exists():
             raise FairdiffError(f"--heads {args.heads}: no such heads folder")
-        for o in ("scheduler", "batch_size", "max_draws"):
+        for o in ("scheduler", "batch_size", *(() if args.then_filter else ("max_draws",))):
             if getattr(args, o) is not None:
-                raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method guide")
+                raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method guide"
+                                    + (" (--max-draws goes with --then-filter)" if o == "max_draws" else ""))
         rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
                                   seed=args.seed, steps=args.steps, temperature=args.temperature,
                                   pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
                                   space=args.space, s0=args.s0, reader=args.reader,
                                   classifier=args.classifier, classifier_steps=args.classifier_steps, eta=args.eta,
                                   overwrite=args.overwrite, force=args.force, pilot_cache=not args.no_pilot_cache,
+                                  then_filter=args.then_filter, max_draws=args.max_draws,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]
         hits = c["cache"]["hits"]
@@ -143,6 +149,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
               f"{f' ({hits} judged before, from the pilot cache)' if hits else ''} ({c['reason']}); "
               f"{rec['seconds_per_image'] * 1000:.1f} ms per image (base {rec['base_seconds_per_image'] * 1000:.1f}); "
               f"folder {args.out}")
+        if args.then_filter:
+            print(f"then filter: kept {rec['kept']} of {rec['drawn']} drawn ({rec['drawn_per_kept']:.2f} drawn per "
+                  f"kept image, {rec['seconds_per_kept_image'] * 1000:.1f} ms per kept image)")
     elif args.method == "distill":
         from fairdiff.debias import distill_run
 

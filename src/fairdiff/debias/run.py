@@ -482,6 +482,8 @@ def guide_run_to_target(
     progress: bool = True,
     force: bool = False,
     pilot_cache: bool = True,
+    then_filter: bool = False,
+    max_draws: int | None = None,
 ) -> dict:
     """Distribution guidance whose scale a controller finds (:func:`fairdiff.debias.guide.find_scale`).
 
@@ -505,6 +507,10 @@ def guide_run_to_target(
     ``pilot_cache``: keep judged pilots in ``$FAIRDIFF_CACHE/pilots`` (:class:`~fairdiff.debias.guide.PilotCache`,
     keyed by the weights of the model and the reader, the judge, target and sampler): a second seed, or a rerun,
     of the same guidance skips the pilots it has judged before (the record counts the hits).
+    ``then_filter``: where guidance alone stops short (the valid-rate floor holds the scale below the target), draw
+    at the scale found and keep images to the target's quotas with the validation judge, as ``filter`` does
+    (images no group's member are never kept; ``max_draws`` as there): the target exactly, at fewer images drawn
+    per kept one than filtering the unguided base.
     """
     import tempfile
 
@@ -560,6 +566,9 @@ def guide_run_to_target(
     if pilot_n < 16 or max_pilots < 2:
         raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
     check_sampling_args(n, steps, eta, pilot_n)
+    if max_draws is not None and (not then_filter or max_draws < n):
+        raise FairdiffError("--max-draws belongs to --then-filter" if not then_filter
+                            else f"--max-draws must be at least --n ({n}), got {max_draws}")
     state = check_output_dir(out_dir, DEBIAS_KIND, overwrite=overwrite, inputs=[run_dir], whole=True)
     dev = resolve_device(device)
     unet, sched_cfg = load_guidable(run_dir, dev)
@@ -679,8 +688,19 @@ def guide_run_to_target(
         pilot_s = time.perf_counter() - t1
         base_per_image = timing.get(0.0)
         t2 = time.perf_counter()
-        images = draw(list(range(seed, seed + n)), search.scale)
-        per_image = (time.perf_counter() - t2) / n
+        kept_cost = {"kept": n, "drawn": n, "drawn_per_kept": 1.0}
+        if then_filter:  # the rest of the way by keeping to quota (never an image outside every group)
+            from .filter import filter_to_target
+
+            res = filter_to_target(lambda s: draw(s, search.scale), verdicts, tgt, n, seed=seed, batch_size=pilot_n,
+                                   max_draws=max_draws, progress=progress)
+            images, kept_seeds = res.images, res.seeds
+            per_image = res.sample_seconds / max(res.drawn, 1)
+            kept_cost = {**res.summary(), "then_filter": True}
+        else:
+            images, kept_seeds = draw(list(range(seed, seed + n)), search.scale), np.arange(seed, seed + n)
+            per_image = (time.perf_counter() - t2) / n
+        per_kept = (time.perf_counter() - t2) / n
         record = {
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim", "eta": eta,
@@ -693,12 +713,12 @@ def guide_run_to_target(
                            "valid_drop": valid_drop, "s0": s0, "cache": cache.record()},
             "heads_seconds": round(heads_s, 2), "pilot_seconds": round(pilot_s, 2),
             "seconds_per_image": round(per_image, 5), "base_seconds_per_image": round(base_per_image or math.nan, 5),
-            "kept": n, "drawn": n, "drawn_per_kept": 1.0, "seconds_per_kept_image": round(per_image, 5),
-            "seconds": round(time.perf_counter() - t0, 2),
+            **kept_cost, "seconds_per_kept_image": round(per_kept, 5), "seconds": round(time.perf_counter() - t0, 2),
         }
-        _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, images, range(seed, seed + n), record,
+        _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, images, kept_seeds, record,
                              {"debias": "guide", "mode": mode, "reader": reader, "space": space,
-                              "scale": search.scale, "steps": steps, "eta": eta, "seed": seed},
+                              "scale": search.scale, "steps": steps, "eta": eta, "seed": seed,
+                              "then_filter": then_filter},
                              {reader: work / reader} if (work / reader).is_dir() else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
