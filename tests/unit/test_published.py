@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fairdiff.bench.published import add_rows, read_rows, render, row_from_metrics, sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,3 +76,22 @@ def test_repository_docs_match_their_results_files():
 
     stale = sync(doc_paths(ROOT), ROOT / "docs" / "results", write=False)
     assert stale == [], f"regenerate with 'python -m fairdiff.bench.published': {stale}"
+
+
+def test_target_figure_plots_each_methods_mean_and_seed_range(tmp_path):
+    """The figure's points are each method's mean over its seeds, its bars the lowest and highest seed; rows with
+    a missing value leave that value out (here: filter's recall of seed 1)."""
+    from fairdiff.bench.plots import plot_target_vs_quality
+    from fairdiff.bench.published import BAR
+
+    rows = [{"method": "base", "seed": s, "share_0": str(x), "recall": "0.9", "valid_rate": "0.95"}
+            for s, x in enumerate((0.80, 0.82, 0.84))]
+    rows += [{"method": "filter", "seed": "0", "share_0": "0.50", "recall": "0.88", "valid_rate": "0.97"},
+             {"method": "filter", "seed": "1", "share_0": "0.53", "recall": "", "valid_rate": "0.99"}]
+    pts = plot_target_vs_quality(rows, tmp_path / "fig.png", target=0.5, bar=BAR)
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+    assert pts["base"]["share_0"] == pytest.approx((0.82, 0.80, 0.84))
+    assert pts["filter"]["share_0"] == pytest.approx((0.515, 0.50, 0.53))
+    assert pts["filter"]["recall"] == pytest.approx((0.88, 0.88, 0.88))
+    assert pts["filter"]["valid_rate"] == pytest.approx((0.98, 0.97, 0.99))
+    assert list(pts) == ["base", "filter"]

@@ -100,3 +100,57 @@ def plot_shares(rows: list[dict], path: Path, group: str = "setting", bar: str =
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     _save(fig, path)
+
+
+def method_points(rows: list[dict], keys: tuple[str, ...] = ("share_0", "recall", "valid_rate")) -> dict:
+    """``{method: {key: (mean, lowest, highest)}}`` over a method's rows (its seeds), in order of first appearance;
+    values that are missing or not numbers are left out."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["method"], {k: [] for k in keys})
+        for k in keys:
+            try:
+                v = float(r.get(k, ""))
+            except (TypeError, ValueError):
+                continue
+            if v == v:
+                out[r["method"]][k].append(v)
+    return {m: {k: (float(np.mean(v)), min(v), max(v)) for k, v in d.items() if v} for m, d in out.items()}
+
+
+def plot_target_vs_quality(rows: list[dict], path: Path, *, target: float, bar: dict, title: str = "") -> dict:
+    """Where each method lands against the target and the base's quality: the share of group 0 among valid images
+    (x) against recall and against the valid rate (two panels), one point per method (mean over its seeds, bars
+    from the lowest to the highest seed), the base a black star, the target a dashed line and the region that
+    meets ``bar`` (share within ``bar['share']`` of the target, the y value at least the base's minus its
+    allowance) shaded. Returns the points plotted (:func:`method_points`)."""
+    plt = _pyplot()
+    pts = method_points(rows)
+    base = pts.get("base", {})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, key, label in ((axes[0], "recall", "recall"), (axes[1], "valid_rate", "valid rate (test judge)")):
+        ax.axvline(target, ls="--", c="grey", lw=1)
+        if key in base:
+            floor = base[key][0] - bar[key]
+            ax.axvspan(target - bar["share"], target + bar["share"], ymin=0, ymax=1, color="tab:green", alpha=0.06)
+            ax.fill_between([target - bar["share"], target + bar["share"]], floor, 1.0, color="tab:green",
+                            alpha=0.18, lw=0, label=f"meets the bar (share within {bar['share']:g} of the target, "
+                            f"quality at most {bar['valid_rate']:g}-{bar['recall']:g} below the base's)")
+        for i, (m, p) in enumerate(pts.items()):
+            if "share_0" not in p or key not in p:
+                continue
+            (x, x0, x1), (y, y0, y1) = p["share_0"], p[key]
+            style = (dict(marker="*", ms=14, c="black") if m == "base"
+                     else dict(marker="osD^vP"[i // 10 % 6], ms=6, c=f"C{i % 10}"))
+            ax.errorbar([x], [y], xerr=[[max(x - x0, 0)], [max(x1 - x, 0)]], yerr=[[max(y - y0, 0)], [max(y1 - y, 0)]],
+                        capsize=2, ls="none",
+                        label=m, **style)
+        ax.set_xlabel("share of group 0 among valid images")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(title or f"target {target:g}: where each method lands (mean over seeds, bars: lowest-highest)")
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
+    _save(fig, path)
+    return pts

@@ -15,7 +15,7 @@ base's - 0.03).
 
 ``python -m fairdiff.bench.published`` rewrites every such block in README.md and docs/*.md from the CSVs;
 ``--check`` only reports blocks that are out of date (a test runs it), so a typed number cannot drift from its
-source.
+source. Without ``--check`` it also redraws the figures of :data:`FIGURES` (docs/img; ``--no-figures`` skips).
 """
 
 from __future__ import annotations
@@ -237,6 +237,34 @@ def doc_paths(root: Path) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
+# figures drawn from the results files as the tables are: (file, row filters, image under docs/img, title)
+FIGURES = [
+    ("debias.csv", {"setting": "mnist-01", "target_0": "0.5", "n": "2000"}, "debias-mnist-01-t0.5.png",
+     "MNIST 0 vs 1 base (4:1) toward 50/50, 2000 images per model"),
+    ("debias.csv", {"setting": "mnist-01", "target_0": "0.5", "n": "10000"}, "debias-mnist-01-t0.5-n10000.png",
+     "MNIST 0 vs 1 base (4:1) toward 50/50, 10,000 images per model"),
+    ("debias.csv", {"setting": "mnist-01", "target_0": "0.3", "n": "2000"}, "debias-mnist-01-t0.3.png",
+     "MNIST 0 vs 1 base (4:1) toward 30 % zeros, 2000 images per model"),
+    ("debias.csv", {"setting": "mnist-78", "target_0": "0.5", "n": "2000"}, "debias-mnist-78-t0.5.png",
+     "MNIST 7 vs 8 base (4:1) toward 50/50, 2000 images per model"),
+]
+
+
+def draw_figures(root: Path) -> list[Path]:
+    """Redraw every figure of :data:`FIGURES` from its results file; returns the images written."""
+    from .plots import plot_target_vs_quality
+
+    done = []
+    for src, filters, name, title in FIGURES:
+        rows = [r for r in read_rows(root / "docs" / "results" / src) if all(r.get(k) == v for k, v in filters.items())]
+        if not rows:
+            continue
+        path = root / "docs" / "img" / name
+        plot_target_vs_quality(rows, path, target=float(filters["target_0"]), bar=BAR, title=title)
+        done.append(path)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     root = Path.cwd()
@@ -244,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     stale = sync(doc_paths(root), root / "docs" / "results", write=not check)
     for s in stale:
         print(("out of date: " if check else "regenerated: ") + s)
+    if not check and "--no-figures" not in argv:
+        for p in draw_figures(root):
+            print(f"drew: {p.relative_to(root)}")
     return 1 if (check and stale) else 0
 
 
