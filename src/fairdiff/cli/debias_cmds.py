@@ -1,4 +1,5 @@
-"""``fairdiff debias RUN --target 0.5,0.5 --method filter --out DIR``."""
+"""``fairdiff debias RUN --target 0.5,0.5 --method filter --out DIR`` (or ``--sd FOLDER --prompt P`` for one prompt
+of a text-to-image model)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from fairdiff.errors import FairdiffError
 
 def register(sub) -> None:
     p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
-    p.add_argument("run", metavar="RUN", help="a trained run folder (e.g. a base from 'fairdiff base make')")
+    p.add_argument("run", metavar="RUN", nargs="?",
+                   help="a trained run folder (e.g. a base from 'fairdiff base make'); or --sd FOLDER")
+    p.add_argument("--sd", metavar="FOLDER", help="filter: a local diffusers Stable Diffusion folder or SD LoRA run "
+                   "instead of RUN; its images of --prompt are judged (--judge, --config) and kept to the target")
+    p.add_argument("--prompt", help="--sd: the prompt whose images are kept to the target")
+    p.add_argument("--cfg-scale", type=float, help="--sd: classifier-free guidance scale (default 7.5)")
+    p.add_argument("--config", "-c", help="--sd: config YAML whose data section the judge is trained / calibrated "
+                   "on (needed by --judge auto; gives the valid rate its real held-out images and the second judge)")
     p.add_argument("--target", required=True, help="target group shares in the run's group order, e.g. 0.5,0.5")
     p.add_argument("--method", default="filter", choices=["filter", "guide", "distill", *FINETUNE_METHODS],
                    help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota); "
@@ -20,7 +28,7 @@ def register(sub) -> None:
                    "reweight: fine-tune with group-reweighted loss (training labels); iw: fine-tune with "
                    "density-ratio weights toward an unlabeled --reference folder (no labels)")
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
-    p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run)")
+    p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run; 100 with --sd)")
     p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), 'clusters' "
                    "(label-free: k-means on the base's own images, largest cluster first), .onnx or .pt")
     p.add_argument("--seed", type=int, help="first sampling seed (default sample.seed of the run)")
@@ -71,10 +79,65 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_debias)
 
 
+def _debias_sd(args: argparse.Namespace) -> int:
+    """``debias --sd FOLDER --prompt P``: generate-and-filter of one prompt of a text-to-image model."""
+    from fairdiff.cli.eval_cmds import parse_target
+    from fairdiff.config import load_config
+    from fairdiff.debias.sd_filter import filter_sd_prompt
+
+    if args.run is not None:
+        raise FairdiffError("give RUN or --sd FOLDER, not both")
+    if args.method != "filter":
+        raise FairdiffError(f"--sd takes --method filter (got {args.method}); distribution guidance of an SD folder "
+                            "is 'fairdiff sample --sd --heads', alignment 'fairdiff train --sd'")
+    taken = [f"--{o.replace('_', '-')}" for o in ("scheduler", "heads", "pilot_n", "classifier", "eta", "s0",
+                                                  "train_n", "train_steps", "lr", "reference")
+             if getattr(args, o) is not None] + [f for f, v in (("--then-filter", args.then_filter),
+                                                               ("--no-pilot-cache", args.no_pilot_cache)) if v]
+    if taken:
+        raise FairdiffError(f"{', '.join(taken)}: not an option of 'debias --sd' (generate-and-filter of one prompt)")
+    if args.config is not None and not Path(args.config).is_file():
+        raise FairdiffError(f"--config {args.config}: no such file")
+    if args.judge == "clusters":
+        raise FairdiffError("--judge clusters is for trained runs; with --sd give a judge file or --judge auto "
+                            "with --config")
+    data_cfg = eval_cfg = None
+    if args.config is not None:
+        cfg = load_config(args.config, [])
+        data_cfg, eval_cfg = cfg.data, cfg.eval
+    rec = filter_sd_prompt(args.sd, args.out, parse_target(args.target), prompt=args.prompt or "",
+                           n=args.n if args.n is not None else 100, judge=args.judge, data_cfg=data_cfg,
+                           eval_cfg=eval_cfg, seed=args.seed if args.seed is not None else 0,
+                           steps=args.steps if args.steps is not None else 25,
+                           cfg_scale=7.5 if args.cfg_scale is None else args.cfg_scale,
+                           batch_size=args.batch_size or 8, max_draws=args.max_draws, overwrite=args.overwrite,
+                           evaluate=not args.no_eval, progress=not args.quiet)
+    print(f"filter: kept {rec['kept']} of {rec['drawn']} drawn images of '{rec['prompt']}' "
+          f"({rec['drawn_per_kept']:.2f} drawn per kept image, {rec['seconds_per_kept_image'] * 1000:.0f} ms per "
+          f"kept image); folder {args.out}")
+    m = rec.get("metrics")
+    if m:
+        print(f"valid rate {m['valid_rate']:.3f}, shares among valid {[round(x, 3) for x in m['valid_shares']]} "
+              f"(the judge that kept them; see report.md)")
+    return 0
+
+
 def cmd_debias(args: argparse.Namespace) -> int:
     from fairdiff.cli.eval_cmds import parse_target
     from fairdiff.debias import debias_run
 
+    for name in ("n", "steps", "batch_size", "max_draws", "train_n", "train_steps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise FairdiffError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if args.seed is not None and args.seed < 0:
+        raise FairdiffError(f"--seed must be >= 0, got {args.seed}")
+    if args.sd is not None:
+        return _debias_sd(args)
+    if args.run is None:
+        raise FairdiffError("give a trained RUN folder (or --sd FOLDER --prompt P for a text-to-image model)")
+    if args.prompt is not None or args.cfg_scale is not None or args.config is not None:
+        raise FairdiffError("--prompt, --cfg-scale and --config are options of 'debias --sd'")
     run = Path(args.run)
     if not run.is_dir():
         raise FairdiffError(f"no such run folder: {run}")
