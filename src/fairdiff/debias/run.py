@@ -8,6 +8,7 @@ judge and the second judge, ``metrics.json`` and ``report.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -73,16 +74,11 @@ def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: 
     from fairdiff.config import save_config
     from fairdiff.runs import write_samples
     from fairdiff.utils.io import write_json
-    from fairdiff.utils.outputs import write_marker
 
     out_cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, pretrained=str(run_dir.resolve())),
         eval=dataclasses.replace(cfg.eval, target=[float(x) for x in tgt], n_samples=n))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(out_dir, state) as tmp:
         save_config(out_cfg, tmp / "config.yaml")
         if (run_dir / "manifest.json").is_file():
             shutil.copy2(run_dir / "manifest.json", tmp / "manifest.json")
@@ -91,6 +87,20 @@ def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: 
         for name, src in (extra_dirs or {}).items():
             shutil.copytree(src, tmp / name)
         write_json(tmp / DEBIAS_FILE, record)
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, state: str):
+    """A debias folder built beside its place (``.NAME.tmp``), marked and moved in whole when the block ends: an
+    interrupted debias leaves the old folder (``state`` from ``check_output_dir``) intact and no half folder."""
+    from fairdiff.utils.outputs import write_marker
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
         write_marker(tmp, DEBIAS_KIND)
         if out_dir.exists():
             if state == "new":

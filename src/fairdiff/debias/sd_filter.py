@@ -16,7 +16,6 @@ The folder: ``samples/`` (the kept images and their seeds), ``debias.json`` (pro
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from fairdiff.errors import FairdiffError
 
-from .run import DEBIAS_FILE, DEBIAS_KIND
+from .run import DEBIAS_FILE, DEBIAS_KIND, staged_folder
 
 
 def _verdicts_fn(jd):
@@ -72,7 +71,7 @@ def filter_sd_prompt(
     from fairdiff.sampling.files import check_sampling_args
     from fairdiff.sampling.sd import generate_sd, load_sd_any, sd_image_size
     from fairdiff.utils.io import write_json
-    from fairdiff.utils.outputs import check_output_dir, write_marker
+    from fairdiff.utils.outputs import check_output_dir
 
     from .filter import filter_to_target
 
@@ -111,11 +110,7 @@ def filter_sd_prompt(
         **res.summary(), "seconds": round(time.perf_counter() - t0, 2),
     }
     metrics = judge_prompt(jd, res.images, {"prompt": prompt, "n": int(n), "debias": "filter"}) if evaluate else None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(out_dir, state) as tmp:
         write_samples(tmp / "samples", res.images, [int(s) for s in res.seeds], None,
                       {"sd": str(sd.resolve()), "prompt": prompt, "n": int(n), "target": tgt.tolist(),
                        "steps": steps, "cfg_scale": cfg_scale, "debias": "filter"}, png=False)
@@ -123,16 +118,6 @@ def filter_sd_prompt(
         if metrics is not None:
             write_json(tmp / "metrics.json", metrics)
         (tmp / "report.md").write_text(_report(record, metrics), encoding="utf-8")
-        write_marker(tmp, DEBIAS_KIND)
-        if out_dir.exists():
-            if state == "new":
-                out_dir.rmdir()
-            else:
-                shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if metrics is not None:
         record["metrics"] = metrics
     return record
