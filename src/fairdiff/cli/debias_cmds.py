@@ -143,12 +143,6 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"no such run folder: {run}")
     if args.judge not in (None, "auto", "clusters") and not Path(args.judge).is_file():
         raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
-    for name in ("n", "steps", "batch_size", "max_draws", "train_n", "train_steps"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise FairdiffError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if args.seed is not None and args.seed < 0:
-        raise FairdiffError(f"--seed must be >= 0, got {args.seed}")
     if args.lr is not None and not (args.lr > 0 and args.lr < 1):
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and args.train_n is not None:
