@@ -23,7 +23,7 @@ def world(tmp_path_factory):
     from fairdiff.sampling.sd import generate_sd, load_sd_any
 
     root = tmp_path_factory.mktemp("sdfilter")
-    assert main(["sd-init", str(root / "sd"), "--resolution", "16"]) == 0
+    assert main(["data", "tiny-sd", str(root / "sd"), "--resolution", "16"]) == 0
     pipe = load_sd_any(root / "sd", device="cpu")
     first = generate_sd(pipe, PROMPT, list(range(24)), size=16, steps=2, guidance_scale=2.0, batch_size=8)
     thr = float(np.median(brightness(first)))  # half the images on each side: both groups are drawn
