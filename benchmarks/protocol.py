@@ -22,7 +22,11 @@ Methods (each toward each target, each seed):
             of 10 % of the training set drawn at the target's shares; the training set is cut to 5000 images
             (data.size) so that enough digits of every group lie outside it for that reference
   ref-only  the base fine-tuned on that reference set alone (data.train_on=reference; no labels)
-Fine-tunes use one budget: 400 steps, batch 64, lr 2e-4, full fine-tuning of the U-Net, EMA 0.99.
+  align     distributional alignment fine-tuning (docs/align.md) from the base: its own budget, as in
+            configs/align-mnist.yaml (LoRA rank 8 on the ResNet convolutions, 150 steps at batch 16 through a
+            10-step DDIM chain with gradient, lr 1e-4, preservation weight 1, no EMA): a step costs ~10 forward
+            and backward passes, so the 400 x 64 budget would be ~25 times the others'
+Fine-tunes use one budget: 400 steps, batch 64, lr 2e-4, full fine-tuning of the U-Net, EMA 0.99 (align: above).
 Every model is scored by the test judge (eval.seed's domain CNN) and the second judge on --n images.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/protocol.py BASE --setting mnist-01 --targets 0.5,0.5 \
@@ -40,7 +44,10 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
-FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only")
+FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align")
+ALIGN = ["method.name=align", "method.align_steps=10", "method.preserve_weight=1.0", "model.lora=true",
+         "model.lora_rank=8", "model.lora_alpha=16", "train.steps=150", "train.batch_size=16", "train.lr=1e-4",
+         "train.warmup_steps=10", "train.ema=false", "train.checkpoint_every=50"]  # configs/align-mnist.yaml
 REFERENCE = ["data.size=5000", "data.reference=0.1", "method.disc_steps=500", "method.disc_batch_size=64",
              "method.disc_holdout=0.2", "method.weight_clip=20.0"]  # the reference-set methods (docs/tiw.md)
 
@@ -126,6 +133,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         extra = {"ddm": ["method.name=ddm", "method.alpha=0.05"],
                  "ddm-reverse": ["method.name=ddm", "method.alpha=0.1", "method.indicator_grad=reverse"],
                  "reweight": ["method.name=reweight", f"method.target=[{tstr}]"],
+                 "align": [*ALIGN, f"method.target=[{tstr}]"],
                  "ref-only": ["method.name=baseline", "data.train_on=reference", *REFERENCE[:2],
                               f"data.reference_shares=[{tstr}]"]}.get(method) or [
             f"method.name={method}", *REFERENCE, f"data.reference_shares=[{tstr}]"]
