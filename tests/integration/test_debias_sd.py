@@ -1,6 +1,7 @@
-"""``fairdiff debias --sd FOLDER --prompt P --method filter``: generate-and-filter of one prompt of the tiny random
-SD stack (``sd-init``), judged by a brightness judge whose answer is known: the kept images are the pipeline's
-own images of their recorded seeds, their judged groups meet the quotas, and bad input is one line."""
+"""``fairdiff debias --sd FOLDER --prompt P``: generate-and-filter (and guidance to the target with its controller)
+of one prompt of the tiny random SD stack (``data tiny-sd``), judged by a brightness judge whose answer is known:
+the kept images are the pipeline's own images of their recorded seeds, their judged groups meet the quotas, the
+controller's unguided pilot is the pipeline's own, and bad input is one line."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def world(tmp_path_factory):
     first = generate_sd(pipe, PROMPT, list(range(24)), size=16, steps=2, guidance_scale=2.0, batch_size=8)
     thr = float(np.median(brightness(first)))  # half the images on each side: both groups are drawn
     torch.jit.script(Brightness(threshold=thr)).save(str(root / "bright.pt"))
-    return {"root": root, "sd": root / "sd", "judge": root / "bright.pt", "thr": thr, "pipe": pipe}
+    assert main(["heads", "fit", "--sd", str(root / "sd"), "--prompt", PROMPT, "--judge", str(root / "bright.pt"),
+                 "--out", str(root / "heads"), "--n", "64", "--steps", "2", "--cfg-scale", "2.0", "--batch-size",
+                 "32", "-q"]) == 0
+    return {"root": root, "sd": root / "sd", "judge": root / "bright.pt", "thr": thr, "pipe": pipe,
+            "heads": root / "heads"}
 
 
 def test_sd_filter_keeps_the_pipelines_images_to_quota(world, tmp_path):
@@ -53,9 +58,10 @@ def test_sd_filter_keeps_the_pipelines_images_to_quota(world, tmp_path):
 
 
 @pytest.mark.parametrize("change, says", [
-    ({"--method": "guide"}, "--sd takes --method filter"),
+    ({"--method": "distill"}, "--sd takes --method filter or guide"),
+    ({"--heads": "h"}, "not an option of 'debias --sd --method filter'"),
     ({"--prompt": " "}, "needs one --prompt"),
-    ({"--then-filter": None}, "not an option of 'debias --sd'"),
+    ({"--then-filter": None}, "not an option of 'debias --sd --method filter'"),
     ({"--judge": "clusters"}, "--judge clusters is for trained runs"),
     ({"--max-draws": "3"}, "--max-draws must be at least --n"),
     ({"--config": "none.yaml"}, "no such file"),
@@ -71,6 +77,37 @@ def test_sd_filter_bad_input_is_one_line(world, tmp_path, capsys, change, says):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and "Traceback" not in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_sd_guide_controller_and_then_filter(world, tmp_path):
+    """``--method guide``: pilots at scale 0, then ``--s0``; the unguided pilot's shares are the judge's on the
+    pipeline's own images of the pilot seeds; ``--then-filter`` keeps guided images to quota."""
+    from fairdiff.debias.run import PILOT_SEED
+    from fairdiff.sampling.sd import generate_sd
+
+    out = tmp_path / "guided"
+    args = ["debias", "--sd", str(world["sd"]), "--method", "guide", "--heads", str(world["heads"]), "--prompt",
+            PROMPT, "--target", "0.2,0.8", "--n", "8", "--pilot-n", "16", "--max-pilots", "3", "--s0", "5",
+            "--judge", str(world["judge"]), "-q"]
+    assert main([*args, "--out", str(out)]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    c = rec["controller"]
+    assert [p["scale"] for p in c["pilots"]][:2] == [0.0, 5.0] and len(c["pilots"]) <= 3
+    assert rec["steps"] == 2 and rec["cfg_scale"] == 2.0  # the heads' own
+    plain = generate_sd(world["pipe"], PROMPT, list(range(PILOT_SEED, PILOT_SEED + 16)), size=16, steps=2,
+                        guidance_scale=2.0, batch_size=8)
+    assert c["pilots"][0]["shares"][1] == pytest.approx((brightness(plain) > world["thr"]).mean())
+    assert np.load(out / "samples" / "samples.npz")["images"].shape == (8, 3, 16, 16)
+    kept = tmp_path / "guided-kept"
+    assert main([*args, "--then-filter", "--out", str(kept)]) == 0
+    rec2 = json.loads((kept / "debias.json").read_text())
+    z = np.load(kept / "samples" / "samples.npz")
+    assert rec2["then_filter"] and rec2["controller"]["scale"] == c["scale"]
+    assert np.bincount((brightness(z["images"]) > world["thr"]).astype(int), minlength=2).tolist() == [2, 6]
+    for bad in (["--steps", "3"], ["--mode", "sample"], ["--reader", "classifier"]):
+        assert main([*args, *bad, "--out", str(tmp_path / "bad")]) == 2
+    assert main([a for a in args if a != str(world["heads"]) and a != "--heads"] + ["--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "b").exists()
 
 
 def test_run_and_sd_are_exclusive(world, tmp_path):

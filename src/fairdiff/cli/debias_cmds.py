@@ -14,8 +14,9 @@ def register(sub) -> None:
     p = sub.add_parser("debias", help="debias a trained (base) run toward a target distribution of its groups")
     p.add_argument("run", metavar="RUN", nargs="?",
                    help="a trained run folder (e.g. a base from 'fairdiff base make'); or --sd FOLDER")
-    p.add_argument("--sd", metavar="FOLDER", help="filter: a local diffusers Stable Diffusion folder or SD LoRA run "
-                   "instead of RUN; its images of --prompt are judged (--judge, --config) and kept to the target")
+    p.add_argument("--sd", metavar="FOLDER", help="a local diffusers Stable Diffusion folder or SD LoRA run instead of "
+                   "RUN: filter keeps its images of --prompt to the target (judged by --judge, --config); guide "
+                   "steers them with --heads from 'fairdiff heads fit --sd', its scale found by the controller")
     p.add_argument("--prompt", help="--sd: the prompt whose images are kept to the target")
     p.add_argument("--cfg-scale", type=float, help="--sd: classifier-free guidance scale (default 7.5)")
     p.add_argument("--config", "-c", help="--sd: config YAML whose data section the judge is trained / calibrated "
@@ -52,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["batch", "sample"], default="batch",
                    help="guide: batch (push the batch's share to the target) or sample (assign each image a group "
                    "in the target's proportions and guide it there)")
-    p.add_argument("--space", choices=["h", "x"], default="h",
+    p.add_argument("--space", choices=["h", "x"],
                    help="guide: where the loss gradient acts: h (edit the middle block's output, the default) or x "
                    "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
     p.add_argument("--reader", choices=["heads", "classifier"], default="heads",
@@ -80,22 +81,26 @@ def register(sub) -> None:
 
 
 def _debias_sd(args: argparse.Namespace) -> int:
-    """``debias --sd FOLDER --prompt P``: generate-and-filter of one prompt of a text-to-image model."""
+    """``debias --sd FOLDER --prompt P``: generate-and-filter, or guidance to the target, of one prompt of a
+    text-to-image model."""
     from fairdiff.cli.eval_cmds import parse_target
     from fairdiff.config import load_config
-    from fairdiff.debias.sd_filter import filter_sd_prompt
+    from fairdiff.debias.sd import filter_sd_prompt, guide_sd_prompt
 
     if args.run is not None:
         raise FairdiffError("give RUN or --sd FOLDER, not both")
-    if args.method != "filter":
-        raise FairdiffError(f"--sd takes --method filter (got {args.method}); distribution guidance of an SD folder "
-                            "is 'fairdiff sample --sd --heads', alignment 'fairdiff train --sd'")
-    taken = [f"--{o.replace('_', '-')}" for o in ("scheduler", "heads", "pilot_n", "classifier", "eta", "s0",
-                                                  "train_n", "train_steps", "lr", "reference")
-             if getattr(args, o) is not None] + [f for f, v in (("--then-filter", args.then_filter),
-                                                               ("--no-pilot-cache", args.no_pilot_cache)) if v]
+    if args.method not in ("filter", "guide"):
+        raise FairdiffError(f"--sd takes --method filter or guide (got {args.method}); fine-tuning an SD model "
+                            "toward a target is 'fairdiff train --sd' (alignment)")
+    guide_only = ("heads", "pilot_n", "s0")
+    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference")
+    taken = [f"--{o.replace('_', '-')}" for o in never + (guide_only if args.method == "filter" else ())
+             if getattr(args, o) is not None]
+    taken += [f for f, v in (("--then-filter", args.then_filter and args.method == "filter"),
+                             ("--no-pilot-cache", args.no_pilot_cache), ("--mode sample", args.mode != "batch"),
+                             ("--reader classifier", args.reader != "heads")) if v]
     if taken:
-        raise FairdiffError(f"{', '.join(taken)}: not an option of 'debias --sd' (generate-and-filter of one prompt)")
+        raise FairdiffError(f"{', '.join(taken)}: not an option of 'debias --sd --method {args.method}'")
     if args.config is not None and not Path(args.config).is_file():
         raise FairdiffError(f"--config {args.config}: no such file")
     if args.judge == "clusters":
@@ -105,20 +110,31 @@ def _debias_sd(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = load_config(args.config, [])
         data_cfg, eval_cfg = cfg.data, cfg.eval
-    rec = filter_sd_prompt(args.sd, args.out, parse_target(args.target), prompt=args.prompt or "",
-                           n=args.n if args.n is not None else 100, judge=args.judge, data_cfg=data_cfg,
-                           eval_cfg=eval_cfg, seed=args.seed if args.seed is not None else 0,
-                           steps=args.steps if args.steps is not None else 25,
-                           cfg_scale=7.5 if args.cfg_scale is None else args.cfg_scale,
-                           batch_size=args.batch_size or 8, max_draws=args.max_draws, overwrite=args.overwrite,
-                           evaluate=not args.no_eval, progress=not args.quiet)
-    print(f"filter: kept {rec['kept']} of {rec['drawn']} drawn images of '{rec['prompt']}' "
-          f"({rec['drawn_per_kept']:.2f} drawn per kept image, {rec['seconds_per_kept_image'] * 1000:.0f} ms per "
-          f"kept image); folder {args.out}")
+    common = dict(prompt=args.prompt or "", n=args.n if args.n is not None else 100, judge=args.judge,
+                  data_cfg=data_cfg, eval_cfg=eval_cfg, seed=args.seed if args.seed is not None else 0,
+                  batch_size=args.batch_size or 8, max_draws=args.max_draws, overwrite=args.overwrite,
+                  evaluate=not args.no_eval, progress=not args.quiet)
+    if args.method == "guide":
+        if args.steps is not None:
+            raise FairdiffError("--steps: 'debias --sd --method guide' samples with the heads' own steps")
+        rec = guide_sd_prompt(args.sd, args.out, parse_target(args.target), heads=args.heads,
+                              cfg_scale=args.cfg_scale, pilot_n=args.pilot_n or 64, max_pilots=args.max_pilots,
+                              s0=10.0 if args.s0 is None else args.s0, then_filter=args.then_filter,
+                              force=args.force, **common)
+        c = rec["controller"]
+        print(f"guide: scale {c['scale']:g} after {len(c['pilots'])} pilots ({c['reason']}); kept {rec['kept']} of "
+              f"{rec['drawn']} drawn images of '{rec['prompt']}'; folder {args.out}")
+    else:
+        rec = filter_sd_prompt(args.sd, args.out, parse_target(args.target),
+                               steps=args.steps if args.steps is not None else 25,
+                               cfg_scale=7.5 if args.cfg_scale is None else args.cfg_scale, **common)
+        print(f"filter: kept {rec['kept']} of {rec['drawn']} drawn images of '{rec['prompt']}' "
+              f"({rec['drawn_per_kept']:.2f} drawn per kept image, {rec['seconds_per_kept_image'] * 1000:.0f} ms "
+              f"per kept image); folder {args.out}")
     m = rec.get("metrics")
     if m:
         print(f"valid rate {m['valid_rate']:.3f}, shares among valid {[round(x, 3) for x in m['valid_shares']]} "
-              f"(the judge that kept them; see report.md)")
+              f"(the judge that {'steered' if args.method == 'guide' else 'kept'} them; see report.md)")
     return 0
 
 
@@ -156,7 +172,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
     target = parse_target(args.target)
     if args.method != "guide" and args.heads is not None:
         raise FairdiffError("--heads is an option of --method guide")
-    if args.method != "guide" and (args.space != "h" or args.s0 is not None or args.reader != "heads"
+    if args.method != "guide" and (args.space is not None or args.s0 is not None or args.reader != "heads"
                                    or args.classifier is not None or args.eta is not None or args.no_pilot_cache
                                    or args.then_filter):
         raise FairdiffError("--space, --reader, --classifier, --eta, --s0, --no-pilot-cache and --then-filter are "
@@ -195,7 +211,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
         rec = guide_run_to_target(run, args.out, target, heads=args.heads, n=args.n, judge=args.judge,
                                   seed=args.seed, steps=args.steps, temperature=args.temperature,
                                   pilot_n=args.pilot_n, max_pilots=args.max_pilots, mode=args.mode,
-                                  space=args.space, s0=args.s0, reader=args.reader,
+                                  space=args.space or "h", s0=args.s0, reader=args.reader,
                                   classifier=args.classifier, classifier_steps=args.classifier_steps, eta=args.eta,
                                   overwrite=args.overwrite, force=args.force, pilot_cache=not args.no_pilot_cache,
                                   then_filter=args.then_filter, max_draws=args.max_draws,

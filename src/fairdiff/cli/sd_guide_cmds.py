@@ -87,21 +87,10 @@ def _check_sd(sd: str) -> Path:
 
 
 def sd_fingerprint(sd: str | Path) -> dict | None:
-    """Which model --sd is (what heads record and are checked against): the SHA-256 of its U-Net weights, and for
-    an sd-finetune run also of its LoRA."""
-    from fairdiff.models.heads import model_fingerprint
-    from fairdiff.models.sd import LORA_FILE
-    from fairdiff.runs import MODEL_DIR, SD_META
-    from fairdiff.utils.io import read_json_checked
+    """:func:`fairdiff.sampling.sd.sd_weights_fingerprint` (imported when called: the CLI starts without torch)."""
+    from fairdiff.sampling.sd import sd_weights_fingerprint
 
-    p = Path(sd)
-    if (p / SD_META).is_file():
-        base = read_json_checked(p / SD_META, "sd-finetune run record").get("sd")
-        fp = model_fingerprint(Path(base) / "unet", {"lora_sha256": p / MODEL_DIR / LORA_FILE})
-        if fp is not None:
-            fp["path"] = str(p.resolve())
-        return fp
-    return model_fingerprint(p / "unet")
+    return sd_weights_fingerprint(sd)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -134,3 +134,19 @@ def sample_sd_run(run_dir: str | Path, n: int, *, out_dir: str | Path | None = N
     info = {"run": str(run_dir), "n": n, "seed": seed, "steps": steps, "prompt": text, "lora": lora,
             "guidance_scale": guidance_scale}
     return write_samples(out_dir, imgs, seeds, None, info)
+
+
+def sd_weights_fingerprint(sd: str | Path) -> dict | None:
+    """Which model --sd is (what heads record and are checked against): the SHA-256 of its U-Net weights, and for
+    an sd-finetune run also of its LoRA."""
+    from fairdiff.models.heads import model_fingerprint
+    from fairdiff.utils.io import read_json_checked
+
+    p = Path(sd)
+    if (p / SD_META).is_file():
+        base = read_json_checked(p / SD_META, "sd-finetune run record").get("sd")
+        fp = model_fingerprint(Path(base) / "unet", {"lora_sha256": p / MODEL_DIR / LORA_FILE})
+        if fp is not None:
+            fp["path"] = str(p.resolve())
+        return fp
+    return model_fingerprint(p / "unet")
