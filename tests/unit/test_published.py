@@ -71,6 +71,28 @@ def test_summary_by_method_counts_the_seeds_that_meet_the_bar(tmp_path):
     assert md[2:] == ["| base | 0 | 0.970 | — |", "| good | 0 | 0.940 | 0/1 |"]
 
 
+def test_the_bar_by_the_second_judge_uses_its_share_and_valid_rate(tmp_path):
+    """``bar_j2``: the same bar with the second judge's share among valid images and valid rate (against the base
+    row's second-judge valid rate); precision and recall are shared."""
+    from fairdiff.bench.published import meets_bar, render_block
+
+    def m(share0, j2_share0, j2_valid):
+        out = _metrics(valid=0.95, share0=share0)
+        out["judge2"] = {"valid_rate": j2_valid, "valid_shares": [j2_share0, 1 - j2_share0]}
+        return out
+
+    rows = [row_from_metrics(m(0.82, 0.80, 0.90), "s", "base", 0),
+            row_from_metrics(m(0.50, 0.51, 0.89), "s", "both", 0),  # both judges within the bar
+            row_from_metrics(m(0.50, 0.56, 0.89), "s", "j1only", 0),  # judge 2 sees 0.56: 0.06 off
+            row_from_metrics(m(0.50, 0.50, 0.87), "s", "j2invalid", 0)]  # judge 2 valid 0.03 under its base
+    add_rows(tmp_path / "r.csv", rows)
+    assert [meets_bar(r, rows[0]) for r in rows[1:]] == [True, True, True]
+    assert [meets_bar(r, rows[0], "_j2") for r in rows[1:]] == [True, False, False]
+    md = render_block("r.csv by=method cols=method,bar,bar_j2", tmp_path).splitlines()
+    assert md[0] == "| method | meets the bar (seeds) | judge 2: meets the bar |"
+    assert md[3:] == ["| both | 1/1 | 1/1 |", "| j1only | 1/1 | 0/1 |", "| j2invalid | 1/1 | 0/1 |"]
+
+
 def test_repository_docs_match_their_results_files():
     from fairdiff.bench.published import doc_paths
 

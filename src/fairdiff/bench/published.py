@@ -39,7 +39,7 @@ HEADERS = {
     "valid_rate_j2": "judge 2 valid", "share_0_j2": "judge 2 share g0", "fd_strict_j2": "judge 2 strict FD",
     "copy_rate": "copy rate", "drawn_per_kept": "drawn per kept", "seconds_per_image": "s / image",
     "finetune_s": "fine-tune s", "note": "note", "seeds": "seeds", "share_0_range": "share g0 (lowest-highest)",
-    "bar": "meets the bar (seeds)",
+    "bar": "meets the bar (seeds)", "bar_j2": "judge 2: meets the bar",
 }
 BAR = {"share": 0.03, "valid_rate": 0.02, "precision": 0.03, "recall": 0.03}
 
@@ -168,12 +168,13 @@ def _parse_spec(spec: str) -> tuple[str, dict, list[str]]:
     return src, filters, cols
 
 
-def meets_bar(row: dict, base: dict | None) -> bool | None:
-    """Whether a two-group row meets the target bar against its base row (None: no base or not two groups)."""
+def meets_bar(row: dict, base: dict | None, judge: str = "") -> bool | None:
+    """Whether a two-group row meets the target bar against its base row (None: no base or not two groups).
+    ``judge="_j2"``: the share and valid rate of the second judge (precision and recall are the same features)."""
     if base is None or _num(row.get("share_2")) == _num(row.get("share_2")):  # share_2 set: K > 2
         return None
-    vals = [_num(row.get(k)) for k in ("share_0", "target_0", "valid_rate", "precision", "recall")]
-    ref = [_num(base.get(k)) for k in ("valid_rate", "precision", "recall")]
+    vals = [_num(row.get(k)) for k in (f"share_0{judge}", "target_0", f"valid_rate{judge}", "precision", "recall")]
+    ref = [_num(base.get(k)) for k in (f"valid_rate{judge}", "precision", "recall")]
     if any(math.isnan(v) for v in vals + ref):
         return None
     share, target, valid, prec, rec = vals
@@ -200,10 +201,11 @@ def summarize(rows: list[dict], by: str) -> list[dict]:
         agg["seeds"] = ",".join(str(r.get("seed")) for r in rs)
         shares = [_num(r.get("share_0")) for r in rs]
         agg["share_0_range"] = f"{_fmt(str(min(shares)))}-{_fmt(str(max(shares)))}" if shares else ""
-        verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n"))))
-                    for r in rs]
-        known = [v for v in verdicts if v is not None]
-        agg["bar"] = f"{sum(known)}/{len(known)}" if known and key != "base" else "—"
+        for col, judge in (("bar", ""), ("bar_j2", "_j2")):
+            verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n"))),
+                                  judge) for r in rs]
+            known = [v for v in verdicts if v is not None]
+            agg[col] = f"{sum(known)}/{len(known)}" if known and key != "base" else "—"
         summary.append(agg)
     return summary
 
