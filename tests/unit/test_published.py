@@ -88,9 +88,14 @@ def test_the_bar_by_the_second_judge_uses_its_share_and_valid_rate(tmp_path):
     add_rows(tmp_path / "r.csv", rows)
     assert [meets_bar(r, rows[0]) for r in rows[1:]] == [True, True, True]
     assert [meets_bar(r, rows[0], "_j2") for r in rows[1:]] == [True, False, False]
+    rows[0]["seconds_per_image"], rows[1]["seconds_per_image"] = 0.04, 0.12  # 3x the base's cost per image
+    add_rows(tmp_path / "r.csv", rows[:2])
+    md = render_block("r.csv by=method cols=method,cost_x_base", tmp_path).splitlines()
+    assert sorted(md[2:]) == ["| base | 1.00 |", "| both | 3.00 |", "| j1only | 0.25 |", "| j2invalid | 0.25 |"]
     md = render_block("r.csv by=method cols=method,bar,bar_j2", tmp_path).splitlines()
     assert md[0] == "| method | meets the bar (seeds) | judge 2: meets the bar |"
-    assert md[3:] == ["| both | 1/1 | 1/1 |", "| j1only | 1/1 | 0/1 |", "| j2invalid | 1/1 | 0/1 |"]
+    assert sorted(md[2:]) == ["| base | — | — |", "| both | 1/1 | 1/1 |", "| j1only | 1/1 | 0/1 |",
+                              "| j2invalid | 1/1 | 0/1 |"]
 
 
 def test_repository_docs_match_their_results_files():

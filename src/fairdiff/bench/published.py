@@ -39,7 +39,7 @@ HEADERS = {
     "valid_rate_j2": "judge 2 valid", "share_0_j2": "judge 2 share g0", "fd_strict_j2": "judge 2 strict FD",
     "copy_rate": "copy rate", "drawn_per_kept": "drawn per kept", "seconds_per_image": "s / image",
     "finetune_s": "fine-tune s", "note": "note", "seeds": "seeds", "share_0_range": "share g0 (lowest-highest)",
-    "bar": "meets the bar (seeds)", "bar_j2": "judge 2: meets the bar",
+    "bar": "meets the bar (seeds)", "bar_j2": "judge 2: meets the bar", "cost_x_base": "s / image ÷ base's",
 }
 BAR = {"share": 0.03, "valid_rate": 0.02, "precision": 0.03, "recall": 0.03}
 
@@ -146,7 +146,7 @@ def render(rows: list[dict], cols: list[str]) -> str:
                 cells.append(_fmt(r.get(c, ""), 1))
             elif c in ("finetune_s", "train_seconds"):
                 cells.append(_fmt(r.get(c, ""), 0))
-            elif c == "drawn_per_kept":
+            elif c in ("drawn_per_kept", "cost_x_base"):
                 cells.append(_fmt(r.get(c, ""), 2))
             elif c == "seconds_per_image":
                 cells.append(_fmt(r.get(c, ""), 4))
@@ -183,7 +183,8 @@ def meets_bar(row: dict, base: dict | None, judge: str = "") -> bool | None:
 
 
 def summarize(rows: list[dict], by: str) -> list[dict]:
-    """One row per value of ``by``: numeric columns averaged, ``seeds``, ``share_0_range`` and ``bar``."""
+    """One row per value of ``by``: numeric columns averaged, ``seeds``, ``share_0_range``, ``bar`` / ``bar_j2`` and
+    ``cost_x_base`` (seconds per kept image over the base row's of the same seed, averaged over seeds)."""
     bases = {(r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n")): r for r in rows
              if r.get("method") == "base"}
     out: dict[str, list[dict]] = {}
@@ -201,6 +202,13 @@ def summarize(rows: list[dict], by: str) -> list[dict]:
         agg["seeds"] = ",".join(str(r.get("seed")) for r in rs)
         shares = [_num(r.get("share_0")) for r in rs]
         agg["share_0_range"] = f"{_fmt(str(min(shares)))}-{_fmt(str(max(shares)))}" if shares else ""
+        ratios = []  # sampling cost per kept image against the base's, seed by seed
+        for r in rs:
+            b = bases.get((r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n")))
+            x, y = _num(r.get("seconds_per_image")), _num((b or {}).get("seconds_per_image"))
+            if not (math.isnan(x) or math.isnan(y)) and y > 0:
+                ratios.append(x / y)
+        agg["cost_x_base"] = str(sum(ratios) / len(ratios)) if ratios else ""
         for col, judge in (("bar", ""), ("bar_j2", "_j2")):
             verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n"))),
                                   judge) for r in rs]
