@@ -12,6 +12,8 @@ Methods (each toward each target, each seed):
   guide-clf-filter  guide-clf, then images kept to quota by the validation judge (--then-filter): the target
             exactly where the valid-rate floor stops guidance short
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
+  distill2  the same in two rounds (--rounds 2): the first round's shares on a 1024-image pilot (validation
+            judge) correct the second round's target to 2 t - s1; the second round starts from the base again
   filter-lf, guide-lf, guide-clf-lf  the label-free forms: groups are k-means clusters of the base's own images
             (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its classifier, once per
             base at OUT/classifier-lf), no label or judge anywhere
@@ -44,7 +46,7 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
-FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align")
+FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align", "distill2")
 ALIGN = ["method.name=align", "method.align_steps=10", "method.preserve_weight=1.0", "model.lora=true",
          "model.lora_rank=8", "model.lora_alpha=16", "train.steps=150", "train.batch_size=16", "train.lr=1e-4",
          "train.warmup_steps=10", "train.ema=false", "train.checkpoint_every=50"]  # configs/align-mnist.yaml
@@ -122,9 +124,9 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif method == "distill":
+    elif method in ("distill", "distill2"):
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
-                          progress=False)
+                          progress=False, rounds=2 if method == "distill2" else 1)
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]

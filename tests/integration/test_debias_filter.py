@@ -167,6 +167,32 @@ def test_guide_controller_end_to_end(base_run, corner_judge_file, tmp_path):
                  "--out", str(tmp_path / "y")]) == 2
 
 
+def test_distill_two_rounds_corrects_toward_the_first_rounds_miss(base_run, corner_judge_file, tmp_path):
+    """``--rounds 2``: the first round in OUT-round1, its pilot shares judged, the second round distilled from the
+    base toward 2 t - s1 (clipped, renormalised) and evaluated against the requested target."""
+    from fairdiff.config import load_config
+
+    out = tmp_path / "d2"
+    assert main(["debias", str(base_run), "--method", "distill", "--rounds", "2", "--target", "0.3,0.7",
+                 "--train-n", "10", "--train-steps", "2", "--judge", str(corner_judge_file), "--steps", "2",
+                 "--n", "8", "--no-eval", "--out", str(out), "-q"]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    s1 = np.asarray(rec["round1"]["pilot_shares"])
+    want = np.clip(2 * np.array([0.3, 0.7]) - s1, 0.01, 0.99)
+    assert rec["rounds"] == 2 and rec["corrected_target"] == pytest.approx((want / want.sum()).tolist())
+    assert (tmp_path / "d2-round1" / "model" / "unet").is_dir() and rec["round1"]["pilot_n"] == 1024
+    # the second round's training set follows the corrected target; the run is scored against the requested one
+    z = np.load(tmp_path / "d2-data" / "samples" / "samples.npz")
+    from fairdiff.debias import quotas
+
+    assert np.bincount(corner_group(z["images"]), minlength=2).tolist() == quotas(want / want.sum(), 10).tolist()
+    assert load_config(out / "config.yaml").eval.target == [0.3, 0.7]
+    assert main(["debias", str(base_run), "--method", "filter", "--rounds", "2", "--target", "0.5,0.5",
+                 "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert main(["debias", str(base_run), "--method", "distill", "--rounds", "2", "--judge", "clusters",
+                 "--target", "0.5,0.5", "--out", str(tmp_path / "y"), "-q"]) == 2
+
+
 def test_label_free_filter_with_clusters(base_run, tmp_path):
     out = tmp_path / "lf"
     assert main(["debias", str(base_run), "--target", "0.5,0.5", "--n", "10", "--judge", "clusters", "--steps", "2",

@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="images per sampling batch (default sample.batch_size)")
     p.add_argument("--max-draws", type=int, help="give up after drawing this many images (default 100 x n)")
     p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
+    p.add_argument("--rounds", type=int, choices=[1, 2], help="distill: 2 measures the first round's shares on a pilot "
+                   "and distils the base again toward the target corrected by that miss (default 1)")
     p.add_argument("--train-steps", type=int, help="distill / reweight / iw: fine-tuning steps (default 400)")
     p.add_argument("--lr", type=float, help="distill / reweight / iw: fine-tuning learning rate (default 2e-4)")
     p.add_argument("--reference", help="iw: a folder of unlabeled images drawn at the target (a few hundred)")
@@ -93,7 +95,7 @@ def _debias_sd(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--sd takes --method filter or guide (got {args.method}); fine-tuning an SD model "
                             "toward a target is 'fairdiff train --sd' (alignment)")
     guide_only = ("heads", "pilot_n", "s0")
-    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference")
+    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference", "rounds")
     taken = [f"--{o.replace('_', '-')}" for o in never + (guide_only if args.method == "filter" else ())
              if getattr(args, o) is not None]
     taken += [f for f, v in (("--then-filter", args.then_filter and args.method == "filter"),
@@ -161,8 +163,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
     if args.lr is not None and not (args.lr > 0 and args.lr < 1):
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
-    if args.method != "distill" and args.train_n is not None:
-        raise FairdiffError("--train-n is an option of --method distill")
+    if args.method != "distill" and (args.train_n is not None or args.rounds is not None):
+        raise FairdiffError("--train-n and --rounds are options of --method distill")
     if args.method != "distill" and args.method not in FINETUNE_METHODS and (args.train_steps is not None
                                                                              or args.lr is not None):
         raise FairdiffError("--train-steps and --lr are options of the fine-tuning methods (distill, reweight, iw)")
@@ -229,8 +231,12 @@ def cmd_debias(args: argparse.Namespace) -> int:
         from fairdiff.debias import distill_run
 
         rec = distill_run(run, args.out, target, n=args.n, train_n=args.train_n, train_steps=args.train_steps,
-                          lr=args.lr, **common)
+                          lr=args.lr, rounds=args.rounds or 1, **common)
         f = rec["filtered"]
+        if rec.get("rounds") == 2:
+            r1 = rec["round1"]
+            print(f"distill round 1 ({r1['dir']}): shares {[round(x, 3) for x in r1['pilot_shares']]}; round 2 "
+                  f"toward {[round(x, 3) for x in rec['corrected_target']]}")
         print(f"distill: {rec['train_n']} filtered images ({f['drawn_per_kept']:.2f} drawn per kept image) in "
               f"{rec['data_dir']}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
               f"run {args.out}")

@@ -226,9 +226,11 @@ def distill_run(
     train_steps: int | None = None,
     lr: float | None = None,
     n: int | None = None,
+    rounds: int = 1,
     overwrite: bool = False,
     evaluate: bool = True,
     progress: bool = True,
+    eval_target=None,
     **filter_args,
 ) -> dict:
     """Distil the target into the weights: fine-tune the base on its own generate-and-filter output.
@@ -237,7 +239,18 @@ def distill_run(
     ``OUT/`` is an ordinary run: the base's U-Net fine-tuned on them for ``train_steps`` steps (full fine-tuning,
     plain denoising loss, ``data.train_on=reference``), which samples at the target with no overhead. ``n`` is
     the number of images the distilled model is evaluated on (default ``eval.n_samples``).
+
+    ``rounds=2`` corrects the first round's miss (the fine-tuned model keeps some of the base's lean): the first
+    round is distilled into ``OUT-round1/``, a pilot of ``PILOT_N['classifier']`` of its images (seeds from
+    ``PILOT_SEED``, judged by the validation judge) gives its shares ``s1``, and the second round distils the base
+    again, from the base, toward ``2 t - s1`` (clipped to [0.01, 0.99] per group and renormalised), evaluated
+    against the requested ``t``. ``eval_target`` (internal): the target ``OUT/`` is evaluated against.
     """
+    if rounds not in (1, 2):
+        raise FairdiffError(f"distill --rounds must be 1 or 2, got {rounds}")
+    if rounds == 2:
+        return _distill_two_rounds(run_dir, out_dir, target, train_n=train_n, train_steps=train_steps, lr=lr, n=n,
+                                   overwrite=overwrite, evaluate=evaluate, progress=progress, **filter_args)
     from fairdiff.config import load_config
     from fairdiff.evaluation import evaluate_run
     from fairdiff.runs import read_run_config
@@ -274,7 +287,8 @@ def distill_run(
         f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={(data_dir / 'images').resolve()}",
         "data.train_on=reference", "method.name=baseline", f"train.steps={train_steps}",
         f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
-        f"train.checkpoint_every={max(train_steps // 2, 1)}", f"eval.target=[{','.join(str(t) for t in tgt)}]",
+        f"train.checkpoint_every={max(train_steps // 2, 1)}",
+        f"eval.target=[{','.join(str(float(t)) for t in (tgt if eval_target is None else eval_target))}]",
         f"eval.n_samples={int(n or base_cfg.eval.n_samples)}", f"name={run_name}",
         *([f"sample.seed={int(filter_args['seed'])}"] if filter_args.get("seed") is not None else [])])
     resume = "latest" if (out_dir / "config.yaml").is_file() and not overwrite else None
@@ -286,6 +300,71 @@ def distill_run(
               "finetune_seconds": round(time.perf_counter() - t1, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
     if evaluate:
+        record["metrics"] = evaluate_run(out_dir, progress=progress)
+    return record
+
+
+def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluate: bool, progress: bool,
+                        **kw) -> dict:
+    """:func:`distill_run` with ``rounds=2`` (see there)."""
+    from fairdiff.evaluation.evaluate import check_target
+    from fairdiff.metrics import OUTSIDE
+    from fairdiff.models import build_sampling_scheduler
+    from fairdiff.runs import load_model_checked, read_run_config
+    from fairdiff.sampling import sample
+    from fairdiff.sampling.files import resolve_device
+    from fairdiff.utils.io import write_json
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if kw.get("judge") == "clusters":
+        raise FairdiffError("distill --rounds 2 corrects toward the judge's shares; the label-free clusters of the "
+                            "base are not refitted on the first round's model: use --rounds 1 with --judge clusters")
+    from fairdiff.utils.outputs import check_output_dir
+
+    cfg = read_run_config(run_dir)
+    tgt = check_target(target, len(cfg.data.groups))
+    first_dir = out_dir.with_name(out_dir.name + "-round1")
+    for d in (out_dir, first_dir):  # both refused (one line) before the first round's minutes of work
+        check_output_dir(d, "run", overwrite=overwrite, inputs=[run_dir], whole=True)
+    t0 = time.perf_counter()
+    first = distill_run(run_dir, first_dir, tgt.tolist(), n=n, overwrite=overwrite, evaluate=False,
+                        progress=progress, **kw)
+    judge = _load_checked_judge(kw.get("judge"), cfg, len(tgt), progress)
+    dev = resolve_device(kw.get("device"))
+    unet, sched_cfg, vae = load_model_checked(first_dir, dev)
+    pilot_n = PILOT_N["classifier"]
+    bs = min(pilot_n, cfg.sample.batch_size)
+    x = sample(unet, build_sampling_scheduler(kw.get("scheduler") or cfg.sample.scheduler, sched_cfg),
+               list(range(PILOT_SEED, PILOT_SEED + pilot_n)), batch_size=bs,
+               num_steps=int(kw.get("steps") or cfg.sample.steps),
+               eta=cfg.sample.eta, device=dev, progress=False, clip_output=vae is None)
+    if vae is not None:
+        from fairdiff.models.vae import decode
+
+        x = decode(vae, x, bs)
+    from fairdiff.evaluation.samples import to_uint8
+
+    v = _verdict_fn(judge, cfg.data)(to_uint8(x))
+    valid = v != OUTSIDE
+    s1 = np.bincount(v[valid], minlength=len(tgt)) / max(int(valid.sum()), 1)
+    t2 = np.clip(2 * tgt - s1, 0.01, 0.99)
+    t2 = t2 / t2.sum()
+    if progress:
+        print(f"distill round 1: shares {s1.round(3).tolist()} at target {tgt.tolist()}; round 2 toward "
+              f"{t2.round(4).tolist()}", flush=True)
+    second = distill_run(run_dir, out_dir, t2.tolist(), n=n, overwrite=overwrite, evaluate=False,
+                         progress=progress, eval_target=tgt.tolist(), **kw)
+    record = {**second, "target": tgt.tolist(), "rounds": 2, "corrected_target": t2.tolist(),
+              "round1": {"dir": str(first_dir), "pilot_shares": s1.tolist(), "pilot_valid_rate": float(valid.mean()),
+                         "pilot_n": pilot_n, "filter_seconds": first["filter_seconds"],
+                         "finetune_seconds": first["finetune_seconds"]},
+              "filter_seconds": round(first["filter_seconds"] + second["filter_seconds"], 2),
+              "finetune_seconds": round(first["finetune_seconds"] + second["finetune_seconds"], 2),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(out_dir / DEBIAS_FILE, record)
+    if evaluate:
+        from fairdiff.evaluation import evaluate_run
+
         record["metrics"] = evaluate_run(out_dir, progress=progress)
     return record
 
