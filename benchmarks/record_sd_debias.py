@@ -31,11 +31,12 @@ def _metrics(folder: Path) -> dict:
 
 
 def _strict_fd(m: dict, target: list[float]) -> float:
-    """The strict FD of the base's strict shares (outside counted as deviation) against another target."""
+    """The strict FD of the base's strict shares (groups then outside: outside counted as deviation) against
+    another target, by the metric the evaluator uses."""
+    from fairdiff.metrics.openset import strict_fairness_discrepancy
+
     strict = m.get("strict_shares") or []
-    if not strict:
-        return math.nan
-    return math.sqrt(sum((s - t) ** 2 for s, t in zip(strict, target)) + (1 - sum(strict)) ** 2)
+    return strict_fairness_discrepancy(strict, target) if strict else math.nan
 
 
 def main() -> None:

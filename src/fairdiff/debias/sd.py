@@ -300,10 +300,13 @@ def _report(rec: dict, m: dict | None) -> str:
     lines += [f"Note: {rec['judge_role']}.", ""]
     if m is not None:
         lines += ["| metric | value |", "|---|---|"]
+        def fmt(v):
+            return f"{v:.3f}" if isinstance(v, float) else str([round(x, 3) for x in v]) if isinstance(v, list) else v
+
         for key in ("valid_rate", "valid_shares", "fd_strict"):
             if key in m:
-                lines.append(f"| {key.replace('_', ' ')} | {m[key]} |")
+                lines.append(f"| {key.replace('_', ' ')} | {fmt(m[key])} |")
         if m.get("judge2"):
-            lines.append(f"| second judge: valid rate / shares | {m['judge2'].get('valid_rate')} / "
-                         f"{m['judge2'].get('valid_shares')} |")
+            lines.append(f"| second judge: valid rate / shares | {fmt(m['judge2'].get('valid_rate'))} / "
+                         f"{fmt(m['judge2'].get('valid_shares'))} |")
     return "\n".join(lines) + "\n"

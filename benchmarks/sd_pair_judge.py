@@ -1,0 +1,32 @@
+"""A TorchScript judge of one digit pair for `heads fit --sd` (benchmarks/sd_known_bias.sh): the cached MNIST
+domain CNN of the config's data (3 channels, 16 px), its logits for the config's groups (the first columns).
+
+    .venv/bin/python benchmarks/sd_pair_judge.py p01.yaml judge01.pt
+"""
+import sys
+
+import torch
+
+from fairdiff.config import load_config
+from fairdiff.data import cache_dir
+from fairdiff.evaluation.judges.domain import domain_classifier
+from fairdiff.models.classifier import DomainCNN
+
+cfg = load_config(sys.argv[1], [])
+clf = domain_classifier(cfg.data, cfg.eval)
+model = DomainCNN.from_pretrained(cache_dir() / "classifiers" / clf.info["key"] / "model").eval()
+k = len(cfg.data.groups)
+
+
+class Pair(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x)[:, :k]
+
+
+shape = (2, cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+torch.jit.trace(Pair(model), torch.zeros(shape)).save(sys.argv[2])
+print("wrote", sys.argv[2], clf.info["key"])
