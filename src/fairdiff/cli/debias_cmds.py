@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
     p.add_argument("--pilot-n", type=int, help="guide: images per pilot batch (default 256; 1024 with --reader "
-                   "classifier)")
+                   "classifier; 400 with --sd)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="guide: heads' softmax temperature (default 1: the controller aims at any target, unlike "
@@ -120,7 +120,7 @@ def _debias_sd(args: argparse.Namespace) -> int:
         if args.steps is not None:
             raise FairdiffError("--steps: 'debias --sd --method guide' samples with the heads' own steps")
         rec = guide_sd_prompt(args.sd, args.out, parse_target(args.target), heads=args.heads,
-                              cfg_scale=args.cfg_scale, pilot_n=args.pilot_n or 64, max_pilots=args.max_pilots,
+                              cfg_scale=args.cfg_scale, pilot_n=args.pilot_n or 400, max_pilots=args.max_pilots,
                               s0=10.0 if args.s0 is None else args.s0, then_filter=args.then_filter,
                               force=args.force, **common)
         c = rec["controller"]

@@ -173,7 +173,7 @@ def guide_sd_prompt(
     seed: int = 0,
     cfg_scale: float | None = None,
     batch_size: int = 8,
-    pilot_n: int = 64,
+    pilot_n: int = 400,
     max_pilots: int = 8,
     s0: float = 10.0,
     valid_drop: float = 0.02,
