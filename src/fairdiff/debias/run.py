@@ -51,21 +51,42 @@ def _load_checked_judge(judge, cfg, k: int, progress: bool):
     return clf
 
 
-def _verdict_fn(judge, data_cfg):
-    """``images -> verdicts`` for the open-set judge (its own calibration, else the run's held-out images)."""
+def _verdict_fn(judge, data_cfg=None, *, reference: np.ndarray | None = None):
+    """``images -> verdicts`` for the open-set judge: its own calibration, else one from held-out real images
+    (``reference``, or those of ``data_cfg``; with neither, the arg-max alone). The function's ``calibration``
+    attribute is the :class:`Calibration` used (None for the arg-max)."""
     from fairdiff.evaluation.openset import calibration_of, judge_images
     from fairdiff.evaluation.samples import reference_uint8
 
     cal = calibration_of(judge, None, None)
     if cal is None:
-        ref, _ = reference_uint8(data_cfg)
-        held_logits, held_feats = judge.predict(ref, all_classes=True)
-        cal = calibration_of(judge, held_logits, held_feats)
+        ref = reference if reference is not None or data_cfg is None else reference_uint8(data_cfg)[0]
+        if ref is not None and len(ref):
+            held_logits, held_feats = judge.predict(ref, all_classes=True)
+            cal = calibration_of(judge, held_logits, held_feats)
 
     def verdicts(images: np.ndarray) -> np.ndarray:
         return judge_images(judge, images, cal).verdicts
 
+    verdicts.calibration = cal
     return verdicts
+
+
+def _drawer(unet, sched, vae, *, steps: int, eta: float, batch_size: int, device):
+    """``seeds -> uint8 images`` of a pixel or latent run (decoded through ``vae``): one seed per image."""
+    from fairdiff.evaluation.samples import to_uint8
+    from fairdiff.sampling import sample
+
+    def draw(seeds: list[int]) -> np.ndarray:
+        x = sample(unet, sched, seeds, batch_size=min(len(seeds), batch_size), num_steps=steps, eta=eta,
+                   device=device, progress=False, clip_output=vae is None)
+        if vae is not None:
+            from fairdiff.models.vae import decode
+
+            x = decode(vae, x, batch_size)
+        return to_uint8(x)
+
+    return draw
 
 
 def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: int, images, seeds, record: dict,
@@ -140,7 +161,6 @@ def debias_run(
     from fairdiff.evaluation.evaluate import check_target
     from fairdiff.models import build_sampling_scheduler
     from fairdiff.runs import is_sd_run, load_model_checked, read_run_config
-    from fairdiff.sampling import sample
     from fairdiff.sampling.files import check_sampling_args, resolve_device
     from fairdiff.utils.outputs import check_output_dir
 
@@ -174,16 +194,7 @@ def debias_run(
     unet, sched_cfg, vae = load_model_checked(run_dir, dev)
     sched = build_sampling_scheduler(scheduler, sched_cfg)
 
-    def draw(seeds: list[int]) -> np.ndarray:
-        from fairdiff.evaluation.samples import to_uint8
-
-        x = sample(unet, sched, seeds, batch_size=min(len(seeds), batch_size), num_steps=steps,
-                   eta=cfg.sample.eta, device=dev, progress=False, clip_output=vae is None)
-        if vae is not None:
-            from fairdiff.models.vae import decode
-
-            x = decode(vae, x, batch_size)
-        return to_uint8(x)
+    draw = _drawer(unet, sched, vae, steps=steps, eta=cfg.sample.eta, batch_size=batch_size, device=dev)
 
     if judge == "clusters":  # label-free: k-means clusters of the base's own pilot images, largest first
         from .clusters import fit_cluster_judge
@@ -311,15 +322,14 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
     from fairdiff.metrics import OUTSIDE
     from fairdiff.models import build_sampling_scheduler
     from fairdiff.runs import load_model_checked, read_run_config
-    from fairdiff.sampling import sample
     from fairdiff.sampling.files import resolve_device
     from fairdiff.utils.io import write_json
+    from fairdiff.utils.outputs import check_output_dir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if kw.get("judge") == "clusters":
         raise FairdiffError("distill --rounds 2 corrects toward the judge's shares; the label-free clusters of the "
                             "base are not refitted on the first round's model: use --rounds 1 with --judge clusters")
-    from fairdiff.utils.outputs import check_output_dir
 
     cfg = read_run_config(run_dir)
     tgt = check_target(target, len(cfg.data.groups))
@@ -333,18 +343,10 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
     dev = resolve_device(kw.get("device"))
     unet, sched_cfg, vae = load_model_checked(first_dir, dev)
     pilot_n = PILOT_N["classifier"]
-    bs = min(pilot_n, cfg.sample.batch_size)
-    x = sample(unet, build_sampling_scheduler(kw.get("scheduler") or cfg.sample.scheduler, sched_cfg),
-               list(range(PILOT_SEED, PILOT_SEED + pilot_n)), batch_size=bs,
-               num_steps=int(kw.get("steps") or cfg.sample.steps),
-               eta=cfg.sample.eta, device=dev, progress=False, clip_output=vae is None)
-    if vae is not None:
-        from fairdiff.models.vae import decode
-
-        x = decode(vae, x, bs)
-    from fairdiff.evaluation.samples import to_uint8
-
-    v = _verdict_fn(judge, cfg.data)(to_uint8(x))
+    draw = _drawer(unet, build_sampling_scheduler(kw.get("scheduler") or cfg.sample.scheduler, sched_cfg), vae,
+                   steps=int(kw.get("steps") or cfg.sample.steps), eta=cfg.sample.eta,
+                   batch_size=int(kw.get("batch_size") or cfg.sample.batch_size), device=dev)
+    v = _verdict_fn(judge, cfg.data)(draw(list(range(PILOT_SEED, PILOT_SEED + pilot_n))))
     valid = v != OUTSIDE
     s1 = np.bincount(v[valid], minlength=len(tgt)) / max(int(valid.sum()), 1)
     t2 = np.clip(2 * tgt - s1, 0.01, 0.99)

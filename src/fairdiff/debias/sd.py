@@ -29,7 +29,7 @@ import numpy as np
 
 from fairdiff.errors import FairdiffError
 
-from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, staged_folder
+from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, _verdict_fn, staged_folder
 
 ROLE = ("the same judge {what} and scores (an SD folder has no validation / test judge pair): the scored shares "
         "are the ones it {aimed}; valid rate and the second judge are the independent checks")
@@ -44,22 +44,6 @@ class _Setup:
     size: int
     verdicts: object
     calibration: str | None
-
-
-def _verdicts_fn(jd):
-    """``images -> verdicts`` of the audit judge ``jd``, calibrated as :func:`judge_prompt` calibrates it."""
-    from fairdiff.evaluation.openset import calibration_of, judge_images
-
-    clf = jd.classifier
-    cal = calibration_of(clf, None, None)
-    if cal is None and jd.reference is not None and len(jd.reference):
-        held_logits, held_feats = clf.predict(jd.reference, all_classes=True)
-        cal = calibration_of(clf, held_logits, held_feats)
-
-    def verdicts(images: np.ndarray) -> np.ndarray:
-        return judge_images(clf, images, cal).verdicts
-
-    return verdicts, None if cal is None else cal.source
 
 
 def _setup(sd: Path, out_dir: Path, target, *, prompt: str, n: int, steps: int, batch_size: int, judge, data_cfg,
@@ -84,8 +68,9 @@ def _setup(sd: Path, out_dir: Path, target, *, prompt: str, n: int, steps: int, 
     pipe = load_sd_any(sd, device=device)
     size = sd_image_size(pipe)
     jd.classifier.check_judge(np.zeros((2, 3, size, size), np.uint8))
-    verdicts, cal = _verdicts_fn(jd)
-    return _Setup(jd, tgt, state, pipe, size, verdicts, cal)
+    verdicts = _verdict_fn(jd.classifier, reference=jd.reference)  # calibrated as the audit's judge_prompt is
+    cal = verdicts.calibration
+    return _Setup(jd, tgt, state, pipe, size, verdicts, None if cal is None else cal.source)
 
 
 def _finish(s: _Setup, out_dir: Path, record: dict, images, seeds, meta: dict, evaluate: bool) -> dict:
