@@ -125,6 +125,15 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
     elif method in ("distill", "distill2"):
+        first = folder.with_name(folder.name + "-round1")
+        single = [d / f"distill-{_tname(target)}-s{seed}" for d in (out, reuse) if d is not None]
+        single = [d for d in single if (d / "model").is_dir() and (d / "debias.json").is_file()]
+        if method == "distill2" and single and not first.exists():
+            import shutil
+
+            # the single-round distill of this target and seed is the two-round run's first round (the same
+            # recipe); distill_run reuses it when its record matches and trains it again when it does not
+            shutil.copytree(single[0], first, ignore=shutil.ignore_patterns("samples", "checkpoint-*", "*.png"))
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False, rounds=2 if method == "distill2" else 1)
         m = _eval_trained(folder, n)

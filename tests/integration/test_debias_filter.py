@@ -175,18 +175,37 @@ def test_distill_two_rounds_corrects_toward_the_first_rounds_miss(base_run, corn
     out = tmp_path / "d2"
     assert main(["debias", str(base_run), "--method", "distill", "--rounds", "2", "--target", "0.3,0.7",
                  "--train-n", "10", "--train-steps", "2", "--judge", str(corner_judge_file), "--steps", "2",
-                 "--n", "8", "--no-eval", "--out", str(out), "-q"]) == 0
+                 "--n", "8", "--pilot-n", "64", "--no-eval", "--out", str(out), "-q"]) == 0
     rec = json.loads((out / "debias.json").read_text())
     s1 = np.asarray(rec["round1"]["pilot_shares"])
     want = np.clip(2 * np.array([0.3, 0.7]) - s1, 0.01, 0.99)
     assert rec["rounds"] == 2 and rec["corrected_target"] == pytest.approx((want / want.sum()).tolist())
-    assert (tmp_path / "d2-round1" / "model" / "unet").is_dir() and rec["round1"]["pilot_n"] == 1024
+    assert (tmp_path / "d2-round1" / "model" / "unet").is_dir() and rec["round1"]["pilot_n"] == 64
+    assert rec["round1"]["reused"] is False
     # the second round's training set follows the corrected target; the run is scored against the requested one
     z = np.load(tmp_path / "d2-data" / "samples" / "samples.npz")
     from fairdiff.debias import quotas
 
     assert np.bincount(corner_group(z["images"]), minlength=2).tolist() == quotas(want / want.sum(), 10).tolist()
     assert load_config(out / "config.yaml").eval.target == [0.3, 0.7]
+    # an interrupted two-round run resumes at its finished first round (same recipe): round 1 is not trained again
+    import shutil
+
+    weights = next((tmp_path / "d2-round1" / "model" / "unet").glob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    shutil.rmtree(out)
+    cmd = ["debias", str(base_run), "--method", "distill", "--rounds", "2", "--target", "0.3,0.7", "--train-n", "10",
+           "--judge", str(corner_judge_file), "--steps", "2", "--n", "8", "--pilot-n", "64", "--no-eval", "--out",
+           str(out), "-q"]
+    assert main([*cmd, "--train-steps", "2"]) == 0
+    again = json.loads((out / "debias.json").read_text())
+    assert again["round1"]["reused"] is True and weights.stat().st_mtime_ns == stamp
+    assert again["corrected_target"] == pytest.approx(rec["corrected_target"])  # the same pilot of the same model
+    # another recipe does not take that first round: its folder is refused, not replaced
+    shutil.rmtree(out)
+    assert main([*cmd, "--train-steps", "3"]) == 2 and weights.stat().st_mtime_ns == stamp
+    assert main(["debias", str(base_run), "--method", "filter", "--pilot-n", "64", "--target", "0.5,0.5",
+                 "--out", str(tmp_path / "x"), "-q"]) == 2
     assert main(["debias", str(base_run), "--method", "filter", "--rounds", "2", "--target", "0.5,0.5",
                  "--out", str(tmp_path / "x"), "-q"]) == 2
     assert main(["debias", str(base_run), "--method", "distill", "--rounds", "2", "--judge", "clusters",

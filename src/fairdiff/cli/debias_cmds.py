@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
     p.add_argument("--pilot-n", type=int, help="guide: images per pilot batch (default 256; 1024 with --reader "
-                   "classifier; 400 with --sd)")
+                   "classifier; 400 with --sd); distill --rounds 2: images of the first round judged (default 4096)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="guide: heads' softmax temperature (default 1: the controller aims at any target, unlike "
@@ -165,6 +165,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and (args.train_n is not None or args.rounds is not None):
         raise FairdiffError("--train-n and --rounds are options of --method distill")
+    if args.pilot_n is not None and not (args.method == "guide" or (args.method == "distill" and args.rounds == 2)):
+        raise FairdiffError("--pilot-n is an option of --method guide and of --method distill --rounds 2")
     if args.method != "distill" and args.method not in FINETUNE_METHODS and (args.train_steps is not None
                                                                              or args.lr is not None):
         raise FairdiffError("--train-steps and --lr are options of the fine-tuning methods (distill, reweight, iw)")
@@ -231,11 +233,12 @@ def cmd_debias(args: argparse.Namespace) -> int:
         from fairdiff.debias import distill_run
 
         rec = distill_run(run, args.out, target, n=args.n, train_n=args.train_n, train_steps=args.train_steps,
-                          lr=args.lr, rounds=args.rounds or 1, **common)
+                          lr=args.lr, rounds=args.rounds or 1, pilot_n=args.pilot_n, **common)
         f = rec["filtered"]
         if rec.get("rounds") == 2:
             r1 = rec["round1"]
-            print(f"distill round 1 ({r1['dir']}): shares {[round(x, 3) for x in r1['pilot_shares']]}; round 2 "
+            print(f"distill round 1 ({r1['dir']}{', reused' if r1.get('reused') else ''}): shares "
+                  f"{[round(x, 3) for x in r1['pilot_shares']]} on {r1['pilot_n']} pilot images; round 2 "
                   f"toward {[round(x, 3) for x in rec['corrected_target']]}")
         print(f"distill: {rec['train_n']} filtered images ({f['drawn_per_kept']:.2f} drawn per kept image) in "
               f"{rec['data_dir']}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
