@@ -57,6 +57,37 @@ def test_sd_filter_keeps_the_pipelines_images_to_quota(world, tmp_path):
     assert "same judge keeps and scores" in rec["judge_role"] and (out / "report.md").is_file()
 
 
+def test_sd_filter_with_a_judge_pair_keeps_by_the_validation_judge_and_scores_by_the_test_judge(world, tmp_path,
+                                                                                                monkeypatch):
+    """``--judge auto`` with a data config: the validation CNN keeps, the test CNN scores. Here the validation
+    judge is the test judge with its groups swapped, so quotas met by the one read as the swapped shares by the
+    other: the scored shares are the test judge's, not the ones the filter aimed at."""
+    from types import SimpleNamespace
+
+    import fairdiff.evaluation.audit_inputs as audit_inputs
+    import fairdiff.evaluation.judges as judges
+    from fairdiff.debias.sd import filter_sd_prompt
+    from fairdiff.evaluation.judges import load_classifier
+
+    swapped = world["root"] / "swapped.pt"
+    torch.jit.script(Brightness(threshold=world["thr"], scale=-1000.0)).save(str(swapped))
+    real = audit_inputs.make_judge
+    chosen = []
+    monkeypatch.setattr(audit_inputs, "make_judge", lambda spec, data_cfg=None, eval_cfg=None, **kw: real(
+        str(world["judge"]), None, eval_cfg, **kw))
+    monkeypatch.setattr(judges, "load_validation_judge",
+                        lambda spec, data_cfg, eval_cfg=None, progress=False: chosen.append(spec) or load_classifier(
+                            str(swapped), None))
+    out = tmp_path / "pair"
+    rec = filter_sd_prompt(world["sd"], out, [0.25, 0.75], prompt=PROMPT, n=8, steps=2, cfg_scale=2.0,
+                           judge="auto", data_cfg=SimpleNamespace(source="stand-in"), progress=False)
+    assert chosen == ["auto"] and rec["validation_judge"] is not None
+    assert rec["judge_role"].startswith("validation domain CNN") and "test domain CNN" in rec["judge_role"]
+    groups = (brightness(np.load(out / "samples" / "samples.npz")["images"]) > world["thr"]).astype(int)
+    assert np.bincount(groups, minlength=2).tolist() == [6, 2]  # [2, 6] by the swapped (validation) judge
+    assert rec["metrics"]["valid_shares"] == pytest.approx([0.75, 0.25])
+
+
 @pytest.mark.parametrize("change, says", [
     ({"--method": "distill"}, "--sd takes --method filter or guide"),
     ({"--heads": "h"}, "not an option of 'debias --sd --method filter'"),

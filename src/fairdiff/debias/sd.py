@@ -10,9 +10,10 @@ optionally kept to quota afterwards (``then_filter``).
 The judge is the audit's (:func:`~fairdiff.evaluation.audit_inputs.make_judge`: an .onnx / TorchScript file, or
 ``auto`` with a data config): it gives each image a group or *outside* (calibrated on the data's held-out real
 images where a data config is given, else on the judge's own calibration, else by its arg-max alone), and the
-images are scored as an audit scores a prompt. An SD folder has no validation / test judge pair: the judge that
-keeps (or steers the controller) also scores; the valid rate and the second judge (with ``--judge auto`` and a
-data config) are the independent checks, and ``debias.json`` says so.
+images are scored as an audit scores a prompt. With ``--judge auto`` and a data config the judges form a pair as
+for trained runs: the validation domain CNN (seed ``eval.seed + 1``) keeps the images and steers the controller,
+the test domain CNN (``eval.seed``, the audit's) scores them, and the second judge is the independent check. A
+judge file has no such pair: the judge that keeps (or steers) also scores, and ``debias.json`` says so.
 
 The folder: ``samples/`` (the images and their seeds), ``debias.json`` (prompt, target, what it cost),
 ``metrics.json`` and ``report.md``; it is built beside its place and moved in whole.
@@ -31,8 +32,14 @@ from fairdiff.errors import FairdiffError
 
 from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, _verdict_fn, staged_folder
 
-ROLE = ("the same judge {what} and scores (an SD folder has no validation / test judge pair): the scored shares "
+ROLE = ("the same judge {what} and scores (a judge file has no validation / test pair): the scored shares "
         "are the ones it {aimed}; valid rate and the second judge are the independent checks")
+PAIR_ROLE = ("validation domain CNN (seed eval.seed + 1) {what}; the test domain CNN (eval.seed) scores; the second "
+             "judge is the independent check")
+
+
+def _role(s, what: str, aimed: str) -> str:
+    return PAIR_ROLE.format(what=what) if s.validation is not None else ROLE.format(what=what, aimed=aimed)
 
 
 @dataclass
@@ -44,6 +51,7 @@ class _Setup:
     size: int
     verdicts: object
     calibration: str | None
+    validation: dict | None = None  # the validation judge's description where it is not the scoring judge
 
 
 def _setup(sd: Path, out_dir: Path, target, *, prompt: str, n: int, steps: int, batch_size: int, judge, data_cfg,
@@ -68,9 +76,16 @@ def _setup(sd: Path, out_dir: Path, target, *, prompt: str, n: int, steps: int, 
     pipe = load_sd_any(sd, device=device)
     size = sd_image_size(pipe)
     jd.classifier.check_judge(np.zeros((2, 3, size, size), np.uint8))
-    verdicts = _verdict_fn(jd.classifier, reference=jd.reference)  # calibrated as the audit's judge_prompt is
+    chooser, validation = jd.classifier, None
+    if judge in ("auto", None) and data_cfg is not None:  # the pair: the validation CNN chooses, the test CNN scores
+        from fairdiff.evaluation.judges import load_validation_judge
+
+        chooser = load_validation_judge("auto", data_cfg, jd.eval_cfg, progress=progress)
+        chooser.check_judge(np.zeros((2, 3, size, size), np.uint8))
+        validation = chooser.describe()
+    verdicts = _verdict_fn(chooser, reference=jd.reference)  # calibrated as the audit's judge_prompt is
     cal = verdicts.calibration
-    return _Setup(jd, tgt, state, pipe, size, verdicts, None if cal is None else cal.source)
+    return _Setup(jd, tgt, state, pipe, size, verdicts, None if cal is None else cal.source, validation)
 
 
 def _finish(s: _Setup, out_dir: Path, record: dict, images, seeds, meta: dict, evaluate: bool) -> dict:
@@ -137,7 +152,8 @@ def filter_sd_prompt(
     record = {
         "method": "filter", "sd": str(sd.resolve()), "prompt": prompt, "target": s.tgt.tolist(), "n": int(n),
         "seed": seed, "steps": steps, "cfg_scale": cfg_scale, "image_size": s.size, "judge": s.jd.settings["judge"],
-        "judge_calibration": s.calibration, "judge_role": ROLE.format(what="keeps", aimed="kept to quota"),
+        "judge_calibration": s.calibration, "judge_role": _role(s, "keeps", "kept to quota"),
+        "validation_judge": s.validation,
         **res.summary(), "seconds": round(time.perf_counter() - t0, 2),
     }
     return _finish(s, out_dir, record, res.images, res.seeds,
@@ -252,8 +268,8 @@ def guide_sd_prompt(
         "method": "guide", "sd": str(sd.resolve()), "prompt": prompt, "target": s.tgt.tolist(), "n": int(n),
         "seed": seed, "steps": steps, "cfg_scale": cfg, "image_size": s.size, "heads": str(Path(heads).resolve()),
         "space": "x", "judge": s.jd.settings["judge"], "judge_calibration": s.calibration,
-        "judge_role": ROLE.format(what="steers the controller" + (", keeps" if then_filter else ""),
-                                  aimed="aimed at"),
+        "judge_role": _role(s, "steers the controller" + (", keeps" if then_filter else ""), "aimed at"),
+        "validation_judge": s.validation,
         "controller": {**search.record(), "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "tol": tol,
                        "valid_drop": valid_drop, "s0": s0},
         "pilot_seconds": round(pilot_s, 2), "seconds_per_image": round(timing.get(search.scale, math.nan), 5),
