@@ -290,6 +290,19 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
     rec4 = json.loads((other / "debias.json").read_text())
     assert rec4["controller"]["cache"]["key"] != rec["controller"]["cache"]["key"]
     assert rec4["controller"]["cache"]["hits"] == 0
+    # --min-t: guidance only at the early (noisy) steps is another guidance, so another cache key; at a min-t
+    # above every sampled timestep nothing is guided and each pilot is the unguided one
+    late = tmp_path / "gc5"
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--classifier",
+                 str(out / "classifier"), *common, "--min-t", "999", "--out", str(late)]) == 0
+    rec5 = json.loads((late / "debias.json").read_text())
+    assert rec5["min_t"] == 999 and rec5["controller"]["cache"]["key"] != rec["controller"]["cache"]["key"]
+    shares = {json.dumps(p_["shares"]) for p_ in rec5["controller"]["pilots"]}
+    assert len(rec5["controller"]["pilots"]) == 2 and len(shares) == 1  # scale 0 and scale 1 draw the same images
+    assert main(["debias", str(base_run), "--method", "guide", "--min-t", "500", *common,
+                 "--out", str(tmp_path / "bad3")]) == 2  # heads: no --min-t
+    assert main(["debias", str(base_run), "--method", "filter", "--min-t", "500", "--target", "0.5,0.5",
+                 "--out", str(tmp_path / "bad4"), "-q"]) == 2
     assert main(["debias", str(base_run), "--method", "guide", "--reader", "classifier", "--space", "x", *common,
                  "--out", str(tmp_path / "bad")]) == 2
     assert main(["debias", str(base_run), "--method", "guide", "--classifier", str(out / "classifier"), *common,

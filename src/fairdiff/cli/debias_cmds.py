@@ -55,6 +55,8 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["batch", "sample"], default="batch",
                    help="guide: batch (push the batch's share to the target) or sample (assign each image a group "
                    "in the target's proportions and guide it there)")
+    p.add_argument("--min-t", type=int, help="guide --reader classifier: guide only at timesteps >= this (the "
+                   "base alone below it; default 0: every step)")
     p.add_argument("--space", choices=["h", "x"],
                    help="guide: where the loss gradient acts: h (edit the middle block's output, the default) or x "
                    "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
@@ -95,7 +97,7 @@ def _debias_sd(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--sd takes --method filter or guide (got {args.method}); fine-tuning an SD model "
                             "toward a target is 'fairdiff train --sd' (alignment)")
     guide_only = ("heads", "pilot_n", "s0")
-    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference", "rounds")
+    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference", "rounds", "min_t")
     taken = [f"--{o.replace('_', '-')}" for o in never + (guide_only if args.method == "filter" else ())
              if getattr(args, o) is not None]
     taken += [f for f, v in (("--then-filter", args.then_filter and args.method == "filter"),
@@ -178,9 +180,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError("--heads is an option of --method guide")
     if args.method != "guide" and (args.space is not None or args.s0 is not None or args.reader != "heads"
                                    or args.classifier is not None or args.eta is not None or args.no_pilot_cache
-                                   or args.then_filter):
-        raise FairdiffError("--space, --reader, --classifier, --eta, --s0, --no-pilot-cache and --then-filter are "
-                            "options of --method guide")
+                                   or args.then_filter or args.min_t is not None):
+        raise FairdiffError("--space, --reader, --classifier, --eta, --s0, --no-pilot-cache, --then-filter and "
+                            "--min-t are options of --method guide")
     if args.classifier is not None and not Path(args.classifier).is_dir():
         raise FairdiffError(f"--classifier {args.classifier}: no such folder")
     if not args.temperature > 0:
@@ -218,7 +220,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
                                   space=args.space or "h", s0=args.s0, reader=args.reader,
                                   classifier=args.classifier, classifier_steps=args.classifier_steps, eta=args.eta,
                                   overwrite=args.overwrite, force=args.force, pilot_cache=not args.no_pilot_cache,
-                                  then_filter=args.then_filter, max_draws=args.max_draws,
+                                  then_filter=args.then_filter, max_draws=args.max_draws, min_t=args.min_t or 0,
                                   evaluate=not args.no_eval, progress=not args.quiet)
         c = rec["controller"]
         hits = c["cache"]["hits"]

@@ -611,6 +611,7 @@ def guide_run_to_target(
     pilot_cache: bool = True,
     then_filter: bool = False,
     max_draws: int | None = None,
+    min_t: int = 0,
 ) -> dict:
     """Distribution guidance whose scale a controller finds (:func:`fairdiff.debias.guide.find_scale`).
 
@@ -638,6 +639,8 @@ def guide_run_to_target(
     at the scale found and keep images to the target's quotas with the validation judge, as ``filter`` does
     (images no group's member are never kept; ``max_draws`` as there): the target exactly, at fewer images drawn
     per kept one than filtering the unguided base.
+    ``min_t`` (classifier only): guide only the steps at timesteps >= ``min_t``; below it the base denoises alone
+    (the group is decided early, and late classifier gradients edit strokes; docs/debias.md measures both).
     """
     import tempfile
 
@@ -693,6 +696,9 @@ def guide_run_to_target(
     if pilot_n < 16 or max_pilots < 2:
         raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
     check_sampling_args(n, steps, eta, pilot_n)
+    if min_t and (reader != "classifier" or not int(min_t) > 0 or int(min_t) != min_t):
+        raise FairdiffError("guide: --min-t (a positive timestep) goes with --reader classifier")
+    min_t = int(min_t or 0)
     if max_draws is not None and (not then_filter or max_draws < n):
         raise FairdiffError("--max-draws belongs to --then-filter" if not then_filter
                             else f"--max-draws must be at least --n ({n}), got {max_draws}")
@@ -747,6 +753,8 @@ def guide_run_to_target(
             prm.requires_grad_(False)
         heads_s = time.perf_counter() - t0
         sched = build_sampling_scheduler("ddim", sched_cfg)
+        if min_t >= len(sched.alphas_cumprod):
+            raise FairdiffError(f"guide: --min-t must be below the model's {len(sched.alphas_cumprod)} timesteps")
         how = {"mode": space, "alphas_cumprod": sched.alphas_cumprod if space == "x" else None,
                "temperature": temperature}
         if not label_free:
@@ -762,7 +770,7 @@ def guide_run_to_target(
         def guidance(scale: float, assign=None):
             if reader == "classifier":
                 return ClassifierGuidance(clf_model, tgt.tolist(), rho, scale, alphas_cumprod=sched.alphas_cumprod,
-                                          assignments=assign)
+                                          assignments=assign, min_t=min_t)
             if assign is None:
                 return DistributionGuidance(heads_obj, tgt.tolist(), scale, **how)
             return AssignedGuidance(heads_obj, assign, scale, **how)
@@ -792,7 +800,7 @@ def guide_run_to_target(
             "reader_weights": sha256_arrays((clf_model if reader == "classifier" else heads_obj).state_dict().items()),
             "rho": rho, "judge": _judge_digest(clf), "target": tgt.tolist(), "eta": eta, "steps": steps,
             "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "mode": mode, "reader": reader, "space": space,
-            "temperature": temperature})
+            "temperature": temperature, **({"min_t": min_t} if min_t else {})})
 
         @cache.wrap
         def pilot(scale: float, eta_: float | None = None) -> Pilot:
@@ -831,7 +839,7 @@ def guide_run_to_target(
         record = {
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim", "eta": eta,
-            "mode": mode, "reader": reader, "space": space if reader == "heads" else "x",
+            "mode": mode, "reader": reader, "space": space if reader == "heads" else "x", "min_t": min_t,
             "temperature": temperature if reader == "heads" else None, reader: heads_info, "judge": clf.describe(),
             "judge_role": (f"label-free clusters ({reader}'s labels and pilots)" if label_free
                            else "validation (pilots)") + "; the test judge scores metrics.json",
