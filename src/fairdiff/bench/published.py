@@ -253,6 +253,8 @@ FIGURES = [
      "MNIST 0 vs 1 base (4:1) toward 50/50, 2000 images per model"),
     ("debias.csv", {"setting": "mnist-01", "target_0": "0.5", "n": "10000"}, "debias-mnist-01-t0.5-n10000.png",
      "MNIST 0 vs 1 base (4:1) toward 50/50, 10,000 images per model"),
+    ("debias.csv", {"setting": "mnist-78", "target_0": "0.5", "n": "10000"}, "debias-mnist-78-t0.5-n10000.png",
+     "MNIST 7 vs 8 base (4:1) toward 50/50, 10,000 images per model"),
     ("debias.csv", {"setting": "mnist-01", "target_0": "0.3", "n": "2000"}, "debias-mnist-01-t0.3.png",
      "MNIST 0 vs 1 base (4:1) toward 30 % zeros, 2000 images per model"),
     ("debias.csv", {"setting": "mnist-78", "target_0": "0.5", "n": "2000"}, "debias-mnist-78-t0.5.png",
