@@ -138,7 +138,8 @@ def _debias_sd(args: argparse.Namespace) -> int:
     m = rec.get("metrics")
     if m:
         print(f"valid rate {m['valid_rate']:.3f}, shares among valid {[round(x, 3) for x in m['valid_shares']]} "
-              f"(the judge that {'steered' if args.method == 'guide' else 'kept'} them; see report.md)")
+              f"({'the test judge; the validation judge' if rec.get('validation_judge') else 'the judge that'} "
+              f"{'steered' if args.method == 'guide' else 'kept'} them; see report.md)")
     return 0
 
 
