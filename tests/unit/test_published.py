@@ -69,6 +69,11 @@ def test_summary_by_method_counts_the_seeds_that_meet_the_bar(tmp_path):
     assert md[3] == "| good | 0,1,0 | 1/3 |"  # seed 0 at 100 images still meets it against its own base
     md = render_block("r.csv n=1000 by=method cols=method,seeds,valid_rate,bar", tmp_path).splitlines()
     assert md[2:] == ["| base | 0 | 0.970 | — |", "| good | 0 | 0.940 | 0/1 |"]
+    # by=a+b: one row per combination (here setting and method: another setting is its own row)
+    add_rows(tmp_path / "r.csv", [row_from_metrics(_metrics(valid=0.9, share0=0.7), "t x", "good", 0)])
+    md = render_block("r.csv n=100 by=setting+method cols=setting,method,seeds,valid_rate", tmp_path).splitlines()
+    assert md[2:] == ["| s | base | 0,1 | 0.950 |", "| s | good | 0,1 | 0.930 |", "| s | far | 0 | 0.960 |",
+                      "| t x | good | 0 | 0.900 |"]
 
 
 def test_the_bar_by_the_second_judge_uses_its_share_and_valid_rate(tmp_path):

@@ -7,7 +7,8 @@ the same setting / method / seed / n). A doc embeds a table between two markers:
     ...generated...
     <!-- /table -->
 
-``by=method`` turns the block into a summary: one row per method (in order of first appearance), numbers averaged
+``by=method`` turns the block into a summary: one row per method (in order of first appearance; ``by=a+b`` one per
+combination of the fields a and b), numbers averaged
 over its rows, ``seeds`` listing them, ``share_0_range`` the lowest and highest share, and ``bar`` counting the
 seeds that meet the target bar of issue 26 against the ``base`` row of the same seed (two groups: share among
 valid images within 0.03 of the target, valid rate at least the base's - 0.02, precision and recall at least the
@@ -187,14 +188,15 @@ def summarize(rows: list[dict], by: str) -> list[dict]:
     ``cost_x_base`` (seconds per kept image over the base row's of the same seed, averaged over seeds)."""
     bases = {(r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n")): r for r in rows
              if r.get("method") == "base"}
-    out: dict[str, list[dict]] = {}
+    keys = by.split("+")  # e.g. setting+method+target_0: one row per combination
+    out: dict[tuple, list[dict]] = {}
     for r in rows:
-        out.setdefault(r.get(by, ""), []).append(r)
+        out.setdefault(tuple(r.get(k, "") for k in keys), []).append(r)
     summary = []
     for key, rs in out.items():
-        agg: dict = {by: key}
+        agg: dict = dict(zip(keys, key))
         for f in FIELDS:
-            if f in (by, "seed", "setting", "method", "note"):
+            if f in (*keys, "seed", "setting", "method", "note"):
                 continue
             xs = [_num(r.get(f)) for r in rs]
             xs = [x for x in xs if not math.isnan(x)]
@@ -213,7 +215,7 @@ def summarize(rows: list[dict], by: str) -> list[dict]:
             verdicts = [meets_bar(r, bases.get((r.get("seed"), r.get("target_0"), r.get("setting"), r.get("n"))),
                                   judge) for r in rs]
             known = [v for v in verdicts if v is not None]
-            agg[col] = f"{sum(known)}/{len(known)}" if known and key != "base" else "—"
+            agg[col] = f"{sum(known)}/{len(known)}" if known and rs[0].get("method") != "base" else "—"
         summary.append(agg)
     return summary
 
