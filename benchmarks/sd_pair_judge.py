@@ -12,15 +12,12 @@ import torch
 
 from fairdiff.config import load_config
 from fairdiff.data import cache_dir
-from fairdiff.evaluation.judges.domain import domain_classifier
+from fairdiff.evaluation.judges import load_classifier, load_validation_judge
 from fairdiff.models.classifier import DomainCNN
-
-from fairdiff.evaluation.judges import load_validation_judge
 
 args = [a for a in sys.argv[1:] if a != "--validation"]
 cfg = load_config(args[0], [])
-clf = (load_validation_judge("auto", cfg.data, cfg.eval) if "--validation" in sys.argv
-       else domain_classifier(cfg.data, cfg.eval))
+clf = (load_validation_judge if "--validation" in sys.argv else load_classifier)("auto", cfg.data, cfg.eval)
 model = DomainCNN.from_pretrained(cache_dir() / "classifiers" / clf.info["key"] / "model").eval()
 k = len(cfg.data.groups)
 

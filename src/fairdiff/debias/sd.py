@@ -282,6 +282,11 @@ def guide_sd_prompt(
                     "then_filter": then_filter}, evaluate)
 
 
+def _fmt_cell(v):
+    """A report cell: floats to 3 decimals, lists of floats likewise, anything else as it is."""
+    return f"{v:.3f}" if isinstance(v, float) else str([round(x, 3) for x in v]) if isinstance(v, list) else v
+
+
 def _report(rec: dict, m: dict | None) -> str:
     what = {"filter": "Generate-and-filter", "guide": "Distribution guidance to a target"}[rec["method"]]
     lines = [f"# {what}: '{rec['prompt']}'", "",
@@ -301,9 +306,7 @@ def _report(rec: dict, m: dict | None) -> str:
     lines += [f"Note: {rec['judge_role']}.", ""]
     if m is not None:
         lines += ["| metric | value |", "|---|---|"]
-        def fmt(v):
-            return f"{v:.3f}" if isinstance(v, float) else str([round(x, 3) for x in v]) if isinstance(v, list) else v
-
+        fmt = _fmt_cell
         for key in ("valid_rate", "valid_shares", "fd_strict"):
             if key in m:
                 lines.append(f"| {key.replace('_', ' ')} | {fmt(m[key])} |")
