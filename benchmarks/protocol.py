@@ -12,7 +12,8 @@ Methods (each toward each target, each seed):
   guide-clf-filter  guide-clf, then images kept to quota by the validation judge (--then-filter): the target
             exactly where the valid-rate floor stops guidance short
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
-  distill2  the same in two rounds (--rounds 2): the first round's shares on a 1024-image pilot (validation
+  distill-nN  distill on N filtered images instead of 2000 (e.g. distill-n8000; the same 400 x 64 budget)
+  distill2  the same in two rounds (--rounds 2): the first round's shares on a 4096-image pilot (validation
             judge) correct the second round's target to 2 t - s1; the second round starts from the base again
   filter-lf, guide-lf, guide-clf-lf  the label-free forms: groups are k-means clusters of the base's own images
             (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its classifier, once per
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -124,7 +126,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif method in ("distill", "distill2"):
+    elif method in ("distill", "distill2") or re.fullmatch(r"distill-n\d+", method):
         first = folder.with_name(folder.name + "-round1")
         single = [d / f"distill-{_tname(target)}-s{seed}" for d in (out, reuse) if d is not None]
         single = [d for d in single if (d / "model").is_dir() and (d / "debias.json").is_file()]
@@ -135,7 +137,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             # recipe); distill_run reuses it when its record matches and trains it again when it does not
             shutil.copytree(single[0], first, ignore=shutil.ignore_patterns("samples", "checkpoint-*", "*.png"))
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
-                          progress=False, rounds=2 if method == "distill2" else 1)
+                          progress=False, rounds=2 if method == "distill2" else 1,
+                          train_n=int(method[len("distill-n"):]) if method.startswith("distill-n") else None)
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]
