@@ -54,7 +54,9 @@ class DataConfig:
     reference: int | float | None = None  # a count (integer >= 1) or a fraction (< 1) of the training set
     reference_shares: list[float] | None = None  # group shares of the drawn reference set; None = balanced
     reference_dir: str | None = None  # a folder of reference images (no labels needed), instead of drawing
-    train_on: Literal["train", "reference"] = "train"  # "reference": train on the reference set alone (a baseline)
+    # "reference": train on the reference set alone (a baseline); "both": the training set and the reference set
+    # together (the reference's groups must be known: drawn, or a reference_dir with groups.csv)
+    train_on: Literal["train", "reference", "both"] = "train"
 
 
 @dataclass

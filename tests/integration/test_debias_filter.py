@@ -106,6 +106,39 @@ def test_distill_finetunes_the_base_on_its_filtered_images(base_run, corner_judg
                  "--out", str(tmp_path / "x")]) == 2
 
 
+def test_distill_mix_real_trains_on_filtered_and_real_images_reweighted(base_run, corner_judge_file, tmp_path):
+    """``--mix-real``: the filter's verdicts become the filtered images' groups (verdicts.csv, images/groups.csv),
+    and the fine-tune reweights the real training images and the filtered ones together toward the target."""
+    out = tmp_path / "mixed"
+    rc = main(["debias", str(base_run), "--method", "distill", "--mix-real", "--target", "0.3,0.7", "--train-n", "10",
+               "--train-steps", "2", "--judge", str(corner_judge_file), "--steps", "2", "--n", "8", "--no-eval",
+               "--out", str(out), "-q"])
+    assert rc == 0
+    data = tmp_path / "mixed-data"
+    z = np.load(data / "samples" / "samples.npz")
+    verdicts = np.loadtxt(data / "verdicts.csv", delimiter=",", skiprows=1, dtype=np.int64)
+    assert verdicts[:, 0].tolist() == z["seeds"].tolist()
+    assert verdicts[:, 1].tolist() == corner_group(z["images"]).tolist()  # the corner judge's verdicts
+    table = (data / "images" / "groups.csv").read_text().splitlines()
+    assert table[0] == "file,group" and len(table) == 11
+    from fairdiff.config import load_config
+
+    cfg = load_config(out / "config.yaml")
+    assert cfg.data.train_on == "both" and cfg.method.name == "reweight" and cfg.method.target == [0.3, 0.7]
+    man = json.loads((out / "manifest.json").read_text())
+    base_counts = json.loads((base_run / "manifest.json").read_text())["train_counts"]
+    assert man["train_counts_biased"] == base_counts
+    assert man["train_counts"] == [base_counts[0] + 3, base_counts[1] + 7]
+    assert json.loads((out / "debias.json").read_text())["mix_real"] is True
+    common = ["--target", "0.5,0.5", "--judge", str(corner_judge_file), "--no-eval", "-q"]
+    assert main(["debias", str(base_run), "--method", "distill", "--mix-real", "--rounds", "2", *common,
+                 "--out", str(tmp_path / "r2")]) == 2
+    assert main(["debias", str(base_run), "--method", "filter", "--mix-real", *common, "--out", str(tmp_path / "f")]) == 2
+    assert main(["debias", str(base_run), "--method", "distill", "--mix-real", "--target", "0.5,0.5", "--judge",
+                 "clusters", "--no-eval", "-q", "--out", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "f").exists() and not (tmp_path / "c").exists()
+
+
 def test_reweight_and_iw_fine_tune_the_base_toward_the_target(base_run, tmp_path):
     """``--method reweight`` (training labels) and ``--method iw`` (an unlabeled --reference folder) fine-tune the
     base with the protocol's budget into ordinary runs; wrong combinations are one-line errors, no folder."""

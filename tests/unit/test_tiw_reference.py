@@ -77,6 +77,42 @@ def test_reference_dir_and_train_on_reference(tmp_path):
     assert r.manifest["train_counts"] == [6, 6] and r.manifest["train_counts_biased"] == [80, 20]
 
 
+def test_train_on_both_joins_training_and_reference_with_their_groups(tmp_path):
+    """data.train_on=both: the training set then the reference set, with both groups; a folder's groups come from
+    its groups.csv, and without one (or with a wrong one) it is a one-line error."""
+    from PIL import Image
+
+    from fairdiff.methods.reweight import group_weights
+
+    d = prepare_data(_cfg("data.reference=12", "data.train_on=both").data)
+    plain = prepare_data(_cfg("data.reference=12").data)
+    assert d.train_images.shape[0] == 112
+    assert torch.equal(d.train_images[:100], plain.train_images)
+    assert torch.equal(d.train_images[100:], plain.reference_images)
+    assert d.train_groups.tolist() == plain.train_groups.tolist() + plain.reference_groups.tolist()
+    assert d.manifest["train_counts"] == [86, 26] and d.manifest["train_counts_biased"] == [80, 20]
+    # reweighting the joined set toward 50/50 gives each group half the weight
+    w = group_weights(d.manifest["train_counts"], [0.5, 0.5])
+    assert w[0] * 86 == pytest.approx(w[1] * 26)
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / f"r{i}.png")
+    with pytest.raises(DataError, match="groups.csv"):
+        prepare_data(_cfg(f"data.reference_dir={tmp_path}", "data.train_on=both").data)
+    (tmp_path / "groups.csv").write_text("file,group\nr0.png,1\nr1.png,0\nr2.png,1\nr3.png,1\nr4.png,0\n")
+    f = prepare_data(_cfg(f"data.reference_dir={tmp_path}", "data.train_on=both").data)
+    assert f.train_groups[100:].tolist() == [1, 0, 1, 1, 0] and f.reference_groups.tolist() == [1, 0, 1, 1, 0]
+    assert f.manifest["reference"]["counts"] == [2, 3] and f.manifest["train_counts"] == [82, 23]
+    for bad, msg in [("file,group\nr0.png,1\n", "not listed"), ("file,group\nr0.png,x\n", "integer group"),
+                     ("file,group\n" + "".join(f"r{i}.png,2\n" for i in range(5)), "groups must lie in 0..1")]:
+        (tmp_path / "groups.csv").write_text(bad)
+        with pytest.raises(DataError, match=msg):
+            prepare_data(_cfg(f"data.reference_dir={tmp_path}", "data.train_on=both").data)
+    with pytest.raises(DataError, match="needs a reference set"):
+        prepare_data(_cfg("data.train_on=both").data)
+
+
 def test_method_without_reference_is_a_config_error(tmp_path):
     from fairdiff.training import train
 

@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
     p.add_argument("--rounds", type=int, choices=[1, 2], help="distill: 2 measures the first round's shares on a pilot "
                    "and distils the base again toward the target corrected by that miss (default 1)")
+    p.add_argument("--mix-real", action="store_true",
+                   help="distill: fine-tune on the filtered images and the base's real training images together, "
+                   "reweighted toward the target by group (the training labels and the filter's verdicts)")
     p.add_argument("--train-steps", type=int, help="distill / reweight / iw: fine-tuning steps (default 400)")
     p.add_argument("--lr", type=float, help="distill / reweight / iw: fine-tuning learning rate (default 2e-4)")
     p.add_argument("--reference", help="iw: a folder of unlabeled images drawn at the target (a few hundred)")
@@ -102,6 +105,7 @@ def _debias_sd(args: argparse.Namespace) -> int:
              if getattr(args, o) is not None]
     taken += [f for f, v in (("--then-filter", args.then_filter and args.method == "filter"),
                              ("--no-pilot-cache", args.no_pilot_cache), ("--mode sample", args.mode != "batch"),
+                             ("--mix-real", args.mix_real),
                              ("--reader classifier", args.reader != "heads")) if v]
     if taken:
         raise FairdiffError(f"{', '.join(taken)}: not an option of 'debias --sd --method {args.method}'")
@@ -166,8 +170,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
     if args.lr is not None and not (args.lr > 0 and args.lr < 1):
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
-    if args.method != "distill" and (args.train_n is not None or args.rounds is not None):
-        raise FairdiffError("--train-n and --rounds are options of --method distill")
+    if args.method != "distill" and (args.train_n is not None or args.rounds is not None or args.mix_real):
+        raise FairdiffError("--train-n, --rounds and --mix-real are options of --method distill")
     if args.pilot_n is not None and not (args.method == "guide" or (args.method == "distill" and args.rounds == 2)):
         raise FairdiffError("--pilot-n is an option of --method guide and of --method distill --rounds 2")
     if args.method != "distill" and args.method not in FINETUNE_METHODS and (args.train_steps is not None
@@ -236,7 +240,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         from fairdiff.debias import distill_run
 
         rec = distill_run(run, args.out, target, n=args.n, train_n=args.train_n, train_steps=args.train_steps,
-                          lr=args.lr, rounds=args.rounds or 1, pilot_n=args.pilot_n, **common)
+                          lr=args.lr, rounds=args.rounds or 1, pilot_n=args.pilot_n, mix_real=args.mix_real,
+                          **common)
         f = rec["filtered"]
         if rec.get("rounds") == 2:
             r1 = rec["round1"]
@@ -244,7 +249,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
                   f"{[round(x, 3) for x in r1['pilot_shares']]} on {r1['pilot_n']} pilot images; round 2 "
                   f"toward {[round(x, 3) for x in rec['corrected_target']]}")
         print(f"distill: {rec['train_n']} filtered images ({f['drawn_per_kept']:.2f} drawn per kept image) in "
-              f"{rec['data_dir']}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
+              f"{rec['data_dir']}{', mixed with the real training images' if rec.get('mix_real') else ''}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
               f"run {args.out}")
     else:
         rec = debias_run(run, args.out, target, method=args.method, n=args.n, **common)

@@ -7,13 +7,18 @@ A reference set is a small, *unlabeled* sample of the distribution one wants. Tw
   held-out (nor in an official test split). The attribute only *selects* them, as a curator would; the method
   receives the images alone (``PreparedData.reference_images``). Their groups are kept beside them for the
   manifest and for ``data.train_on=reference`` only.
-- ``data.reference_dir``: a folder of the user's own images (any of PNG / JPEG / BMP / WebP, no labels file).
+- ``data.reference_dir``: a folder of the user's own images (any of PNG / JPEG / BMP / WebP). No labels are needed;
+  an optional ``groups.csv`` (``file,group``: every image's file name and its group index) gives their groups.
 
-``data.train_on=reference`` replaces the training set by the reference set (the "reference only" baseline).
+``data.train_on=reference`` replaces the training set by the reference set (the "reference only" baseline);
+``data.train_on=both`` trains on the training set and the reference set together, which needs the reference's
+groups (``fairdiff debias --method distill --mix-real``: the base's filtered images beside the real ones, the two
+reweighted together toward the target).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -86,13 +91,45 @@ def load_reference_dir(path: str, resolution: int, channels: int, resize: str = 
     return to_tensor(arr, resolution, channels, resize)
 
 
+GROUPS_FILE = "groups.csv"  # in a reference_dir: file,group (the group index of each image), optional
+
+
+def reference_dir_groups(path: str, num_groups: int) -> np.ndarray | None:
+    """The groups of ``path``'s images in the order :func:`load_reference_dir` reads them, from its
+    ``groups.csv``; None when the folder has none. Every image must be listed once with a group index in
+    ``[0, num_groups)``."""
+    folder = Path(path)
+    table = folder / GROUPS_FILE
+    if not table.is_file():
+        return None
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    try:
+        with table.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        given = {r["file"]: int(r["group"]) for r in rows}
+    except (KeyError, TypeError, ValueError, csv.Error) as e:
+        raise DataError(f"{table}: expected a header 'file,group' and one integer group per image ({e})") from None
+    if len(given) != len(rows):
+        raise DataError(f"{table}: a file is listed twice")
+    missing = [f for f in files if f not in given]
+    if missing or len(given) != len(files):
+        extra = sorted(set(given) - set(files))
+        raise DataError(f"{table}: {len(missing)} image(s) of the folder not listed (e.g. {missing[:1]}) and "
+                        f"{len(extra)} listed that are not there (e.g. {extra[:1]})")
+    groups = np.asarray([given[f] for f in files], np.int64)
+    if groups.min() < 0 or groups.max() >= num_groups:
+        raise DataError(f"{table}: groups must lie in 0..{num_groups - 1}, got {groups.min()}..{groups.max()}")
+    return groups
+
+
 def attach_reference(cfg, images: ImageSet, data: PreparedData) -> PreparedData:  # cfg: DataConfig
     """``data`` with its reference set (``cfg.reference`` / ``cfg.reference_dir``) and ``cfg.train_on`` applied."""
     spec, folder = getattr(cfg, "reference", None), getattr(cfg, "reference_dir", None)
     train_on = getattr(cfg, "train_on", "train")
     if spec is None and not folder:
-        if train_on == "reference":
-            raise DataError("data.train_on=reference needs a reference set: set data.reference or data.reference_dir")
+        if train_on != "train":
+            raise DataError(f"data.train_on={train_on} needs a reference set: set data.reference or "
+                            "data.reference_dir")
         if getattr(cfg, "reference_shares", None) is not None:
             raise DataError("data.reference_shares is set but data.reference is not")
         return data
@@ -101,8 +138,11 @@ def attach_reference(cfg, images: ImageSet, data: PreparedData) -> PreparedData:
     manifest = dict(data.manifest)
     if folder:
         ref = load_reference_dir(folder, cfg.resolution, data.train_images.shape[1], cfg.resize)
-        ref_groups = None
+        known = reference_dir_groups(folder, data.num_groups)
+        ref_groups = None if known is None else torch.from_numpy(known)
         info = {"from": "folder", "path": str(folder), "count": len(ref)}
+        if known is not None:
+            info["counts"] = np.bincount(known, minlength=data.num_groups).tolist()
     else:
         n = reference_count(spec, len(data.train_images))
         idx, ref_groups = draw_reference(images, data.split, cfg.attribute, n, cfg.reference_shares, cfg.seed)
@@ -122,4 +162,12 @@ def attach_reference(cfg, images: ImageSet, data: PreparedData) -> PreparedData:
         manifest["train_counts_biased"] = manifest["train_counts"]
         manifest["train_counts"] = np.bincount(ref_groups.numpy(), minlength=data.num_groups).tolist()
         out = dataclasses.replace(out, train_images=ref, train_groups=ref_groups)
+    elif train_on == "both":
+        if ref_groups is None:
+            raise DataError(f"data.train_on=both needs the reference images' groups: add {GROUPS_FILE} (file,group) "
+                            f"to {folder}")
+        manifest["train_counts_biased"] = manifest["train_counts"]
+        groups = torch.cat([data.train_groups.to(torch.long), ref_groups.to(torch.long)])
+        manifest["train_counts"] = np.bincount(groups.numpy(), minlength=data.num_groups).tolist()
+        out = dataclasses.replace(out, train_images=torch.cat([data.train_images, ref]), train_groups=groups)
     return out

@@ -89,9 +89,13 @@ def _drawer(unet, sched, vae, *, steps: int, eta: float, batch_size: int, device
     return draw
 
 
+VERDICTS_FILE = "verdicts.csv"  # a filtered folder's kept images: seed,group (the keeping judge's verdict)
+
+
 def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: int, images, seeds, record: dict,
-                         meta: dict, extra_dirs: dict | None = None) -> None:
-    """Build the debias folder beside its place and move it in: an interrupted debias leaves the old one intact."""
+                         meta: dict, extra_dirs: dict | None = None, groups=None) -> None:
+    """Build the debias folder beside its place and move it in: an interrupted debias leaves the old one intact.
+    ``groups``: the kept images' verdicts (written to ``verdicts.csv`` beside the samples)."""
     from fairdiff.config import save_config
     from fairdiff.runs import write_samples
     from fairdiff.utils.io import write_json
@@ -107,6 +111,9 @@ def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: 
                       {"run": str(run_dir.resolve()), "n": n, "target": [float(x) for x in tgt], **meta}, png=False)
         for name, src in (extra_dirs or {}).items():
             shutil.copytree(src, tmp / name)
+        if groups is not None:
+            rows = "".join(f"{int(s)},{int(g)}\n" for s, g in zip(seeds, groups))
+            (tmp / VERDICTS_FILE).write_text("seed,group\n" + rows, encoding="utf-8")
         write_json(tmp / DEBIAS_FILE, record)
 
 
@@ -221,7 +228,7 @@ def debias_run(
         record.update(judge_role="label-free clusters (filter); the test judge scores metrics.json",
                       cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(cluster_pilot_s, 2))
     _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, res.images, res.seeds, record,
-                         {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed})
+                         {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed}, groups=res.groups)
     if evaluate:
         metrics = evaluate_run(out_dir, progress=progress)
         record["metrics"] = metrics
@@ -239,6 +246,7 @@ def distill_run(
     n: int | None = None,
     rounds: int = 1,
     pilot_n: int | None = None,
+    mix_real: bool = False,
     overwrite: bool = False,
     evaluate: bool = True,
     progress: bool = True,
@@ -261,16 +269,26 @@ def distill_run(
     once read 0.576 where the same model's 10,000 evaluation images read 0.536). A finished ``OUT-round1/`` of
     the same recipe (base, target, seed, ``train_n``, ``train_steps``, ``lr``) is reused, not trained again (an
     interrupted two-round run resumes there). ``eval_target`` (internal): the target ``OUT/`` is evaluated against.
+
+    ``mix_real``: fine-tune on the filtered images *and* the base's real training images together
+    (``data.train_on=both``), each image's loss reweighted toward the target by its group (the real images' labels,
+    the filtered images' verdicts in ``OUT-data/verdicts.csv``), instead of on the filtered images alone.
     """
     if rounds not in (1, 2):
         raise FairdiffError(f"distill --rounds must be 1 or 2, got {rounds}")
     if pilot_n is not None and (rounds == 1 or pilot_n < 1):
         raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2")
+    if mix_real and rounds == 2:
+        raise FairdiffError("distill: --mix-real goes with one round (--rounds 1)")
+    if mix_real and filter_args.get("judge") == "clusters":
+        raise FairdiffError("distill --mix-real reweights real images by their group labels; the label-free "
+                            "--judge clusters has no groups to mix them with")
     if rounds == 2:
         return _distill_two_rounds(run_dir, out_dir, target, train_n=train_n, train_steps=train_steps, lr=lr, n=n,
                                    pilot_n=pilot_n, overwrite=overwrite, evaluate=evaluate, progress=progress,
                                    **filter_args)
     from fairdiff.config import load_config
+    from fairdiff.data.reference import GROUPS_FILE
     from fairdiff.evaluation import evaluate_run
     from fairdiff.runs import read_run_config
     from fairdiff.training import train
@@ -299,12 +317,17 @@ def distill_run(
         import json
 
         filtered = json.loads((data_dir / DEBIAS_FILE).read_text())
+    _image_groups(data_dir)
+    if mix_real and not (data_dir / "images" / GROUPS_FILE).is_file():
+        raise FairdiffError(f"{data_dir} was filtered before the kept images' verdicts were recorded; --mix-real "
+                            "needs them: run again with --overwrite")
     filter_s = time.perf_counter() - t0
     tgt = filtered["target"]
     run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or "distill"
     cfg = load_config(run_dir / "config.yaml", [
         f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={(data_dir / 'images').resolve()}",
-        "data.train_on=reference", "method.name=baseline", f"train.steps={train_steps}",
+        *(["data.train_on=both", "method.name=reweight", f"method.target=[{','.join(str(float(t)) for t in tgt)}]"]
+          if mix_real else ["data.train_on=reference", "method.name=baseline"]), f"train.steps={train_steps}",
         f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
         f"train.checkpoint_every={max(train_steps // 2, 1)}",
         f"eval.target=[{','.join(str(float(t)) for t in (tgt if eval_target is None else eval_target))}]",
@@ -314,13 +337,28 @@ def distill_run(
     t1 = time.perf_counter()
     train(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=not progress)
     record = {"method": "distill", "base": str(run_dir.resolve()), "target": tgt, "train_n": train_n,
-              "train_steps": train_steps, "lr": lr, "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
+              "train_steps": train_steps, "lr": lr, "mix_real": mix_real, "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
               "data_dir": str(data_dir), "filter_seconds": round(filter_s, 2),
               "finetune_seconds": round(time.perf_counter() - t1, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
     if evaluate:
         record["metrics"] = evaluate_run(out_dir, progress=progress)
     return record
+
+
+def _image_groups(data_dir: Path) -> None:
+    """``OUT-data/images/groups.csv`` (file,group) from the filter's ``verdicts.csv``, so that the filtered images
+    can be trained on beside labelled ones (``data.train_on=both``); nothing when the verdicts were not recorded."""
+    from fairdiff.data.reference import GROUPS_FILE
+
+    verdicts, table = data_dir / VERDICTS_FILE, data_dir / "images" / GROUPS_FILE
+    if table.is_file() or not verdicts.is_file():
+        return
+    rows = verdicts.read_text(encoding="utf-8").splitlines()[1:]
+    body = "".join(f"seed{int(seed):07d}.png,{int(g)}\n" for seed, g in (r.split(",") for r in rows if r))
+    tmp = table.with_name(table.name + ".tmp")
+    tmp.write_text("file,group\n" + body, encoding="utf-8")
+    tmp.replace(table)
 
 
 def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: int) -> dict | None:
