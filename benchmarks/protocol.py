@@ -14,7 +14,7 @@ Methods (each toward each target, each seed):
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
   distill-nN  distill on N filtered images instead of 2000 (e.g. distill-n8000; the same 400 x 64 budget)
   distill-mix  distill on the 2000 filtered images and the real training images together, reweighted toward the
-            target by group (--mix-real; the same budget)
+            target by group (--mix-real; the same budget); distill2-mix: the same in two rounds
   distill2  the same in two rounds (--rounds 2): the first round's shares on a 4096-image pilot (validation
             judge) correct the second round's target to 2 t - s1; the second round starts from the base again
   filter-lf, guide-lf, guide-clf-lf  the label-free forms: groups are k-means clusters of the base's own images
@@ -128,20 +128,22 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif method in ("distill", "distill2", "distill-mix") or re.fullmatch(r"distill-n\d+", method):
+    elif method in ("distill", "distill2", "distill-mix", "distill2-mix") or re.fullmatch(r"distill-n\d+", method):
+        two = method.startswith("distill2")
         first = folder.with_name(folder.name + "-round1")
-        single = [d / f"distill-{_tname(target)}-s{seed}" for d in (out, reuse) if d is not None]
+        single = [d / f"{method.replace('distill2', 'distill')}-{_tname(target)}-s{seed}" for d in (out, reuse)
+                  if d is not None]
         single = [d for d in single if (d / "model").is_dir() and (d / "debias.json").is_file()]
-        if method == "distill2" and single and not first.exists():
+        if two and single and not first.exists():
             import shutil
 
             # the single-round distill of this target and seed is the two-round run's first round (the same
             # recipe); distill_run reuses it when its record matches and trains it again when it does not
             shutil.copytree(single[0], first, ignore=shutil.ignore_patterns("samples", "checkpoint-*", "*.png"))
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
-                          progress=False, rounds=2 if method == "distill2" else 1,
+                          progress=False, rounds=2 if two else 1,
                           train_n=int(method[len("distill-n"):]) if method.startswith("distill-n") else None,
-                          mix_real=method == "distill-mix")
+                          mix_real=method.endswith("-mix"))
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]

@@ -130,13 +130,17 @@ def test_distill_mix_real_trains_on_filtered_and_real_images_reweighted(base_run
     assert man["train_counts_biased"] == base_counts
     assert man["train_counts"] == [base_counts[0] + 3, base_counts[1] + 7]
     assert json.loads((out / "debias.json").read_text())["mix_real"] is True
+    # a two-round run reuses a finished first round only when it was mixed the same way
+    from fairdiff.debias.run import _finished_round
+
+    recipe = {"train_n": 10, "train_steps": 2}
+    assert _finished_round(out, base_run, [0.3, 0.7], {**recipe, "mix_real": True}, cfg.sample.seed) is not None
+    assert _finished_round(out, base_run, [0.3, 0.7], recipe, cfg.sample.seed) is None
     common = ["--target", "0.5,0.5", "--judge", str(corner_judge_file), "--no-eval", "-q"]
-    assert main(["debias", str(base_run), "--method", "distill", "--mix-real", "--rounds", "2", *common,
-                 "--out", str(tmp_path / "r2")]) == 2
     assert main(["debias", str(base_run), "--method", "filter", "--mix-real", *common, "--out", str(tmp_path / "f")]) == 2
     assert main(["debias", str(base_run), "--method", "distill", "--mix-real", "--target", "0.5,0.5", "--judge",
                  "clusters", "--no-eval", "-q", "--out", str(tmp_path / "c")]) == 2
-    assert not (tmp_path / "r2").exists() and not (tmp_path / "f").exists() and not (tmp_path / "c").exists()
+    assert not (tmp_path / "f").exists() and not (tmp_path / "c").exists()
 
 
 def test_reweight_and_iw_fine_tune_the_base_toward_the_target(base_run, tmp_path):

@@ -278,15 +278,13 @@ def distill_run(
         raise FairdiffError(f"distill --rounds must be 1 or 2, got {rounds}")
     if pilot_n is not None and (rounds == 1 or pilot_n < 1):
         raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2")
-    if mix_real and rounds == 2:
-        raise FairdiffError("distill: --mix-real goes with one round (--rounds 1)")
     if mix_real and filter_args.get("judge") == "clusters":
         raise FairdiffError("distill --mix-real reweights real images by their group labels; the label-free "
                             "--judge clusters has no groups to mix them with")
     if rounds == 2:
         return _distill_two_rounds(run_dir, out_dir, target, train_n=train_n, train_steps=train_steps, lr=lr, n=n,
-                                   pilot_n=pilot_n, overwrite=overwrite, evaluate=evaluate, progress=progress,
-                                   **filter_args)
+                                   pilot_n=pilot_n, mix_real=mix_real, overwrite=overwrite, evaluate=evaluate,
+                                   progress=progress, **filter_args)
     from fairdiff.config import load_config
     from fairdiff.data.reference import GROUPS_FILE
     from fairdiff.evaluation import evaluate_run
@@ -337,7 +335,8 @@ def distill_run(
     t1 = time.perf_counter()
     train(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=not progress)
     record = {"method": "distill", "base": str(run_dir.resolve()), "target": tgt, "train_n": train_n,
-              "train_steps": train_steps, "lr": lr, "mix_real": mix_real, "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
+              "train_steps": train_steps, "lr": lr, "mix_real": mix_real,
+              "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
               "data_dir": str(data_dir), "filter_seconds": round(filter_s, 2),
               "finetune_seconds": round(time.perf_counter() - t1, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
@@ -363,7 +362,7 @@ def _image_groups(data_dir: Path) -> None:
 
 def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: int) -> dict | None:
     """The record of a finished single-round distill in ``folder`` made by the same recipe (base, target, seed,
-    train_n, train_steps, lr), else None."""
+    train_n, train_steps, lr, mix_real), else None."""
     import json
 
     try:
@@ -377,6 +376,7 @@ def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: in
             and rec.get("train_n") == int(kw.get("train_n") or DISTILL_DEFAULTS["train_n"])
             and rec.get("train_steps") == int(kw.get("train_steps") or DISTILL_DEFAULTS["steps"])
             and rec.get("lr") == float(kw.get("lr") or DISTILL_DEFAULTS["lr"])
+            and bool(rec.get("mix_real", False)) == bool(kw.get("mix_real", False))
             and rec.get("filtered", {}).get("seed") == int(default_seed if kw.get("seed") is None else kw["seed"]))
     return rec if same else None
 
