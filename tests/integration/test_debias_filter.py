@@ -137,7 +137,8 @@ def test_distill_mix_real_trains_on_filtered_and_real_images_reweighted(base_run
     assert _finished_round(out, base_run, [0.3, 0.7], {**recipe, "mix_real": True}, cfg.sample.seed) is not None
     assert _finished_round(out, base_run, [0.3, 0.7], recipe, cfg.sample.seed) is None
     common = ["--target", "0.5,0.5", "--judge", str(corner_judge_file), "--no-eval", "-q"]
-    assert main(["debias", str(base_run), "--method", "filter", "--mix-real", *common, "--out", str(tmp_path / "f")]) == 2
+    assert main(["debias", str(base_run), "--method", "filter", "--mix-real", *common,
+                 "--out", str(tmp_path / "f")]) == 2
     assert main(["debias", str(base_run), "--method", "distill", "--mix-real", "--target", "0.5,0.5", "--judge",
                  "clusters", "--no-eval", "-q", "--out", str(tmp_path / "c")]) == 2
     assert not (tmp_path / "f").exists() and not (tmp_path / "c").exists()

@@ -248,8 +248,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
             print(f"distill round 1 ({r1['dir']}{', reused' if r1.get('reused') else ''}): shares "
                   f"{[round(x, 3) for x in r1['pilot_shares']]} on {r1['pilot_n']} pilot images; round 2 "
                   f"toward {[round(x, 3) for x in rec['corrected_target']]}")
+        mixed = ", mixed with the real training images" if rec.get("mix_real") else ""
         print(f"distill: {rec['train_n']} filtered images ({f['drawn_per_kept']:.2f} drawn per kept image) in "
-              f"{rec['data_dir']}{', mixed with the real training images' if rec.get('mix_real') else ''}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
+              f"{rec['data_dir']}{mixed}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
               f"run {args.out}")
     else:
         rec = debias_run(run, args.out, target, method=args.method, n=args.n, **common)
