@@ -79,12 +79,17 @@ def draw_reference(images: ImageSet, split: BiasedSplit, attribute: str, count: 
     return np.concatenate(idx).astype(np.int64), np.concatenate(grp)
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder``, sorted by name: the order a reference folder's images are read in."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
 def load_reference_dir(path: str, resolution: int, channels: int, resize: str = "resize") -> torch.Tensor:
     """Every image file in ``path`` (sorted by name) as a float tensor in [-1, 1] shaped like the training data."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"data.reference_dir does not exist: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = _image_files(folder)
     if not files:
         raise DataError(f"data.reference_dir {folder} holds no images ({', '.join(IMAGE_EXTS)})")
     arr = _load_images(files, "L" if channels == 1 else "RGB", resolution, None)
@@ -102,7 +107,7 @@ def reference_dir_groups(path: str, num_groups: int) -> np.ndarray | None:
     table = folder / GROUPS_FILE
     if not table.is_file():
         return None
-    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = [p.name for p in _image_files(folder)]
     try:
         with table.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
