@@ -17,9 +17,11 @@ Methods (each toward each target, each seed):
             target by group (--mix-real; the same budget); distill2-mix: the same in two rounds
   distill2  the same in two rounds (--rounds 2): the first round's shares on a 4096-image pilot (validation
             judge) correct the second round's target to 2 t - s1; the second round starts from the base again
-  filter-lf, guide-lf, guide-clf-lf  the label-free forms: groups are k-means clusters of the base's own images
-            (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its classifier, once per
-            base at OUT/classifier-lf), no label or judge anywhere
+  filter-lf, guide-lf, guide-clf-lf, distill-lf  the label-free forms: groups are spectral clusters of the
+            base's own images (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its
+            classifier, once per base at OUT/classifier-lf, distill-lf fine-tunes on the cluster-filtered images),
+            no label or judge anywhere; each with -kmeans (e.g. filter-lf-kmeans): k-means clusters instead
+            (--judge clusters-kmeans; the classifier at OUT/classifier-lf-kmeans)
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
   ddm-reverse  DDM with gradient reversal through the indicator, alpha 0.1 (docs/ddm-analysis.md), fine-tuned
   reweight  group reweighting toward the target, fine-tuned from the base
@@ -85,6 +87,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     cfg = read_run_config(base)
     t0 = time.time()
     timing: dict = {}
+    lf = re.search(r"-lf(-kmeans)?$", method)  # a label-free form: spectral clusters, or k-means with -kmeans
     trained = None if reuse is None else reuse / folder.name
     if method in FINETUNED and trained is not None and (trained / "model").is_dir():
         # a model fine-tuned by an earlier protocol run (same method, target, seed) sampled again at n images: the
@@ -103,20 +106,20 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide", "guide-sample", "filter-lf", "guide-lf", "guide-clf", "guide-clf-sample",
-                    "guide-clf-lf", "guide-clf-filter"):
+    elif method in ("filter", "guide", "guide-sample", "guide-clf", "guide-clf-sample", "guide-clf-filter") or (
+            lf and lf.string[:lf.start()] in ("filter", "guide", "guide-clf")):
         fn = debias_run if method.startswith("filter") else guide_run_to_target
         kw = {"method": "filter"} if method.startswith("filter") else {
             "mode": "sample" if method.endswith("-sample") else "batch", "then_filter": method.endswith("-filter")}
-        shared = out / ("classifier-lf" if method.endswith("-lf") else "classifier")
+        shared = out / (f"classifier{lf.group(0)}" if lf else "classifier")
         if method.startswith("guide-clf"):
             kw["reader"] = "classifier"
             if not shared.is_dir() and reuse is not None and (reuse / shared.name).is_dir():
                 shared = reuse / shared.name  # the classifier an earlier protocol run fitted for this base
             if shared.is_dir():
                 kw["classifier"] = shared
-        if method.endswith("-lf"):
-            kw["judge"] = "clusters"
+        if lf:
+            kw["judge"] = "clusters-kmeans" if lf.group(1) else "clusters"
         rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
         m = rec.pop("metrics")
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
@@ -128,7 +131,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif method in ("distill", "distill2", "distill-mix", "distill2-mix") or re.fullmatch(r"distill-n\d+", method):
+    elif method in ("distill", "distill2", "distill-mix", "distill2-mix", "distill-lf", "distill-lf-kmeans") or \
+            re.fullmatch(r"distill-n\d+", method):
         two = method.startswith("distill2")
         first = folder.with_name(folder.name + "-round1")
         single = [d / f"{method.replace('distill2', 'distill')}-{_tname(target)}-s{seed}" for d in (out, reuse)
@@ -143,7 +147,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False, rounds=2 if two else 1,
                           train_n=int(method[len("distill-n"):]) if method.startswith("distill-n") else None,
-                          mix_real=method.endswith("-mix"))
+                          mix_real=method.endswith("-mix"),
+                          **({"judge": "clusters-kmeans" if lf.group(1) else "clusters"} if lf else {}))
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
         timing["train_s"] = rec["finetune_seconds"] + rec["filter_seconds"]

@@ -91,7 +91,8 @@ def test_filter_rejects_a_judge_with_wrong_groups():
         filter_to_target(draw, lambda imgs: np.full(len(imgs), 2), [0.5, 0.5], 10, batch_size=8)
 
 
-def test_cluster_judge_orders_by_size_and_marks_outliers():
+@pytest.mark.parametrize("method", ["spectral", "kmeans"])
+def test_cluster_judge_orders_by_size_and_marks_outliers(method):
     from fairdiff.debias.clusters import fit_cluster_judge
 
     rng = np.random.default_rng(0)
@@ -105,10 +106,68 @@ def test_cluster_judge_orders_by_size_and_marks_outliers():
         return x
 
     pilot = np.concatenate([blobs(160, left=True), blobs(40, left=False)])
-    cj = fit_cluster_judge(pilot, 2, seed=0)
+    cj = fit_cluster_judge(pilot, 2, seed=0, method=method)
+    assert cj.method == method and cj.describe()["name"] == f"{method}-pca-k2"
     assert cj.pilot_shares == [0.8, 0.2]  # cluster 0 is the majority mode
     assert (cj.verdicts(blobs(20, left=True)) == 0).all() and (cj.verdicts(blobs(20, left=False)) == 1).all()
     odd = np.full((3, 1, 8, 8), 255, np.uint8)  # far from both modes
     assert (cj.verdicts(odd) == OUTSIDE).all()
     # pilot images beyond the 0.99 quantile of their cluster's distances are outside: about 1 %
     assert (cj.verdicts(pilot) == OUTSIDE).mean() <= 0.03
+
+
+def _line_and_blob(rng, n_line=800, n_blob=200):
+    """Images of 2 x 4 pixels whose rows are the coordinates of 2-D points (each pixel with its own small noise, so
+    that no two images are equal): a long thin majority mode (a line) and a small minority blob beside its middle.
+    k-means with 2 clusters halves the line (less squared error than separating the blob)."""
+    line = np.stack([rng.uniform(4, 246, n_line), rng.normal(20, 1.0, n_line)], 1)
+    blob = np.stack([rng.normal(125, 2.0, n_blob), rng.normal(60, 2.0, n_blob)], 1)
+    pts = np.concatenate([line, blob])[:, :, None] + rng.normal(0, 1.0, (n_line + n_blob, 2, 4))
+    return np.clip(pts, 0, 255).round().astype(np.uint8).reshape(-1, 1, 2, 4)
+
+
+def test_spectral_clusters_find_an_imbalanced_elongated_mode_where_kmeans_splits_it():
+    from fairdiff.debias.clusters import fit_cluster_judge
+
+    pilot = _line_and_blob(np.random.default_rng(0))
+    spectral = fit_cluster_judge(pilot, 2, seed=0, method="spectral")
+    assert spectral.pilot_shares == [0.8, 0.2]
+    new = _line_and_blob(np.random.default_rng(1), 50, 20)
+    v = spectral.verdicts(new)
+    assert (v[:50] == 0).mean() >= 0.96 and (v[50:] == 1).all()  # both ends of the line are one group
+    kmeans = fit_cluster_judge(pilot, 2, seed=0, method="kmeans")
+    assert abs(kmeans.pilot_shares[0] - 0.8) > 0.1  # k-means halves the line instead
+    ends = np.array([[[[6] * 4, [20] * 4]], [[[244] * 4, [20] * 4]]], np.uint8)
+    assert len(set(kmeans.verdicts(ends).tolist())) == 2 and set(spectral.verdicts(ends).tolist()) == {0}
+
+
+@pytest.mark.parametrize("method", ["spectral", "kmeans"])
+def test_cluster_judge_round_trips_through_npz(tmp_path, method):
+    from fairdiff.debias.clusters import fit_cluster_judge, load_cluster_judge, save_cluster_judge
+
+    pilot = _line_and_blob(np.random.default_rng(0), 200, 50)
+    cj = fit_cluster_judge(pilot, 2, seed=0, method=method)
+    save_cluster_judge(cj, tmp_path / "c.npz")
+    back = load_cluster_judge(tmp_path / "c.npz")
+    assert back.method == method and back.describe() == cj.describe()
+    new = _line_and_blob(np.random.default_rng(2), 40, 10)
+    np.testing.assert_array_equal(back.verdicts(new), cj.verdicts(new))
+
+
+def test_cluster_judge_reads_files_written_before_spectral_clusters(tmp_path):
+    from fairdiff.debias.clusters import fit_cluster_judge, load_cluster_judge
+
+    cj = fit_cluster_judge(_line_and_blob(np.random.default_rng(0), 200, 50), 2, seed=0, method="kmeans")
+    np.savez(tmp_path / "old.npz", mean=cj.mean, components=cj.components, centroids=cj.centroids, radius=cj.radius,
+             pilot_shares=np.asarray(cj.pilot_shares), seed=np.asarray(0))  # no 'method': the earlier format
+    back = load_cluster_judge(tmp_path / "old.npz")
+    assert back.method == "kmeans"
+    new = _line_and_blob(np.random.default_rng(3), 40, 10)
+    np.testing.assert_array_equal(back.verdicts(new), cj.verdicts(new))
+
+
+def test_cluster_method_reads_the_judge_option():
+    from fairdiff.debias.clusters import cluster_method
+
+    assert cluster_method("clusters") == "spectral" and cluster_method("clusters-kmeans") == "kmeans"
+    assert cluster_method("auto") is None and cluster_method(None) is None

@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
     p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run; 100 with --sd)")
     p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), 'clusters' "
-                   "(label-free: k-means on the base's own images, largest cluster first), .onnx or .pt")
+                   "(label-free: spectral clusters of the base's own images, largest first; 'clusters-kmeans': "
+                   "k-means instead), .onnx or .pt")
     p.add_argument("--seed", type=int, help="first sampling seed (default sample.seed of the run)")
     p.add_argument("--steps", type=int, help="denoising steps (default sample.steps of the run)")
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpmpp", "unipc"], help="sampler (default the run's)")
@@ -111,8 +112,8 @@ def _debias_sd(args: argparse.Namespace) -> int:
         raise FairdiffError(f"{', '.join(taken)}: not an option of 'debias --sd --method {args.method}'")
     if args.config is not None and not Path(args.config).is_file():
         raise FairdiffError(f"--config {args.config}: no such file")
-    if args.judge == "clusters":
-        raise FairdiffError("--judge clusters is for trained runs; with --sd give a judge file or --judge auto "
+    if args.judge in ("clusters", "clusters-kmeans"):
+        raise FairdiffError(f"--judge {args.judge} is for trained runs; with --sd give a judge file or --judge auto "
                             "with --config")
     data_cfg = eval_cfg = None
     if args.config is not None:
@@ -166,8 +167,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise FairdiffError(f"no such run folder: {run}")
-    if args.judge not in (None, "auto", "clusters") and not Path(args.judge).is_file():
-        raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', an .onnx or a .pt file)")
+    if args.judge not in (None, "auto", "clusters", "clusters-kmeans") and not Path(args.judge).is_file():
+        raise FairdiffError(f"--judge {args.judge}: no such file (use 'auto', 'clusters', 'clusters-kmeans', an .onnx "
+                            "or a .pt file)")
     if args.lr is not None and not (args.lr > 0 and args.lr < 1):
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and (args.train_n is not None or args.rounds is not None or args.mix_real):

@@ -1,19 +1,37 @@
-"""Label-free groups for debiasing: k-means clusters of the base's own images (no label, no judge).
+"""Label-free groups for debiasing: clusters of the base's own images (no label, no judge).
 
-``fit_cluster_judge`` draws features from a pilot set of the base's images (PCA of the pixels, fitted on those
-images only) and clusters them with k-means. Clusters are numbered by their share of the pilot set, largest
-first, so on a biased base cluster 0 is the majority mode: a target over clusters reads like a target over groups
-whose majority comes first. A new image gets its nearest centroid, or *outside* when it lies farther from it than
-``outside_quantile`` of the pilot images lie from theirs (a label-free stand-in for the judge's manifold check).
+``fit_cluster_judge`` takes a pilot set of the base's images, computes features (PCA of the pixels, fitted on those
+images only) and clusters them. Two ways:
+
+- ``spectral`` (the default, ``--judge clusters``): spectral clustering of the pilot's 10-nearest-neighbour graph.
+  A new image takes the cluster most of its 10 nearest pilot images are in, and is *outside* when their mean
+  distance exceeds ``outside_quantile`` of the pilot images' own (leave-one-out) mean distances in that cluster.
+  Chosen on the pilots of the MNIST bases, scored by the validation judge (``benchmarks/cluster_study.py``,
+  docs/debias.md): a graph follows a mode of any shape and size, so a 4:1 base's minority is one cluster.
+- ``kmeans`` (``--judge clusters-kmeans``): k-means, a new image takes its nearest centroid and is outside beyond
+  ``outside_quantile`` of its cluster's pilot distances. k-means prefers clusters of similar size, so on a 4:1
+  base it often splits the majority mode (the first label-free rows of docs/debias.md).
+
+Clusters are numbered by their share of the pilot set, largest first, so on a biased base cluster 0 is the majority
+mode: a target over clusters reads like a target over groups whose majority comes first.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from fairdiff.metrics import OUTSIDE
+
+CLUSTER_JUDGES = {"clusters": "spectral", "clusters-kmeans": "kmeans"}  # --judge value -> clustering
+NEIGHBORS = 10
+
+
+def cluster_method(judge) -> str | None:
+    """The clustering a ``--judge`` value asks for (``'spectral'`` / ``'kmeans'``), None for a labelled judge."""
+    return CLUSTER_JUDGES.get(judge) if isinstance(judge, str) else None
 
 
 @dataclass
@@ -21,9 +39,12 @@ class ClusterJudge:
     mean: np.ndarray
     components: np.ndarray  # [D, P]
     centroids: np.ndarray  # [K, D], ordered by pilot share (largest first)
-    radius: np.ndarray  # [K]: the outside_quantile of pilot distances to each centroid
+    radius: np.ndarray  # [K]: outside beyond it (kmeans: centroid distance; spectral: mean distance to neighbours)
     pilot_shares: list[float]
     seed: int
+    method: str = "kmeans"
+    pilot_features: np.ndarray | None = None  # spectral: [N, D] the pilot's features and their clusters
+    pilot_labels: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -33,43 +54,93 @@ class ClusterJudge:
         x = images.reshape(len(images), -1).astype(np.float64) / 255.0
         return (x - self.mean) @ self.components.T
 
+    def _neighbours(self, f: np.ndarray, exclude_self: bool = False):
+        """Indices and distances of each row's ``NEIGHBORS`` nearest pilot images (in chunks of 512 rows)."""
+        nn = min(NEIGHBORS, len(self.pilot_features) - int(exclude_self))
+        idx, dist = [], []
+        p2 = (self.pilot_features ** 2).sum(1)
+        for s in range(0, len(f), 512):
+            c = f[s:s + 512]
+            d = np.sqrt(np.maximum((c ** 2).sum(1)[:, None] + p2[None] - 2 * c @ self.pilot_features.T, 0.0))
+            if exclude_self:
+                d[np.arange(len(c)), np.arange(s, s + len(c))] = np.inf
+            i = np.argpartition(d, nn - 1, axis=1)[:, :nn]
+            idx.append(i)
+            dist.append(np.take_along_axis(d, i, 1))
+        return np.concatenate(idx), np.concatenate(dist)
+
+    def _vote(self, idx: np.ndarray) -> np.ndarray:
+        k = self.num_classes
+        counts = np.zeros((len(idx), k), np.int64)
+        np.add.at(counts, (np.repeat(np.arange(len(idx)), idx.shape[1]), self.pilot_labels[idx].ravel()), 1)
+        return counts.argmax(1)
+
     def verdicts(self, images: np.ndarray) -> np.ndarray:
         f = self.features(images)
-        d = np.linalg.norm(f[:, None, :] - self.centroids[None], axis=2)
-        near = d.argmin(1)
-        far = d[np.arange(len(f)), near] > self.radius[near]
+        if self.method == "spectral":
+            idx, dist = self._neighbours(f)
+            near = self._vote(idx)
+            far = dist.mean(1) > self.radius[near]
+        else:
+            d = np.linalg.norm(f[:, None, :] - self.centroids[None], axis=2)
+            near = d.argmin(1)
+            far = d[np.arange(len(f)), near] > self.radius[near]
         return np.where(far, OUTSIDE, near).astype(np.int64)
 
+    def arrays(self) -> dict:
+        """Every array that decides the verdicts (saved, and hashed by the pilot cache)."""
+        out = {"mean": self.mean, "components": self.components, "centroids": self.centroids, "radius": self.radius}
+        if self.method == "spectral":
+            out.update(pilot_features=self.pilot_features, pilot_labels=self.pilot_labels)
+        return out
+
     def describe(self) -> dict:
-        return {"name": f"kmeans-pca-k{self.num_classes}", "kind": "clusters (label-free)",
+        return {"name": f"{self.method}-pca-k{self.num_classes}", "kind": "clusters (label-free)",
                 "pilot_shares": [round(s, 4) for s in self.pilot_shares], "seed": self.seed,
                 "components": int(self.components.shape[0])}
 
 
 def fit_cluster_judge(images: np.ndarray, k: int, *, seed: int = 0, n_components: int = 32,
-                      outside_quantile: float = 0.99) -> ClusterJudge:
-    """k-means (k clusters) on a PCA of the uint8 ``images``; see the module docstring."""
-    from sklearn.cluster import KMeans
+                      outside_quantile: float = 0.99, method: str = "spectral") -> ClusterJudge:
+    """Clusters (``method``: spectral or kmeans) on a PCA of the uint8 ``images``; see the module docstring."""
+    from sklearn.cluster import KMeans, SpectralClustering
     from sklearn.decomposition import PCA
 
+    if method not in ("spectral", "kmeans"):
+        raise ValueError(f"unknown clustering {method!r}: spectral or kmeans")
     x = images.reshape(len(images), -1).astype(np.float64) / 255.0
     nc = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
     pca = PCA(n_components=nc, random_state=seed).fit(x)
     f = pca.transform(x)
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(f)
-    counts = np.bincount(km.labels_, minlength=k)
+    if method == "spectral":
+        with warnings.catch_warnings():  # a graph in several pieces is still clustered; sklearn warns about it
+            warnings.simplefilter("ignore")
+            raw = SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=min(NEIGHBORS, len(f) - 1),
+                                     assign_labels="cluster_qr", random_state=seed).fit(f).labels_
+    else:
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(f)
+        raw = km.labels_
+    counts = np.bincount(raw, minlength=k)
     order = np.argsort(-counts, kind="stable")
-    centroids = km.cluster_centers_[order]
     relabel = np.empty(k, np.int64)
     relabel[order] = np.arange(k)
-    lab = relabel[km.labels_]
-    d = np.linalg.norm(f - centroids[lab], axis=1)
-    radius = np.array([np.quantile(d[lab == c], outside_quantile) if (lab == c).any() else np.inf
-                       for c in range(k)])
-    return ClusterJudge(pca.mean_, pca.components_, centroids, radius, (counts[order] / len(lab)).tolist(), seed)
-
-
-CLUSTER_FIELDS = ("mean", "components", "centroids", "radius")
+    lab = relabel[raw]
+    if method == "kmeans":
+        centroids = km.cluster_centers_[order]
+    else:  # the clusters' means (described, not used for verdicts)
+        centroids = np.stack([f[lab == c].mean(0) if (lab == c).any() else np.full(f.shape[1], np.inf)
+                              for c in range(k)])
+    shares = (counts[order] / len(lab)).tolist()
+    if method == "spectral":
+        cj = ClusterJudge(pca.mean_, pca.components_, centroids, np.zeros(k), shares, seed, "spectral", f, lab)
+        _, dist = cj._neighbours(f, exclude_self=True)
+        score = dist.mean(1)
+    else:
+        cj = ClusterJudge(pca.mean_, pca.components_, centroids, np.zeros(k), shares, seed, "kmeans")
+        score = np.linalg.norm(f - centroids[lab], axis=1)
+    cj.radius = np.array([np.quantile(score[lab == c], outside_quantile) if (lab == c).any() else np.inf
+                          for c in range(k)])
+    return cj
 
 
 def save_cluster_judge(cj: ClusterJudge, path) -> None:
@@ -78,10 +149,13 @@ def save_cluster_judge(cj: ClusterJudge, path) -> None:
     from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{f: getattr(cj, f) for f in CLUSTER_FIELDS}, pilot_shares=np.asarray(cj.pilot_shares),
-             seed=np.asarray(cj.seed))
+    np.savez(path, **cj.arrays(), pilot_shares=np.asarray(cj.pilot_shares), seed=np.asarray(cj.seed),
+             method=np.asarray(cj.method))
 
 
 def load_cluster_judge(path) -> ClusterJudge:
     with np.load(path, allow_pickle=False) as z:
-        return ClusterJudge(*(z[f] for f in CLUSTER_FIELDS), z["pilot_shares"].tolist(), int(z["seed"]))
+        method = str(z["method"]) if "method" in z else "kmeans"  # files written before spectral clusters
+        extra = (z["pilot_features"], z["pilot_labels"]) if method == "spectral" else (None, None)
+        return ClusterJudge(z["mean"], z["components"], z["centroids"], z["radius"], z["pilot_shares"].tolist(),
+                            int(z["seed"]), method, *extra)

@@ -20,6 +20,8 @@ import numpy as np
 
 from fairdiff.errors import FairdiffError
 
+from .clusters import cluster_method
+
 DEBIAS_KIND = "debias"
 DEBIAS_FILE = "debias.json"
 METHODS = ("filter", "guide", "distill")
@@ -203,11 +205,13 @@ def debias_run(
 
     draw = _drawer(unet, sched, vae, steps=steps, eta=cfg.sample.eta, batch_size=batch_size, device=dev)
 
-    if judge == "clusters":  # label-free: k-means clusters of the base's own pilot images, largest first
+    clustering = cluster_method(judge)
+    if clustering:  # label-free: clusters of the base's own pilot images, largest first
         from .clusters import fit_cluster_judge
 
         t_pilot = time.perf_counter()
-        cj = fit_cluster_judge(draw(list(range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT))), k, seed=seed)
+        cj = fit_cluster_judge(draw(list(range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT))), k, seed=seed,
+                               method=clustering)
         clf, verdicts = cj, cj.verdicts
         cluster_pilot_s = time.perf_counter() - t_pilot
     else:
@@ -224,7 +228,7 @@ def debias_run(
         "judge": clf.describe(), "judge_role": "validation (filters); the test judge scores metrics.json",
         **res.summary(), "seconds": round(time.perf_counter() - t0, 2),
     }
-    if judge == "clusters":
+    if clustering:
         record.update(judge_role="label-free clusters (filter); the test judge scores metrics.json",
                       cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(cluster_pilot_s, 2))
     _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, res.images, res.seeds, record,
@@ -278,7 +282,7 @@ def distill_run(
         raise FairdiffError(f"distill --rounds must be 1 or 2, got {rounds}")
     if pilot_n is not None and (rounds == 1 or pilot_n < 1):
         raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2")
-    if mix_real and filter_args.get("judge") == "clusters":
+    if mix_real and cluster_method(filter_args.get("judge")):
         raise FairdiffError("distill --mix-real reweights real images by their group labels; the label-free "
                             "--judge clusters has no groups to mix them with")
     if rounds == 2:
@@ -393,7 +397,7 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
     from fairdiff.utils.outputs import check_output_dir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if kw.get("judge") == "clusters":
+    if cluster_method(kw.get("judge")):
         raise FairdiffError("distill --rounds 2 corrects toward the judge's shares; the label-free clusters of the "
                             "base are not refitted on the first round's model: use --rounds 1 with --judge clusters")
 
@@ -445,9 +449,10 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
     return record
 
 
-def cluster_pilot(unet, sched_cfg, k: int, steps: int, *, seed: int, device, guidance=None):
+def cluster_pilot(unet, sched_cfg, k: int, steps: int, *, seed: int, device, guidance=None,
+                  method: str = "spectral"):
     """``CLUSTER_PILOT`` images of the base (seeds from ``PILOT_SEED``, DDIM with ``steps``; ``guidance`` may
-    record along the way) and their k-means clusters (:func:`fit_cluster_judge`): the cluster judge, the uint8
+    record along the way) and their clusters (:func:`fit_cluster_judge` with ``method``): the cluster judge, the uint8
     images and each image's cluster (``OUTSIDE`` beyond every cluster's radius)."""
     from fairdiff.evaluation.samples import to_uint8
     from fairdiff.models import build_sampling_scheduler
@@ -458,12 +463,12 @@ def cluster_pilot(unet, sched_cfg, k: int, steps: int, *, seed: int, device, gui
     x = sample(unet, build_sampling_scheduler("ddim", sched_cfg), range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT),
                batch_size=250, num_steps=steps, guidance=guidance, device=device, progress=False)
     images = to_uint8(x)
-    cj = fit_cluster_judge(images, k, seed=seed)
+    cj = fit_cluster_judge(images, k, seed=seed, method=method)
     return cj, images, cj.verdicts(images)
 
 
 def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, heldout: float = 0.25,
-                  pool: str = "flatten"):
+                  pool: str = "flatten", method: str = "spectral"):
     """Label-free heads (the SelfDebias-style twin of distribution guidance): the base's :func:`cluster_pilot`
     images are drawn while h is recorded at every DDIM step; their clusters label them (images outside every
     cluster are dropped); the one heads fitter fits a head per step on the recorded h. Returns the cluster judge
@@ -477,7 +482,8 @@ def cluster_heads(unet, sched_cfg, k: int, steps: int, *, seed: int, device, hel
 
     t0 = time.perf_counter()
     rec = RecordH(pool, unet=unet)
-    cj, _, verdicts = cluster_pilot(unet, sched_cfg, k, steps, seed=seed, device=device, guidance=rec)
+    cj, _, verdicts = cluster_pilot(unet, sched_cfg, k, steps, seed=seed, device=device, guidance=rec,
+                                    method=method)
     labels = torch.from_numpy(verdicts)
     keep = torch.nonzero(labels != OUTSIDE).flatten()
     train, held = split_heldout(keep, heldout, seed)
@@ -537,7 +543,7 @@ def _group_classifier(cfg, sched_cfg, path, save_to: Path, steps: int, dev, prog
                 heldout = (torch.as_tensor(np.asarray(data.heldout_images)).float(), np.asarray(data.heldout_groups))
             labels = "the run's training images and their group labels"
         else:
-            labels = "the base's own images and their k-means clusters (no label)"
+            labels = "the base's own images and their clusters (no label)"
         groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
         rho = (torch.bincount(groups, minlength=k).double() / len(groups)).tolist()
         clf = NoiseAwareDiscriminator(images.shape[1:], width=64, num_train_timesteps=noise.config.num_train_timesteps,
@@ -565,9 +571,9 @@ def _in_shape(unet) -> list[int]:
 
 
 def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, steps: int, classifier_steps: int,
-                           dev, progress: bool, seed: int):
+                           dev, progress: bool, seed: int, method: str = "spectral"):
     """The label-free classifier of ``guide --judge clusters --reader classifier``: the base's own
-    :func:`cluster_pilot` images labelled by their k-means clusters (outside images dropped; a seeded quarter held
+    :func:`cluster_pilot` images labelled by their clusters (``method``; outside images dropped; a seeded quarter held
     out), a noise-aware classifier fitted on them, the clusters saved beside it (``clusters.npz``) so that a
     later run reads both back. Returns the cluster judge, the classifier, the base's shares over the clusters and
     a record."""
@@ -591,7 +597,7 @@ def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, st
         clf, rho, info = _group_classifier(cfg, sched_cfg, path, save_to, classifier_steps, dev, progress,
                                            in_shape=_in_shape(unet))
         return cj, clf, rho, info
-    cj, images, verdicts = cluster_pilot(unet, sched_cfg, k, steps, seed=seed, device=dev)
+    cj, images, verdicts = cluster_pilot(unet, sched_cfg, k, steps, seed=seed, device=dev, method=method)
     pilot_s = time.perf_counter() - t0
     labels = torch.from_numpy(verdicts)
     keep = torch.nonzero(labels != OUTSIDE).flatten()
@@ -615,7 +621,7 @@ def _judge_digest(judge) -> dict:
 
     d = dict(judge.describe())
     if hasattr(judge, "centroids"):
-        d["arrays"] = sha256_arrays([(k, getattr(judge, k)) for k in ("mean", "components", "centroids", "radius")])
+        d["arrays"] = sha256_arrays(list(judge.arrays().items()))
     return d
 
 
@@ -743,7 +749,8 @@ def guide_run_to_target(
     state = check_output_dir(out_dir, DEBIAS_KIND, overwrite=overwrite, inputs=[run_dir], whole=True)
     dev = resolve_device(device)
     unet, sched_cfg = load_guidable(run_dir, dev)
-    label_free = judge == "clusters"
+    clustering = cluster_method(judge)
+    label_free = clustering is not None
     if label_free and heads is not None:
         raise FairdiffError("guide --judge clusters fits its heads on the clusters of the base's own images; "
                             "leave out --heads")
@@ -755,16 +762,16 @@ def guide_run_to_target(
         if reader == "classifier" and label_free:  # no label anywhere: the classifier learns the base's clusters
             cj, clf_model, rho, heads_info = _label_free_classifier(cfg, unet, sched_cfg, classifier,
                                                                     work / "classifier", k, steps, classifier_steps,
-                                                                    dev, progress, seed)
+                                                                    dev, progress, seed, method=clustering)
             clf, verdicts = cj, cj.verdicts
         elif reader == "classifier":
             clf_model, rho, heads_info = _group_classifier(cfg, sched_cfg, classifier, work / "classifier",
                                                            classifier_steps, dev, progress, in_shape=_in_shape(unet))
         elif label_free:  # no label anywhere: clusters of the base's own images label its recorded h
-            cj, fit = cluster_heads(unet, sched_cfg, k, steps, seed=seed, device=dev)
+            cj, fit = cluster_heads(unet, sched_cfg, k, steps, seed=seed, device=dev, method=clustering)
             clf, verdicts = cj, cj.verdicts
-            save_heads(fit.heads, work / "heads", {"run": str(run_dir), "labels": "k-means clusters of the base's "
-                                                   "own images", "heldout_accuracy": fit.heldout_accuracy,
+            save_heads(fit.heads, work / "heads", {"run": str(run_dir), "labels": f"{clustering} clusters of the "
+                                                   "base's own images", "heldout_accuracy": fit.heldout_accuracy,
                                                    "seconds": round(fit.seconds, 1)})
             heads_obj = fit.heads.to(dev).eval()
             held = fit.heldout_accuracy.get("group", [])
