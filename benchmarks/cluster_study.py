@@ -12,7 +12,10 @@ the test judge: the choice made here is a hyperparameter):
   over clusters would give (each cluster's judged mix weighted by the target; the labelled filter gives the
   target itself).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cluster_study.py BASE [BASE ...] --out runs/cluster_study.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cluster_study.py BASE [BASE ...] --out runs/cluster_study.json \
+        --csv docs/results/cluster_study.csv
+
+The CSV has one row per base and clustering (docs/debias.md's table is generated from it).
 """
 
 from __future__ import annotations
@@ -99,20 +102,29 @@ def main(argv=None) -> None:
     ap.add_argument("bases", nargs="+", type=Path)
     ap.add_argument("--n", type=int, default=0, help="pilot size (default: the cluster judge's, 2000)")
     ap.add_argument("--out", type=Path, default=Path("runs/cluster_study.json"))
+    ap.add_argument("--csv", type=Path, help="also write one row per base and clustering here")
     args = ap.parse_args(argv)
-    res = {}
+    res, table = {}, []
     for base in args.bases:
         images, verdicts, k = _pilot(base, args.n, args.out.parent / "cluster_pilots" / f"{base.name}.npz")
         t0 = time.perf_counter()
         rows = {}
         for name, lab in clusterings(images, k).items():
             rows[name] = score(lab, verdicts, k)
+            table.append({"base": base.name.rsplit("-", 1)[0].removeprefix("base-"), "clustering": name,
+                          "pilot": len(images), "purity": rows[name]["purity"], "ari": rows[name]["ari"],
+                          **{f"share_{g}_at_uniform": v for g, v in enumerate(rows[name]["share_at_uniform"])}})
             print(f"{base.name:40s} {name:24s} {json.dumps(rows[name])}", flush=True)
         res[base.name] = {"k": k, "judged_shares": (np.bincount(verdicts[verdicts >= 0], minlength=k)
                                                     / (verdicts >= 0).sum()).round(4).tolist(),
                           "seconds": round(time.perf_counter() - t0, 1), "clusterings": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
+    if args.csv:
+        from fairdiff.bench.published import write_rows
+
+        fields = list(dict.fromkeys(f for r in table for f in r))
+        write_rows(args.csv, table, fields)
 
 
 if __name__ == "__main__":
