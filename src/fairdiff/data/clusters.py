@@ -1,4 +1,4 @@
-"""Attribute-free groups: k-means clusters of image features, so debiasing needs no annotation.
+"""Attribute-free groups: clusters (k-means or spectral) of image features, so debiasing needs no annotation.
 
 Features are a PCA of the pixels, fitted on the training images only; this encoder shares nothing with the
 evaluation classifier, so a method trained against clusters is not trained against the judge.
@@ -10,16 +10,37 @@ import numpy as np
 import torch
 
 
-def cluster_groups(images: torch.Tensor, k: int, seed: int = 0, n_components: int = 32) -> np.ndarray:
-    """Assign each image one of ``k`` groups by k-means on PCA features; returns int64 labels ``[N]``."""
-    from sklearn.cluster import KMeans
+CLUSTERINGS = ("kmeans", "spectral")
+NEIGHBORS = 10  # spectral: the nearest-neighbour graph's degree
+
+
+def cluster_labels(feats: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """``k`` clusters of the rows of ``feats``: k-means, or spectral clustering of their ``NEIGHBORS``-nearest-
+    neighbour graph (follows a mode of any shape and size; k-means prefers clusters of similar size). int64 ``[N]``."""
+    import warnings
+
+    from sklearn.cluster import KMeans, SpectralClustering
+
+    if method not in CLUSTERINGS:
+        raise ValueError(f"unknown clustering {method!r}: one of {', '.join(CLUSTERINGS)}")
+    if method == "kmeans":
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit(feats).labels_.astype(np.int64)
+    with warnings.catch_warnings():  # a graph in several pieces is still clustered; sklearn warns about it
+        warnings.simplefilter("ignore")
+        sc = SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=min(NEIGHBORS, len(feats) - 1),
+                                assign_labels="cluster_qr", random_state=seed)
+        return sc.fit(feats).labels_.astype(np.int64)
+
+
+def cluster_groups(images: torch.Tensor, k: int, seed: int = 0, n_components: int = 32,
+                   method: str = "kmeans") -> np.ndarray:
+    """Assign each image one of ``k`` groups by :func:`cluster_labels` on PCA features; int64 labels ``[N]``."""
     from sklearn.decomposition import PCA
 
     x = images.reshape(len(images), -1).double().numpy()
     nc = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
     feats = PCA(n_components=nc, random_state=seed).fit_transform(x)
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(feats)
-    return km.labels_.astype(np.int64)
+    return cluster_labels(feats, k, method, seed)
 
 
 def cluster_agreement(clusters: np.ndarray, labels: np.ndarray) -> float:

@@ -18,15 +18,14 @@ mode: a target over clusters reads like a target over groups whose majority come
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from fairdiff.data.clusters import NEIGHBORS
 from fairdiff.metrics import OUTSIDE
 
 CLUSTER_JUDGES = {"clusters": "spectral", "clusters-kmeans": "kmeans"}  # --judge value -> clustering
-NEIGHBORS = 10
 
 
 def cluster_method(judge) -> str | None:
@@ -103,23 +102,21 @@ class ClusterJudge:
 def fit_cluster_judge(images: np.ndarray, k: int, *, seed: int = 0, n_components: int = 32,
                       outside_quantile: float = 0.99, method: str = "spectral") -> ClusterJudge:
     """Clusters (``method``: spectral or kmeans) on a PCA of the uint8 ``images``; see the module docstring."""
-    from sklearn.cluster import KMeans, SpectralClustering
     from sklearn.decomposition import PCA
 
-    if method not in ("spectral", "kmeans"):
-        raise ValueError(f"unknown clustering {method!r}: spectral or kmeans")
+    from fairdiff.data.clusters import cluster_labels
+
     x = images.reshape(len(images), -1).astype(np.float64) / 255.0
     nc = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
     pca = PCA(n_components=nc, random_state=seed).fit(x)
     f = pca.transform(x)
-    if method == "spectral":
-        with warnings.catch_warnings():  # a graph in several pieces is still clustered; sklearn warns about it
-            warnings.simplefilter("ignore")
-            raw = SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=min(NEIGHBORS, len(f) - 1),
-                                     assign_labels="cluster_qr", random_state=seed).fit(f).labels_
-    else:
+    if method == "kmeans":  # the centroids k-means found (a new image takes the nearest)
+        from sklearn.cluster import KMeans
+
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(f)
         raw = km.labels_
+    else:
+        raw = cluster_labels(f, k, method, seed)
     counts = np.bincount(raw, minlength=k)
     order = np.argsort(-counts, kind="stable")
     relabel = np.empty(k, np.int64)
