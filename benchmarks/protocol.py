@@ -14,7 +14,8 @@ Methods (each toward each target, each seed):
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
   distill-nN  distill on N filtered images instead of 2000 (e.g. distill-n8000; the same 400 x 64 budget)
   distill-mix  distill on the 2000 filtered images and the real training images together, reweighted toward the
-            target by group (--mix-real; the same budget); distill2-mix: the same in two rounds
+            target by group (--mix-real; the same budget); distill2-mix: the same in two rounds; distill-mix-lf,
+            distill2-mix-lf: the label-free forms (--judge clusters; the real images take their clusters)
   distill2  the same in two rounds (--rounds 2): the first round's shares on a 4096-image pilot (validation
             judge) correct the second round's target to 2 t - s1; the second round starts from the base again
   filter-lf, guide-lf, guide-clf-lf, distill-lf  the label-free forms: groups are spectral clusters of the
@@ -131,8 +132,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif method in ("distill", "distill2", "distill-mix", "distill2-mix", "distill-lf", "distill-lf-kmeans") or \
-            re.fullmatch(r"distill-n\d+", method):
+    elif re.fullmatch(r"distill2?(-n\d+)?(-mix)?(-lf(-kmeans)?)?", method):
         two = method.startswith("distill2")
         first = folder.with_name(folder.name + "-round1")
         single = [d / f"{method.replace('distill2', 'distill')}-{_tname(target)}-s{seed}" for d in (out, reuse)
@@ -144,10 +144,14 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             # the single-round distill of this target and seed is the two-round run's first round (the same
             # recipe); distill_run reuses it when its record matches and trains it again when it does not
             shutil.copytree(single[0], first, ignore=shutil.ignore_patterns("samples", "checkpoint-*", "*.png"))
+            clusters = single[0].with_name(single[0].name + "-data") / "clusters.npz"
+            if clusters.is_file():  # a label-free first round's clusters judge the second round's pilot
+                (first.with_name(first.name + "-data")).mkdir(exist_ok=True)
+                shutil.copy2(clusters, first.with_name(first.name + "-data") / "clusters.npz")
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False, rounds=2 if two else 1,
-                          train_n=int(method[len("distill-n"):]) if method.startswith("distill-n") else None,
-                          mix_real=method.endswith("-mix"),
+                          train_n=int(re.search(r"-n(\d+)", method).group(1)) if "-n" in method else None,
+                          mix_real="-mix" in method,
                           **({"judge": "clusters-kmeans" if lf.group(1) else "clusters"} if lf else {}))
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}

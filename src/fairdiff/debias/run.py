@@ -92,12 +92,14 @@ def _drawer(unet, sched, vae, *, steps: int, eta: float, batch_size: int, device
 
 
 VERDICTS_FILE = "verdicts.csv"  # a filtered folder's kept images: seed,group (the keeping judge's verdict)
+CLUSTERS_FILE = "clusters.npz"  # a label-free filtered folder's cluster judge (debias/clusters.py)
 
 
 def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: int, images, seeds, record: dict,
-                         meta: dict, extra_dirs: dict | None = None, groups=None) -> None:
+                         meta: dict, extra_dirs: dict | None = None, groups=None, clusters=None) -> None:
     """Build the debias folder beside its place and move it in: an interrupted debias leaves the old one intact.
-    ``groups``: the kept images' verdicts (written to ``verdicts.csv`` beside the samples)."""
+    ``groups``: the kept images' verdicts (written to ``verdicts.csv`` beside the samples); ``clusters``: the
+    label-free cluster judge that gave them (``clusters.npz``)."""
     from fairdiff.config import save_config
     from fairdiff.runs import write_samples
     from fairdiff.utils.io import write_json
@@ -116,6 +118,10 @@ def _write_debias_folder(out_dir: Path, state: str, run_dir: Path, cfg, tgt, n: 
         if groups is not None:
             rows = "".join(f"{int(s)},{int(g)}\n" for s, g in zip(seeds, groups))
             (tmp / VERDICTS_FILE).write_text("seed,group\n" + rows, encoding="utf-8")
+        if clusters is not None:
+            from .clusters import save_cluster_judge
+
+            save_cluster_judge(clusters, tmp / CLUSTERS_FILE)
         write_json(tmp / DEBIAS_FILE, record)
 
 
@@ -232,7 +238,8 @@ def debias_run(
         record.update(judge_role="label-free clusters (filter); the test judge scores metrics.json",
                       cluster_pilot_n=CLUSTER_PILOT, cluster_pilot_seconds=round(cluster_pilot_s, 2))
     _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, res.images, res.seeds, record,
-                         {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed}, groups=res.groups)
+                         {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed}, groups=res.groups,
+                         clusters=clf if clustering else None)
     if evaluate:
         metrics = evaluate_run(out_dir, progress=progress)
         record["metrics"] = metrics
@@ -282,9 +289,6 @@ def distill_run(
         raise FairdiffError(f"distill --rounds must be 1 or 2, got {rounds}")
     if pilot_n is not None and (rounds == 1 or pilot_n < 1):
         raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2")
-    if mix_real and cluster_method(filter_args.get("judge")):
-        raise FairdiffError("distill --mix-real reweights real images by their group labels; the label-free "
-                            "--judge clusters has no groups to mix them with")
     if rounds == 2:
         return _distill_two_rounds(run_dir, out_dir, target, train_n=train_n, train_steps=train_steps, lr=lr, n=n,
                                    pilot_n=pilot_n, mix_real=mix_real, overwrite=overwrite, evaluate=evaluate,
@@ -323,12 +327,17 @@ def distill_run(
     if mix_real and not (data_dir / "images" / GROUPS_FILE).is_file():
         raise FairdiffError(f"{data_dir} was filtered before the kept images' verdicts were recorded; --mix-real "
                             "needs them: run again with --overwrite")
+    train_dir, mixed = data_dir / "images", None
+    if mix_real and cluster_method(filter_args.get("judge")):  # label-free: the real images take their clusters
+        mixed = _mix_by_clusters(data_dir, base_cfg)
+        train_dir = data_dir / "mixed"
     filter_s = time.perf_counter() - t0
     tgt = filtered["target"]
     run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or "distill"
     cfg = load_config(run_dir / "config.yaml", [
-        f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={(data_dir / 'images').resolve()}",
-        *(["data.train_on=both", "method.name=reweight", f"method.target=[{','.join(str(float(t)) for t in tgt)}]"]
+        f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={train_dir.resolve()}",
+        *([f"data.train_on={'reference' if mixed else 'both'}", "method.name=reweight",
+           f"method.target=[{','.join(str(float(t)) for t in tgt)}]"]
           if mix_real else ["data.train_on=reference", "method.name=baseline"]), f"train.steps={train_steps}",
         f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
         f"train.checkpoint_every={max(train_steps // 2, 1)}",
@@ -339,7 +348,7 @@ def distill_run(
     t1 = time.perf_counter()
     train(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=not progress)
     record = {"method": "distill", "base": str(run_dir.resolve()), "target": tgt, "train_n": train_n,
-              "train_steps": train_steps, "lr": lr, "mix_real": mix_real,
+              "train_steps": train_steps, "lr": lr, "mix_real": mix_real, **({"mixed": mixed} if mixed else {}),
               "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
               "data_dir": str(data_dir), "filter_seconds": round(filter_s, 2),
               "finetune_seconds": round(time.perf_counter() - t1, 2)}
@@ -347,6 +356,54 @@ def distill_run(
     if evaluate:
         record["metrics"] = evaluate_run(out_dir, progress=progress)
     return record
+
+
+def _judged_by(description: dict | None) -> str:
+    """'judge' for a labelled judge's description, else the clustering of a label-free one ('spectral' / 'kmeans')."""
+    d = description or {}
+    return d.get("name", "").split("-pca")[0] if d.get("kind") == "clusters (label-free)" else "judge"
+
+
+def _mix_by_clusters(data_dir: Path, base_cfg) -> dict:
+    """``OUT-data/mixed/``: the filtered images and the base's real training images, every one with its group in
+    ``groups.csv``: the filtered images' verdicts, the real images' clusters under the filter's own cluster judge
+    (``clusters.npz``; real images outside every cluster are left out). No label enters: the training images'
+    attribute is never read. Returns counts for the record; a finished folder is reused."""
+    import json
+
+    from fairdiff.data import prepare_data
+    from fairdiff.data.reference import GROUPS_FILE
+    from fairdiff.evaluation.samples import to_uint8
+    from fairdiff.metrics import OUTSIDE
+    from fairdiff.utils.images import save_png
+
+    from .clusters import load_cluster_judge
+
+    out, info_file = data_dir / "mixed", data_dir / "mixed" / "mixed.json"
+    if info_file.is_file() and (out / GROUPS_FILE).is_file():
+        return json.loads(info_file.read_text())
+    if not (data_dir / CLUSTERS_FILE).is_file():
+        raise FairdiffError(f"{data_dir} was filtered before its clusters were recorded; --mix-real with --judge "
+                            "clusters needs them: run again with --overwrite")
+    cj = load_cluster_judge(data_dir / CLUSTERS_FILE)
+    real = to_uint8(prepare_data(base_cfg.data).train_images)
+    v = cj.verdicts(real)
+    tmp = data_dir / ".mixed.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(data_dir / "images", tmp)
+    rows = []
+    for i in np.flatnonzero(v != OUTSIDE):
+        save_png(real[i], tmp / f"real{int(i):06d}.png")
+        rows.append(f"real{int(i):06d}.png,{int(v[i])}\n")
+    with open(tmp / GROUPS_FILE, "a", encoding="utf-8") as f:  # the filtered images' rows are there already
+        f.writelines(rows)
+    k = cj.num_classes
+    info = {"real": len(real), "real_outside": int((v == OUTSIDE).sum()),
+            "real_clusters": np.bincount(v[v != OUTSIDE], minlength=k).tolist(), "clusters": cj.describe()}
+    (tmp / "mixed.json").write_text(json.dumps(info), encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return info
 
 
 def _image_groups(data_dir: Path) -> None:
@@ -381,6 +438,7 @@ def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: in
             and rec.get("train_steps") == int(kw.get("train_steps") or DISTILL_DEFAULTS["steps"])
             and rec.get("lr") == float(kw.get("lr") or DISTILL_DEFAULTS["lr"])
             and bool(rec.get("mix_real", False)) == bool(kw.get("mix_real", False))
+            and _judged_by(rec.get("filtered", {}).get("judge")) == (cluster_method(kw.get("judge")) or "judge")
             and rec.get("filtered", {}).get("seed") == int(default_seed if kw.get("seed") is None else kw["seed"]))
     return rec if same else None
 
@@ -397,9 +455,6 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
     from fairdiff.utils.outputs import check_output_dir
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if cluster_method(kw.get("judge")):
-        raise FairdiffError("distill --rounds 2 corrects toward the judge's shares; the label-free clusters of the "
-                            "base are not refitted on the first round's model: use --rounds 1 with --judge clusters")
 
     cfg = read_run_config(run_dir)
     tgt = check_target(target, len(cfg.data.groups))
@@ -414,7 +469,16 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
                             progress=progress, **kw)
     elif progress:
         print(f"distill round 1: reusing the finished first round in {first_dir}", flush=True)
-    judge = _load_checked_judge(kw.get("judge"), cfg, len(tgt), progress)
+    if cluster_method(kw.get("judge")):  # label-free: the first round's pilot judged by the base's clusters
+        from .clusters import load_cluster_judge
+
+        clusters_file = first_dir.with_name(first_dir.name + "-data") / CLUSTERS_FILE
+        if not clusters_file.is_file():
+            raise FairdiffError(f"{clusters_file.parent} was filtered before its clusters were recorded; run again "
+                                "with --overwrite")
+        verdicts = load_cluster_judge(clusters_file).verdicts
+    else:
+        verdicts = _verdict_fn(_load_checked_judge(kw.get("judge"), cfg, len(tgt), progress), cfg.data)
     dev = resolve_device(kw.get("device"))
     unet, sched_cfg, vae = load_model_checked(first_dir, dev)
     pilot_n = int(pilot_n or PILOT_N["distill"])
@@ -422,7 +486,7 @@ def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluat
                    steps=int(kw.get("steps") or cfg.sample.steps), eta=cfg.sample.eta,
                    batch_size=int(kw.get("batch_size") or cfg.sample.batch_size), device=dev)
     tp = time.perf_counter()
-    v = _verdict_fn(judge, cfg.data)(draw(list(range(PILOT_SEED, PILOT_SEED + pilot_n))))
+    v = verdicts(draw(list(range(PILOT_SEED, PILOT_SEED + pilot_n))))
     pilot_s = time.perf_counter() - tp
     valid = v != OUTSIDE
     s1 = np.bincount(v[valid], minlength=len(tgt)) / max(int(valid.sum()), 1)
