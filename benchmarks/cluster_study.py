@@ -81,6 +81,35 @@ def clusterings(images: np.ndarray, k: int, seed: int = 0) -> dict[str, np.ndarr
     return {name: _order_by_size(np.asarray(lab, np.int64), k) for name, lab in out.items()}
 
 
+def h_clusterings(base: Path, k: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Clusterings of the base's own h (the U-Net's middle block, flattened) recorded while it draws the cluster
+    pilot (DDIM, as the label-free heads record it), at a quarter, half, three quarters and the end of the
+    chain; returns them with the validation judge's verdicts on those images."""
+    from sklearn.decomposition import PCA
+
+    from fairdiff.data.clusters import cluster_labels
+    from fairdiff.debias.run import CLUSTER_PILOT, PILOT_SEED, _load_checked_judge, _verdict_fn
+    from fairdiff.evaluation.samples import to_uint8
+    from fairdiff.models import build_sampling_scheduler
+    from fairdiff.runs import load_model_checked, read_run_config
+    from fairdiff.sampling import sample
+    from fairdiff.sampling.denoisers import RecordH
+
+    cfg = read_run_config(base)
+    unet, sched_cfg, _ = load_model_checked(base, "cpu")
+    rec = RecordH("flatten", unet=unet)
+    x = sample(unet, build_sampling_scheduler("ddim", sched_cfg), range(PILOT_SEED, PILOT_SEED + CLUSTER_PILOT),
+               batch_size=250, num_steps=cfg.sample.steps, guidance=rec, device="cpu", progress=False)
+    verdicts = _verdict_fn(_load_checked_judge(None, cfg, k, False), cfg.data)(to_uint8(x))
+    f = rec.feats().numpy()  # [steps, N, D]
+    out = {}
+    for si in sorted({len(f) // 4, len(f) // 2, 3 * len(f) // 4, len(f) - 1}):
+        h = PCA(n_components=32, random_state=seed).fit_transform(f[si])
+        for m in ("spectral", "kmeans"):
+            out[f"h-step{si + 1}of{len(f)}-{m}-pca32"] = _order_by_size(cluster_labels(h, k, m, seed), k)
+    return out, verdicts
+
+
 def score(lab: np.ndarray, verdicts: np.ndarray, k: int) -> dict:
     from sklearn.metrics import adjusted_rand_score
 
@@ -103,14 +132,20 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=0, help="pilot size (default: the cluster judge's, 2000)")
     ap.add_argument("--out", type=Path, default=Path("runs/cluster_study.json"))
     ap.add_argument("--csv", type=Path, help="also write one row per base and clustering here")
+    ap.add_argument("--h-space", action="store_true", help="also cluster the base's h at four DDIM steps (draws "
+                    "the pilot again while recording h)")
     args = ap.parse_args(argv)
     res, table = {}, []
     for base in args.bases:
         images, verdicts, k = _pilot(base, args.n, args.out.parent / "cluster_pilots" / f"{base.name}.npz")
         t0 = time.perf_counter()
         rows = {}
-        for name, lab in clusterings(images, k).items():
-            rows[name] = score(lab, verdicts, k)
+        found = {name: (lab, verdicts) for name, lab in clusterings(images, k).items()}
+        if args.h_space:
+            hc, hv = h_clusterings(base, k)
+            found.update({name: (lab, hv) for name, lab in hc.items()})
+        for name, (lab, v) in found.items():
+            rows[name] = score(lab, v, k)
             table.append({"base": base.name.rsplit("-", 1)[0].removeprefix("base-"), "clustering": name,
                           "pilot": len(images), "purity": rows[name]["purity"], "ari": rows[name]["ari"],
                           **{f"share_{g}_at_uniform": v for g, v in enumerate(rows[name]["share_at_uniform"])}})
