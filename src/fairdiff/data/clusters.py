@@ -32,14 +32,20 @@ def cluster_labels(feats: np.ndarray, k: int, method: str = "kmeans", seed: int 
         return sc.fit(feats).labels_.astype(np.int64)
 
 
+def pca_features(x: np.ndarray, n_components: int = 32, seed: int = 0):
+    """A PCA fitted on the rows of ``x`` ``[N, D]`` (at most ``n_components``, fewer for small N or D) and the rows'
+    features under it."""
+    from sklearn.decomposition import PCA
+
+    nc = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
+    pca = PCA(n_components=nc, random_state=seed).fit(x)
+    return pca, pca.transform(x)
+
+
 def cluster_groups(images: torch.Tensor, k: int, seed: int = 0, n_components: int = 32,
                    method: str = "kmeans") -> np.ndarray:
     """Assign each image one of ``k`` groups by :func:`cluster_labels` on PCA features; int64 labels ``[N]``."""
-    from sklearn.decomposition import PCA
-
-    x = images.reshape(len(images), -1).double().numpy()
-    nc = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
-    feats = PCA(n_components=nc, random_state=seed).fit_transform(x)
+    _, feats = pca_features(images.reshape(len(images), -1).double().numpy(), n_components, seed)
     return cluster_labels(feats, k, method, seed)
 
 

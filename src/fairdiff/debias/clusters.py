@@ -102,14 +102,9 @@ class ClusterJudge:
 def fit_cluster_judge(images: np.ndarray, k: int, *, seed: int = 0, n_components: int = 32,
                       outside_quantile: float = 0.99, method: str = "spectral") -> ClusterJudge:
     """Clusters (``method``: spectral or kmeans) on a PCA of the uint8 ``images``; see the module docstring."""
-    from sklearn.decomposition import PCA
+    from fairdiff.data.clusters import cluster_labels, pca_features
 
-    from fairdiff.data.clusters import cluster_labels
-
-    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    nc = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
-    pca = PCA(n_components=nc, random_state=seed).fit(x)
-    f = pca.transform(x)
+    pca, f = pca_features(images.reshape(len(images), -1).astype(np.float64) / 255.0, n_components, seed)
     if method == "kmeans":  # the centroids k-means found (a new image takes the nearest)
         from sklearn.cluster import KMeans
 
