@@ -26,6 +26,8 @@ Methods (each toward each target, each seed):
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
   ddm-reverse  DDM with gradient reversal through the indicator, alpha 0.1 (docs/ddm-analysis.md), fine-tuned
   reweight  group reweighting toward the target, fine-tuned from the base
+  reweight-lf  the same with no label: each training image's group is its spectral cluster (method.labels=clusters,
+            method.clustering=spectral; PCA 32 of the pixels); reweight-lf-kmeans: k-means clusters
   tiw, iw   label-free reference-set reweighting (docs/tiw.md), fine-tuned from the base: an unlabeled reference
             of 10 % of the training set drawn at the target's shares; the training set is cut to 5000 images
             (data.size) so that enough digits of every group lie outside it for that reference
@@ -53,7 +55,8 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
-FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align", "distill2")
+FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align", "distill2",
+             "reweight-lf", "reweight-lf-kmeans")
 ALIGN = ["method.name=align", "method.align_steps=10", "method.preserve_weight=1.0", "model.lora=true",
          "model.lora_rank=8", "model.lora_alpha=16", "train.steps=150", "train.batch_size=16", "train.lr=1e-4",
          "train.warmup_steps=10", "train.ema=false", "train.checkpoint_every=50"]  # configs/align-mnist.yaml
@@ -161,6 +164,9 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         extra = {"ddm": ["method.name=ddm", "method.alpha=0.05"],
                  "ddm-reverse": ["method.name=ddm", "method.alpha=0.1", "method.indicator_grad=reverse"],
                  "reweight": ["method.name=reweight", f"method.target=[{tstr}]"],
+                 "reweight-lf": ["method.name=reweight", f"method.target=[{tstr}]", "method.labels=clusters",
+                                 "method.clustering=spectral"],
+                 "reweight-lf-kmeans": ["method.name=reweight", f"method.target=[{tstr}]", "method.labels=clusters"],
                  "align": [*ALIGN, f"method.target=[{tstr}]"],
                  "ref-only": ["method.name=baseline", "data.train_on=reference", *REFERENCE[:2],
                               f"data.reference_shares=[{tstr}]"]}.get(method) or [

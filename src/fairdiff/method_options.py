@@ -26,6 +26,8 @@ from typing import Any, Literal
 from fairdiff.errors import ConfigError
 
 GroupLabels = Literal["attribute", "clusters"]  # where per-image groups come from (methods that use groups)
+# method.labels=clusters: k-means, or spectral clustering of the 10-nearest-neighbour graph (data/clusters.py)
+Clustering = Literal["kmeans", "spectral"]
 
 
 def _at_least(owner: Any, low: int | float, *keys: str) -> None:
@@ -61,6 +63,7 @@ class DDMOptions:
     labels: GroupLabels = "attribute"
     num_clusters: int | None = None  # clusters mode; None = number of groups
     cluster_features: Literal["pca"] = "pca"
+    clustering: Clustering = "kmeans"  # clusters mode: how the training images are clustered
 
     def check(self) -> None:
         """Value ranges of the DDM options."""
@@ -85,6 +88,7 @@ class ReweightOptions:
     labels: GroupLabels = "attribute"
     num_clusters: int | None = None
     cluster_features: Literal["pca"] = "pca"
+    clustering: Clustering = "kmeans"  # clusters mode: how the training images are clustered
     target: list[float] | None = None  # target group shares; None = uniform
 
     def check(self) -> None:
@@ -102,6 +106,7 @@ class AlignOptions:
     labels: GroupLabels = "attribute"
     num_clusters: int | None = None
     cluster_features: Literal["pca"] = "pca"
+    clustering: Clustering = "kmeans"  # clusters mode: how the training images are clustered
     target: list[float] | None = None  # target group shares of what is generated; None = uniform
     align_steps: int = 10  # DDIM steps of the generation chain that the gradient goes through
     align_classifier: str = "auto"  # training classifier: auto = a CNN unlike the evaluation one; or TorchScript

@@ -21,8 +21,19 @@ def test_recipe_key_tracks_what_changes_the_weights():
     k = bases.recipe_key(load_config(None, RECIPE))
     assert k == bases.recipe_key(load_config(None, [*RECIPE, "train.log_every=7", "train.checkpoint_every=3",
                                                     "name=other", "eval.n_samples=999", "sample.steps=9"]))
-    for change in ("train.steps=5", "train.seed=1", "data.shares=[0.5,0.5]", "method.name=reweight", "train.lr=1e-3"):
+    for change in ("train.steps=5", "train.seed=1", "data.shares=[0.5,0.5]", "method.name=reweight", "train.lr=1e-3",
+                   "method.clustering=spectral"):
         assert bases.recipe_key(load_config(None, [*RECIPE, change])) != k, change
+
+
+def test_an_option_added_later_keeps_the_keys_of_earlier_bases_at_its_default():
+    """method.clustering came after bases were shipped: at its default it is not part of the recipe (so every
+    earlier base keeps its key), any other value is."""
+    cfg = load_config(None, RECIPE)
+    assert cfg.method.clustering == "kmeans" and "clustering" not in bases.recipe(cfg)["method"]
+    assert "num_clusters" in bases.recipe(cfg)["method"]  # older options stay in
+    spectral = load_config(None, [*RECIPE, "method.clustering=spectral"])
+    assert bases.recipe(spectral)["method"]["clustering"] == "spectral"
 
 
 @pytest.fixture(scope="module")

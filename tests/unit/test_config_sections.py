@@ -17,7 +17,8 @@ from fairdiff.utils.typed_config import from_dict, set_dotted
 # the method section as run folders hold it (config.yaml), key order included
 FLAT_KEYS = [
     "name", "alpha", "reconstruction_weight", "indicator_widths", "indicator_input", "indicator_ce",
-    "indicator_grad", "indicator_t_min", "indicator_t_max", "labels", "num_clusters", "cluster_features", "target",
+    "indicator_grad", "indicator_t_min", "indicator_t_max", "labels", "num_clusters", "cluster_features", "clustering",
+    "target",
     "align_steps", "align_classifier", "align_classifier_steps", "preserve_weight", "preserve_prompt_weight",
     "uncertainty_threshold",
     "ot_draws", "disc_width", "disc_steps", "disc_batch_size", "disc_lr", "disc_weight_decay", "disc_holdout",
@@ -70,7 +71,7 @@ def test_unknown_method_key_in_a_yaml_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("method:\n  name: reweight\n  target: [0.5, 0.5]\n  disc_step: 5\n")
     with pytest.raises(ConfigError, match=r"'method.disc_step'.*method reweight has the options labels, "
-                                          r"num_clusters, cluster_features, target"):
+                                          r"num_clusters, cluster_features, clustering, target"):
         load_config(p)
 
 

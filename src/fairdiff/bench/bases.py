@@ -32,6 +32,9 @@ BASE_FILE = "base.json"
 BASES_VERSION = 1
 # train.* keys that do not change the trained weights (how often to log / checkpoint / preview)
 _NOT_RECIPE = ("log_every", "sample_every", "checkpoint_every", "checkpoint_total_limit")
+# options added after bases were shipped: left out of the recipe while at their default (which is what every
+# earlier base was trained with), so that adding an option does not change every base's key
+_ADDED_LATER = {("method", "clustering"): "kmeans"}
 FIRST_LOSSES = 4  # logged losses kept in base.json for the reproduction check
 
 
@@ -47,6 +50,9 @@ def recipe(cfg: RunConfig) -> dict:
     d = to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in _NOT_RECIPE}
     out = {"v": BASES_VERSION, "data": d["data"], "model": d["model"], "method": d["method"], "train": train}
+    for (section, key), default in _ADDED_LATER.items():
+        if out[section].get(key) == default:
+            del out[section][key]
     if d["text"]["sd"]:  # a text-to-image base: its SD folder and prompts are part of the recipe
         out["text"] = d["text"]
     return out

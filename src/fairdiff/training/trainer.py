@@ -159,9 +159,10 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     manifest = dict(data.manifest)
     if uses_clusters(cfg.method):
         k = cfg.method.num_clusters or data.num_groups
-        clusters = cluster_groups(data.train_images, k, seed=tc.seed)
+        how = cfg.method.clustering
+        clusters = cluster_groups(data.train_images, k, seed=tc.seed, method=how)
         manifest["clusters"] = {
-            "k": k,
+            "k": k, "method": how,
             "counts": np.bincount(clusters, minlength=k).tolist(),
             "nmi_with_attribute": cluster_agreement(clusters, data.train_groups.numpy()),
         }
