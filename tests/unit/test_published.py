@@ -127,3 +127,27 @@ def test_target_figure_plots_each_methods_mean_and_seed_range(tmp_path):
     assert pts["filter"]["recall"] == pytest.approx((0.88, 0.88, 0.88))
     assert pts["filter"]["valid_rate"] == pytest.approx((0.98, 0.97, 0.99))
     assert list(pts) == ["base", "filter"]
+
+
+def test_the_bar_for_three_groups_checks_every_share_of_a_uniform_target(tmp_path):
+    """K = 3 (``share_2`` set): every group's share within 0.03 of 1/3, with the same quality bar; no verdict for a
+    non-uniform three-group target or for the second judge (the file has its group-0 share alone)."""
+    from fairdiff.bench.published import meets_bar
+
+    def m(shares, valid=0.95, target=(0.3333, 0.3333, 0.3334)):
+        out = _metrics(valid=valid)
+        out.update(target=list(target), valid_shares=list(shares),
+                   valid_shares_ci=[[x - 0.02, x + 0.02] for x in shares])
+        return out
+
+    base = row_from_metrics(m([0.61, 0.30, 0.09]), "k3", "base", 0)
+    assert base["share_2"] not in ("", None) and float(base["target_0"]) == pytest.approx(1 / 3, abs=1e-3)
+    near = row_from_metrics(m([0.355, 0.342, 0.303]), "k3", "a", 0)  # every share within 0.03 (0.0303 off: not)
+    far = row_from_metrics(m([0.370, 0.321, 0.309]), "k3", "b", 0)  # group 0 0.037 off
+    low = row_from_metrics(m([0.34, 0.33, 0.33], valid=0.92), "k3", "c", 0)  # valid 0.03 under the base
+    assert meets_bar(near, base) is False  # 0.303 is 0.0303 from 1/3
+    assert meets_bar(row_from_metrics(m([0.355, 0.340, 0.305]), "k3", "a", 0), base) is True
+    assert meets_bar(far, base) is False and meets_bar(low, base) is False
+    assert meets_bar(near, base, "_j2") is None
+    skewed = row_from_metrics(m([0.6, 0.3, 0.1], target=(0.6, 0.3, 0.1)), "k3", "d", 0)
+    assert meets_bar(skewed, base) is None

@@ -170,16 +170,26 @@ def _parse_spec(spec: str) -> tuple[str, dict, list[str]]:
 
 
 def meets_bar(row: dict, base: dict | None, judge: str = "") -> bool | None:
-    """Whether a two-group row meets the target bar against its base row (None: no base or not two groups).
-    ``judge="_j2"``: the share and valid rate of the second judge (precision and recall are the same features)."""
-    if base is None or _num(row.get("share_2")) == _num(row.get("share_2")):  # share_2 set: K > 2
+    """Whether a row meets the target bar against its base row (None: no base, or nothing to judge by).
+    ``judge="_j2"``: the share and valid rate of the second judge (precision and recall are the same features).
+
+    Three groups (``share_2`` set): every group's share within the band of a *uniform* target, the only target the
+    file records for K > 2 (``target_0`` = 1/3; None for any other); the results file holds the second judge's share
+    of group 0 alone, so the second judge's bar is None there."""
+    if base is None:
+        return None
+    three = _num(row.get("share_2")) == _num(row.get("share_2"))  # share_2 set: K = 3
+    if three and (judge or abs(_num(row.get("target_0")) - 1 / 3) > 1e-3):
         return None
     vals = [_num(row.get(k)) for k in (f"share_0{judge}", "target_0", f"valid_rate{judge}", "precision", "recall")]
     ref = [_num(base.get(k)) for k in (f"valid_rate{judge}", "precision", "recall")]
-    if any(math.isnan(v) for v in vals + ref):
+    shares = [vals[0], *([_num(row.get("share_1")), _num(row.get("share_2"))] if three else [])]
+    if any(math.isnan(v) for v in vals + ref + shares):
         return None
-    share, target, valid, prec, rec = vals
-    return (abs(share - target) <= BAR["share"] + 1e-9 and valid >= ref[0] - BAR["valid_rate"] - 1e-9
+    _, target, valid, prec, rec = vals
+    target = 1 / 3 if three else target  # the file writes 1/3 as 0.3333
+    return (all(abs(s - target) <= BAR["share"] + 1e-9 for s in shares)
+            and valid >= ref[0] - BAR["valid_rate"] - 1e-9
             and prec >= ref[1] - BAR["precision"] - 1e-9 and rec >= ref[2] - BAR["recall"] - 1e-9)
 
 
