@@ -225,6 +225,36 @@ def test_reweight_and_iw_fine_tune_the_base_toward_the_target(base_run, tmp_path
         assert not (tmp_path / "bad").exists()
 
 
+def test_reweight_over_clusters_reads_no_label(base_run, tmp_path, capsys):
+    """``--method reweight --judge clusters``: the groups are the training images' spectral clusters, numbered
+    largest first (the manifest's counts fall), reweighted toward the target; k-means clusters take a uniform
+    target only (they have no order)."""
+    from fairdiff.config import load_config
+    from fairdiff.data import prepare_data
+    from fairdiff.data.clusters import cluster_groups
+
+    out = tmp_path / "rwc"
+    assert main(["debias", str(base_run), "--method", "reweight", "--judge", "clusters", "--target", "0.3,0.7",
+                 "--train-steps", "2", "--no-eval", "--out", str(out)]) == 0
+    assert "spectral clusters (no label)" in capsys.readouterr().out
+    cfg = load_config(out / "config.yaml")
+    assert cfg.method.labels == "clusters" and cfg.method.clustering == "spectral" and cfg.method.target == [0.3, 0.7]
+    m = json.loads((out / "manifest.json").read_text())["clusters"]
+    expect = cluster_groups(prepare_data(cfg.data).train_images, 2, seed=cfg.train.seed, method="spectral")
+    assert m["method"] == "spectral" and m["counts"] == np.bincount(expect, minlength=2).tolist()
+    assert m["counts"][0] >= m["counts"][1] > 0  # largest first
+    assert json.loads((out / "debias.json").read_text())["groups"] == "spectral"
+    out_k = tmp_path / "rwk"
+    assert main(["debias", str(base_run), "--method", "reweight", "--judge", "clusters-kmeans", "--target", "0.5,0.5",
+                 "--train-steps", "1", "--no-eval", "--out", str(out_k), "-q"]) == 0
+    assert load_config(out_k / "config.yaml").method.clustering == "kmeans"
+    for bad in (["--judge", "clusters-kmeans", "--target", "0.3,0.7"],
+                ["--method", "iw", "--judge", "clusters", "--target", "0.5,0.5"]):
+        assert main(["debias", str(base_run), *(["--method", "reweight"] if "iw" not in bad else []), *bad,
+                     "--out", str(tmp_path / "bad"), "-q"]) == 2
+        assert not (tmp_path / "bad").exists()
+
+
 def test_guide_controller_end_to_end(base_run, corner_judge_file, tmp_path):
     out = tmp_path / "guided"
     rc = main(["debias", str(base_run), "--method", "guide", "--target", "0.5,0.5", "--n", "8", "--steps", "3",

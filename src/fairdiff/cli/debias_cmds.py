@@ -26,13 +26,15 @@ def register(sub) -> None:
                    help="filter: generate-and-filter (draw, judge with the validation judge, keep to quota); "
                    "guide: distribution guidance whose scale a controller finds on judged pilot batches; "
                    "distill: fine-tune the base on its own filtered images (OUT-data/), no sampling overhead; "
-                   "reweight: fine-tune with group-reweighted loss (training labels); iw: fine-tune with "
-                   "density-ratio weights toward an unlabeled --reference folder (no labels)")
+                   "reweight: fine-tune with group-reweighted loss (training labels, or with --judge clusters "
+                   "the training images' spectral clusters); iw: fine-tune with density-ratio weights toward an "
+                   "unlabeled --reference folder (no labels)")
     p.add_argument("--out", "-o", required=True, help="output folder (a new debias run folder)")
     p.add_argument("--n", type=int, help="images to keep (default eval.n_samples of the run; 100 with --sd)")
     p.add_argument("--judge", help="the judge that filters: 'auto' (the validation domain CNN), 'clusters' "
                    "(label-free: spectral clusters of the base's own images, largest first; 'clusters-kmeans': "
-                   "k-means instead), .onnx or .pt")
+                   "k-means instead), .onnx or .pt; --method reweight: 'clusters' / 'clusters-kmeans' reweights "
+                   "over clusters of the training images instead of their labels")
     p.add_argument("--seed", type=int, help="first sampling seed (default sample.seed of the run)")
     p.add_argument("--steps", type=int, help="denoising steps (default sample.steps of the run)")
     p.add_argument("--scheduler", choices=["ddim", "ddpm", "dpmpp", "unipc"], help="sampler (default the run's)")
@@ -198,13 +200,16 @@ def cmd_debias(args: argparse.Namespace) -> int:
         from fairdiff.debias.finetune import finetune_run
 
         for o in ("judge", "steps", "scheduler", "batch_size", "max_draws"):
-            if getattr(args, o) is not None:
-                raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method {args.method}")
-        rec = finetune_run(run, args.out, target, method=args.method, reference=args.reference,
+            if getattr(args, o) is not None and not (o == "judge" and args.method == "reweight"
+                                                     and args.judge in ("clusters", "clusters-kmeans")):
+                raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method {args.method}"
+                                    + (" (reweight takes --judge clusters / clusters-kmeans: label-free groups)"
+                                       if o == "judge" and args.method == "reweight" else ""))
+        rec = finetune_run(run, args.out, target, method=args.method, reference=args.reference, groups=args.judge,
                            train_steps=args.train_steps, lr=args.lr, n=args.n, seed=args.seed,
                            overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.quiet)
-        print(f"{args.method}: fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "
-              f"run {args.out}")
+        print(f"{args.method}: fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s"
+              f"{'' if rec['groups'] == 'labels' else ' on ' + rec['groups'] + ' clusters (no label)'}; run {args.out}")
         if rec.get("metrics"):
             from fairdiff.cli.eval_cmds import _summary
 

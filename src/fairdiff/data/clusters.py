@@ -44,9 +44,17 @@ def pca_features(x: np.ndarray, n_components: int = 32, seed: int = 0):
 
 def cluster_groups(images: torch.Tensor, k: int, seed: int = 0, n_components: int = 32,
                    method: str = "kmeans") -> np.ndarray:
-    """Assign each image one of ``k`` groups by :func:`cluster_labels` on PCA features; int64 labels ``[N]``."""
+    """Assign each image one of ``k`` groups by :func:`cluster_labels` on PCA features; int64 labels ``[N]``.
+    Spectral clusters are numbered largest first (as the label-free judge of ``debias --judge clusters`` numbers
+    them), so that a target's first share goes to the largest cluster; k-means clusters keep k-means' own numbering
+    (that of every run made with them before)."""
     _, feats = pca_features(images.reshape(len(images), -1).double().numpy(), n_components, seed)
-    return cluster_labels(feats, k, method, seed)
+    labels = cluster_labels(feats, k, method, seed)
+    if method == "spectral":
+        rank = np.empty(k, dtype=np.int64)
+        rank[np.argsort(-np.bincount(labels, minlength=k), kind="stable")] = np.arange(k)
+        labels = rank[labels]
+    return labels
 
 
 def cluster_agreement(clusters: np.ndarray, labels: np.ndarray) -> float:

@@ -5,7 +5,8 @@ lr 2e-4, full fine-tuning, EMA 0.99) and write an ordinary run folder that sampl
 overhead:
 
 - ``reweight``: each training image's loss is weighted by target share / training share of its group (the group
-  labels of the training data);
+  labels of the training data; or, with ``groups="clusters"``, no label: each training image's spectral cluster,
+  numbered largest first, ``method.labels=clusters method.clustering=spectral``; ``"clusters-kmeans"``: k-means);
 - ``iw``: label-free: the weight is a density ratio reference / training, read by a discriminator fitted on an
   unlabeled *reference* folder of images drawn at the target (methods/tiw.py, docs/tiw.md), so the training data
   needs no labels, only a few hundred curated images.
@@ -21,6 +22,7 @@ from fairdiff.errors import FairdiffError
 
 FINETUNE_DEFAULTS = {"steps": 400, "lr": 2e-4, "batch_size": 64}
 METHODS = ("reweight", "iw")  # the training methods `debias` offers as fine-tunes of a base (methods/registry.py)
+CLUSTER_GROUPS = {"clusters": "spectral", "clusters-kmeans": "kmeans"}  # --judge: label-free groups of reweight
 
 
 def finetune_run(
@@ -30,6 +32,7 @@ def finetune_run(
     *,
     method: str,
     reference: str | Path | None = None,
+    groups: str | None = None,
     train_steps: int | None = None,
     lr: float | None = None,
     n: int | None = None,
@@ -40,8 +43,9 @@ def finetune_run(
 ) -> dict:
     """Fine-tune the base at ``run_dir`` with ``method`` (``reweight`` or ``iw``) toward ``target`` into
     ``out_dir`` (a run folder; resumes an interrupted fine-tune). ``reference``: iw's folder of unlabeled images
-    at the target. ``n``: images the fine-tuned model is evaluated on (default ``eval.n_samples``); ``seed``: its
-    first sampling seed (default the base's ``sample.seed``)."""
+    at the target. ``groups``: reweight's groups: None (the training labels), ``"clusters"`` (spectral clusters of
+    the training images, largest first) or ``"clusters-kmeans"``. ``n``: images the fine-tuned model is evaluated
+    on (default ``eval.n_samples``); ``seed``: its first sampling seed (default the base's ``sample.seed``)."""
     from fairdiff.config import load_config
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
@@ -72,9 +76,20 @@ def finetune_run(
             raise FairdiffError(f"--reference {reference}: no such folder")
     elif reference is not None:
         raise FairdiffError(f"--reference is an option of --method iw ({method} uses the training labels)")
+    if groups not in (None, "auto", *CLUSTER_GROUPS):
+        raise FairdiffError(f"--method {method}: the groups come from the training labels or from "
+                            f"{' / '.join(CLUSTER_GROUPS)} (--judge), not '{groups}'")
+    if groups in CLUSTER_GROUPS and entry.uses_reference:
+        raise FairdiffError("--method iw needs no groups: --judge clusters is an option of reweight")
+    if groups == "clusters-kmeans" and max(tgt) - min(tgt) > 1e-6:
+        raise FairdiffError("k-means clusters have no order, so a non-uniform target cannot say which cluster gets "
+                            "which share: use --judge clusters (spectral, numbered largest first)")
     tstr = ",".join(str(t) for t in tgt)
     method_keys = ([f"data.reference_dir={Path(reference).resolve()}", "data.reference=null",
                     "data.reference_shares=null"] if entry.uses_reference else [f"method.target=[{tstr}]"])
+    if groups in CLUSTER_GROUPS:
+        method_keys += ["method.labels=clusters", "method.num_clusters=null",
+                        f"method.clustering={CLUSTER_GROUPS[groups]}"]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or method
     cfg = load_config(run_dir / "config.yaml", [
         f"model.pretrained={run_dir.resolve()}", f"method.name={method}", *method_keys, "data.train_on=train",
@@ -90,6 +105,7 @@ def finetune_run(
     record = {"method": method, "base": str(run_dir.resolve()), "target": tgt, "train_steps": steps, "lr": lr,
               "batch_size": FINETUNE_DEFAULTS["batch_size"],
               "reference": None if reference is None else str(Path(reference).resolve()),
+              "groups": CLUSTER_GROUPS.get(groups or "", "labels"),
               "finetune_seconds": round(time.perf_counter() - t0, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
     if evaluate:
