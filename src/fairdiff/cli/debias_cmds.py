@@ -199,12 +199,15 @@ def cmd_debias(args: argparse.Namespace) -> int:
     if args.method in FINETUNE_METHODS:
         from fairdiff.debias.finetune import finetune_run
 
+        from fairdiff.methods.registry import get_method
+
+        grouped = get_method(args.method).uses_groups  # reweight: its groups may be clusters (no label)
         for o in ("judge", "steps", "scheduler", "batch_size", "max_draws"):
-            if getattr(args, o) is not None and not (o == "judge" and args.method == "reweight"
+            if getattr(args, o) is not None and not (o == "judge" and grouped
                                                      and args.judge in ("clusters", "clusters-kmeans")):
                 raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method {args.method}"
-                                    + (" (reweight takes --judge clusters / clusters-kmeans: label-free groups)"
-                                       if o == "judge" and args.method == "reweight" else ""))
+                                    + (f" ({args.method} takes --judge clusters / clusters-kmeans: label-free groups)"
+                                       if o == "judge" and grouped else ""))
         rec = finetune_run(run, args.out, target, method=args.method, reference=args.reference, groups=args.judge,
                            train_steps=args.train_steps, lr=args.lr, n=args.n, seed=args.seed,
                            overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.quiet)
