@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-FIELDS = ["folder", "group", "target", "s1", "t2", "s2", "pred_linear", "pred_ratio", "pilot_n", "valid_rate"]
+FIELDS = ["setting", "folder", "group", "target", "s1", "t2", "s2", "pred_linear", "pred_ratio", "pilot_n",
+          "valid_rate"]
 
 
 def predictions(t: np.ndarray, s1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +91,8 @@ def main() -> None:
                 if new:
                     w.writerow(FIELDS)
                 for g in range(len(t)):
-                    w.writerow([folder.name, g, *(round(float(x[g]), 5) for x in (t, s1, t2, s2, linear, ratio)),
+                    vals = (round(float(x[g]), 5) for x in (t, s1, t2, s2, linear, ratio))
+                    w.writerow([folder.resolve().parent.name, folder.name, g, *vals,
                                 n, round(valid, 5)])
 
 
