@@ -199,12 +199,12 @@ def cmd_debias(args: argparse.Namespace) -> int:
     if args.method in FINETUNE_METHODS:
         from fairdiff.debias.finetune import finetune_run
 
+        from fairdiff.debias.clusters import cluster_method
         from fairdiff.methods.registry import get_method
 
         grouped = get_method(args.method).uses_groups  # reweight: its groups may be clusters (no label)
         for o in ("judge", "steps", "scheduler", "batch_size", "max_draws"):
-            if getattr(args, o) is not None and not (o == "judge" and grouped
-                                                     and args.judge in ("clusters", "clusters-kmeans")):
+            if getattr(args, o) is not None and not (o == "judge" and grouped and cluster_method(args.judge)):
                 raise FairdiffError(f"--{o.replace('_', '-')} is not an option of --method {args.method}"
                                     + (f" ({args.method} takes --judge clusters / clusters-kmeans: label-free groups)"
                                        if o == "judge" and grouped else ""))

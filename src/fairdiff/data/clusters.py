@@ -50,11 +50,16 @@ def cluster_groups(images: torch.Tensor, k: int, seed: int = 0, n_components: in
     (that of every run made with them before)."""
     _, feats = pca_features(images.reshape(len(images), -1).double().numpy(), n_components, seed)
     labels = cluster_labels(feats, k, method, seed)
-    if method == "spectral":
-        rank = np.empty(k, dtype=np.int64)
-        rank[np.argsort(-np.bincount(labels, minlength=k), kind="stable")] = np.arange(k)
-        labels = rank[labels]
-    return labels
+    return largest_first(labels, k)[1] if method == "spectral" else labels
+
+
+def largest_first(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber ``k`` clusters by size, largest first (ties in their old order): the old number of each new cluster
+    (``order``) and the renumbered labels."""
+    order = np.argsort(-np.bincount(labels, minlength=k), kind="stable")
+    rank = np.empty(k, dtype=np.int64)
+    rank[order] = np.arange(k)
+    return order, rank[labels]
 
 
 def cluster_agreement(clusters: np.ndarray, labels: np.ndarray) -> float:

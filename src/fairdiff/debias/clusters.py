@@ -102,7 +102,7 @@ class ClusterJudge:
 def fit_cluster_judge(images: np.ndarray, k: int, *, seed: int = 0, n_components: int = 32,
                       outside_quantile: float = 0.99, method: str = "spectral") -> ClusterJudge:
     """Clusters (``method``: spectral or kmeans) on a PCA of the uint8 ``images``; see the module docstring."""
-    from fairdiff.data.clusters import cluster_labels, pca_features
+    from fairdiff.data.clusters import cluster_labels, largest_first, pca_features
 
     pca, f = pca_features(images.reshape(len(images), -1).astype(np.float64) / 255.0, n_components, seed)
     if method == "kmeans":  # the centroids k-means found (a new image takes the nearest)
@@ -113,10 +113,7 @@ def fit_cluster_judge(images: np.ndarray, k: int, *, seed: int = 0, n_components
     else:
         raw = cluster_labels(f, k, method, seed)
     counts = np.bincount(raw, minlength=k)
-    order = np.argsort(-counts, kind="stable")
-    relabel = np.empty(k, np.int64)
-    relabel[order] = np.arange(k)
-    lab = relabel[raw]
+    order, lab = largest_first(raw, k)
     if method == "kmeans":
         centroids = km.cluster_centers_[order]
     else:  # the clusters' means (described, not used for verdicts)

@@ -22,7 +22,6 @@ from fairdiff.errors import FairdiffError
 
 FINETUNE_DEFAULTS = {"steps": 400, "lr": 2e-4, "batch_size": 64}
 METHODS = ("reweight", "iw")  # the training methods `debias` offers as fine-tunes of a base (methods/registry.py)
-CLUSTER_GROUPS = {"clusters": "spectral", "clusters-kmeans": "kmeans"}  # --judge: label-free groups of reweight
 
 
 def finetune_run(
@@ -56,6 +55,7 @@ def finetune_run(
 
     from fairdiff.methods.registry import get_method
 
+    from .clusters import CLUSTER_JUDGES, cluster_method
     from .run import DEBIAS_FILE
 
     if method not in METHODS:
@@ -76,20 +76,20 @@ def finetune_run(
             raise FairdiffError(f"--reference {reference}: no such folder")
     elif reference is not None:
         raise FairdiffError(f"--reference is an option of --method iw ({method} uses the training labels)")
-    if groups not in (None, "auto", *CLUSTER_GROUPS):
+    clustering = cluster_method(groups)
+    if groups not in (None, "auto") and clustering is None:
         raise FairdiffError(f"--method {method}: the groups come from the training labels or from "
-                            f"{' / '.join(CLUSTER_GROUPS)} (--judge), not '{groups}'")
-    if groups in CLUSTER_GROUPS and entry.uses_reference:
+                            f"{' / '.join(CLUSTER_JUDGES)} (--judge), not '{groups}'")
+    if clustering and entry.uses_reference:
         raise FairdiffError("--method iw needs no groups: --judge clusters is an option of reweight")
-    if groups == "clusters-kmeans" and max(tgt) - min(tgt) > 1e-6:
+    if clustering == "kmeans" and max(tgt) - min(tgt) > 1e-6:
         raise FairdiffError("k-means clusters have no order, so a non-uniform target cannot say which cluster gets "
                             "which share: use --judge clusters (spectral, numbered largest first)")
     tstr = ",".join(str(t) for t in tgt)
     method_keys = ([f"data.reference_dir={Path(reference).resolve()}", "data.reference=null",
                     "data.reference_shares=null"] if entry.uses_reference else [f"method.target=[{tstr}]"])
-    if groups in CLUSTER_GROUPS:
-        method_keys += ["method.labels=clusters", "method.num_clusters=null",
-                        f"method.clustering={CLUSTER_GROUPS[groups]}"]
+    if clustering:
+        method_keys += ["method.labels=clusters", "method.num_clusters=null", f"method.clustering={clustering}"]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or method
     cfg = load_config(run_dir / "config.yaml", [
         f"model.pretrained={run_dir.resolve()}", f"method.name={method}", *method_keys, "data.train_on=train",
@@ -105,7 +105,7 @@ def finetune_run(
     record = {"method": method, "base": str(run_dir.resolve()), "target": tgt, "train_steps": steps, "lr": lr,
               "batch_size": FINETUNE_DEFAULTS["batch_size"],
               "reference": None if reference is None else str(Path(reference).resolve()),
-              "groups": CLUSTER_GROUPS.get(groups or "", "labels"),
+              "groups": clustering or "labels",
               "finetune_seconds": round(time.perf_counter() - t0, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
     if evaluate:
