@@ -17,7 +17,9 @@ Methods (each toward each target, each seed):
             target by group (--mix-real; the same budget); distill2-mix: the same in two rounds; distill-mix-lf,
             distill2-mix-lf: the label-free forms (--judge clusters; the real images take their clusters)
   distill2  the same in two rounds (--rounds 2): the first round's shares on a 4096-image pilot (validation
-            judge) correct the second round's target to 2 t - s1; the second round starts from the base again
+            judge) correct the second round's target to 2 t - s1; the second round starts from the base again;
+            distill3 / distill4 (and -mix, -lf): three or four rounds (a secant through the last two rounds'
+            pilots), starting from a finished run of one round fewer when there is one
   filter-lf, guide-lf, guide-clf-lf, distill-lf  the label-free forms: groups are spectral clusters of the
             base's own images (--judge clusters; guide-lf fits its heads on those clusters, guide-clf-lf its
             classifier, once per base at OUT/classifier-lf, distill-lf fine-tunes on the cluster-filtered images),
@@ -135,24 +137,16 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif re.fullmatch(r"distill2?(-n\d+)?(-mix)?(-lf(-kmeans)?)?", method):
-        two = method.startswith("distill2")
-        first = folder.with_name(folder.name + "-round1")
-        single = [d / f"{method.replace('distill2', 'distill')}-{_tname(target)}-s{seed}" for d in (out, reuse)
-                  if d is not None]
-        single = [d for d in single if (d / "model").is_dir() and (d / "debias.json").is_file()]
-        if two and single and not first.exists():
-            import shutil
-
-            # the single-round distill of this target and seed is the two-round run's first round (the same
-            # recipe); distill_run reuses it when its record matches and trains it again when it does not
-            shutil.copytree(single[0], first, ignore=shutil.ignore_patterns("samples", "checkpoint-*", "*.png"))
-            clusters = single[0].with_name(single[0].name + "-data") / "clusters.npz"
-            if clusters.is_file():  # a label-free first round's clusters judge the second round's pilot
-                (first.with_name(first.name + "-data")).mkdir(exist_ok=True)
-                shutil.copy2(clusters, first.with_name(first.name + "-data") / "clusters.npz")
+    elif dm := re.fullmatch(r"distill([234])?(-n\d+)?(-mix)?(-lf(-kmeans)?)?", method):
+        rounds = int(dm.group(1) or 1)
+        if rounds > 1 and not folder.with_name(f"{folder.name}-round{rounds - 1}").exists():
+            prev = method.replace(f"distill{rounds}", "distill" if rounds == 2 else f"distill{rounds - 1}")
+            earlier = [d / f"{prev}-{_tname(target)}-s{seed}" for d in (out, reuse) if d is not None]
+            earlier = [d for d in earlier if (d / "model").is_dir() and (d / "debias.json").is_file()]
+            if earlier:
+                _seed_rounds(earlier[0], folder)
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
-                          progress=False, rounds=2 if two else 1,
+                          progress=False, rounds=rounds,
                           train_n=int(re.search(r"-n(\d+)", method).group(1)) if "-n" in method else None,
                           mix_real="-mix" in method,
                           **({"judge": "clusters-kmeans" if lf.group(1) else "clusters"} if lf else {}))
@@ -182,6 +176,34 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     m.setdefault("timing", {}).update(timing)
     (folder / "metrics.json").write_text(json.dumps(m, default=_plain))
     return m
+
+
+def _seed_rounds(earlier: Path, folder: Path) -> None:
+    """A finished distill run of one round fewer (same method, target and seed) is this run's first rounds: its
+    rounds are copied into ``folder``'s round folders (with their recorded pilots) and its final model becomes the
+    last of them; distill_run reuses each round whose recipe and target match and trains again those that do not."""
+    import shutil
+
+    from fairdiff.debias.run import PILOT_FILE, PILOT_SEED
+
+    rec = json.loads((earlier / "debias.json").read_text())
+    n_prev = int(rec.get("rounds", 1))
+    skip = shutil.ignore_patterns("samples", "checkpoint-*", "*.png")
+    for r in range(1, n_prev + 1):
+        src = earlier if r == n_prev else earlier.with_name(f"{earlier.name}-round{r}")
+        dst = folder.with_name(f"{folder.name}-round{r}")
+        shutil.copytree(src, dst, ignore=skip)
+        if r < n_prev and "pilot_shares" in rec.get(f"round{r}", {}):
+            rr = rec[f"round{r}"]
+            if not (dst / PILOT_FILE).is_file():  # a pilot recorded only in the run's debias.json
+                (dst / PILOT_FILE).write_text(json.dumps({
+                    "n": rr["pilot_n"], "seed": PILOT_SEED, "shares": rr["pilot_shares"],
+                    "valid_rate": rr["pilot_valid_rate"], "seconds": rr.get("pilot_seconds")}))
+        if r == 1:  # a label-free first round's clusters judge the later rounds' pilots
+            clusters = src.with_name(src.name + "-data") / "clusters.npz"
+            if clusters.is_file():
+                (dst.with_name(dst.name + "-data")).mkdir(exist_ok=True)
+                shutil.copy2(clusters, dst.with_name(dst.name + "-data") / "clusters.npz")
 
 
 def _plain(o):

@@ -90,6 +90,9 @@ class ReweightOptions:
     cluster_features: Literal["pca"] = "pca"
     clustering: Clustering = "kmeans"  # clusters mode: how the training images are clustered
     target: list[float] | None = None  # target group shares; None = uniform
+    # weights: every image's loss weighted by target / data share; resample: batches drawn with those
+    # probabilities and the loss left unweighted (the same objective in expectation, a lower-variance gradient)
+    balance: Literal["weights", "resample"] = "weights"
 
     def check(self) -> None:
         """Value ranges (``target`` is checked against ``data.groups`` for every method by the run config)."""

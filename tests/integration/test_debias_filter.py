@@ -320,6 +320,63 @@ def test_distill_two_rounds_corrects_toward_the_first_rounds_miss(base_run, corn
                  "--out", str(tmp_path / "x"), "-q"]) == 2
 
 
+def test_distill_three_rounds_take_the_secant_and_start_from_a_two_round_run(base_run, corner_judge_file, tmp_path):
+    """``--rounds 3``: rounds 1 and 2 in OUT-round1 / OUT-round2, each piloted (its pilot.json); round 2 distilled
+    toward 2 t - s1, round 3 (OUT) toward the secant through the two rounds' pilots. A finished two-round run seeds
+    a three-round one (the protocol's distill3): both its rounds and the first round's recorded pilot are reused."""
+    import importlib.util
+    from pathlib import Path
+
+    from fairdiff.debias import distill_run
+    from fairdiff.debias.run import next_round_target
+
+    common = ["--target", "0.3,0.7", "--train-n", "10", "--train-steps", "2", "--judge", str(corner_judge_file),
+              "--steps", "2", "--n", "8", "--pilot-n", "64", "--no-eval", "-q"]
+    out = tmp_path / "d3"
+    assert main(["debias", str(base_run), "--method", "distill", "--rounds", "3", *common, "--out", str(out)]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    p1 = json.loads((tmp_path / "d3-round1" / "pilot.json").read_text())
+    p2 = json.loads((tmp_path / "d3-round2" / "pilot.json").read_text())
+    assert p1["n"] == p2["n"] == 64 and rec["round2"]["pilot_shares"] == p2["shares"]
+    t = np.array([0.3, 0.7])
+    t2 = np.clip(2 * t - np.array(p1["shares"]), 0.01, 0.99)
+    t2 = t2 / t2.sum()
+    assert rec["rounds"] == 3 and rec["round2"]["target"] == pytest.approx(t2.tolist())
+    assert rec["corrected_target"] == pytest.approx(next_round_target(t, [(t, p1["shares"]), (t2, p2["shares"])]))
+    z = np.load(tmp_path / "d3-round2-data" / "samples" / "samples.npz")  # round 2's training set follows t2
+    from fairdiff.debias import quotas
+
+    assert np.bincount(corner_group(z["images"]), minlength=2).tolist() == quotas(t2, 10).tolist()
+    assert not (out.with_name("d3-round3")).exists() and (out / "model" / "unet").is_dir()
+    # a finished two-round run of the same recipe is the first two rounds of a three-round one
+    d2 = tmp_path / "e2"
+    assert main(["debias", str(base_run), "--method", "distill", "--rounds", "2", *common, "--out", str(d2)]) == 0
+    rec2 = json.loads((d2 / "debias.json").read_text())
+    spec = importlib.util.spec_from_file_location("protocol", Path(__file__).resolve().parents[2] / "benchmarks"
+                                                  / "protocol.py")
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+    e3 = tmp_path / "e3"
+    protocol._seed_rounds(d2, e3)
+    stamps = [next((tmp_path / f"e3-round{r}" / "model" / "unet").glob("*.safetensors")).stat().st_mtime_ns
+              for r in (1, 2)]
+    rec3 = distill_run(base_run, e3, [0.3, 0.7], train_n=10, train_steps=2, pilot_n=64, rounds=3, n=8,
+                       judge=str(corner_judge_file), steps=2, evaluate=False, progress=False)
+    assert rec3["round1"]["reused"] and rec3["round2"]["reused"] and rec3["round1"]["pilot_reused"]
+    assert not rec3["round2"]["pilot_reused"]  # the two-round run never piloted its last round
+    assert rec3["round1"]["pilot_shares"] == rec2["round1"]["pilot_shares"]
+    assert rec3["round2"]["target"] == pytest.approx(rec2["corrected_target"])
+    assert stamps == [next((tmp_path / f"e3-round{r}" / "model" / "unet").glob("*.safetensors")).stat().st_mtime_ns
+                      for r in (1, 2)]
+    with pytest.raises(SystemExit):
+        main(["debias", str(base_run), "--method", "distill", "--rounds", "5", *common, "--out", str(tmp_path / "x")])
+    from fairdiff.errors import FairdiffError
+
+    with pytest.raises(FairdiffError, match="1 to 4"):
+        distill_run(base_run, tmp_path / "x", [0.3, 0.7], rounds=5, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_label_free_filter_with_clusters(base_run, tmp_path):
     out = tmp_path / "lf"
     assert main(["debias", str(base_run), "--target", "0.5,0.5", "--n", "10", "--judge", "clusters", "--steps", "2",

@@ -91,3 +91,34 @@ def test_clusters_mode_spectral_follows_an_unequal_split(tmp_path, tiny_override
     assert m["nmi_with_attribute"] > cluster_agreement(kmeans, data.train_groups.numpy())
     with pytest.raises(Exception, match="clustering"):
         load_config(None, [*tiny_overrides, "method.clustering=dbscan"])
+
+
+def test_reweight_resample_draws_batches_at_the_target_and_resumes(tmp_path, tiny_overrides, monkeypatch):
+    """``method.balance=resample``: the trainer draws each batch with the objective's probabilities (a 4:1
+    training set gives batches near 50/50 at a uniform target, where weighting keeps them near 4:1), and a
+    stopped run resumed gives the same weights as one run straight through."""
+    from fairdiff.methods.reweight import ReweightObjective
+
+    seen: list[torch.Tensor] = []
+    plain_loss = ReweightObjective.loss
+
+    def spy(self, unet, batch, noise_scheduler, generator):
+        seen.append(batch["group"].clone())
+        return plain_loss(self, unet, batch, noise_scheduler, generator)
+
+    monkeypatch.setattr(ReweightObjective, "loss", spy)
+    common = [*tiny_overrides, "data.shares=[0.8,0.2]", "train.steps=6", "train.batch_size=32",
+              "train.checkpoint_every=100", "method.name=reweight"]
+    train(load_config(None, [*common, "method.balance=resample"]), tmp_path / "rs", quiet=True)
+    drawn = torch.cat(seen).float().mean().item()
+    seen.clear()
+    train(load_config(None, common), tmp_path / "rw", quiet=True)
+    epochs = torch.cat(seen).float().mean().item()
+    # 192 draws each: resampled minority share 0.5 (sd 0.036), epochs' share 0.2 (at most one epoch boundary)
+    assert abs(drawn - 0.5) < 0.15 and abs(epochs - 0.2) < 0.08, (drawn, epochs)
+    cfg = load_config(None, [*common, "method.balance=resample"])
+    r = train(cfg, tmp_path / "rs2", quiet=True, stop_after=3)
+    assert r.steps == 3
+    train(cfg, tmp_path / "rs2", quiet=True, resume="latest")
+    a, b = _weights(tmp_path / "rs"), _weights(tmp_path / "rs2")
+    assert all(torch.equal(a[k], b[k]) for k in a)

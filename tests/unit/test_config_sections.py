@@ -18,7 +18,7 @@ from fairdiff.utils.typed_config import from_dict, set_dotted
 FLAT_KEYS = [
     "name", "alpha", "reconstruction_weight", "indicator_widths", "indicator_input", "indicator_ce",
     "indicator_grad", "indicator_t_min", "indicator_t_max", "labels", "num_clusters", "cluster_features", "clustering",
-    "target",
+    "target", "balance",
     "align_steps", "align_classifier", "align_classifier_steps", "preserve_weight", "preserve_prompt_weight",
     "uncertainty_threshold",
     "ot_draws", "disc_width", "disc_steps", "disc_batch_size", "disc_lr", "disc_weight_decay", "disc_holdout",

@@ -6,6 +6,7 @@ from fairdiff.data.clusters import cluster_agreement, cluster_groups
 from fairdiff.data.sources import make_synthetic
 from fairdiff.methods import BaselineObjective, DataInfo, build_objective
 from fairdiff.methods.ddm import DDMObjective
+from fairdiff.errors import ConfigError
 from fairdiff.methods.reweight import ReweightObjective, group_weights
 from fairdiff.models import build_noise_scheduler, build_unet
 from fairdiff.utils.seed import make_generator
@@ -85,6 +86,40 @@ def test_reweight_loss_weights_samples():
     out = rw.loss(unet, batch, ns, make_generator(0))
     w = torch.tensor([0.625, 2.5])[batch["group"]]
     assert torch.allclose(out.total, (w * per).mean(), atol=1e-6)
+
+
+def test_reweight_resample_draws_the_weights_and_leaves_the_loss_plain():
+    unet, batch, ns = _setup()
+    groups = torch.tensor([0] * 80 + [1] * 20)
+    assert ReweightObjective().draw_probabilities(groups) is None  # weights mode: the trainer's epochs
+    rs = ReweightObjective(balance="resample")
+    rs.setup(DataInfo(2, [80, 20], (1, 16, 16)))
+    p = rs.draw_probabilities(groups)
+    # w = [0.625, 2.5]; sum over images 80 * 0.625 + 20 * 2.5 = 100: each zero 0.00625, each one 0.025
+    np.testing.assert_allclose(p[:80], 0.00625)
+    np.testing.assert_allclose(p[80:], 0.025)
+    assert p[:80].sum() == pytest.approx(0.5) and p.sum() == pytest.approx(1.0)
+    skew = ReweightObjective([0.3, 0.7], balance="resample")
+    skew.setup(DataInfo(2, [80, 20], (1, 16, 16)))
+    assert skew.draw_probabilities(groups)[:80].sum() == pytest.approx(0.3)
+    base = BaselineObjective().loss(unet, batch, ns, make_generator(0)).total
+    assert torch.allclose(rs.loss(unet, batch, ns, make_generator(0)).total, base, atol=1e-7)
+    with pytest.raises(ConfigError, match="balance"):
+        ReweightObjective(balance="both")
+
+
+def test_drawn_indices_follow_the_probabilities_and_the_position():
+    from fairdiff.training.batches import drawn_indices
+
+    p = np.array([0.1, 0.2, 0.7])
+    a = drawn_indices(p, 64, 3, seed=5)
+    assert a.dtype == np.int64 and a.shape == (64,) and a.min() >= 0 and a.max() <= 2
+    np.testing.assert_array_equal(a, drawn_indices(p, 64, 3, seed=5))  # resumable: (seed, position) alone
+    assert not np.array_equal(a, drawn_indices(p, 64, 4, seed=5))
+    many = np.concatenate([drawn_indices(p, 500, pos, seed=0) for pos in range(40)])  # 20,000 draws
+    freq = np.bincount(many, minlength=3) / len(many)
+    np.testing.assert_allclose(freq, p, atol=0.015)  # 4+ binomial standard errors (<= 0.0032)
+    assert drawn_indices(np.array([0.0, 1.0]), 10, 0, seed=1).tolist() == [1] * 10
 
 
 def _digit_images(digits: list[int]) -> tuple[torch.Tensor, np.ndarray]:

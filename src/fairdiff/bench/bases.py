@@ -34,7 +34,7 @@ BASES_VERSION = 1
 _NOT_RECIPE = ("log_every", "sample_every", "checkpoint_every", "checkpoint_total_limit")
 # options added after bases were shipped: left out of the recipe while at their default (which is what every
 # earlier base was trained with), so that adding an option does not change every base's key
-_ADDED_LATER = {("method", "clustering"): "kmeans"}
+_ADDED_LATER = {("method", "clustering"): "kmeans", ("method", "balance"): "weights"}
 FIRST_LOSSES = 4  # logged losses kept in base.json for the reproduction check
 
 

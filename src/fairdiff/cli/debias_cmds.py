@@ -41,8 +41,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, help="images per sampling batch (default sample.batch_size)")
     p.add_argument("--max-draws", type=int, help="give up after drawing this many images (default 100 x n)")
     p.add_argument("--train-n", type=int, help="distill: filtered images to fine-tune on (default 2000)")
-    p.add_argument("--rounds", type=int, choices=[1, 2], help="distill: 2 measures the first round's shares on a pilot "
-                   "and distils the base again toward the target corrected by that miss (default 1)")
+    p.add_argument("--rounds", type=int, choices=[1, 2, 3, 4], help="distill: 2 measures the first round's shares on a "
+                   "pilot and distils the base again toward the target corrected by that miss; 3-4 go on from the "
+                   "last two rounds' pilots (a secant per group) (default 1)")
     p.add_argument("--mix-real", action="store_true",
                    help="distill: fine-tune on the filtered images and the base's real training images together, "
                    "reweighted toward the target by group (the training labels and the filter's verdicts)")
@@ -53,7 +54,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
     p.add_argument("--pilot-n", type=int, help="guide: images per pilot batch (default 256; 1024 with --reader "
-                   "classifier; 400 with --sd); distill --rounds 2: images of the first round judged (default 4096)")
+                   "classifier; 400 with --sd); distill --rounds 2+: images of each round's pilot (default 4096)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="guide: heads' softmax temperature (default 1: the controller aims at any target, unlike "
@@ -176,8 +177,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and (args.train_n is not None or args.rounds is not None or args.mix_real):
         raise FairdiffError("--train-n, --rounds and --mix-real are options of --method distill")
-    if args.pilot_n is not None and not (args.method == "guide" or (args.method == "distill" and args.rounds == 2)):
-        raise FairdiffError("--pilot-n is an option of --method guide and of --method distill --rounds 2")
+    multi_round = args.method == "distill" and (args.rounds or 1) > 1
+    if args.pilot_n is not None and not (args.method == "guide" or multi_round):
+        raise FairdiffError("--pilot-n is an option of --method guide and of --method distill --rounds 2 or more")
     if args.method != "distill" and args.method not in FINETUNE_METHODS and (args.train_steps is not None
                                                                              or args.lr is not None):
         raise FairdiffError("--train-steps and --lr are options of the fine-tuning methods (distill, reweight, iw)")
@@ -253,11 +255,12 @@ def cmd_debias(args: argparse.Namespace) -> int:
                           lr=args.lr, rounds=args.rounds or 1, pilot_n=args.pilot_n, mix_real=args.mix_real,
                           **common)
         f = rec["filtered"]
-        if rec.get("rounds") == 2:
-            r1 = rec["round1"]
-            print(f"distill round 1 ({r1['dir']}{', reused' if r1.get('reused') else ''}): shares "
-                  f"{[round(x, 3) for x in r1['pilot_shares']]} on {r1['pilot_n']} pilot images; round 2 "
-                  f"toward {[round(x, 3) for x in rec['corrected_target']]}")
+        for r in range(1, rec.get("rounds", 1)):
+            rr = rec[f"round{r}"]
+            toward = rec["corrected_target"] if r + 1 == rec["rounds"] else rec[f"round{r + 1}"]["target"]
+            print(f"distill round {r} ({rr['dir']}{', reused' if rr.get('reused') else ''}): shares "
+                  f"{[round(x, 3) for x in rr['pilot_shares']]} on {rr['pilot_n']} pilot images; round {r + 1} "
+                  f"toward {[round(x, 3) for x in toward]}")
         mixed = ", mixed with the real training images" if rec.get("mix_real") else ""
         print(f"distill: {rec['train_n']} filtered images ({f['drawn_per_kept']:.2f} drawn per kept image) in "
               f"{rec['data_dir']}{mixed}; fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s; "

@@ -281,18 +281,23 @@ def distill_run(
     the same recipe (base, target, seed, ``train_n``, ``train_steps``, ``lr``) is reused, not trained again (an
     interrupted two-round run resumes there). ``eval_target`` (internal): the target ``OUT/`` is evaluated against.
 
+    ``rounds`` up to ``MAX_ROUNDS``: round r < rounds is distilled into ``OUT-round<r>/`` and piloted (its
+    ``pilot.json``); each round distils the base again, toward :func:`next_round_target` of the earlier rounds'
+    points (from the third round on, a secant per group); the last round is ``OUT/``. A finished round whose model
+    was distilled toward the target this run computes for it is reused, with its recorded pilot.
+
     ``mix_real``: fine-tune on the filtered images *and* the base's real training images together
     (``data.train_on=both``), each image's loss reweighted toward the target by its group (the real images' labels,
     the filtered images' verdicts in ``OUT-data/verdicts.csv``), instead of on the filtered images alone.
     """
-    if rounds not in (1, 2):
-        raise FairdiffError(f"distill --rounds must be 1 or 2, got {rounds}")
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise FairdiffError(f"distill --rounds must be 1 to {MAX_ROUNDS}, got {rounds}")
     if pilot_n is not None and (rounds == 1 or pilot_n < 1):
-        raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2")
-    if rounds == 2:
-        return _distill_two_rounds(run_dir, out_dir, target, train_n=train_n, train_steps=train_steps, lr=lr, n=n,
-                                   pilot_n=pilot_n, mix_real=mix_real, overwrite=overwrite, evaluate=evaluate,
-                                   progress=progress, **filter_args)
+        raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2 or more")
+    if rounds > 1:
+        return _distill_rounds(run_dir, out_dir, target, rounds=rounds, train_n=train_n, train_steps=train_steps,
+                               lr=lr, n=n, pilot_n=pilot_n, mix_real=mix_real, overwrite=overwrite,
+                               evaluate=evaluate, progress=progress, **filter_args)
     from fairdiff.config import load_config
     from fairdiff.data.reference import GROUPS_FILE
     from fairdiff.evaluation import evaluate_run
@@ -422,18 +427,20 @@ def _image_groups(data_dir: Path) -> None:
 
 
 def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: int) -> dict | None:
-    """The record of a finished single-round distill in ``folder`` made by the same recipe (base, target, seed,
-    train_n, train_steps, lr, mix_real), else None."""
+    """The record of a finished distill in ``folder`` whose model was distilled toward ``tgt`` by the same recipe
+    (base, seed, train_n, train_steps, lr, mix_real, judge), else None. The last round of a finished multi-round
+    run counts too (its model was distilled toward its ``corrected_target``)."""
     import json
 
     try:
         rec = json.loads((folder / DEBIAS_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not (folder / "model").is_dir() or rec.get("method") != "distill" or rec.get("rounds", 1) != 1:
+    if not (folder / "model").is_dir() or rec.get("method") != "distill":
         return None
+    toward = rec.get("corrected_target", rec.get("target", []))  # what its model was distilled toward
     same = (rec.get("base") == str(Path(run_dir).resolve())
-            and np.allclose(rec.get("target", []), tgt) and len(rec.get("target", [])) == len(tgt)
+            and len(toward) == len(tgt) and np.allclose(toward, tgt)
             and rec.get("train_n") == int(kw.get("train_n") or DISTILL_DEFAULTS["train_n"])
             and rec.get("train_steps") == int(kw.get("train_steps") or DISTILL_DEFAULTS["steps"])
             and rec.get("lr") == float(kw.get("lr") or DISTILL_DEFAULTS["lr"])
@@ -443,67 +450,127 @@ def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: in
     return rec if same else None
 
 
-def _distill_two_rounds(run_dir, out_dir, target, *, n, overwrite: bool, evaluate: bool, progress: bool,
-                        pilot_n: int | None = None, **kw) -> dict:
-    """:func:`distill_run` with ``rounds=2`` (see there)."""
-    from fairdiff.evaluation.evaluate import check_target
+MAX_ROUNDS = 4  # distill --rounds at most
+SLOPE_RANGE = (0.5, 2.0)  # the secant's slope d(share)/d(distilled target), clipped to this range
+SLOPE_MIN_STEP = 0.02  # a group whose distilled target moved less than this between two rounds keeps slope 1
+
+
+def next_round_target(target, points) -> np.ndarray:
+    """The target the next distill round distils the base toward, from the earlier rounds' ``points``
+    ``[(t_r, s_r), ...]`` (the target round r was distilled toward, its pilot shares; ``t_1`` = ``target``).
+
+    Per group, ``t_next = t_r + (target - s_r) / slope``: after one round the slope is 1 (``2 target - s_1``: the
+    miss assumed to repeat); after two or more it is the secant through the last two points, ``(s_r - s_{r-1}) /
+    (t_r - t_{r-1})``, clipped to ``SLOPE_RANGE``, and 1 where the group's target moved less than
+    ``SLOPE_MIN_STEP`` or the secant is not positive (the pilot's noise would decide it). Clipped to [0.01, 0.99]
+    per group and renormalised."""
+    tgt = np.asarray(target, dtype=float)
+    t_r, s_r = (np.asarray(x, dtype=float) for x in points[-1])
+    slope = np.ones_like(tgt)
+    if len(points) > 1:
+        t_p, s_p = (np.asarray(x, dtype=float) for x in points[-2])
+        dt = t_r - t_p
+        moved = np.abs(dt) >= SLOPE_MIN_STEP
+        secant = np.divide(s_r - s_p, dt, out=np.zeros_like(tgt), where=moved)
+        ok = moved & (secant > 0)
+        slope[ok] = np.clip(secant[ok], *SLOPE_RANGE)
+    nxt = np.clip(t_r + (tgt - s_r) / slope, 0.01, 0.99)
+    return nxt / nxt.sum()
+
+
+PILOT_FILE = "pilot.json"  # a distill round's pilot: its shares on the validation judge (or the clusters)
+
+
+def _round_pilot(folder: Path, verdicts, pilot_n: int, kw: dict, cfg) -> dict:
+    """The pilot of the model in ``folder`` (``pilot_n`` images, seeds from ``PILOT_SEED``), recorded in its
+    ``pilot.json``; a recorded pilot of the same size is reused (an interrupted run does not draw it again)."""
+    import json
+
     from fairdiff.metrics import OUTSIDE
     from fairdiff.models import build_sampling_scheduler
-    from fairdiff.runs import load_model_checked, read_run_config
+    from fairdiff.runs import load_model_checked
     from fairdiff.sampling.files import resolve_device
     from fairdiff.utils.io import write_json
-    from fairdiff.utils.outputs import check_output_dir
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-
-    cfg = read_run_config(run_dir)
-    tgt = check_target(target, len(cfg.data.groups))
-    first_dir = out_dir.with_name(out_dir.name + "-round1")
-    first = None if overwrite else _finished_round(first_dir, run_dir, tgt, kw, cfg.sample.seed)
-    for d in (out_dir, *(() if first else (first_dir,))):  # refused (one line) before the first round's minutes
-        check_output_dir(d, "run", overwrite=overwrite, inputs=[run_dir], whole=True)
-    t0 = time.perf_counter()
-    reused = first is not None
-    if first is None:
-        first = distill_run(run_dir, first_dir, tgt.tolist(), n=n, overwrite=overwrite, evaluate=False,
-                            progress=progress, **kw)
-    elif progress:
-        print(f"distill round 1: reusing the finished first round in {first_dir}", flush=True)
-    if cluster_method(kw.get("judge")):  # label-free: the first round's pilot judged by the base's clusters
-        from .clusters import load_cluster_judge
-
-        clusters_file = first_dir.with_name(first_dir.name + "-data") / CLUSTERS_FILE
-        if not clusters_file.is_file():
-            raise FairdiffError(f"{clusters_file.parent} was filtered before its clusters were recorded; run again "
-                                "with --overwrite")
-        verdicts = load_cluster_judge(clusters_file).verdicts
-    else:
-        verdicts = _verdict_fn(_load_checked_judge(kw.get("judge"), cfg, len(tgt), progress), cfg.data)
+    try:
+        rec = json.loads((folder / PILOT_FILE).read_text())
+        if rec.get("n") == pilot_n and rec.get("seed") == PILOT_SEED:
+            return {**rec, "reused": True}
+    except (OSError, ValueError):
+        pass
     dev = resolve_device(kw.get("device"))
-    unet, sched_cfg, vae = load_model_checked(first_dir, dev)
-    pilot_n = int(pilot_n or PILOT_N["distill"])
+    unet, sched_cfg, vae = load_model_checked(folder, dev)
     draw = _drawer(unet, build_sampling_scheduler(kw.get("scheduler") or cfg.sample.scheduler, sched_cfg), vae,
                    steps=int(kw.get("steps") or cfg.sample.steps), eta=cfg.sample.eta,
                    batch_size=int(kw.get("batch_size") or cfg.sample.batch_size), device=dev)
     tp = time.perf_counter()
     v = verdicts(draw(list(range(PILOT_SEED, PILOT_SEED + pilot_n))))
-    pilot_s = time.perf_counter() - tp
     valid = v != OUTSIDE
-    s1 = np.bincount(v[valid], minlength=len(tgt)) / max(int(valid.sum()), 1)
-    t2 = np.clip(2 * tgt - s1, 0.01, 0.99)
-    t2 = t2 / t2.sum()
-    if progress:
-        print(f"distill round 1: shares {s1.round(3).tolist()} at target {tgt.tolist()}; round 2 toward "
-              f"{t2.round(4).tolist()}", flush=True)
-    second = distill_run(run_dir, out_dir, t2.tolist(), n=n, overwrite=overwrite, evaluate=False,
-                         progress=progress, eval_target=tgt.tolist(), **kw)
-    record = {**second, "target": tgt.tolist(), "rounds": 2, "corrected_target": t2.tolist(),
-              "round1": {"dir": str(first_dir), "pilot_shares": s1.tolist(), "pilot_valid_rate": float(valid.mean()),
-                         "pilot_n": pilot_n, "pilot_seconds": round(pilot_s, 2), "reused": reused,
-                         "filter_seconds": first["filter_seconds"],
-                         "finetune_seconds": first["finetune_seconds"]},
-              "filter_seconds": round(first["filter_seconds"] + second["filter_seconds"], 2),
-              "finetune_seconds": round(first["finetune_seconds"] + second["finetune_seconds"], 2),
+    k = len(cfg.data.groups)
+    rec = {"n": pilot_n, "seed": PILOT_SEED,
+           "shares": (np.bincount(v[valid], minlength=k) / max(int(valid.sum()), 1)).tolist(),
+           "valid_rate": float(valid.mean()), "seconds": round(time.perf_counter() - tp, 2)}
+    write_json(folder / PILOT_FILE, rec)
+    return {**rec, "reused": False}
+
+
+def _distill_rounds(run_dir, out_dir, target, *, rounds: int, n, overwrite: bool, evaluate: bool, progress: bool,
+                    pilot_n: int | None = None, **kw) -> dict:
+    """:func:`distill_run` with ``rounds`` >= 2 (see there)."""
+    from fairdiff.evaluation.evaluate import check_target
+    from fairdiff.runs import read_run_config
+    from fairdiff.utils.io import write_json
+    from fairdiff.utils.outputs import check_output_dir
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg = read_run_config(run_dir)
+    tgt = check_target(target, len(cfg.data.groups))
+    dirs = [out_dir.with_name(f"{out_dir.name}-round{r}") for r in range(1, rounds)]
+    first = None if overwrite else _finished_round(dirs[0], run_dir, tgt, kw, cfg.sample.seed)
+    for d in (out_dir, *(() if first else (dirs[0],))):  # refused (one line) before the first round's minutes
+        check_output_dir(d, "run", overwrite=overwrite, inputs=[run_dir], whole=True)
+    t0 = time.perf_counter()
+    if cluster_method(kw.get("judge")):  # label-free: every pilot judged by the first round's clusters of the base
+        from .clusters import load_cluster_judge
+
+        clusters_file = dirs[0].with_name(dirs[0].name + "-data") / CLUSTERS_FILE
+
+        def verdicts(images):
+            if not clusters_file.is_file():
+                raise FairdiffError(f"{clusters_file.parent} was filtered before its clusters were recorded; run "
+                                    "again with --overwrite")
+            return load_cluster_judge(clusters_file).verdicts(images)
+    else:
+        verdicts = _verdict_fn(_load_checked_judge(kw.get("judge"), cfg, len(tgt), progress), cfg.data)
+    pilot_n = int(pilot_n or PILOT_N["distill"])
+    points, done, t_r = [], [], tgt
+    for r, folder in enumerate(dirs, start=1):
+        rec = first if r == 1 else (None if overwrite else _finished_round(folder, run_dir, t_r, kw,
+                                                                          cfg.sample.seed))
+        reused = rec is not None
+        if rec is None:
+            (folder / PILOT_FILE).unlink(missing_ok=True)
+            rec = distill_run(run_dir, folder, t_r.tolist(), n=n, overwrite=overwrite, evaluate=False,
+                              progress=progress, **kw)
+        elif progress:
+            print(f"distill round {r}: reusing the finished round in {folder}", flush=True)
+        pilot = _round_pilot(folder, verdicts, pilot_n, kw, cfg)
+        points.append((t_r, np.asarray(pilot["shares"])))
+        t_r = next_round_target(tgt, points)
+        if progress:
+            print(f"distill round {r}: shares {np.round(pilot['shares'], 3).tolist()} at target {tgt.tolist()}; "
+                  f"round {r + 1} toward {t_r.round(4).tolist()}", flush=True)
+        done.append({"dir": str(folder), "target": points[-1][0].tolist(), "pilot_shares": pilot["shares"],
+                     "pilot_valid_rate": pilot["valid_rate"], "pilot_n": pilot_n, "pilot_seconds": pilot["seconds"],
+                     "pilot_reused": pilot["reused"], "reused": reused,
+                     "filter_seconds": rec.get("filter_seconds", 0.0),
+                     "finetune_seconds": rec.get("finetune_seconds", 0.0)})
+    last = distill_run(run_dir, out_dir, t_r.tolist(), n=n, overwrite=overwrite, evaluate=False, progress=progress,
+                       eval_target=tgt.tolist(), **kw)
+    record = {**last, "target": tgt.tolist(), "rounds": rounds, "corrected_target": t_r.tolist(),
+              **{f"round{r}": d for r, d in enumerate(done, start=1)},
+              "filter_seconds": round(sum(d["filter_seconds"] for d in done) + last["filter_seconds"], 2),
+              "finetune_seconds": round(sum(d["finetune_seconds"] for d in done) + last["finetune_seconds"], 2),
               "seconds": round(time.perf_counter() - t0, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
     if evaluate:

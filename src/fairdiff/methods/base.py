@@ -82,6 +82,11 @@ class Objective:
         """Extra trainable modules owned by this objective (saved as ``model/<name>/``)."""
         return {}
 
+    def draw_probabilities(self, train_groups: torch.Tensor):
+        """Per training image, the probability with which the trainer draws it into a batch (a numpy array
+        summing to 1), or None for the trainer's seeded epochs (every image once per epoch; the default)."""
+        return None
+
     def bind_modules(self, modules: dict[str, nn.Module]) -> None:
         """Receive the trainer's prepared (device-placed, possibly DDP-wrapped) modules to use in ``loss``."""
         for name, module in modules.items():

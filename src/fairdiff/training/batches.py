@@ -21,6 +21,13 @@ def batch_indices(n: int, batch_size: int, position: int, seed: int) -> np.ndarr
     return np.asarray(out, dtype=np.int64)
 
 
+def drawn_indices(probabilities: np.ndarray, batch_size: int, position: int, seed: int) -> np.ndarray:
+    """Indices of the batch at ``position`` drawn with replacement, image i with ``probabilities[i]`` (an
+    objective's :meth:`draw_probabilities`); a function of (seed, position) alone, so a resumed run draws on."""
+    rng = np.random.default_rng(derive_seed(seed, "drawn", position))
+    return rng.choice(len(probabilities), size=batch_size, replace=True, p=probabilities).astype(np.int64)
+
+
 class DeviceBatches:
     """:func:`batch_indices` served from the accelerator (``train.data_on_device``).
 

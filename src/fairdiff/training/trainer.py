@@ -38,7 +38,7 @@ from fairdiff.errors import ConfigError
 from fairdiff.methods.registry import uses_clusters, uses_reference
 from fairdiff.methods import DataInfo, Objective, build_objective
 from fairdiff.training.adapters import ModelAdapter, UNetAdapter
-from fairdiff.training.batches import DeviceBatches, batch_indices
+from fairdiff.training.batches import DeviceBatches, batch_indices, drawn_indices
 from fairdiff.training.checkpoint import checkpoint_step, prepare_run_dir, resolve_resume
 from fairdiff.training.memory import check_training_memory
 from fairdiff.training.loop import (
@@ -249,6 +249,7 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
     conds = data.train_groups
     device = accelerator.device
     batches = None
+    draw_p = objective.draw_probabilities(groups)
     if tc.data_on_device:  # the whole training tensor and its labels live on the accelerator; batches index there
         images, groups, conds = images.to(device), groups.to(device), conds.to(device)
         batches = DeviceBatches(n, tc.seed, device)
@@ -270,7 +271,9 @@ def _train(cfg: RunConfig, run_dir: Path, accelerator, adapter: ModelAdapter, *,
             for micro in range(tc.grad_accum):
                 pos = step * tc.grad_accum + micro
                 mine = slice(rank * tc.batch_size, (rank + 1) * tc.batch_size)
-                if batches is not None:
+                if draw_p is not None:  # the objective draws its batches (reweight with balance=resample)
+                    idx_t = torch.from_numpy(drawn_indices(draw_p, global_bs, pos, tc.seed)[mine]).to(groups.device)
+                elif batches is not None:
                     idx_t = batches(global_bs, pos)[mine]
                 else:
                     idx_t = torch.from_numpy(batch_indices(n, global_bs, pos, tc.seed)[mine])
