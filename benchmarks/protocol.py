@@ -18,6 +18,8 @@ Methods (each toward each target, each seed):
             distill2-mix-lf: the label-free forms (--judge clusters; the real images take their clusters)
   distill2  the same in two rounds (--rounds 2): the first round's shares on a 4096-image pilot (validation
             judge) correct the second round's target to 2 t - s1; the second round starts from the base again;
+            distill-mix-rs, distill2-mix-rs, ...: batches drawn at the target instead of weighted losses
+            (--balance resample); reweight-rs: reweight the same way
             distill3 / distill4 (and -mix, -lf): three or four rounds (a secant through the last two rounds'
             pilots), starting from a finished run of one round fewer when there is one
   filter-lf, guide-lf, guide-clf-lf, distill-lf  the label-free forms: groups are spectral clusters of the
@@ -58,7 +60,7 @@ FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.wa
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
 FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align", "distill2",
-             "reweight-lf", "reweight-lf-kmeans")
+             "reweight-lf", "reweight-lf-kmeans", "reweight-rs")
 ALIGN = ["method.name=align", "method.align_steps=10", "method.preserve_weight=1.0", "model.lora=true",
          "model.lora_rank=8", "model.lora_alpha=16", "train.steps=150", "train.batch_size=16", "train.lr=1e-4",
          "train.warmup_steps=10", "train.ema=false", "train.checkpoint_every=50"]  # configs/align-mnist.yaml
@@ -137,7 +139,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif dm := re.fullmatch(r"distill([234])?(-n\d+)?(-mix)?(-lf(-kmeans)?)?", method):
+    elif dm := re.fullmatch(r"distill([234])?(-n\d+)?(-mix)?(-rs)?(-lf(-kmeans)?)?", method):
         rounds = int(dm.group(1) or 1)
         if rounds > 1 and not folder.with_name(f"{folder.name}-round{rounds - 1}").exists():
             prev = method.replace(f"distill{rounds}", "distill" if rounds == 2 else f"distill{rounds - 1}")
@@ -148,7 +150,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False, rounds=rounds,
                           train_n=int(re.search(r"-n(\d+)", method).group(1)) if "-n" in method else None,
-                          mix_real="-mix" in method,
+                          mix_real="-mix" in method, balance="resample" if "-rs" in method else "weights",
                           **({"judge": "clusters-kmeans" if lf.group(1) else "clusters"} if lf else {}))
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
@@ -158,6 +160,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         extra = {"ddm": ["method.name=ddm", "method.alpha=0.05"],
                  "ddm-reverse": ["method.name=ddm", "method.alpha=0.1", "method.indicator_grad=reverse"],
                  "reweight": ["method.name=reweight", f"method.target=[{tstr}]"],
+                 "reweight-rs": ["method.name=reweight", f"method.target=[{tstr}]", "method.balance=resample"],
                  "reweight-lf": ["method.name=reweight", f"method.target=[{tstr}]", "method.labels=clusters",
                                  "method.clustering=spectral"],
                  "reweight-lf-kmeans": ["method.name=reweight", f"method.target=[{tstr}]", "method.labels=clusters"],

@@ -136,6 +136,8 @@ def test_distill_mix_real_trains_on_filtered_and_real_images_reweighted(base_run
     recipe = {"train_n": 10, "train_steps": 2}
     assert _finished_round(out, base_run, [0.3, 0.7], {**recipe, "mix_real": True}, cfg.sample.seed) is not None
     assert _finished_round(out, base_run, [0.3, 0.7], recipe, cfg.sample.seed) is None
+    assert _finished_round(out, base_run, [0.3, 0.7], {**recipe, "mix_real": True, "balance": "resample"},
+                           cfg.sample.seed) is None  # drawn batches are another recipe
     common = ["--target", "0.5,0.5", "--judge", str(corner_judge_file), "--no-eval", "-q"]
     assert main(["debias", str(base_run), "--method", "filter", "--mix-real", *common,
                  "--out", str(tmp_path / "f")]) == 2
@@ -217,9 +219,18 @@ def test_reweight_and_iw_fine_tune_the_base_toward_the_target(base_run, tmp_path
     cfg = load_config(out_iw / "config.yaml")
     assert cfg.method.name == "iw" and cfg.data.reference_dir == str(ref.resolve())
     assert json.loads((out_iw / "manifest.json").read_text())["reference"]["count"] == 12
+    out_rs = tmp_path / "rs"  # --balance resample: batches drawn at the target, recorded in config and record
+    assert main(["debias", str(base_run), "--method", "reweight", "--balance", "resample", "--target", "0.3,0.7",
+                 "--train-steps", "2", "--no-eval", "--out", str(out_rs), "-q"]) == 0
+    assert load_config(out_rs / "config.yaml").method.balance == "resample" and cfg.method.balance == "weights"
+    assert json.loads((out_rs / "debias.json").read_text())["balance"] == "resample"
+    assert "balance" not in json.loads((out / "debias.json").read_text())
     for bad in (["--method", "iw"], ["--method", "filter", "--reference", str(ref)],
                 ["--method", "reweight", "--judge", "auto"], ["--method", "guide", "--train-steps", "3"],
-                ["--method", "iw", "--reference", str(tmp_path / "none")]):
+                ["--method", "iw", "--reference", str(tmp_path / "none")],
+                ["--method", "iw", "--reference", str(ref), "--balance", "resample"],
+                ["--method", "filter", "--balance", "resample"],
+                ["--method", "distill", "--balance", "resample", "--train-steps", "2"]):
         assert main(["debias", str(base_run), "--target", "0.5,0.5", *bad, "--out", str(tmp_path / "bad"),
                      "-q"]) == 2
         assert not (tmp_path / "bad").exists()

@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--mix-real", action="store_true",
                    help="distill: fine-tune on the filtered images and the base's real training images together, "
                    "reweighted toward the target by group (the training labels and the filter's verdicts)")
+    p.add_argument("--balance", choices=["weights", "resample"],
+                   help="reweight / distill --mix-real: weight each image's loss toward the target (weights, the "
+                   "default) or draw the batches at the target with a plain loss (resample)")
     p.add_argument("--train-steps", type=int, help="distill / reweight / iw: fine-tuning steps (default 400)")
     p.add_argument("--lr", type=float, help="distill / reweight / iw: fine-tuning learning rate (default 2e-4)")
     p.add_argument("--reference", help="iw: a folder of unlabeled images drawn at the target (a few hundred)")
@@ -104,7 +107,8 @@ def _debias_sd(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--sd takes --method filter or guide (got {args.method}); fine-tuning an SD model "
                             "toward a target is 'fairdiff train --sd' (alignment)")
     guide_only = ("heads", "pilot_n", "s0")
-    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference", "rounds", "min_t")
+    never = ("scheduler", "classifier", "eta", "space", "train_n", "train_steps", "lr", "reference", "rounds", "min_t",
+             "balance")
     taken = [f"--{o.replace('_', '-')}" for o in never + (guide_only if args.method == "filter" else ())
              if getattr(args, o) is not None]
     taken += [f for f, v in (("--then-filter", args.then_filter and args.method == "filter"),
@@ -177,6 +181,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and (args.train_n is not None or args.rounds is not None or args.mix_real):
         raise FairdiffError("--train-n, --rounds and --mix-real are options of --method distill")
+    if args.balance is not None and args.method not in ("reweight", "distill"):
+        raise FairdiffError("--balance is an option of --method reweight and of --method distill --mix-real")
     multi_round = args.method == "distill" and (args.rounds or 1) > 1
     if args.pilot_n is not None and not (args.method == "guide" or multi_round):
         raise FairdiffError("--pilot-n is an option of --method guide and of --method distill --rounds 2 or more")
@@ -211,8 +217,8 @@ def cmd_debias(args: argparse.Namespace) -> int:
                                     + (f" ({args.method} takes --judge clusters / clusters-kmeans: label-free groups)"
                                        if o == "judge" and grouped else ""))
         rec = finetune_run(run, args.out, target, method=args.method, reference=args.reference, groups=args.judge,
-                           train_steps=args.train_steps, lr=args.lr, n=args.n, seed=args.seed,
-                           overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.quiet)
+                           balance=args.balance or "weights", train_steps=args.train_steps, lr=args.lr, n=args.n,
+                           seed=args.seed, overwrite=args.overwrite, evaluate=not args.no_eval, progress=not args.quiet)
         print(f"{args.method}: fine-tuned {rec['train_steps']} steps in {rec['finetune_seconds']:.0f} s"
               f"{'' if rec['groups'] == 'labels' else ' on ' + rec['groups'] + ' clusters (no label)'}; run {args.out}")
         if rec.get("metrics"):
@@ -253,7 +259,7 @@ def cmd_debias(args: argparse.Namespace) -> int:
 
         rec = distill_run(run, args.out, target, n=args.n, train_n=args.train_n, train_steps=args.train_steps,
                           lr=args.lr, rounds=args.rounds or 1, pilot_n=args.pilot_n, mix_real=args.mix_real,
-                          **common)
+                          balance=args.balance or "weights", **common)
         f = rec["filtered"]
         for r in range(1, rec.get("rounds", 1)):
             rr = rec[f"round{r}"]

@@ -22,6 +22,7 @@ from fairdiff.errors import FairdiffError
 
 FINETUNE_DEFAULTS = {"steps": 400, "lr": 2e-4, "batch_size": 64}
 METHODS = ("reweight", "iw")  # the training methods `debias` offers as fine-tunes of a base (methods/registry.py)
+BALANCES = ("weights", "resample")  # reweight: weighted losses, or batches drawn at the target (method.balance)
 
 
 def finetune_run(
@@ -32,6 +33,7 @@ def finetune_run(
     method: str,
     reference: str | Path | None = None,
     groups: str | None = None,
+    balance: str = "weights",
     train_steps: int | None = None,
     lr: float | None = None,
     n: int | None = None,
@@ -43,8 +45,10 @@ def finetune_run(
     """Fine-tune the base at ``run_dir`` with ``method`` (``reweight`` or ``iw``) toward ``target`` into
     ``out_dir`` (a run folder; resumes an interrupted fine-tune). ``reference``: iw's folder of unlabeled images
     at the target. ``groups``: reweight's groups: None (the training labels), ``"clusters"`` (spectral clusters of
-    the training images, largest first) or ``"clusters-kmeans"``. ``n``: images the fine-tuned model is evaluated
-    on (default ``eval.n_samples``); ``seed``: its first sampling seed (default the base's ``sample.seed``)."""
+    the training images, largest first) or ``"clusters-kmeans"``. ``balance``: reweight's ``"weights"`` (each
+    image's loss weighted) or ``"resample"`` (batches drawn at the target, the loss plain). ``n``: images the
+    fine-tuned model is evaluated on (default ``eval.n_samples``); ``seed``: its first sampling seed (default the
+    base's ``sample.seed``)."""
     from fairdiff.config import load_config
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
@@ -76,6 +80,10 @@ def finetune_run(
             raise FairdiffError(f"--reference {reference}: no such folder")
     elif reference is not None:
         raise FairdiffError(f"--reference is an option of --method iw ({method} uses the training labels)")
+    if balance not in BALANCES:
+        raise FairdiffError(f"--balance must be one of {', '.join(BALANCES)}, got '{balance}'")
+    if balance != "weights" and entry.uses_reference:
+        raise FairdiffError("--balance resample is an option of reweight (iw weights by its discriminator)")
     clustering = cluster_method(groups)
     if groups not in (None, "auto") and clustering is None:
         raise FairdiffError(f"--method {method}: the groups come from the training labels or from "
@@ -88,6 +96,8 @@ def finetune_run(
     tstr = ",".join(str(t) for t in tgt)
     method_keys = ([f"data.reference_dir={Path(reference).resolve()}", "data.reference=null",
                     "data.reference_shares=null"] if entry.uses_reference else [f"method.target=[{tstr}]"])
+    if balance != "weights":
+        method_keys.append(f"method.balance={balance}")
     if clustering:
         method_keys += ["method.labels=clusters", "method.num_clusters=null", f"method.clustering={clustering}"]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", out_dir.name).strip(".") or method
@@ -105,7 +115,7 @@ def finetune_run(
     record = {"method": method, "base": str(run_dir.resolve()), "target": tgt, "train_steps": steps, "lr": lr,
               "batch_size": FINETUNE_DEFAULTS["batch_size"],
               "reference": None if reference is None else str(Path(reference).resolve()),
-              "groups": clustering or "labels",
+              "groups": clustering or "labels", **({"balance": balance} if balance != "weights" else {}),
               "finetune_seconds": round(time.perf_counter() - t0, 2)}
     write_json(out_dir / DEBIAS_FILE, record)
     if evaluate:

@@ -258,6 +258,7 @@ def distill_run(
     rounds: int = 1,
     pilot_n: int | None = None,
     mix_real: bool = False,
+    balance: str = "weights",
     overwrite: bool = False,
     evaluate: bool = True,
     progress: bool = True,
@@ -289,14 +290,23 @@ def distill_run(
     ``mix_real``: fine-tune on the filtered images *and* the base's real training images together
     (``data.train_on=both``), each image's loss reweighted toward the target by its group (the real images' labels,
     the filtered images' verdicts in ``OUT-data/verdicts.csv``), instead of on the filtered images alone.
+    ``balance="resample"`` (with ``mix_real``): batches drawn at the target instead of weighted losses
+    (``method.balance``, methods/reweight.py).
     """
+    from .finetune import BALANCES
+
+    if balance not in BALANCES:
+        raise FairdiffError(f"--balance must be one of {', '.join(BALANCES)}, got '{balance}'")
+    if balance != "weights" and not mix_real:
+        raise FairdiffError("distill: --balance resample goes with --mix-real (the filtered images alone are at the "
+                            "target already)")
     if not 1 <= rounds <= MAX_ROUNDS:
         raise FairdiffError(f"distill --rounds must be 1 to {MAX_ROUNDS}, got {rounds}")
     if pilot_n is not None and (rounds == 1 or pilot_n < 1):
         raise FairdiffError("distill: --pilot-n (a positive number of images) goes with --rounds 2 or more")
     if rounds > 1:
         return _distill_rounds(run_dir, out_dir, target, rounds=rounds, train_n=train_n, train_steps=train_steps,
-                               lr=lr, n=n, pilot_n=pilot_n, mix_real=mix_real, overwrite=overwrite,
+                               lr=lr, n=n, pilot_n=pilot_n, mix_real=mix_real, balance=balance, overwrite=overwrite,
                                evaluate=evaluate, progress=progress, **filter_args)
     from fairdiff.config import load_config
     from fairdiff.data.reference import GROUPS_FILE
@@ -342,7 +352,8 @@ def distill_run(
     cfg = load_config(run_dir / "config.yaml", [
         f"model.pretrained={run_dir.resolve()}", f"data.reference_dir={train_dir.resolve()}",
         *([f"data.train_on={'reference' if mixed else 'both'}", "method.name=reweight",
-           f"method.target=[{','.join(str(float(t)) for t in tgt)}]"]
+           f"method.target=[{','.join(str(float(t)) for t in tgt)}]",
+          *([f"method.balance={balance}"] if balance != "weights" else [])]
           if mix_real else ["data.train_on=reference", "method.name=baseline"]), f"train.steps={train_steps}",
         f"train.lr={lr}", f"train.warmup_steps={min(25, train_steps)}", "train.ema_decay=0.99",
         f"train.checkpoint_every={max(train_steps // 2, 1)}",
@@ -354,6 +365,7 @@ def distill_run(
     train(cfg, out_dir, resume=resume, overwrite=overwrite, quiet=not progress)
     record = {"method": "distill", "base": str(run_dir.resolve()), "target": tgt, "train_n": train_n,
               "train_steps": train_steps, "lr": lr, "mix_real": mix_real, **({"mixed": mixed} if mixed else {}),
+              **({"balance": balance} if balance != "weights" else {}),
               "filtered": {k: v for k, v in filtered.items() if k != "metrics"},
               "data_dir": str(data_dir), "filter_seconds": round(filter_s, 2),
               "finetune_seconds": round(time.perf_counter() - t1, 2)}
@@ -445,6 +457,7 @@ def _finished_round(folder: Path, run_dir: Path, tgt, kw: dict, default_seed: in
             and rec.get("train_steps") == int(kw.get("train_steps") or DISTILL_DEFAULTS["steps"])
             and rec.get("lr") == float(kw.get("lr") or DISTILL_DEFAULTS["lr"])
             and bool(rec.get("mix_real", False)) == bool(kw.get("mix_real", False))
+            and rec.get("balance", "weights") == kw.get("balance", "weights")
             and _judged_by(rec.get("filtered", {}).get("judge")) == (cluster_method(kw.get("judge")) or "judge")
             and rec.get("filtered", {}).get("seed") == int(default_seed if kw.get("seed") is None else kw["seed"]))
     return rec if same else None
