@@ -129,18 +129,25 @@ def main() -> None:
               f"{np.round(q['outside_by_group'], 4).tolist()}  -> valid at target {q['valid_at_target']:.4f} "
               f"({sec:.0f} s)", flush=True)
         if args.csv:
-            new = not args.csv.is_file()
-            args.csv.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.csv, "a", newline="", encoding="utf-8") as f:
-                w = csv.writer(f)
-                if new:
-                    w.writerow(FIELDS)
-                w.writerow([setting, name, args.pilot_n, round(q["valid_rate"], 5),
-                            json.dumps(np.round(q["shares"], 5).tolist()),
-                            json.dumps(np.round(q["outside_by_group"], 5).tolist()),
-                            json.dumps(np.round(q["forced_shares"], 5).tolist()), round(q["valid_at_target"], 5),
-                            json.dumps(target.tolist()), " ".join(ovs), sec])
+            row = [setting, name, args.pilot_n, round(q["valid_rate"], 5),
+                   json.dumps(np.round(q["shares"], 5).tolist()),
+                   json.dumps(np.round(q["outside_by_group"], 5).tolist()),
+                   json.dumps(np.round(q["forced_shares"], 5).tolist()), round(q["valid_at_target"], 5),
+                   json.dumps(target.tolist()), " ".join(ovs), sec]
+            write_row(args.csv, row)
 
+
+def write_row(path: Path, row: list) -> None:
+    """Add ``row`` to the CSV at ``path``, replacing an earlier row of the same setting and model."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in list(csv.reader(f))[1:] if r[:2] != [str(row[0]), str(row[1])]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        w.writerows([*rows, row])
 
 if __name__ == "__main__":
     main()
