@@ -41,6 +41,8 @@ HEADERS = {
     "copy_rate": "copy rate", "drawn_per_kept": "drawn per kept", "seconds_per_image": "s / image",
     "finetune_s": "fine-tune s", "note": "note", "seeds": "seeds", "share_0_range": "share g0 (lowest-highest)",
     "bar": "meets the bar (seeds)", "bar_j2": "judge 2: meets the bar", "cost_x_base": "s / image ÷ base's",
+    "model": "model", "shares": "shares (valid)", "outside_by_group": "outside rate by forced group",
+    "valid_at_target": "valid rate at the target, same rates", "finetune_overrides": "fine-tune overrides",
 }
 BAR = {"share": 0.03, "valid_rate": 0.02, "precision": 0.03, "recall": 0.03}
 
