@@ -42,20 +42,14 @@ def predictions(t: np.ndarray, s1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarr
 def pilot_shares(folder: Path, n: int) -> tuple[np.ndarray, float]:
     """The second-round model's shares among valid images and its valid rate on ``n`` pilot images (seeds from
     PILOT_SEED, the first round's pilot seeds), judged by the validation judge."""
-    from fairdiff.debias.run import PILOT_SEED, _drawer, _load_checked_judge, _verdict_fn
+    from fairdiff.debias.run import _load_checked_judge, _verdict_fn, draw_pilot
     from fairdiff.metrics import OUTSIDE
-    from fairdiff.models import build_sampling_scheduler
-    from fairdiff.runs import load_model_checked, read_run_config
-    from fairdiff.sampling.files import resolve_device
+    from fairdiff.runs import read_run_config
 
     cfg = read_run_config(folder)
     k = len(cfg.data.groups)
-    dev = resolve_device(None)
-    unet, sched_cfg, vae = load_model_checked(folder, dev)
-    draw = _drawer(unet, build_sampling_scheduler(cfg.sample.scheduler, sched_cfg), vae, steps=cfg.sample.steps,
-                   eta=cfg.sample.eta, batch_size=cfg.sample.batch_size, device=dev)
     verdicts = _verdict_fn(_load_checked_judge(None, cfg, k, False), cfg.data)
-    v = verdicts(draw(list(range(PILOT_SEED, PILOT_SEED + n))))
+    v = verdicts(draw_pilot(folder, n, cfg=cfg))
     valid = v != OUTSIDE
     return np.bincount(v[valid], minlength=k) / max(int(valid.sum()), 1), float(valid.mean())
 

@@ -67,21 +67,15 @@ def group_quality(verdicts: np.ndarray, forced: np.ndarray, k: int) -> dict:
 
 def judge_pilot(folder: Path, n: int) -> dict:
     """``group_quality`` of ``n`` pilot images of the model in ``folder`` (validation judge)."""
-    from fairdiff.debias.run import PILOT_SEED, _drawer, _load_checked_judge, _verdict_fn
+    from fairdiff.debias.run import _load_checked_judge, _verdict_fn, draw_pilot
     from fairdiff.evaluation.openset import judge_images
-    from fairdiff.models import build_sampling_scheduler
-    from fairdiff.runs import load_model_checked, read_run_config
-    from fairdiff.sampling.files import resolve_device
+    from fairdiff.runs import read_run_config
 
     cfg = read_run_config(folder)
     k = len(cfg.data.groups)
-    dev = resolve_device(None)
-    unet, sched_cfg, vae = load_model_checked(folder, dev)
-    draw = _drawer(unet, build_sampling_scheduler(cfg.sample.scheduler, sched_cfg), vae, steps=cfg.sample.steps,
-                   eta=cfg.sample.eta, batch_size=cfg.sample.batch_size, device=dev)
     judge = _load_checked_judge(None, cfg, k, False)
     cal = _verdict_fn(judge, cfg.data).calibration
-    v = judge_images(judge, draw(list(range(PILOT_SEED, PILOT_SEED + n))), cal)
+    v = judge_images(judge, draw_pilot(folder, n, cfg=cfg), cal)
     return group_quality(v.verdicts, v.forced, k)
 
 

@@ -494,15 +494,29 @@ def next_round_target(target, points) -> np.ndarray:
 PILOT_FILE = "pilot.json"  # a distill round's pilot: its shares on the validation judge (or the clusters)
 
 
+def draw_pilot(folder: str | Path, n: int, *, cfg=None, device=None, scheduler=None, steps=None, batch_size=None,
+               **_ignored) -> np.ndarray:
+    """``n`` uint8 images of the model in run folder ``folder``, seeds ``PILOT_SEED`` .. (never scored), with the
+    run's sampler unless ``scheduler`` / ``steps`` / ``batch_size`` say otherwise (debias options pass through)."""
+    from fairdiff.models import build_sampling_scheduler
+    from fairdiff.runs import load_model_checked, read_run_config
+    from fairdiff.sampling.files import resolve_device
+
+    cfg = cfg or read_run_config(folder)
+    dev = resolve_device(device)
+    unet, sched_cfg, vae = load_model_checked(Path(folder), dev)
+    draw = _drawer(unet, build_sampling_scheduler(scheduler or cfg.sample.scheduler, sched_cfg), vae,
+                   steps=int(steps or cfg.sample.steps), eta=cfg.sample.eta,
+                   batch_size=int(batch_size or cfg.sample.batch_size), device=dev)
+    return draw(list(range(PILOT_SEED, PILOT_SEED + n)))
+
+
 def _round_pilot(folder: Path, verdicts, pilot_n: int, kw: dict, cfg) -> dict:
     """The pilot of the model in ``folder`` (``pilot_n`` images, seeds from ``PILOT_SEED``), recorded in its
     ``pilot.json``; a recorded pilot of the same size is reused (an interrupted run does not draw it again)."""
     import json
 
     from fairdiff.metrics import OUTSIDE
-    from fairdiff.models import build_sampling_scheduler
-    from fairdiff.runs import load_model_checked
-    from fairdiff.sampling.files import resolve_device
     from fairdiff.utils.io import write_json
 
     try:
@@ -511,13 +525,8 @@ def _round_pilot(folder: Path, verdicts, pilot_n: int, kw: dict, cfg) -> dict:
             return {**rec, "reused": True}
     except (OSError, ValueError):
         pass
-    dev = resolve_device(kw.get("device"))
-    unet, sched_cfg, vae = load_model_checked(folder, dev)
-    draw = _drawer(unet, build_sampling_scheduler(kw.get("scheduler") or cfg.sample.scheduler, sched_cfg), vae,
-                   steps=int(kw.get("steps") or cfg.sample.steps), eta=cfg.sample.eta,
-                   batch_size=int(kw.get("batch_size") or cfg.sample.batch_size), device=dev)
     tp = time.perf_counter()
-    v = verdicts(draw(list(range(PILOT_SEED, PILOT_SEED + pilot_n))))
+    v = verdicts(draw_pilot(folder, pilot_n, cfg=cfg, **kw))
     valid = v != OUTSIDE
     k = len(cfg.data.groups)
     rec = {"n": pilot_n, "seed": PILOT_SEED,
