@@ -147,6 +147,10 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             earlier = [d for d in earlier if (d / "model").is_dir() and (d / "debias.json").is_file()]
             if earlier:
                 _seed_rounds(earlier[0], folder)
+        if rounds > 1 and folder.exists():  # an interrupted run: its last round starts again, its finished
+            import shutil  # rounds (and that round's filtered images) are reused, not trained again
+
+            shutil.rmtree(folder)
         rec = distill_run(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), evaluate=False,
                           progress=False, rounds=rounds,
                           train_n=int(re.search(r"-n(\d+)", method).group(1)) if "-n" in method else None,
