@@ -213,7 +213,7 @@ def summarize(rows: list[dict], by: str) -> list[dict]:
             xs = [_num(r.get(f)) for r in rs]
             xs = [x for x in xs if not math.isnan(x)]
             agg[f] = str(sum(xs) / len(xs)) if xs else ""
-        agg["seeds"] = ",".join(str(r.get("seed")) for r in rs)
+        agg["seeds"] = ",".join(sorted((str(r.get("seed")) for r in rs), key=lambda x: (_num(x), x)))
         shares = [_num(r.get("share_0")) for r in rs]
         agg["share_0_range"] = f"{_fmt(str(min(shares)))}-{_fmt(str(max(shares)))}" if shares else ""
         ratios = []  # sampling cost per kept image against the base's, seed by seed
