@@ -66,7 +66,7 @@ def test_summary_by_method_counts_the_seeds_that_meet_the_bar(tmp_path):
     add_rows(tmp_path / "r.csv", [row_from_metrics(_metrics(valid=0.97, share0=0.82, n=1000), "s", "base", 0),
                                   row_from_metrics(_metrics(valid=0.94, share0=0.52, n=1000), "s", "good", 0)])
     md = render_block("r.csv by=method cols=method,seeds,bar", tmp_path).splitlines()
-    assert md[3] == "| good | 0,0,1 | 1/3 |"  # (seeds listed in order) seed 0 at 100 images still meets it against its own base
+    assert md[3] == "| good | 0,0,1 | 1/3 |"  # seeds in order; seed 0 at 100 images still meets it against its own base
     md = render_block("r.csv n=1000 by=method cols=method,seeds,valid_rate,bar", tmp_path).splitlines()
     assert md[2:] == ["| base | 0 | 0.970 | — |", "| good | 0 | 0.940 | 0/1 |"]
     # by=a+b: one row per combination (here setting and method: another setting is its own row)
