@@ -59,6 +59,7 @@ from pathlib import Path
 FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.warmup_steps=25",
             "train.ema_decay=0.99", "train.checkpoint_every=200", "train.checkpoint_total_limit=1"]
 SEED_STRIDE = 1_000_000
+DISTILL = r"distill([234])?(-n\d+)?(-mix)?(-rs)?(-lf(-kmeans)?)?"  # every distill form (rounds, data, balance, lf)
 FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align", "distill2",
              "reweight-lf", "reweight-lf-kmeans", "reweight-rs")
 ALIGN = ["method.name=align", "method.align_steps=10", "method.preserve_weight=1.0", "model.lora=true",
@@ -97,7 +98,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     timing: dict = {}
     lf = re.search(r"-lf(-kmeans)?$", method)  # a label-free form: spectral clusters, or k-means with -kmeans
     trained = None if reuse is None else reuse / folder.name
-    if method in FINETUNED and trained is not None and (trained / "model").is_dir():
+    fine_tuned = method in FINETUNED or re.fullmatch(DISTILL, method)
+    if fine_tuned and trained is not None and (trained / "model").is_dir():
         # a model fine-tuned by an earlier protocol run (same method, target, seed) sampled again at n images: the
         # first images are the earlier run's (the same seeds), its metrics stay in its own folder
         m = evaluate_run(trained, n=n, out_dir=folder, progress=False)
@@ -139,7 +141,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             import shutil
 
             shutil.copytree(folder / "classifier", shared)  # fitted once per base, then reused
-    elif dm := re.fullmatch(r"distill([234])?(-n\d+)?(-mix)?(-rs)?(-lf(-kmeans)?)?", method):
+    elif dm := re.fullmatch(DISTILL, method):
         rounds = int(dm.group(1) or 1)
         if rounds > 1 and not folder.with_name(f"{folder.name}-round{rounds - 1}").exists():
             prev = method.replace(f"distill{rounds}", "distill" if rounds == 2 else f"distill{rounds - 1}")
@@ -238,8 +240,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--results", type=Path, default=Path("docs/results/debias.csv"))
-    ap.add_argument("--reuse", type=Path, help="an earlier --out of the same base: its fine-tuned models (distill, "
-                    "ddm, reweight, tiw, iw) and classifiers are sampled again at --n instead of trained anew")
+    ap.add_argument("--reuse", type=Path, help="an earlier --out of the same base: its fine-tuned models (every "
+                    "distill form, ddm, reweight, tiw, iw) and classifiers are sampled again at --n instead of trained "
+                    "anew")
     args = ap.parse_args()
     from fairdiff.bench.published import add_rows, row_from_metrics
 
