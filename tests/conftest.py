@@ -9,6 +9,18 @@ import torch
 # one thread: tiny tensors gain little from two, and oversubscribed cores slow torch down badly
 torch.set_num_threads(1)
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, for tests of its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 TINY = [
     "data.source=synthetic", "data.resolution=16", "data.synthetic_size=240", "data.heldout_per_group=20",
     "model.preset=tiny", "train.batch_size=8", "train.log_every=2", "train.warmup_steps=2",

@@ -335,9 +335,6 @@ def test_distill_three_rounds_take_the_secant_and_start_from_a_two_round_run(bas
     """``--rounds 3``: rounds 1 and 2 in OUT-round1 / OUT-round2, each piloted (its pilot.json); round 2 distilled
     toward 2 t - s1, round 3 (OUT) toward the secant through the two rounds' pilots. A finished two-round run seeds
     a three-round one (the protocol's distill3): both its rounds and the first round's recorded pilot are reused."""
-    import importlib.util
-    from pathlib import Path
-
     from fairdiff.debias import distill_run
     from fairdiff.debias.run import next_round_target
 
@@ -363,10 +360,9 @@ def test_distill_three_rounds_take_the_secant_and_start_from_a_two_round_run(bas
     d2 = tmp_path / "e2"
     assert main(["debias", str(base_run), "--method", "distill", "--rounds", "2", *common, "--out", str(d2)]) == 0
     rec2 = json.loads((d2 / "debias.json").read_text())
-    spec = importlib.util.spec_from_file_location("protocol", Path(__file__).resolve().parents[2] / "benchmarks"
-                                                  / "protocol.py")
-    protocol = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(protocol)
+    from tests.conftest import load_benchmark
+
+    protocol = load_benchmark("protocol")
     e3 = tmp_path / "e3"
     protocol._seed_rounds(d2, e3)
     stamps = [next((tmp_path / f"e3-round{r}" / "model" / "unet").glob("*.safetensors")).stat().st_mtime_ns

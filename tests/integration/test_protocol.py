@@ -3,24 +3,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fairdiff.cli.main import main
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def protocol():
-    spec = importlib.util.spec_from_file_location("protocol", ROOT / "benchmarks" / "protocol.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.conftest import load_benchmark
+
+    return load_benchmark("protocol")
 
 
 def test_reuse_samples_a_fine_tuned_model_again_at_more_images(protocol, tmp_path, monkeypatch):

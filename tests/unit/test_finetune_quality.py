@@ -3,21 +3,14 @@ rate, and the per-group failure rates read from verdicts, against hand-computed 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @pytest.fixture(scope="module")
 def fq():
-    spec = importlib.util.spec_from_file_location("finetune_quality", ROOT / "benchmarks" / "finetune_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.conftest import load_benchmark
+
+    return load_benchmark("finetune_quality")
 
 
 def test_reachable_valid_is_the_target_weighted_harmonic_mean(fq):
