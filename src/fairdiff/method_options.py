@@ -28,6 +28,9 @@ from fairdiff.errors import ConfigError
 GroupLabels = Literal["attribute", "clusters"]  # where per-image groups come from (methods that use groups)
 # method.labels=clusters: k-means, or spectral clustering of the 10-nearest-neighbour graph (data/clusters.py)
 Clustering = Literal["kmeans", "spectral"]
+# reweight: each image's loss weighted toward the target, or batches drawn at the target with a plain loss
+Balance = Literal["weights", "resample"]
+BALANCES: tuple[str, ...] = typing.get_args(Balance)
 
 
 def _at_least(owner: Any, low: int | float, *keys: str) -> None:
@@ -92,7 +95,7 @@ class ReweightOptions:
     target: list[float] | None = None  # target group shares; None = uniform
     # weights: every image's loss weighted by target / data share; resample: batches drawn with those
     # probabilities and the loss left unweighted (the same objective in expectation, a lower-variance gradient)
-    balance: Literal["weights", "resample"] = "weights"
+    balance: Balance = "weights"
 
     def check(self) -> None:
         """Value ranges (``target`` is checked against ``data.groups`` for every method by the run config)."""

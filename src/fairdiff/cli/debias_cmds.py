@@ -181,8 +181,9 @@ def cmd_debias(args: argparse.Namespace) -> int:
         raise FairdiffError(f"--lr must lie in (0, 1), got {args.lr}")
     if args.method != "distill" and (args.train_n is not None or args.rounds is not None or args.mix_real):
         raise FairdiffError("--train-n, --rounds and --mix-real are options of --method distill")
-    if args.balance is not None and args.method not in ("reweight", "distill"):
-        raise FairdiffError("--balance is an option of --method reweight and of --method distill --mix-real")
+    if args.balance is not None and args.method != "distill" and not _takes_option(args.method, "balance"):
+        raise FairdiffError(f"--balance is not an option of --method {args.method} (it is one of --method distill "
+                            "--mix-real and of the fine-tunes that weight by group, e.g. reweight)")
     multi_round = args.method == "distill" and (args.rounds or 1) > 1
     if args.pilot_n is not None and not (args.method == "guide" or multi_round):
         raise FairdiffError("--pilot-n is an option of --method guide and of --method distill --rounds 2 or more")
@@ -281,3 +282,14 @@ def cmd_debias(args: argparse.Namespace) -> int:
 
         print(_summary(m))
     return 0
+
+
+def _takes_option(method: str, option: str) -> bool:
+    """Whether a fine-tune method of the registry has ``option`` among its own options."""
+    import dataclasses
+
+    from fairdiff.methods.registry import get_method
+
+    if method not in FINETUNE_METHODS:
+        return False
+    return option in {f.name for f in dataclasses.fields(get_method(method).options)}

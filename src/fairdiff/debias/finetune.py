@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from fairdiff.errors import FairdiffError
+from fairdiff.method_options import BALANCES
 
 FINETUNE_DEFAULTS = {"steps": 400, "lr": 2e-4, "batch_size": 64}
 METHODS = ("reweight", "iw")  # the training methods `debias` offers as fine-tunes of a base (methods/registry.py)
-BALANCES = ("weights", "resample")  # reweight: weighted losses, or batches drawn at the target (method.balance)
 
 
 def finetune_run(

@@ -293,7 +293,7 @@ def distill_run(
     ``balance="resample"`` (with ``mix_real``): batches drawn at the target instead of weighted losses
     (``method.balance``, methods/reweight.py).
     """
-    from .finetune import BALANCES
+    from fairdiff.method_options import BALANCES
 
     if balance not in BALANCES:
         raise FairdiffError(f"--balance must be one of {', '.join(BALANCES)}, got '{balance}'")
