@@ -193,7 +193,7 @@ def _seed_rounds(earlier: Path, folder: Path) -> None:
     last of them; distill_run reuses each round whose recipe and target match and trains again those that do not."""
     import shutil
 
-    from fairdiff.debias.run import PILOT_FILE, PILOT_SEED
+    from fairdiff.debias.run import PILOT_FILE, write_pilot
 
     rec = json.loads((earlier / "debias.json").read_text())
     n_prev = int(rec.get("rounds", 1))
@@ -205,9 +205,7 @@ def _seed_rounds(earlier: Path, folder: Path) -> None:
         if r < n_prev and "pilot_shares" in rec.get(f"round{r}", {}):
             rr = rec[f"round{r}"]
             if not (dst / PILOT_FILE).is_file():  # a pilot recorded only in the run's debias.json
-                (dst / PILOT_FILE).write_text(json.dumps({
-                    "n": rr["pilot_n"], "seed": PILOT_SEED, "shares": rr["pilot_shares"],
-                    "valid_rate": rr["pilot_valid_rate"], "seconds": rr.get("pilot_seconds")}))
+                write_pilot(dst, rr["pilot_n"], rr["pilot_shares"], rr["pilot_valid_rate"], rr.get("pilot_seconds"))
         if r == 1:  # a label-free first round's clusters judge the later rounds' pilots
             clusters = src.with_name(src.name + "-data") / "clusters.npz"
             if clusters.is_file():

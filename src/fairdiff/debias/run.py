@@ -517,7 +517,6 @@ def _round_pilot(folder: Path, verdicts, pilot_n: int, kw: dict, cfg) -> dict:
     import json
 
     from fairdiff.metrics import OUTSIDE
-    from fairdiff.utils.io import write_json
 
     try:
         rec = json.loads((folder / PILOT_FILE).read_text())
@@ -529,11 +528,18 @@ def _round_pilot(folder: Path, verdicts, pilot_n: int, kw: dict, cfg) -> dict:
     v = verdicts(draw_pilot(folder, pilot_n, cfg=cfg, **kw))
     valid = v != OUTSIDE
     k = len(cfg.data.groups)
-    rec = {"n": pilot_n, "seed": PILOT_SEED,
-           "shares": (np.bincount(v[valid], minlength=k) / max(int(valid.sum()), 1)).tolist(),
-           "valid_rate": float(valid.mean()), "seconds": round(time.perf_counter() - tp, 2)}
-    write_json(folder / PILOT_FILE, rec)
+    rec = write_pilot(folder, pilot_n, (np.bincount(v[valid], minlength=k) / max(int(valid.sum()), 1)).tolist(),
+                      float(valid.mean()), round(time.perf_counter() - tp, 2))
     return {**rec, "reused": False}
+
+
+def write_pilot(folder: Path, n: int, shares: list, valid_rate: float, seconds: float | None) -> dict:
+    """A round's ``pilot.json``: ``n`` images from ``PILOT_SEED``, their shares among valid images, the valid rate."""
+    from fairdiff.utils.io import write_json
+
+    rec = {"n": n, "seed": PILOT_SEED, "shares": shares, "valid_rate": valid_rate, "seconds": seconds}
+    write_json(Path(folder) / PILOT_FILE, rec)
+    return rec
 
 
 def _distill_rounds(run_dir, out_dir, target, *, rounds: int, n, overwrite: bool, evaluate: bool, progress: bool,
