@@ -33,6 +33,7 @@ from fairdiff.bench.plots import plot_fd_vs_fid, plot_shares
 from fairdiff.config import load_config, save_config
 from fairdiff.errors import FairdiffError
 from fairdiff.utils.io import DiskFullError, atomic_write_text, disk_full_as_error, read_json_checked, write_json
+from fairdiff.utils.workers import worker_entry
 
 
 class BenchError(FairdiffError):
@@ -242,20 +243,13 @@ def _worker_main(conn, parent_pid: int, threads: int, device: int | None) -> Non
     """A ``--jobs`` worker process: runs the cells it is sent on ``conn``, one at a time, and sends back each
     result as a plain tuple (exceptions may not pickle); ``None`` ends it.
 
-    It runs in its own process group with SIGINT ignored, so a Ctrl-C at the terminal reaches only the bench,
-    which then sends each worker one SIGTERM: a training cell saves a checkpoint and the worker ends after
-    reporting it; an idle one, or one sampling or evaluating, ends at once (every output is written atomically).
-    It also ends when the bench dies, however it dies (see :func:`_die_with_parent`)."""
+    It runs in its own process group with SIGINT ignored, both set before this module is imported
+    (:func:`fairdiff.utils.workers.worker_entry`), so a Ctrl-C at the terminal reaches only the bench, which then
+    sends each worker one SIGTERM: a training cell saves a checkpoint and the worker ends after reporting it; an
+    idle one, or one sampling or evaluating, ends at once (every output is written atomically). It also ends when
+    the bench dies, however it dies (see :func:`_die_with_parent`)."""
     import os
-    import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # (started with both blocked: see _sigint_blocked)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        os.setpgid(0, 0)
-    except (AttributeError, OSError):  # pragma: no cover - not POSIX
-        pass
     _die_with_parent(parent_pid)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
@@ -302,8 +296,8 @@ def _worker_cell(base, cell: BenchCell, cells_dir: Path) -> tuple[str, object, f
 
 @contextmanager
 def _sigint_blocked():
-    """Block SIGINT and SIGTERM while a worker process starts and is recorded: it inherits the mask (it cannot
-    die of a Ctrl-C before it ignores SIGINT), and a signal meanwhile reaches the bench once the block ends, when
+    """Block SIGINT and SIGTERM while a worker process starts and is recorded: it inherits the mask until
+    :func:`~fairdiff.utils.workers.worker_entry` ignores SIGINT (before any heavy import), and a signal meanwhile reaches the bench once the block ends, when
     the new process is known and is stopped with the others."""
     import signal
     import threading
@@ -350,8 +344,8 @@ def _run_parallel(cfg: BenchConfig, cells: list[BenchCell], cells_dir: Path, job
             return None
         device = free_devices.pop(0) if free_devices is not None else None
         mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, name="fairdiff-bench-worker",
-                           args=(theirs, os.getpid(), threads, device))
+        proc = ctx.Process(target=worker_entry, name="fairdiff-bench-worker",
+                           args=("fairdiff.bench.runner:_worker_main", theirs, os.getpid(), threads, device))
         with _sigint_blocked():
             proc.start()
             theirs.close()
