@@ -228,6 +228,22 @@ def _eval_trained(folder: Path, n: int) -> dict:
     return m
 
 
+def missing_reused(methods: list[str], targets: list[list[float]], seeds: list[int], out: Path,
+                   reuse: Path) -> list[str]:
+    """The fine-tuned runs that ``--reuse`` cannot supply (REUSE has no model of that method, target and seed) and
+    OUT has not finished: they would be fine-tuned anew, which takes hours where a user expected minutes."""
+    missing = []
+    for target in targets:
+        for seed in seeds:
+            for method in methods:
+                if not (method in FINETUNED or re.fullmatch(DISTILL, method)):
+                    continue
+                name = f"{method}-{_tname(target)}-s{seed}"
+                if not (out / name / "metrics.json").exists() and not (reuse / name / "model").is_dir():
+                    missing.append(name)
+    return missing
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("base", type=Path)
@@ -241,13 +257,21 @@ def main() -> None:
     ap.add_argument("--reuse", type=Path, help="an earlier --out of the same base: its fine-tuned models (every "
                     "distill form, ddm, reweight, tiw, iw) and classifiers are sampled again at --n instead of trained "
                     "anew")
+    ap.add_argument("--train-missing", action="store_true", help="with --reuse: fine-tune the runs REUSE has no "
+                    "model for (without it such a run is refused before any work)")
     args = ap.parse_args()
     from fairdiff.bench.published import add_rows, row_from_metrics
 
-    for t in args.targets:
-        target = [float(x) for x in t.split(",")]
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            for method in args.methods.split(","):
+    targets = [[float(x) for x in t.split(",")] for t in args.targets]
+    seeds, methods = [int(s) for s in args.seeds.split(",")], args.methods.split(",")
+    if args.reuse is not None and not args.train_missing:
+        missing = missing_reused(methods, targets, seeds, args.out, args.reuse)
+        if missing:
+            ap.error(f"--reuse {args.reuse} has no fine-tuned model for {', '.join(missing)}: they would be "
+                     "fine-tuned anew; pass --train-missing to do that, or reuse the folder that holds them")
+    for t, target in zip(args.targets, targets):
+        for seed in seeds:
+            for method in methods:
                 t0 = time.time()
                 m = run_one(args.base, method, target, seed, args.n, args.out, args.reuse)
                 row = row_from_metrics(m, args.setting, method, seed)

@@ -40,3 +40,24 @@ def test_reuse_samples_a_fine_tuned_model_again_at_more_images(protocol, tmp_pat
     np.testing.assert_array_equal(imgs[:8], scored)
     row = protocol.run_one(base, "reweight", [0.5, 0.5], 0, 12, tmp_path / "p12", reuse=tmp_path / "p")
     assert row["n"] == 12  # resumed from its metrics.json
+
+
+def test_reuse_refuses_before_any_work_when_a_fine_tuned_model_is_missing(protocol, tmp_path, monkeypatch, capsys):
+    reuse, out = tmp_path / "earlier", tmp_path / "p"
+    (reuse / "reweight-t0.5-0.5-s0" / "model").mkdir(parents=True)
+    (out / "distill2-mix-t0.5-0.5-s1").mkdir(parents=True)
+    (out / "distill2-mix-t0.5-0.5-s1" / "metrics.json").write_text("{}")  # finished here: needs nothing reused
+    methods = ["base", "filter", "reweight", "distill2-mix"]
+    assert protocol.missing_reused(methods, [[0.5, 0.5]], [0, 1], out, reuse) == [
+        "distill2-mix-t0.5-0.5-s0", "reweight-t0.5-0.5-s1"]
+    assert protocol.missing_reused(["base", "reweight"], [[0.5, 0.5]], [0], out, reuse) == []
+    called = []
+    monkeypatch.setattr(protocol, "run_one", lambda *a, **k: called.append(a))
+    monkeypatch.setattr("sys.argv", ["protocol.py", str(tmp_path / "base"), "--setting", "s", "--targets", "0.5,0.5",
+                                     "--seeds", "0,1", "--methods", ",".join(methods), "--out", str(out),
+                                     "--reuse", str(reuse), "--results", str(tmp_path / "r.csv")])
+    with pytest.raises(SystemExit) as e:
+        protocol.main()
+    assert e.value.code == 2 and not called
+    err = capsys.readouterr().err
+    assert "distill2-mix-t0.5-0.5-s0" in err and "reweight-t0.5-0.5-s1" in err and "--train-missing" in err
