@@ -297,8 +297,8 @@ def _worker_cell(base, cell: BenchCell, cells_dir: Path) -> tuple[str, object, f
 @contextmanager
 def _sigint_blocked():
     """Block SIGINT and SIGTERM while a worker process starts and is recorded: it inherits the mask until
-    :func:`~fairdiff.utils.workers.worker_entry` ignores SIGINT (before any heavy import), and a signal meanwhile reaches the bench once the block ends, when
-    the new process is known and is stopped with the others."""
+    :func:`~fairdiff.utils.workers.worker_entry` ignores SIGINT (before any heavy import), and a signal meanwhile
+    reaches the bench once the block ends, when the new process is known and is stopped with the others."""
     import signal
     import threading
 
