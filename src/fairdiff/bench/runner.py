@@ -298,13 +298,19 @@ def _worker_cell(base, cell: BenchCell, cells_dir: Path) -> tuple[str, object, f
 def _sigint_blocked():
     """Block SIGINT and SIGTERM while a worker process starts and is recorded: it inherits the mask until
     :func:`~fairdiff.utils.workers.worker_entry` ignores SIGINT (before any heavy import), and a signal meanwhile
-    reaches the bench once the block ends, when the new process is known and is stopped with the others."""
+    reaches the bench once the block ends, when the new process is known and is stopped with the others.
+
+    multiprocessing's resource tracker is started first: the first ``spawn`` start launches it, and launching it
+    unblocks both signals in the calling thread, so a worker forked right after would inherit them unblocked."""
     import signal
     import threading
 
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # (a no-op once it runs)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
