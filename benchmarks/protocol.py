@@ -69,6 +69,11 @@ REFERENCE = ["data.size=5000", "data.reference=0.1", "method.disc_steps=500", "m
              "method.disc_holdout=0.2", "method.weight_clip=20.0"]  # the reference-set methods (docs/tiw.md)
 
 
+def _fine_tuned(method: str) -> bool:
+    """Whether ``method`` fine-tunes the base (its model can be reused from an earlier run with ``--reuse``)."""
+    return method in FINETUNED or re.fullmatch(DISTILL, method) is not None
+
+
 def _tname(target: list[float]) -> str:
     return "t" + "-".join(f"{x:g}" for x in target)
 
@@ -98,7 +103,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     timing: dict = {}
     lf = re.search(r"-lf(-kmeans)?$", method)  # a label-free form: spectral clusters, or k-means with -kmeans
     trained = None if reuse is None else reuse / folder.name
-    fine_tuned = method in FINETUNED or re.fullmatch(DISTILL, method)
+    fine_tuned = _fine_tuned(method)
     if fine_tuned and trained is not None and (trained / "model").is_dir():
         # a model fine-tuned by an earlier protocol run (same method, target, seed) sampled again at n images: the
         # first images are the earlier run's (the same seeds), its metrics stay in its own folder
@@ -236,7 +241,7 @@ def missing_reused(methods: list[str], targets: list[list[float]], seeds: list[i
     for target in targets:
         for seed in seeds:
             for method in methods:
-                if not (method in FINETUNED or re.fullmatch(DISTILL, method)):
+                if not _fine_tuned(method):
                     continue
                 name = f"{method}-{_tname(target)}-s{seed}"
                 if not (out / name / "metrics.json").exists() and not (reuse / name / "model").is_dir():

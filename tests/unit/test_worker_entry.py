@@ -1,5 +1,6 @@
 """The entry of the bench's worker processes: it ignores Ctrl-C and leaves the parent's process group before the
-real target's module (torch) is imported, and it imports nothing heavy itself."""
+real target's module (torch) is imported, and it imports nothing heavy itself; and the bench's first worker starts
+with SIGINT / SIGTERM blocked although starting multiprocessing's resource tracker unblocks them."""
 
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ def test_worker_entry_ignores_sigint_leaves_the_group_and_unblocks_before_the_ta
     assert ignored
     assert pgid == pid != os.getpgid(0)
     assert int(signal.SIGINT) not in blocked and int(signal.SIGTERM) not in blocked
-
 
 
 _MASK_SCRIPT = """
