@@ -4,6 +4,8 @@ goes into a results CSV (docs/results/debias.csv); the docs' tables are generate
 Methods (each toward each target, each seed):
   base      the base unchanged (its own images, sampling seeds seed*1e6 ..)
   base-eta1 the base unchanged, sampled with DDIM eta 1 (the sampler guide-clf uses) instead of its config's
+  -stN      (after base, base-eta1, filter or a guide form, e.g. guide-clf-filter-st50) drawn with N denoising steps
+            instead of the config's sample.steps (20)
   filter    generate-and-filter (fairdiff debias --method filter): validation judge keeps images to quota
   guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
   guide-sample  the same with per-sample group assignment (--mode sample)
@@ -74,6 +76,18 @@ def _fine_tuned(method: str) -> bool:
     return method in FINETUNED or re.fullmatch(DISTILL, method) is not None
 
 
+def split_steps(method: str) -> tuple[str, int | None]:
+    """``method`` without its ``-stN`` suffix, and N (None without one): a sampling-time method (base, base-eta1,
+    filter, a guide form) drawn with N denoising steps. A fine-tuned method with the suffix is refused."""
+    st = re.search(r"-st(\d+)$", method)
+    if st is None:
+        return method, None
+    core, steps = method[:st.start()], int(st.group(1))
+    if _fine_tuned(core) or core in FINETUNED or steps < 1:
+        raise SystemExit(f"{method}: only the sampling-time methods (base, filter, guide) take -stN, N >= 1")
+    return core, steps
+
+
 def _tname(target: list[float]) -> str:
     return "t" + "-".join(f"{x:g}" for x in target)
 
@@ -89,6 +103,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     from fairdiff.training import train
 
     folder = out / f"{method}-{_tname(target)}-s{seed}"
+    method, steps = split_steps(method)
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
         if "debias" in m or method in ("base", "base-eta1", *FINETUNED[1:]):
@@ -115,7 +130,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             m.pop("debias")
         timing["reused"] = str(trained)
     elif method in ("base", "base-eta1"):
-        sample_run(base, n, out_dir=folder / "samples", seed=sseed, steps=cfg.sample.steps,
+        sample_run(base, n, out_dir=folder / "samples", seed=sseed, steps=steps or cfg.sample.steps,
                    eta=1.0 if method == "base-eta1" else cfg.sample.eta,
                    batch_size=cfg.sample.batch_size, png=False, progress=False)
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
@@ -135,6 +150,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
                 kw["classifier"] = shared
         if lf:
             kw["judge"] = "clusters-kmeans" if lf.group(1) else "clusters"
+        if steps:
+            kw["steps"] = steps
         rec = fn(base, folder, target, n=n, seed=sseed, overwrite=folder.exists(), progress=False, **kw)
         m = rec.pop("metrics")
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
@@ -269,6 +286,8 @@ def main() -> None:
 
     targets = [[float(x) for x in t.split(",")] for t in args.targets]
     seeds, methods = [int(s) for s in args.seeds.split(",")], args.methods.split(",")
+    for method in methods:
+        split_steps(method)  # a step count on a fine-tuned method is refused before any work
     if args.reuse is not None and not args.train_missing:
         missing = missing_reused(methods, targets, seeds, args.out, args.reuse)
         if missing:

@@ -61,3 +61,19 @@ def test_reuse_refuses_before_any_work_when_a_fine_tuned_model_is_missing(protoc
     assert e.value.code == 2 and not called
     err = capsys.readouterr().err
     assert "distill2-mix-t0.5-0.5-s0" in err and "reweight-t0.5-0.5-s1" in err and "--train-missing" in err
+
+
+def test_step_suffix_draws_a_sampling_time_method_with_that_many_steps(protocol, tmp_path):
+    from tests.conftest import TINY
+
+    assert protocol.split_steps("guide-clf-filter-st50") == ("guide-clf-filter", 50)
+    assert protocol.split_steps("base-eta1") == ("base-eta1", None)
+    for bad in ("reweight-st50", "distill2-mix-st50", "base-st0"):
+        with pytest.raises(SystemExit, match="sampling-time"):
+            protocol.split_steps(bad)
+    base = tmp_path / "base"
+    assert main(["train", *TINY, "train.steps=2", "train.checkpoint_every=0", "--out", str(base), "--quiet"]) == 0
+    m = protocol.run_one(base, "base-st3", [0.5, 0.5], 0, 8, tmp_path / "p")
+    folder = tmp_path / "p" / "base-st3-t0.5-0.5-s0"
+    assert m["n"] == 8 and (folder / "metrics.json").is_file()
+    assert json.loads((folder / "samples" / "meta.json").read_text())["steps"] == 3
