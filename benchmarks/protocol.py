@@ -83,7 +83,7 @@ def split_steps(method: str) -> tuple[str, int | None]:
     if st is None:
         return method, None
     core, steps = method[:st.start()], int(st.group(1))
-    if _fine_tuned(core) or core in FINETUNED or steps < 1:
+    if _fine_tuned(core) or steps < 1:
         raise SystemExit(f"{method}: only the sampling-time methods (base, filter, guide) take -stN, N >= 1")
     return core, steps
 
