@@ -29,6 +29,8 @@ Methods (each toward each target, each seed):
             classifier, once per base at OUT/classifier-lf, distill-lf fine-tunes on the cluster-filtered images),
             no label or judge anywhere; each with -kmeans (e.g. filter-lf-kmeans): k-means clusters instead
             (--judge clusters-kmeans; the classifier at OUT/classifier-lf-kmeans)
+  finetune  the control: the base fine-tuned on its own training data with the plain loss (no reweighting, no
+            target), the same budget: what the fine-tune recipe alone does to quality
   ddm       published DDM, alpha 0.05, fine-tuned from the base (fairdiff train model.pretrained=BASE)
   ddm-reverse  DDM with gradient reversal through the indicator, alpha 0.1 (docs/ddm-analysis.md), fine-tuned
   reweight  group reweighting toward the target, fine-tuned from the base
@@ -63,7 +65,7 @@ FINETUNE = ["train.steps=400", "train.batch_size=64", "train.lr=2e-4", "train.wa
 SEED_STRIDE = 1_000_000
 DISTILL = r"distill([234])?(-n\d+)?(-mix)?(-rs)?(-lf(-kmeans)?)?"  # every distill form (rounds, data, balance, lf)
 FINETUNED = ("distill", "ddm", "ddm-reverse", "reweight", "tiw", "iw", "ref-only", "align", "distill2",
-             "reweight-lf", "reweight-lf-kmeans", "reweight-rs")
+             "reweight-lf", "reweight-lf-kmeans", "reweight-rs", "finetune")
 ALIGN = ["method.name=align", "method.align_steps=10", "method.preserve_weight=1.0", "model.lora=true",
          "model.lora_rank=8", "model.lora_alpha=16", "train.steps=150", "train.batch_size=16", "train.lr=1e-4",
          "train.warmup_steps=10", "train.ema=false", "train.checkpoint_every=50"]  # configs/align-mnist.yaml
@@ -193,6 +195,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
                                  "method.clustering=spectral"],
                  "reweight-lf-kmeans": ["method.name=reweight", f"method.target=[{tstr}]", "method.labels=clusters"],
                  "align": [*ALIGN, f"method.target=[{tstr}]"],
+                 "finetune": ["method.name=baseline"],
                  "ref-only": ["method.name=baseline", "data.train_on=reference", *REFERENCE[:2],
                               f"data.reference_shares=[{tstr}]"]}.get(method) or [
             f"method.name={method}", *REFERENCE, f"data.reference_shares=[{tstr}]"]

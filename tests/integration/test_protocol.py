@@ -77,3 +77,21 @@ def test_step_suffix_draws_a_sampling_time_method_with_that_many_steps(protocol,
     folder = tmp_path / "p" / "base-st3-t0.5-0.5-s0"
     assert m["n"] == 8 and (folder / "metrics.json").is_file()
     assert json.loads((folder / "samples" / "meta.json").read_text())["steps"] == 3
+
+
+def test_finetune_control_trains_the_plain_loss_on_the_training_data(protocol, tmp_path, monkeypatch):
+    from fairdiff.runs import read_run_config
+    from tests.conftest import TINY
+
+    base = tmp_path / "base"
+    assert main(["train", *TINY, "train.steps=2", "train.checkpoint_every=0", "--out", str(base), "--quiet"]) == 0
+    monkeypatch.setattr(protocol, "FINETUNE", ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1",
+                                               "train.checkpoint_every=0"])
+    assert protocol._fine_tuned("finetune")
+    with pytest.raises(SystemExit, match="sampling-time"):
+        protocol.split_steps("finetune-st50")
+    m = protocol.run_one(base, "finetune", [0.5, 0.5], 1, 8, tmp_path / "p")
+    folder = tmp_path / "p" / "finetune-t0.5-0.5-s1"
+    cfg = read_run_config(folder)
+    assert m["n"] == 8 and (folder / "model").is_dir() and m["timing"]["train_s"] > 0
+    assert cfg.method.name == "baseline" and cfg.train.seed == 1 and cfg.model.pretrained == str(base.resolve())
