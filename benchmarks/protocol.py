@@ -6,6 +6,8 @@ Methods (each toward each target, each seed):
   base-eta1 the base unchanged, sampled with DDIM eta 1 (the sampler guide-clf uses) instead of its config's
   -stN      (after base, base-eta1, filter or a guide form, e.g. guide-clf-filter-st50) drawn with N denoising steps
             instead of the config's sample.steps (20)
+  -ftN -lrX -emaD  (after a fine-tuned method, in that order, e.g. reweight-ft1200-lr1e-4) its fine-tune with N
+            steps, learning rate X, EMA decay D instead of the budget below (distill forms: -ftN, -lrX)
   filter    generate-and-filter (fairdiff debias --method filter): validation judge keeps images to quota
   guide     distribution guidance with the scale found by the controller (fairdiff debias --method guide)
   guide-sample  the same with per-sample group assignment (--mode sample)
@@ -90,6 +92,39 @@ def split_steps(method: str) -> tuple[str, int | None]:
     return core, steps
 
 
+RECIPE = r"(-ft(?P<steps>\d+))?(-lr(?P<lr>\d+(?:\.\d+)?(?:e-?\d+)?))?(-ema(?P<ema>0\.\d+))?$"
+
+
+def split_recipe(method: str) -> tuple[str, dict]:
+    """``method`` without its fine-tune recipe suffix, and the recipe it asks for: ``-ftN`` (N fine-tuning steps
+    instead of 400), ``-lrX`` (learning rate X instead of 2e-4), ``-emaD`` (EMA decay D instead of 0.99), in that
+    order, e.g. ``reweight-ft1200-lr1e-4``. Only a fine-tuned method takes one (distill forms: -ftN and -lrX; align
+    keeps its own budget)."""
+    r = re.search(RECIPE, method)
+    if r is None or not r.group(0):
+        return method, {}
+    core = method[:r.start()]
+    recipe = {k: v for k, v in (("steps", r["steps"] and int(r["steps"])), ("lr", r["lr"] and float(r["lr"])),
+                                ("ema", r["ema"] and float(r["ema"]))) if v is not None}
+    if not _fine_tuned(core) or core == "align" or recipe.get("steps") == 0 or recipe.get("lr") == 0:
+        raise SystemExit(f"{method}: only a fine-tuned method takes -ftN / -lrX / -emaD (N, X > 0)")
+    if "ema" in recipe and re.fullmatch(DISTILL, core):
+        raise SystemExit(f"{method}: distill fine-tunes with EMA 0.99; -emaD is for the other fine-tuned methods")
+    return core, recipe
+
+
+def _recipe_overrides(recipe: dict) -> list[str]:
+    """FINETUNE's overrides changed by a recipe suffix (split_recipe)."""
+    out = list(FINETUNE)
+    for key, name in (("steps", "train.steps"), ("lr", "train.lr"), ("ema", "train.ema_decay")):
+        if key in recipe:
+            out = [o for o in out if not o.startswith(name + "=")] + [f"{name}={recipe[key]}"]
+    if "steps" in recipe:  # a checkpoint halfway, as in the default recipe
+        out = [o for o in out if not o.startswith("train.checkpoint_every=")]
+        out.append(f"train.checkpoint_every={max(recipe['steps'] // 2, 1)}")
+    return out
+
+
 def _tname(target: list[float]) -> str:
     return "t" + "-".join(f"{x:g}" for x in target)
 
@@ -105,7 +140,9 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     from fairdiff.training import train
 
     folder = out / f"{method}-{_tname(target)}-s{seed}"
+    named = method  # with its suffixes: the name an earlier round's folder carries too
     method, steps = split_steps(method)
+    method, recipe = split_recipe(method)
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
         if "debias" in m or method in ("base", "base-eta1", *FINETUNED[1:]):
@@ -168,7 +205,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
     elif dm := re.fullmatch(DISTILL, method):
         rounds = int(dm.group(1) or 1)
         if rounds > 1 and not folder.with_name(f"{folder.name}-round{rounds - 1}").exists():
-            prev = method.replace(f"distill{rounds}", "distill" if rounds == 2 else f"distill{rounds - 1}")
+            prev = named.replace(f"distill{rounds}", "distill" if rounds == 2 else f"distill{rounds - 1}")
             earlier = [d / f"{prev}-{_tname(target)}-s{seed}" for d in (out, reuse) if d is not None]
             earlier = [d for d in earlier if (d / "model").is_dir() and (d / "debias.json").is_file()]
             if earlier:
@@ -181,6 +218,7 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
                           progress=False, rounds=rounds,
                           train_n=int(re.search(r"-n(\d+)", method).group(1)) if "-n" in method else None,
                           mix_real="-mix" in method, balance="resample" if "-rs" in method else "weights",
+                          train_steps=recipe.get("steps"), lr=recipe.get("lr"),
                           **({"judge": "clusters-kmeans" if lf.group(1) else "clusters"} if lf else {}))
         m = _eval_trained(folder, n)
         m["debias"] = {k: v for k, v in rec.items() if k != "judge"}
@@ -199,8 +237,9 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
                  "ref-only": ["method.name=baseline", "data.train_on=reference", *REFERENCE[:2],
                               f"data.reference_shares=[{tstr}]"]}.get(method) or [
             f"method.name={method}", *REFERENCE, f"data.reference_shares=[{tstr}]"]
-        ft = load_config(base / "config.yaml", [*FINETUNE, *extra, f"model.pretrained={base.resolve()}",
-                                                f"train.seed={seed}", f"sample.seed={sseed}", f"eval.n_samples={n}",
+        ft = load_config(base / "config.yaml", [*_recipe_overrides(recipe), *extra,
+                                                f"model.pretrained={base.resolve()}", f"train.seed={seed}",
+                                                f"sample.seed={sseed}", f"eval.n_samples={n}",
                                                 f"eval.target=[{','.join(map(str, target))}]"])
         train(ft, folder, resume="latest" if (folder / "config.yaml").exists() else None, quiet=True)
         timing["train_s"] = round(time.time() - t0, 1)
@@ -261,7 +300,7 @@ def missing_reused(methods: list[str], targets: list[list[float]], seeds: list[i
     for target in targets:
         for seed in seeds:
             for method in methods:
-                if not _fine_tuned(method):
+                if not _fine_tuned(re.sub(RECIPE, "", method)):
                     continue
                 name = f"{method}-{_tname(target)}-s{seed}"
                 if not (out / name / "metrics.json").exists() and not (reuse / name / "model").is_dir():
@@ -290,7 +329,8 @@ def main() -> None:
     targets = [[float(x) for x in t.split(",")] for t in args.targets]
     seeds, methods = [int(s) for s in args.seeds.split(",")], args.methods.split(",")
     for method in methods:
-        split_steps(method)  # a step count on a fine-tuned method is refused before any work
+        split_recipe(split_steps(method)[0])  # a step count on a fine-tuned method (a recipe on a sampling-time
+        # one) is refused before any work
     if args.reuse is not None and not args.train_missing:
         missing = missing_reused(methods, targets, seeds, args.out, args.reuse)
         if missing:

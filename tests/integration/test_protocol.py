@@ -86,7 +86,7 @@ def test_finetune_control_trains_the_plain_loss_on_the_training_data(protocol, t
     base = tmp_path / "base"
     assert main(["train", *TINY, "train.steps=2", "train.checkpoint_every=0", "--out", str(base), "--quiet"]) == 0
     monkeypatch.setattr(protocol, "FINETUNE", ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1",
-                                               "train.checkpoint_every=0"])
+                                               "train.ema_decay=0.99", "train.checkpoint_every=0"])
     assert protocol._fine_tuned("finetune")
     with pytest.raises(SystemExit, match="sampling-time"):
         protocol.split_steps("finetune-st50")
@@ -95,3 +95,20 @@ def test_finetune_control_trains_the_plain_loss_on_the_training_data(protocol, t
     cfg = read_run_config(folder)
     assert m["n"] == 8 and (folder / "model").is_dir() and m["timing"]["train_s"] > 0
     assert cfg.method.name == "baseline" and cfg.train.seed == 1 and cfg.model.pretrained == str(base.resolve())
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.ema_decay) == (2, 2e-4, 0.99)
+    # a recipe suffix changes the fine-tune's steps, learning rate and EMA decay, and only those
+    protocol.run_one(base, "finetune-ft3-lr1e-4-ema0.9", [0.5, 0.5], 1, 8, tmp_path / "p")
+    cfg = read_run_config(tmp_path / "p" / "finetune-ft3-lr1e-4-ema0.9-t0.5-0.5-s1")
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.ema_decay, cfg.train.batch_size) == (3, 1e-4, 0.9, 8)
+    assert cfg.method.name == "baseline"
+
+
+def test_recipe_suffix_is_parsed_and_refused_where_it_means_nothing(protocol):
+    assert protocol.split_recipe("reweight-ft1200-lr1e-4") == ("reweight", {"steps": 1200, "lr": 1e-4})
+    assert protocol.split_recipe("distill2-mix-lf-lr5e-5") == ("distill2-mix-lf", {"lr": 5e-5})
+    assert protocol.split_recipe("ddm-ema0.995") == ("ddm", {"ema": 0.995})
+    assert protocol.split_recipe("distill-n8000") == ("distill-n8000", {})
+    for bad, why in (("filter-lr1e-4", "fine-tuned"), ("base-ft100", "fine-tuned"), ("align-ft10", "fine-tuned"),
+                     ("reweight-ft0", "fine-tuned"), ("distill2-mix-ema0.999", "EMA 0.99")):
+        with pytest.raises(SystemExit, match=why):
+            protocol.split_recipe(bad)
