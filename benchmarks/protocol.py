@@ -13,6 +13,8 @@ Methods (each toward each target, each seed):
   guide-sample  the same with per-sample group assignment (--mode sample)
   guide-clf, guide-clf-sample  the same two with a noise-aware group classifier on x_t instead of h-space heads
             (--reader classifier); the classifier is fitted once per base (OUT/classifier) and reused
+  guide-x0, guide-x0-sample, guide-x0-filter  the same with a clean-image domain CNN (seed eval.seed + 2: neither
+            judge) reading the denoiser's predicted clean image (--reader x0; nothing fitted)
   guide-clf-filter  guide-clf, then images kept to quota by the validation judge (--then-filter): the target
             exactly where the valid-rate floor stops guidance short
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
@@ -175,7 +177,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide", "guide-sample", "guide-clf", "guide-clf-sample", "guide-clf-filter") or (
+    elif method in ("filter", "guide", "guide-sample", "guide-clf", "guide-clf-sample", "guide-clf-filter", "guide-x0",
+                    "guide-x0-sample", "guide-x0-filter") or (
             lf and lf.string[:lf.start()] in ("filter", "guide", "guide-clf")):
         fn = debias_run if method.startswith("filter") else guide_run_to_target
         kw = {"method": "filter"} if method.startswith("filter") else {
@@ -187,6 +190,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
                 shared = reuse / shared.name  # the classifier an earlier protocol run fitted for this base
             if shared.is_dir():
                 kw["classifier"] = shared
+        if method.startswith("guide-x0"):
+            kw["reader"] = "x0"
         if lf:
             kw["judge"] = "clusters-kmeans" if lf.group(1) else "clusters"
         if steps:

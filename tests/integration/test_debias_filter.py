@@ -488,6 +488,38 @@ def test_guide_with_a_noise_aware_classifier(base_run, corner_judge_file, tmp_pa
                  str(broken), *common, "--out", str(tmp_path / "bad3")]) == 2
 
 
+def test_guide_reads_the_predicted_clean_image_with_a_third_judge(base_run, corner_judge_file, tmp_path):
+    """``--reader x0``: a domain CNN that is neither the test nor the validation judge (seed eval.seed + 2) reads
+    the denoiser's predicted clean image; nothing is fitted or saved beside the samples; scale 0 and a min-t above
+    every timestep draw the unguided images; options of the other readers are refused in one line."""
+    from fairdiff.config import load_config
+
+    common = ["--target", "0.3,0.7", "--n", "8", "--steps", "3", "--pilot-n", "16", "--max-pilots", "3",
+              "--judge", str(corner_judge_file), "--no-eval", "-q"]
+    out = tmp_path / "x0"
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "x0", *common, "--out", str(out)]) == 0
+    rec = json.loads((out / "debias.json").read_text())
+    seed = load_config(base_run / "config.yaml").eval.seed
+    assert rec["reader"] == "x0" and rec["x0"]["seed"] == seed + 2 and rec["x0"]["fitted"] is False
+    assert rec["eta"] == 1.0 and rec["controller"]["s0"] == 1.0 and rec["space"] == "x"
+    assert rec["judge"]["name"] == "corner" and not (out / "x0").exists() and not (out / "classifier").exists()
+    pilots = rec["controller"]["pilots"]
+    assert pilots[0]["scale"] == 0.0 and len(pilots) >= 2
+    late = tmp_path / "x0late"
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "x0", *common, "--min-t", "999",
+                 "--no-pilot-cache", "--out", str(late)]) == 0
+    rec2 = json.loads((late / "debias.json").read_text())
+    assert len({json.dumps(p_["shares"]) for p_ in rec2["controller"]["pilots"]}) == 1  # nothing guided
+    assert rec2["controller"]["pilots"][0] == pilots[0]  # the unguided pilot is the same images either way
+    for bad in (["--classifier", str(tmp_path)], ["--space", "x"], ["--heads", str(tmp_path)]):
+        assert main(["debias", str(base_run), "--method", "guide", "--reader", "x0", *common, *bad,
+                     "--out", str(tmp_path / "bad")]) == 2
+    lf = [*common[:-4], "--judge", "clusters", "--no-eval", "-q"]
+    assert main(["debias", str(base_run), "--method", "guide", "--reader", "x0", *lf,
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_label_free_classifier_guidance_learns_the_clusters_of_its_own_images(base_run, tmp_path):
     """``--judge clusters --reader classifier``: the noise-aware classifier is fitted on the base's own images
     labelled by their k-means clusters, which are saved beside it; the guidance divides out the base's shares over

@@ -57,7 +57,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="guide: use --heads fitted on another model's weights (a warning instead of an error)")
     p.add_argument("--pilot-n", type=int, help="guide: images per pilot batch (default 256; 1024 with --reader "
-                   "classifier; 400 with --sd); distill --rounds 2+: images of each round's pilot (default 4096)")
+                   "classifier or x0; 400 with --sd); distill --rounds 2+: images of each round's pilot (default 4096)")
     p.add_argument("--max-pilots", type=int, default=10, help="guide: pilot batches at most (default 10)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="guide: heads' softmax temperature (default 1: the controller aims at any target, unlike "
@@ -65,21 +65,23 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["batch", "sample"], default="batch",
                    help="guide: batch (push the batch's share to the target) or sample (assign each image a group "
                    "in the target's proportions and guide it there)")
-    p.add_argument("--min-t", type=int, help="guide --reader classifier: guide only at timesteps >= this (the "
+    p.add_argument("--min-t", type=int, help="guide --reader classifier or x0: guide only at timesteps >= this (the "
                    "base alone below it; default 0: every step)")
     p.add_argument("--space", choices=["h", "x"],
                    help="guide: where the loss gradient acts: h (edit the middle block's output, the default) or x "
                    "(add its gradient w.r.t. x_t to the model output, as classifier guidance does)")
-    p.add_argument("--reader", choices=["heads", "classifier"], default="heads",
-                   help="guide: what reads the group from the sample: heads on h-space (the default) or a noise-aware "
+    p.add_argument("--reader", choices=["heads", "classifier", "x0"], default="heads",
+                   help="guide: what reads the group from the sample: heads on h-space (the default), a noise-aware "
                    "group classifier on x_t (classifier guidance toward the target's mixture; fitted here on the "
-                   "training labels, or with --judge clusters on the base's own images and their clusters)")
+                   "training labels, or with --judge clusters on the base's own images and their clusters), or x0: "
+                   "a clean-image classifier (a domain CNN that neither chooses nor scores) on the denoiser's "
+                   "predicted clean image, its gradient through the denoiser (nothing fitted on noisy images)")
     p.add_argument("--classifier", help="guide --reader classifier: a classifier folder written by an earlier guide "
                    "run (its classifier/), instead of fitting one")
     p.add_argument("--classifier-steps", type=int, default=4000,
                    help="guide --reader classifier: fitting steps (default 4000)")
     p.add_argument("--eta", type=float, help="guide: DDIM noise, 0 deterministic to 1 ancestral (default 1 with "
-                   "--reader classifier, 0 with heads)")
+                   "--reader classifier or x0, 0 with heads)")
     p.add_argument("--s0", type=float, help="guide: the controller's first non-zero scale (default 100 for "
                    "--space h, 1 for --space x)")
     p.add_argument("--no-pilot-cache", action="store_true",
@@ -114,7 +116,7 @@ def _debias_sd(args: argparse.Namespace) -> int:
     taken += [f for f, v in (("--then-filter", args.then_filter and args.method == "filter"),
                              ("--no-pilot-cache", args.no_pilot_cache), ("--mode sample", args.mode != "batch"),
                              ("--mix-real", args.mix_real),
-                             ("--reader classifier", args.reader != "heads")) if v]
+                             (f"--reader {args.reader}", args.reader != "heads")) if v]
     if taken:
         raise FairdiffError(f"{', '.join(taken)}: not an option of 'debias --sd --method {args.method}'")
     if args.config is not None and not Path(args.config).is_file():

@@ -30,7 +30,9 @@ CLASSIFIER_STEPS = 4000  # guide --reader classifier: fitting steps of the noise
 # images per pilot batch: the classifier's pilots decide the final scale to within a few hundredths of a share, so
 # they are larger (with 256 the pilot set's own share of the minority, 0.21 at scale 0 against 0.15 in 2000 images
 # of the MNIST 0 vs 1 base at eta 1, moved the chosen scale by 0.04 of share)
-PILOT_N = {"heads": 256, "classifier": 1024, "distill": 4096}
+PILOT_N = {"heads": 256, "classifier": 1024, "x0": 1024, "distill": 4096}
+GUIDE_JUDGE_SEED_OFFSET = 2  # guide --reader x0: a domain CNN of seed eval.seed + 2 reads the predicted clean image
+# (the test judge is eval.seed, the validation judge, which chooses the scale, eval.seed + 1)
 PILOT_SEED = 10_000_000  # pilot batches (guidance controller, clusters) draw seeds from here (never scored)
 CLUSTER_PILOT = 2000  # the base's images the label-free clusters are fitted on
 # the fine-tuning budget of ``distill`` (full fine-tuning of the base's U-Net on its own filtered images)
@@ -773,6 +775,31 @@ def _label_free_classifier(cfg, unet, sched_cfg, path, save_to: Path, k: int, st
     return cj, clf, rho, info
 
 
+def _clean_judge(cfg, dev, progress: bool):
+    """The clean-image classifier of ``guide --reader x0``: the domain CNN of the run's groups trained with seed
+    ``eval.seed + GUIDE_JUDGE_SEED_OFFSET`` (cached as every domain CNN; neither the validation nor the test judge),
+    frozen; the group shares of the base's training images (which the guidance divides out) and a record."""
+    import torch
+
+    from fairdiff.data import prepare_data
+    from fairdiff.evaluation.judges.domain import DomainClassifierConfig, domain_classifier
+    from fairdiff.models.classifier import DomainCNN
+
+    t0 = time.perf_counter()
+    cc = DomainClassifierConfig()
+    cc.steps, cc.seed = cfg.eval.classifier_steps, cfg.eval.seed + GUIDE_JUDGE_SEED_OFFSET
+    judge = domain_classifier(cfg.data, cfg.eval, clf_cfg=cc, progress=progress)
+    model = DomainCNN.from_pretrained(Path(judge.info["cache"]) / "model").to(dev).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    k = len(cfg.data.groups)
+    groups = torch.as_tensor(np.asarray(prepare_data(cfg.data).train_groups), dtype=torch.long)
+    rho = (torch.bincount(groups, minlength=k).double() / len(groups)).tolist()
+    info = {"fitted": False, "judge": judge.name, "seed": cc.seed, "heldout_accuracy": judge.accuracy,
+            "reads": "the denoiser's predicted clean image", "seconds": round(time.perf_counter() - t0, 1)}
+    return model, rho, info
+
+
 def _judge_digest(judge) -> dict:
     """What decides a judge's verdicts, for the pilot cache: its description, and its centroids when it is a
     label-free cluster judge (whose description alone does not pin them)."""
@@ -826,12 +853,15 @@ def guide_run_to_target(
     target) or ``sample`` (each image is assigned a group in the target's proportions and guided toward it).
     ``space``: where the loss gradient acts: ``h`` (the middle block's output is edited, Balancing Act) or ``x``
     (the gradient w.r.t. x_t through the heads and the down path is added to the model output, as classifier
-    guidance does). ``reader``: what reads the group from the sample: ``heads`` (linear heads on h-space) or
+    guidance does). ``reader``: what reads the group from the sample: ``heads`` (linear heads on h-space),
     ``classifier`` (a noise-aware group classifier on x_t, fitted here on the run's training images for
     ``classifier_steps`` steps or read from ``classifier``; :class:`~fairdiff.methods.classifier_guidance.
-    ClassifierGuidance`, whose scale 1 is exact for an exact classifier). ``s0``: the controller's first non-zero
-    scale (default 100 for heads in ``h``, 1 for ``x`` and for the classifier). ``eta``: DDIM's noise (0
-    deterministic, 1 ancestral); default 1 with the classifier (classifier guidance corrects a stochastic sampler;
+    ClassifierGuidance`, whose scale 1 is exact for an exact classifier) or ``x0`` (a classifier of clean images,
+    the domain CNN of seed ``eval.seed + 2``, neither the validation nor the test judge, reads the denoiser's
+    predicted clean image and its gradient flows back through the denoiser: :class:`~fairdiff.methods.
+    classifier_guidance.CleanClassifierGuidance`; nothing is fitted on noisy images). ``s0``: the controller's first
+    non-zero scale (default 100 for heads in ``h``, 1 for ``x`` and for the classifiers). ``eta``: DDIM's noise (0
+    deterministic, 1 ancestral); default 1 with the classifiers (classifier guidance corrects a stochastic sampler;
     docs/debias.md measures deterministic DDIM stopping short of the target), 0 with heads. Every image keeps its
     own noise seed, so pilots stay common random numbers.
     ``force``: use ``heads`` fitted on another model's weights (a warning instead of an error).
@@ -842,7 +872,7 @@ def guide_run_to_target(
     at the scale found and keep images to the target's quotas with the validation judge, as ``filter`` does
     (images no group's member are never kept; ``max_draws`` as there): the target exactly, at fewer images drawn
     per kept one than filtering the unguided base.
-    ``min_t`` (classifier only): guide only the steps at timesteps >= ``min_t``; below it the base denoises alone
+    ``min_t`` (classifier and x0 only): guide only the steps at timesteps >= ``min_t``; below it the base denoises alone
     (the group is decided early, and late classifier gradients edit strokes; docs/debias.md measures both).
     """
     import tempfile
@@ -853,7 +883,7 @@ def guide_run_to_target(
     from fairdiff.evaluation import evaluate_run
     from fairdiff.evaluation.evaluate import check_target
     from fairdiff.evaluation.samples import to_uint8
-    from fairdiff.methods.classifier_guidance import ClassifierGuidance
+    from fairdiff.methods.classifier_guidance import ClassifierGuidance, CleanClassifierGuidance
     from fairdiff.methods.guidance import AssignedGuidance, DistributionGuidance
     from fairdiff.metrics import OUTSIDE
     from fairdiff.models import build_sampling_scheduler
@@ -883,24 +913,24 @@ def guide_run_to_target(
         raise FairdiffError(f"guide mode must be 'batch' or 'sample', got '{mode}'")
     if space not in ("h", "x"):
         raise FairdiffError(f"guide space must be 'h' or 'x', got '{space}'")
-    if reader not in ("heads", "classifier"):
-        raise FairdiffError(f"guide reader must be 'heads' or 'classifier', got '{reader}'")
-    if reader == "classifier" and (heads is not None or space != "h"):
-        raise FairdiffError("--heads and --space belong to --reader heads; the classifier guides in x_t")
-    if reader == "heads" and classifier is not None:
+    if reader not in ("heads", "classifier", "x0"):
+        raise FairdiffError(f"guide reader must be 'heads', 'classifier' or 'x0', got '{reader}'")
+    if reader != "heads" and (heads is not None or space != "h"):
+        raise FairdiffError(f"--heads and --space belong to --reader heads; --reader {reader} guides in x_t")
+    if reader != "classifier" and classifier is not None:
         raise FairdiffError("--classifier belongs to --reader classifier")
     if not 1 <= int(classifier_steps) <= 1_000_000:
         raise FairdiffError(f"--classifier-steps must lie in [1, 1000000], got {classifier_steps}")
     s0 = float((S0[space] if reader == "heads" else 1.0) if s0 is None else s0)
-    eta = float((1.0 if reader == "classifier" else 0.0) if eta is None else eta)
+    eta = float((0.0 if reader == "heads" else 1.0) if eta is None else eta)
     pilot_n = int(PILOT_N[reader] if pilot_n is None else pilot_n)
     if not math.isfinite(s0) or s0 <= 0:
         raise FairdiffError("guide: --s0 must be a finite number above 0")
     if pilot_n < 16 or max_pilots < 2:
         raise FairdiffError("guide: --pilot-n >= 16 and --max-pilots >= 2 are needed")
     check_sampling_args(n, steps, eta, pilot_n)
-    if min_t and (reader != "classifier" or not int(min_t) > 0 or int(min_t) != min_t):
-        raise FairdiffError("guide: --min-t (a positive timestep) goes with --reader classifier")
+    if min_t and (reader == "heads" or not int(min_t) > 0 or int(min_t) != min_t):
+        raise FairdiffError("guide: --min-t (a positive timestep) goes with --reader classifier or x0")
     min_t = int(min_t or 0)
     if max_draws is not None and (not then_filter or max_draws < n):
         raise FairdiffError("--max-draws belongs to --then-filter" if not then_filter
@@ -910,6 +940,9 @@ def guide_run_to_target(
     unet, sched_cfg = load_guidable(run_dir, dev)
     clustering = cluster_method(judge)
     label_free = clustering is not None
+    if label_free and reader == "x0":
+        raise FairdiffError("guide --reader x0 reads the groups with a judge trained on labels; with --judge "
+                            f"{judge} use --reader classifier or heads")
     if label_free and heads is not None:
         raise FairdiffError("guide --judge clusters fits its heads on the clusters of the base's own images; "
                             "leave out --heads")
@@ -923,6 +956,9 @@ def guide_run_to_target(
                                                                     work / "classifier", k, steps, classifier_steps,
                                                                     dev, progress, seed, method=clustering)
             clf, verdicts = cj, cj.verdicts
+        elif reader == "x0":
+            clf_model, rho, heads_info = _clean_judge(cfg, dev, progress)
+            unet.requires_grad_(False)  # the gradient flows through the denoiser to x_t, never to its weights
         elif reader == "classifier":
             clf_model, rho, heads_info = _group_classifier(cfg, sched_cfg, classifier, work / "classifier",
                                                            classifier_steps, dev, progress, in_shape=_in_shape(unet))
@@ -975,6 +1011,9 @@ def guide_run_to_target(
             if reader == "classifier":
                 return ClassifierGuidance(clf_model, tgt.tolist(), rho, scale, alphas_cumprod=sched.alphas_cumprod,
                                           assignments=assign, min_t=min_t)
+            if reader == "x0":
+                return CleanClassifierGuidance(clf_model, tgt.tolist(), rho, scale, num_groups=k,
+                                               alphas_cumprod=sched.alphas_cumprod, assignments=assign, min_t=min_t)
             if assign is None:
                 return DistributionGuidance(heads_obj, tgt.tolist(), scale, **how)
             return AssignedGuidance(heads_obj, assign, scale, **how)
@@ -1001,7 +1040,7 @@ def guide_run_to_target(
         pilot_seeds = list(range(PILOT_SEED, PILOT_SEED + pilot_n))
         cache = PilotCache(cache_dir() / "pilots" if pilot_cache else None, {
             "version": 1, "unet": sha256_arrays(unet.state_dict().items()),
-            "reader_weights": sha256_arrays((clf_model if reader == "classifier" else heads_obj).state_dict().items()),
+            "reader_weights": sha256_arrays((heads_obj if reader == "heads" else clf_model).state_dict().items()),
             "rho": rho, "judge": _judge_digest(clf), "target": tgt.tolist(), "eta": eta, "steps": steps,
             "pilot_n": pilot_n, "pilot_seed": PILOT_SEED, "mode": mode, "reader": reader, "space": space,
             "temperature": temperature, **({"min_t": min_t} if min_t else {})})

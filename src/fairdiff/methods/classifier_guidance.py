@@ -17,6 +17,13 @@ classifier. ``assignments`` gives the per-sample form: image i is guided toward 
 Unlike h-space guidance (methods/guidance.py) nothing here reads the denoiser's inside: the classifier sees x_t and
 t only, so the same guidance serves any pixel-space U-Net. It wraps the denoiser call; the loop is
 :func:`fairdiff.sampling.sample`.
+
+:class:`CleanClassifierGuidance` needs no noise-aware classifier: a classifier of *clean* images reads the
+denoiser's prediction of the clean image, ``x0(x_t) = (x_t - sqrt(1 - abar_t) eps(x_t)) / sqrt(abar_t)``, and the
+gradient of ``log w`` flows back through the denoiser to ``x_t``. ``c_g(x0(x_t))`` stands in for
+``log p_t(x_t | g)`` (a classifier fitted on group-balanced images has logits ``log p(x | g) + const``): an
+approximation that is exact only where the posterior mean carries the group (late steps), so no scale is exact
+and the controller finds one. It costs one backward pass through the denoiser per step.
 """
 
 from __future__ import annotations
@@ -37,10 +44,10 @@ class ClassifierGuidance:
 
     def __init__(self, classifier: nn.Module, target: Sequence[float], base_shares: Sequence[float], scale: float, *,
                  alphas_cumprod: torch.Tensor, assignments: Sequence[int] | torch.Tensor | None = None,
-                 min_t: int = 0) -> None:
+                 min_t: int = 0, num_groups: int | None = None) -> None:
         from fairdiff.metrics.functional import check_shares
 
-        k = int(getattr(classifier, "out_dim", 1))
+        k = int(num_groups if num_groups is not None else getattr(classifier, "out_dim", 1))
         try:
             pi = check_shares(target, k, positive=False, groups_word="groups the classifier knows")
             rho = check_shares(base_shares, k, positive=True, what="base shares",
@@ -65,9 +72,13 @@ class ClassifierGuidance:
     def active(self) -> bool:
         return self.scale > 0
 
+    def group_logits(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The classifier's group logits ``[B, K]`` of ``x`` at timesteps ``t``."""
+        return self.classifier(x, t).float()
+
     def log_w(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log w_t(x_t)`` per image ``[B]`` (toward the target, or toward each image's assigned group)."""
-        c = self.classifier(x, t).float()
+        c = self.group_logits(x, t)
         log_base = torch.logsumexp(c + self.log_rho, dim=1)
         if self.assignments is None:
             return torch.logsumexp(c + self.log_pi, dim=1) - log_base
@@ -92,3 +103,38 @@ class ClassifierGuidance:
                 "target": [round(float(v), 6) for v in self.log_pi.exp().cpu()],
                 "base_shares": [round(float(v), 6) for v in self.log_rho.exp().cpu()],
                 "per_sample": self.assignments is not None}
+
+
+class CleanClassifierGuidance(ClassifierGuidance):
+    """:class:`ClassifierGuidance` read by a classifier of clean images (``classifier(x) -> logits``; its first
+    ``num_groups`` columns are the groups, later ones, e.g. the other digits of an open-set judge, are left out) on
+    the denoiser's predicted clean image; the gradient passes through the denoiser. Scale 0 gives exactly the
+    unguided samples."""
+
+    def __init__(self, classifier: nn.Module, target: Sequence[float], base_shares: Sequence[float], scale: float, *,
+                 alphas_cumprod: torch.Tensor, num_groups: int | None = None,
+                 assignments: Sequence[int] | torch.Tensor | None = None, min_t: int = 0) -> None:
+        k = int(num_groups if num_groups is not None else len(target))
+        super().__init__(classifier, target, base_shares, scale, alphas_cumprod=alphas_cumprod,
+                         assignments=assignments, min_t=min_t, num_groups=k)
+        self.k = k
+
+    def group_logits(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x0).float()[:, : self.k]
+
+    def __call__(self, step_index: int, t: torch.Tensor, sample: torch.Tensor, denoise) -> torch.Tensor:
+        tv = int(t.reshape(-1)[0])
+        if self.scale == 0 or tv < self.min_t:
+            with torch.no_grad():
+                return denoise(sample)
+        abar = self.alphas_cumprod[tv].to(sample.device, torch.float32)
+        with torch.enable_grad():
+            x = sample.detach().float().requires_grad_(True)
+            eps = denoise(x.to(sample.dtype)).float()
+            x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+            (grad,) = torch.autograd.grad(self.log_w(x0, t.reshape(-1).expand(x.shape[0])).sum(), x)
+        out = eps.detach() - self.scale * (1 - abar).sqrt() * grad
+        return out.to(sample.dtype)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kind": "clean classifier on the predicted x0"}
