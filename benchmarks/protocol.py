@@ -16,7 +16,8 @@ Methods (each toward each target, each seed):
   guide-x0, guide-x0-sample, guide-x0-filter  the same with a clean-image domain CNN (seed eval.seed + 2: neither
             judge) reading the denoiser's predicted clean image (--reader x0; nothing fitted)
   guide-clf-filter  guide-clf, then images kept to quota by the validation judge (--then-filter): the target
-            exactly where the valid-rate floor stops guidance short
+            exactly where the valid-rate floor stops guidance short; guide-filter, guide-x0-filter: the same after
+            heads guidance or the x0 reader
   distill   the base fine-tuned on 2000 of its own filtered images (fairdiff debias --method distill)
   distill-nN  distill on N filtered images instead of 2000 (e.g. distill-n8000; the same 400 x 64 budget)
   distill-mix  distill on the 2000 filtered images and the real training images together, reweighted toward the
@@ -177,8 +178,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
         timing["seconds_per_image"] = round((time.time() - t0) / n, 5)
         ec = load_config(base / "config.yaml", [f"eval.target=[{','.join(map(str, target))}]"]).eval
         m = evaluate_samples(folder / "samples", cfg.data, ec, out_dir=folder, progress=False)
-    elif method in ("filter", "guide", "guide-sample", "guide-clf", "guide-clf-sample", "guide-clf-filter", "guide-x0",
-                    "guide-x0-sample", "guide-x0-filter") or (
+    elif method in ("filter", "guide", "guide-sample", "guide-filter", "guide-clf", "guide-clf-sample",
+                    "guide-clf-filter", "guide-x0", "guide-x0-sample", "guide-x0-filter") or (
             lf and lf.string[:lf.start()] in ("filter", "guide", "guide-clf")):
         fn = debias_run if method.startswith("filter") else guide_run_to_target
         kw = {"method": "filter"} if method.startswith("filter") else {

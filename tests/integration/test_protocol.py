@@ -112,3 +112,26 @@ def test_recipe_suffix_is_parsed_and_refused_where_it_means_nothing(protocol):
                      ("reweight-ft0", "fine-tuned"), ("distill2-mix-ema0.999", "EMA 0.99")):
         with pytest.raises(SystemExit, match=why):
             protocol.split_recipe(bad)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("guide-filter", {"mode": "batch", "then_filter": True}),
+    ("guide-x0-filter-st30", {"mode": "batch", "then_filter": True, "reader": "x0", "steps": 30}),
+    ("guide-x0-sample", {"mode": "sample", "then_filter": False, "reader": "x0"}),
+    ("guide-clf-sample", {"mode": "sample", "then_filter": False, "reader": "classifier"}),
+])
+def test_guide_forms_reach_the_controller_with_their_options(protocol, tmp_path, monkeypatch, method, expected):
+    seen = {}
+
+    def fake(base, folder, target, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt  # stop before any sampling
+
+    monkeypatch.setattr("fairdiff.debias.run.guide_run_to_target", fake)
+    monkeypatch.setattr("fairdiff.runs.read_run_config", lambda base: None)
+    with pytest.raises(KeyboardInterrupt):
+        protocol.run_one(tmp_path / "base", method, [0.5, 0.5], 1, 8, tmp_path / "p")
+    assert {k: seen.get(k, "heads" if k == "reader" else None) for k in expected} == expected
+    assert seen["seed"] == protocol.SEED_STRIDE and seen["n"] == 8
+    if "reader" not in expected:
+        assert "reader" not in seen  # heads: the controller's default reader
