@@ -204,6 +204,8 @@ def run_one(base: Path, method: str, target: list[float], seed: int, n: int, out
             fitted = rec["classifier"] if rec["classifier"]["fitted"] else json.loads(
                 (Path(rec["classifier"]["path"]) / "record.json").read_text())
             timing["train_s"] = fitted.get("seconds")
+        elif fn is guide_run_to_target and (rec.get("heads") or {}).get("fitted"):  # h-space heads fitted here
+            timing["train_s"] = rec["heads_seconds"]
         if method.startswith("guide-clf") and not shared.is_dir():
             import shutil
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,17 @@ def test_guide_forms_reach_the_controller_with_their_options(protocol, tmp_path,
     assert seen["seed"] == protocol.SEED_STRIDE and seen["n"] == 8
     if "reader" not in expected:
         assert "reader" not in seen  # heads: the controller's default reader
+
+
+@pytest.mark.parametrize("fitted, expected", [(True, 12.5), (False, None)])
+def test_heads_guidance_counts_the_heads_fit_as_its_training_cost(protocol, tmp_path, monkeypatch, fitted, expected):
+    def fake(base, folder, target, **kw):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return {"metrics": {"n": 8}, "reader": "heads", "heads": {"fitted": fitted}, "heads_seconds": 12.5}
+
+    monkeypatch.setattr("fairdiff.debias.run.guide_run_to_target", fake)
+    monkeypatch.setattr("fairdiff.runs.read_run_config", lambda base: None)
+    m = protocol.run_one(tmp_path / "base", "guide", [0.5, 0.5], 1, 8, tmp_path / "p")
+    assert m["timing"].get("train_s") == expected
+    assert json.loads(next((tmp_path / "p").glob("guide-*/metrics.json")).read_text())["timing"].get("train_s") \
+        == expected
