@@ -599,3 +599,37 @@ def test_guide_then_filter_keeps_the_target_exactly(base_run, corner_judge_file,
         assert main(["debias", str(base_run), "--target", "0.5,0.5", "--n", "10", *bad, "--judge",
                      str(corner_judge_file), "--out", str(tmp_path / "bad"), "-q"]) == 2
         assert not (tmp_path / "bad").exists()
+
+
+def test_interrupted_filter_continues_where_it_stopped(base_run, corner_judge_file, tmp_path, monkeypatch, capsys):
+    import fairdiff.sampling
+
+    args = ["--target", "0.3,0.7", "--n", "24", "--judge", str(corner_judge_file), "--steps", "3",
+            "--batch-size", "8", "--no-eval", "-q"]
+    whole = tmp_path / "whole"
+    assert main(["debias", str(base_run), *args, "--out", str(whole)]) == 0
+    real, calls = fairdiff.sampling.sample, []
+
+    def stops_on_the_third_batch(*a, **k):
+        calls.append(list(a[2]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(fairdiff.sampling, "sample", stops_on_the_third_batch)
+    assert main(["debias", str(base_run), *args, "--out", str(out)]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    state = tmp_path / ".resumed.filter-state.npz"
+    assert state.is_file() and not out.exists()
+    drawn_before = sum(len(c) for c in calls[:2])
+    calls.clear()
+    monkeypatch.setattr(fairdiff.sampling, "sample", lambda *a, **k: (calls.append(list(a[2])), real(*a, **k))[1])
+    assert main(["debias", str(base_run), *args, "--out", str(out)]) == 0
+    assert min(calls[0]) == json.loads((whole / "debias.json").read_text())["seed"] + drawn_before  # not again
+    a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
+    np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    np.testing.assert_array_equal(a["images"], b["images"])
+    ra, rb = json.loads((whole / "debias.json").read_text()), json.loads((out / "debias.json").read_text())
+    assert (ra["drawn"], ra["drawn_shares"], ra["batches"]) == (rb["drawn"], rb["drawn_shares"], rb["batches"])
+    assert not state.exists()  # served and removed once the folder is written

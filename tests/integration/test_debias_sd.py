@@ -145,3 +145,34 @@ def test_run_and_sd_are_exclusive(world, tmp_path):
     assert main(["debias", str(world["sd"]), "--sd", str(world["sd"]), "--prompt", PROMPT, "--target", "0.5,0.5",
                  "--out", str(tmp_path / "x"), "-q"]) == 2
     assert main(["debias", "--target", "0.5,0.5", "--out", str(tmp_path / "y"), "-q"]) == 2
+
+
+def test_sd_filter_interrupted_continues_from_its_saved_state(world, tmp_path, monkeypatch, capsys):
+    import fairdiff.sampling.sd as sdmod
+
+    args = ["--prompt", PROMPT, "--target", "0.25,0.75", "--n", "40", "--steps", "2", "--cfg-scale", "2.0",
+            "--judge", str(world["judge"]), "--no-eval", "-q"]
+    whole = tmp_path / "whole"
+    assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(whole)]) == 0
+    real, calls = sdmod.generate_sd, []
+
+    def stops_on_the_second_batch(pipe, prompt, seeds, **k):
+        calls.append(list(seeds))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(pipe, prompt, seeds, **k)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(sdmod, "generate_sd", stops_on_the_second_batch)
+    assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(out)]) == 130
+    assert (tmp_path / ".resumed.filter-state.npz").is_file() and not out.exists()
+    first_batch = len(calls[0])
+    calls.clear()
+    monkeypatch.setattr(sdmod, "generate_sd", lambda pipe, prompt, seeds, **k: (calls.append(list(seeds)),
+                                                                               real(pipe, prompt, seeds, **k))[1])
+    assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(out)]) == 0
+    assert min(calls[0]) == first_batch  # seeds 0.. of the first batch were not drawn again
+    a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
+    np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert not (tmp_path / ".resumed.filter-state.npz").exists()

@@ -171,3 +171,75 @@ def test_cluster_method_reads_the_judge_option():
 
     assert cluster_method("clusters") == "spectral" and cluster_method("clusters-kmeans") == "kmeans"
     assert cluster_method("auto") is None and cluster_method(None) is None
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _interrupting(draw, after_batches: int):
+    """``draw`` that raises (as Ctrl-C would) on its call number ``after_batches + 1``."""
+    calls = {"n": 0}
+
+    def wrapped(seeds):
+        calls["n"] += 1
+        if calls["n"] > after_batches:
+            raise _Stop()
+        return draw(seeds)
+
+    return wrapped, calls
+
+
+def test_interrupted_filter_continues_from_its_state_and_keeps_what_an_uninterrupted_one_keeps(tmp_path):
+    draw, judge, _ = _fake_model([0.7, 0.2], 0.1)
+    whole = filter_to_target(draw, judge, [0.3, 0.7], 120, seed=5, batch_size=16)
+    state = tmp_path / ".out.filter-state.npz"
+    key = {"model": "m1"}
+    stopping, _ = _interrupting(draw, 3)
+    with pytest.raises(_Stop):
+        filter_to_target(stopping, judge, [0.3, 0.7], 120, seed=5, batch_size=16, state_file=state, state_key=key)
+    assert state.is_file()
+    seen = []
+
+    def counting(seeds):
+        seen.extend(seeds)
+        return draw(seeds)
+
+    again = filter_to_target(counting, judge, [0.3, 0.7], 120, seed=5, batch_size=16, state_file=state,
+                             state_key=key)
+    assert min(seen) == 5 + 3 * 16  # the three finished batches were not drawn again
+    np.testing.assert_array_equal(again.seeds, whole.seeds)
+    np.testing.assert_array_equal(again.images, whole.images)
+    np.testing.assert_array_equal(again.groups, whole.groups)
+    assert again.drawn == whole.drawn and again.batches == whole.batches and again.log == whole.log
+    assert again.drawn_per_group.tolist() == whole.drawn_per_group.tolist()
+    assert again.drawn_outside == whole.drawn_outside
+
+
+def test_filter_state_of_another_key_or_a_damaged_file_is_not_used(tmp_path):
+    import shutil
+
+    draw, judge, _ = _fake_model([0.5, 0.5], 0.2)
+    saved = tmp_path / "saved.npz"
+    stopping, _ = _interrupting(draw, 2)
+    with pytest.raises(_Stop):
+        filter_to_target(stopping, judge, [0.5, 0.5], 60, seed=0, batch_size=8, state_file=saved,
+                         state_key={"model": "a"})
+    state = tmp_path / "state.npz"
+    for key, target, n, batch, first in (({"model": "a"}, [0.5, 0.5], 60, 8, 16),  # the same: continues
+                                         ({"model": "b"}, [0.5, 0.5], 60, 8, 0),
+                                         ({"model": "a"}, [0.4, 0.6], 60, 8, 0),
+                                         ({"model": "a"}, [0.5, 0.5], 50, 8, 0),
+                                         ({"model": "a"}, [0.5, 0.5], 60, 9, 0)):
+        shutil.copy(saved, state)
+        seen = []
+        stop_early, _ = _interrupting(lambda s: (seen.extend(s), draw(s))[1], 1)
+        with pytest.raises(_Stop):
+            filter_to_target(stop_early, judge, target, n, seed=0, batch_size=batch, state_file=state, state_key=key)
+        assert min(seen) == first
+    state.write_bytes(b"not a state file")  # a damaged file: started afresh, then replaced by a good state
+    seen = []
+    res = filter_to_target(lambda s: (seen.extend(s), draw(s))[1], judge, [0.5, 0.5], 20, seed=0, batch_size=8,
+                           state_file=state, state_key={"model": "a"})
+    assert res.kept == 20 and min(seen) == 0
+    assert np.load(state)["drawn"] == res.drawn

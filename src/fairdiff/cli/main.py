@@ -89,7 +89,8 @@ def _one_line(e: BaseException) -> str:
 # how to continue after an interruption or a full disk, per command (default: run the same command again)
 _CONTINUE = {"train": "continue with --resume latest", "sd-finetune": "continue with --resume latest",
              "bench": "run the same command again to continue", "audit": "run the same command again to continue",
-             "sweep": "run the same command again to continue"}
+             "sweep": "run the same command again to continue",
+             "debias": "run the same command again to continue"}
 
 
 def _disk_full_line(command: str | None, text: str) -> str:

@@ -12,15 +12,22 @@ than the test judge that ``fairdiff evaluate`` uses, so a filtered set is never 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from fairdiff.errors import FairdiffError
 from fairdiff.metrics import OUTSIDE
+
+STATE_VERSION = 1  # of the state file filter_to_target saves after every batch
+
 
 def quotas(target, n: int) -> np.ndarray:
     """Images per group for ``n`` kept images at ``target`` (largest-remainder rounding; sums to ``n``)."""
@@ -81,6 +88,8 @@ def filter_to_target(
     batch_size: int = 500,
     max_draws: int | None = None,
     progress: bool = False,
+    state_file: str | Path | None = None,
+    state_key: dict | None = None,
 ) -> FilterResult:
     """Keep ``n`` images whose judged groups follow ``target``.
 
@@ -88,6 +97,12 @@ def filter_to_target(
     index in ``[0, K)`` or ``OUTSIDE``). Seeds run ``seed, seed + 1, ...``; each batch is sized to what is still
     missing (at the drawn rate of the scarcest unfilled group), at most ``batch_size``. Raises a one-line error
     when ``max_draws`` (default ``100 * n``) images did not fill the quotas, naming the group that ran short.
+
+    ``state_file``: after every batch the kept images and the counts are saved there (one atomic replace), and a
+    later call with the same ``state_key`` (what makes the draws and verdicts the same: model, judge, sampler,
+    seed, target, n, batch size) continues from it, so an interrupted filter loses at most one batch and ends with
+    the images an uninterrupted one keeps. A state of another key is ignored (and replaced). The caller removes
+    the file once the kept set is written.
     """
     from tqdm.auto import tqdm
 
@@ -104,7 +119,27 @@ def filter_to_target(
     outside = 0
     drawn = 0
     res = FilterResult(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), q, 0, per_group, 0)
-    bar = tqdm(total=n, desc="filter", unit="img", disable=not progress, leave=False)
+    key = None
+    if state_file is not None:
+        key = json.dumps({"version": STATE_VERSION, "quotas": q.tolist(), "seed": int(seed),
+                          "batch_size": int(batch_size), **(state_key or {})}, sort_keys=True, default=str)
+        saved = load_filter_state(state_file, key)
+        if saved is not None:
+            if len(saved["seeds"]):
+                kept_img.append(saved["images"])
+                kept_seed.append(saved["seeds"])
+                kept_grp.append(saved["groups"])
+            have[:] = saved["have"]
+            per_group[:] = saved["per_group"]
+            outside, drawn = int(saved["outside"]), int(saved["drawn"])
+            res.sample_seconds, res.judge_seconds = float(saved["sample_seconds"]), float(saved["judge_seconds"])
+            res.batches = int(saved["batches"])
+            res.log = [{"drawn": int(d), "kept": [int(x) for x in kk]}
+                       for d, kk in zip(saved["log_drawn"], saved["log_kept"])]
+            if progress:
+                print(f"filter: continuing an interrupted run from {state_file} ({int(have.sum())} of {n} kept, "
+                      f"{drawn} drawn)", flush=True)
+    bar = tqdm(total=n, initial=int(have.sum()), desc="filter", unit="img", disable=not progress, leave=False)
     try:
         while (have < q).any():
             if drawn >= max_draws:
@@ -144,6 +179,9 @@ def filter_to_target(
                     have[g] += len(take)
                     bar.update(len(take))
             res.log.append({"drawn": drawn, "kept": have.tolist()})
+            if key is not None:
+                _save_filter_state(state_file, key, kept_img, kept_seed, kept_grp, have, per_group, outside, drawn,
+                                   res)
     finally:
         bar.close()
     seeds_all = np.concatenate(kept_seed)
@@ -153,3 +191,36 @@ def filter_to_target(
     res.groups = np.concatenate(kept_grp)[order]
     res.drawn, res.drawn_outside = drawn, outside
     return res
+
+
+def _save_filter_state(path, key: str, kept_img, kept_seed, kept_grp, have, per_group, outside: int, drawn: int,
+                       res: FilterResult) -> None:
+    """The filter's state after a whole batch, written beside ``path`` and moved over it (never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    k = len(have)
+    with open(tmp, "wb") as f:
+        np.savez(f, key=np.array(key), images=np.concatenate(kept_img) if kept_img else np.zeros((0,), np.uint8),
+                 seeds=np.concatenate(kept_seed) if kept_seed else np.zeros(0, np.int64),
+                 groups=np.concatenate(kept_grp) if kept_grp else np.zeros(0, np.int64),
+                 have=have, per_group=per_group, outside=outside, drawn=drawn, batches=res.batches,
+                 sample_seconds=res.sample_seconds, judge_seconds=res.judge_seconds,
+                 log_drawn=np.array([e["drawn"] for e in res.log], np.int64),
+                 log_kept=np.array([e["kept"] for e in res.log], np.int64).reshape(-1, k))
+    os.replace(tmp, path)
+
+
+def load_filter_state(path, key: str) -> dict | None:
+    """The state :func:`filter_to_target` saved at ``path`` for ``key``, or None (no file, another key, or a file
+    that cannot be read: the filter then starts from its first seed)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            return {name: z[name] for name in z.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None

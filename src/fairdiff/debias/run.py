@@ -93,6 +93,12 @@ def _drawer(unet, sched, vae, *, steps: int, eta: float, batch_size: int, device
     return draw
 
 
+def filter_state_file(out_dir: Path) -> Path:
+    """Where a filter toward ``out_dir`` keeps its state between batches (beside the folder, hidden), so that the
+    same command run again after an interruption continues where it stopped."""
+    return out_dir.with_name(f".{out_dir.name}.filter-state.npz")
+
+
 VERDICTS_FILE = "verdicts.csv"  # a filtered folder's kept images: seed,group (the keeping judge's verdict)
 CLUSTERS_FILE = "clusters.npz"  # a label-free filtered folder's cluster judge (debias/clusters.py)
 
@@ -179,6 +185,7 @@ def debias_run(
     from fairdiff.models import build_sampling_scheduler
     from fairdiff.runs import is_sd_run, load_model_checked, read_run_config
     from fairdiff.sampling.files import check_sampling_args, resolve_device
+    from fairdiff.utils.io import sha256_arrays
     from fairdiff.utils.outputs import check_output_dir
 
     from .filter import filter_to_target
@@ -228,8 +235,12 @@ def debias_run(
         cluster_pilot_s = 0.0
 
     t0 = time.perf_counter()
+    state_file = filter_state_file(out_dir)
     res = filter_to_target(draw, verdicts, tgt, n, seed=seed, batch_size=batch_size, max_draws=max_draws,
-                           progress=progress)
+                           progress=progress, state_file=state_file, state_key={
+                               "unet": sha256_arrays(unet.state_dict().items()), "judge": _judge_digest(clf),
+                               "steps": steps, "scheduler": scheduler, "eta": cfg.sample.eta,
+                               "vae": None if vae is None else sha256_arrays(vae.state_dict().items())})
     record = {
         "method": method, "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
         "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": scheduler,
@@ -242,6 +253,7 @@ def debias_run(
     _write_debias_folder(out_dir, state, run_dir, cfg, tgt, n, res.images, res.seeds, record,
                          {"debias": method, "steps": steps, "scheduler": scheduler, "seed": seed}, groups=res.groups,
                          clusters=clf if clustering else None)
+    state_file.unlink(missing_ok=True)  # the kept set is written: an interrupted run's state has served
     if evaluate:
         metrics = evaluate_run(out_dir, progress=progress)
         record["metrics"] = metrics
@@ -1071,7 +1083,8 @@ def guide_run_to_target(
             from .filter import filter_to_target
 
             res = filter_to_target(lambda s: draw(s, search.scale), verdicts, tgt, n, seed=seed, batch_size=pilot_n,
-                                   max_draws=max_draws, progress=progress)
+                                   max_draws=max_draws, progress=progress, state_file=filter_state_file(out_dir),
+                                   state_key={"pilots": cache.key, "scale": search.scale})
             images, kept_seeds = res.images, res.seeds
             per_image = res.sample_seconds / max(res.drawn, 1)
             kept_cost = {**res.summary(), "then_filter": True}
@@ -1098,6 +1111,7 @@ def guide_run_to_target(
                               "scale": search.scale, "steps": steps, "eta": eta, "seed": seed,
                               "then_filter": then_filter},
                              {reader: work / reader} if (work / reader).is_dir() else None)
+        filter_state_file(out_dir).unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if evaluate:

@@ -30,7 +30,7 @@ import numpy as np
 
 from fairdiff.errors import FairdiffError
 
-from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, _verdict_fn, staged_folder
+from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, _verdict_fn, filter_state_file, staged_folder
 
 ROLE = ("the same judge {what} and scores (a judge file has no validation / test pair): the scored shares "
         "are the ones it {aimed}; valid rate and the second judge are the independent checks")
@@ -88,6 +88,15 @@ def _setup(sd: Path, out_dir: Path, target, *, prompt: str, n: int, steps: int, 
     return _Setup(jd, tgt, state, pipe, size, verdicts, None if cal is None else cal.source, validation)
 
 
+def _state_key(s: _Setup, prompt: str, steps: int, cfg_scale: float, **more) -> dict:
+    """What decides a filter's draws and verdicts on an SD model (the key of its saved state, debias/filter.py)."""
+    from fairdiff.utils.io import sha256_arrays
+
+    return {"unet": sha256_arrays(s.pipe.unet.state_dict().items()), "prompt": prompt, "steps": int(steps),
+            "cfg_scale": float(cfg_scale), "size": s.size, "judge": s.jd.classifier.describe(),
+            "validation": s.validation, "calibration": s.calibration, **more}
+
+
 def _finish(s: _Setup, out_dir: Path, record: dict, images, seeds, meta: dict, evaluate: bool) -> dict:
     from fairdiff.evaluation.audit_inputs import judge_prompt
     from fairdiff.runs import write_samples
@@ -103,6 +112,7 @@ def _finish(s: _Setup, out_dir: Path, record: dict, images, seeds, meta: dict, e
         if metrics is not None:
             write_json(tmp / "metrics.json", metrics)
         (tmp / "report.md").write_text(_report(record, metrics), encoding="utf-8")
+    filter_state_file(out_dir).unlink(missing_ok=True)  # the kept set is written
     if metrics is not None:
         record["metrics"] = metrics
     return record
@@ -148,7 +158,8 @@ def filter_sd_prompt(
 
     t0 = time.perf_counter()
     res = filter_to_target(draw, s.verdicts, s.tgt, int(n), seed=seed, batch_size=max(batch_size, 8) * 4,
-                           max_draws=max_draws, progress=progress)
+                           max_draws=max_draws, progress=progress, state_file=filter_state_file(out_dir),
+                           state_key=_state_key(s, prompt, steps, cfg_scale, batch=batch_size))
     record = {
         "method": "filter", "sd": str(sd.resolve()), "prompt": prompt, "target": s.tgt.tolist(), "n": int(n),
         "seed": seed, "steps": steps, "cfg_scale": cfg_scale, "image_size": s.size, "judge": s.jd.settings["judge"],
@@ -258,8 +269,13 @@ def guide_sd_prompt(
     base_per_image = timing.get(0.0)
     t1 = time.perf_counter()
     if then_filter:
+        from fairdiff.utils.io import sha256_arrays
+
+        key = _state_key(s, prompt, steps, cfg, batch=batch_size, scale=search.scale,
+                         heads=sha256_arrays(h.state_dict().items()))
         res = filter_to_target(lambda sd_seeds: draw(sd_seeds, search.scale), s.verdicts, s.tgt, int(n), seed=seed,
-                               batch_size=max(batch_size, 8) * 4, max_draws=max_draws, progress=progress)
+                               batch_size=max(batch_size, 8) * 4, max_draws=max_draws, progress=progress,
+                               state_file=filter_state_file(out_dir), state_key=key)
         images, kept_seeds, cost = res.images, res.seeds, {**res.summary(), "then_filter": True}
     else:
         images, kept_seeds = draw(list(range(seed, seed + n)), search.scale), np.arange(seed, seed + n)
