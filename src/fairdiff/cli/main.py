@@ -90,7 +90,8 @@ def _one_line(e: BaseException) -> str:
 _CONTINUE = {"train": "continue with --resume latest", "sd-finetune": "continue with --resume latest",
              "bench": "run the same command again to continue", "audit": "run the same command again to continue",
              "sweep": "run the same command again to continue",
-             "debias": "run the same command again to continue"}
+             "debias": "run the same command again to continue", "sample": "run the same command again to continue",
+             "evaluate": "run the same command again to continue"}
 
 
 def _disk_full_line(command: str | None, text: str) -> str:

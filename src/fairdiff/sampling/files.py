@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fairdiff.errors import FairdiffError
@@ -182,15 +185,65 @@ def sample_run(
     sched = build_sampling_scheduler(scheduler, sched_cfg)
     speed = _speed_options(run_dir, precision=precision, channels_last=channels_last, compile=compile,
                            compile_mode=compile_mode)
-    imgs = sample(unet, sched, seeds, batch_size=batch_size, num_steps=steps, class_labels=class_labels,
-                  guidance=guidance, eta=eta, device=dev, progress=progress, clip_output=vae is None, **speed)
-    if vae is not None:
-        from fairdiff.models.vae import decode
-
-        imgs = decode(vae, imgs, batch_size)
     info = {"run": str(run_dir), "n": n, "seeds": [seed, seed + n - 1], **recipe,
             **{k: v for k, v in speed.items() if v != _SPEED_DEFAULTS[k]}, **(meta or {})}
-    return write_samples(out_dir, to_uint8(imgs), seeds, class_labels, info, png=png, inputs=inputs)
+
+    def draw(a: int, b: int, bar_on: bool):
+        x = sample(unet, sched, seeds[a:b], batch_size=batch_size, num_steps=steps,
+                   class_labels=None if class_labels is None else class_labels[a:b], guidance=guidance, eta=eta,
+                   device=dev, progress=bar_on, clip_output=vae is None, **speed)
+        if vae is not None:
+            from fairdiff.models.vae import decode
+
+            x = decode(vae, x, batch_size)
+        return to_uint8(x)
+
+    if guidance is not None or speed.get("compile"):  # one call: a guidance's state, one compiled graph
+        return write_samples(out_dir, draw(0, n, progress), seeds, class_labels, info, png=png, inputs=inputs)
+    # chunks of whole batches (the same batches, so the same images), each saved beside the folder: the same
+    # command after an interruption draws on from the last saved chunk
+    from tqdm.auto import tqdm
+
+    partial = out_dir.with_name(f".{out_dir.name}.partial.npz")
+    key = json.dumps({**info, "n": n, "batch_size": batch_size, "vae": vae is not None}, sort_keys=True, default=str)
+    done = _load_partial(partial, key)
+    chunk = batch_size * max(1, -(-PARTIAL_CHUNK // batch_size))
+    bar = tqdm(total=n, initial=sum(len(x) for x in done), desc="sampling", unit="img", disable=not progress,
+               leave=False)
+    try:
+        for a in range(sum(len(x) for x in done), n, chunk):
+            done.append(draw(a, min(a + chunk, n), False))
+            bar.update(len(done[-1]))
+            if a + chunk < n:
+                _save_partial(partial, key, done)
+    finally:
+        bar.close()
+    out = write_samples(out_dir, np.concatenate(done), seeds, class_labels, info, png=png, inputs=inputs)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+PARTIAL_CHUNK = 1024  # images between two saves of an unguided sample_run (rounded up to whole batches)
+
+
+def _save_partial(path: Path, key: str, done: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, key=np.array(key), images=np.concatenate(done))
+    os.replace(tmp, path)
+
+
+def _load_partial(path: Path, key: str) -> list:
+    """The images an interrupted sample_run of the same ``key`` saved (a list of one array), else []."""
+    import zipfile
+
+    if not path.is_file():
+        return []
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return [z["images"]] if str(z["key"]) == key else []
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return []
 
 
 _SPEED_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False, "compile_mode": "default"}
