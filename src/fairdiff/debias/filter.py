@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -196,19 +195,17 @@ def filter_to_target(
 def _save_filter_state(path, key: str, kept_img, kept_seed, kept_grp, have, per_group, outside: int, drawn: int,
                        res: FilterResult) -> None:
     """The filter's state after a whole batch, written beside ``path`` and moved over it (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    from fairdiff.utils.io import atomic_output
+
     k = len(have)
-    with open(tmp, "wb") as f:
-        np.savez(f, key=np.array(key), images=np.concatenate(kept_img) if kept_img else np.zeros((0,), np.uint8),
+    with atomic_output(path) as tmp:
+        np.savez(tmp, key=np.array(key), images=np.concatenate(kept_img) if kept_img else np.zeros((0,), np.uint8),
                  seeds=np.concatenate(kept_seed) if kept_seed else np.zeros(0, np.int64),
                  groups=np.concatenate(kept_grp) if kept_grp else np.zeros(0, np.int64),
                  have=have, per_group=per_group, outside=outside, drawn=drawn, batches=res.batches,
                  sample_seconds=res.sample_seconds, judge_seconds=res.judge_seconds,
                  log_drawn=np.array([e["drawn"] for e in res.log], np.int64),
                  log_kept=np.array([e["kept"] for e in res.log], np.int64).reshape(-1, k))
-    os.replace(tmp, path)
 
 
 def load_filter_state(path, key: str) -> dict | None:

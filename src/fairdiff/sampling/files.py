@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -227,10 +226,10 @@ PARTIAL_CHUNK = 1024  # images between two saves of an unguided sample_run (roun
 
 
 def _save_partial(path: Path, key: str, done: list) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, key=np.array(key), images=np.concatenate(done))
-    os.replace(tmp, path)
+    from fairdiff.utils.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        np.savez(tmp, key=np.array(key), images=np.concatenate(done))
 
 
 def _load_partial(path: Path, key: str) -> list:
