@@ -204,7 +204,11 @@ def sample_run(
     from tqdm.auto import tqdm
 
     partial = out_dir.with_name(f".{out_dir.name}.partial.npz")
-    key = json.dumps({**info, "n": n, "batch_size": batch_size, "vae": vae is not None}, sort_keys=True, default=str)
+    from fairdiff.utils.io import sha256_arrays
+
+    key = json.dumps({**info, "n": n, "batch_size": batch_size,
+                      "vae": None if vae is None else sha256_arrays(vae.state_dict().items())},
+                     sort_keys=True, default=str)
     done = _load_partial(partial, key)
     chunk = batch_size * max(1, -(-PARTIAL_CHUNK // batch_size))
     bar = tqdm(total=n, initial=sum(len(x) for x in done), desc="sampling", unit="img", disable=not progress,
