@@ -620,7 +620,7 @@ def test_interrupted_filter_continues_where_it_stopped(base_run, corner_judge_fi
     monkeypatch.setattr(fairdiff.sampling, "sample", stops_on_the_third_batch)
     assert main(["debias", str(base_run), *args, "--out", str(out)]) == 130
     assert "run the same command again to continue" in capsys.readouterr().err
-    state = tmp_path / ".resumed.filter-state.npz"
+    state = tmp_path / ".resumed.partial.npz"
     assert state.is_file() and not out.exists()
     drawn_before = sum(len(c) for c in calls[:2])
     calls.clear()
@@ -633,3 +633,41 @@ def test_interrupted_filter_continues_where_it_stopped(base_run, corner_judge_fi
     ra, rb = json.loads((whole / "debias.json").read_text()), json.loads((out / "debias.json").read_text())
     assert (ra["drawn"], ra["drawn_shares"], ra["batches"]) == (rb["drawn"], rb["drawn_shares"], rb["batches"])
     assert not state.exists()  # served and removed once the folder is written
+
+
+def test_guided_draw_in_chunks_is_the_one_call_draw_and_continues_after_an_interruption(
+        base_run, corner_judge_file, tmp_path, monkeypatch):
+    """Per-sample guidance's final images drawn in chunks (each saved) are those of one call, and a run stopped
+    between chunks continues from the last one saved (its pilots come from the pilot cache)."""
+    import fairdiff.debias.run as drun
+
+    args = ["--method", "guide", "--mode", "sample", "--target", "0.3,0.7", "--n", "40", "--steps", "3",
+            "--pilot-n", "16", "--max-pilots", "2", "--judge", str(corner_judge_file), "--no-eval", "-q"]
+    whole = tmp_path / "whole"
+    assert main(["debias", str(base_run), *args, "--out", str(whole)]) == 0
+    real, calls = drun._draw_in_chunks, []
+    monkeypatch.setattr(drun, "DRAW_CHUNK", 16)
+
+    def stopping(draw, n, batch, assign, path, key):
+        def counted(a, b, asg):
+            calls.append((a, b))
+            if len(calls) == 2 and stop:
+                raise KeyboardInterrupt
+            return draw(a, b, asg)
+        return real(counted, n, batch, assign, path, key)
+
+    monkeypatch.setattr(drun, "_draw_in_chunks", stopping)
+    out = tmp_path / "chunked"
+    stop = True
+    assert main(["debias", str(base_run), *args, "--out", str(out)]) == 130
+    assert (tmp_path / ".chunked.partial.npz").is_file() and not out.exists()
+    calls.clear()
+    stop = False
+    assert main(["debias", str(base_run), *args, "--out", str(out)]) == 0
+    assert calls == [(16, 32), (32, 40)]  # the first chunk was kept
+    a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
+    np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert json.loads((out / "debias.json").read_text())["controller"]["scale"] == \
+        json.loads((whole / "debias.json").read_text())["controller"]["scale"]
+    assert not (tmp_path / ".chunked.partial.npz").exists()

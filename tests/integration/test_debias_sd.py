@@ -165,7 +165,7 @@ def test_sd_filter_interrupted_continues_from_its_saved_state(world, tmp_path, m
     out = tmp_path / "resumed"
     monkeypatch.setattr(sdmod, "generate_sd", stops_on_the_second_batch)
     assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(out)]) == 130
-    assert (tmp_path / ".resumed.filter-state.npz").is_file() and not out.exists()
+    assert (tmp_path / ".resumed.partial.npz").is_file() and not out.exists()
     first_batch = len(calls[0])
     calls.clear()
     monkeypatch.setattr(sdmod, "generate_sd", lambda pipe, prompt, seeds, **k: (calls.append(list(seeds)),
@@ -175,4 +175,4 @@ def test_sd_filter_interrupted_continues_from_its_saved_state(world, tmp_path, m
     a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
     np.testing.assert_array_equal(a["seeds"], b["seeds"])
     np.testing.assert_array_equal(a["images"], b["images"])
-    assert not (tmp_path / ".resumed.filter-state.npz").exists()
+    assert not (tmp_path / ".resumed.partial.npz").exists()

@@ -193,7 +193,7 @@ def _interrupting(draw, after_batches: int):
 def test_interrupted_filter_continues_from_its_state_and_keeps_what_an_uninterrupted_one_keeps(tmp_path):
     draw, judge, _ = _fake_model([0.7, 0.2], 0.1)
     whole = filter_to_target(draw, judge, [0.3, 0.7], 120, seed=5, batch_size=16)
-    state = tmp_path / ".out.filter-state.npz"
+    state = tmp_path / ".out.partial.npz"
     key = {"model": "m1"}
     stopping, _ = _interrupting(draw, 3)
     with pytest.raises(_Stop):

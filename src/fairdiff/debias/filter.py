@@ -12,10 +12,8 @@ than the test judge that ``fairdiff evaluate`` uses, so a filtered set is never 
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +22,7 @@ import numpy as np
 
 from fairdiff.errors import FairdiffError
 from fairdiff.metrics import OUTSIDE
+from fairdiff.utils.partial import load_partial, partial_key, save_partial
 
 STATE_VERSION = 1  # of the state file filter_to_target saves after every batch
 
@@ -120,9 +119,9 @@ def filter_to_target(
     res = FilterResult(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), q, 0, per_group, 0)
     key = None
     if state_file is not None:
-        key = json.dumps({"version": STATE_VERSION, "quotas": q.tolist(), "seed": int(seed),
-                          "batch_size": int(batch_size), **(state_key or {})}, sort_keys=True, default=str)
-        saved = load_filter_state(state_file, key)
+        key = partial_key(**{"version": STATE_VERSION, "quotas": q.tolist(), "seed": int(seed),
+                             "batch_size": int(batch_size), **(state_key or {})})
+        saved = load_partial(state_file, key)
         if saved is not None:
             if len(saved["seeds"]):
                 kept_img.append(saved["images"])
@@ -192,32 +191,15 @@ def filter_to_target(
     return res
 
 
+
 def _save_filter_state(path, key: str, kept_img, kept_seed, kept_grp, have, per_group, outside: int, drawn: int,
                        res: FilterResult) -> None:
-    """The filter's state after a whole batch, written beside ``path`` and moved over it (never half a file)."""
-    from fairdiff.utils.io import atomic_output
-
+    """The filter's state after a whole batch (:func:`fairdiff.utils.partial.save_partial`)."""
     k = len(have)
-    with atomic_output(path) as tmp:
-        np.savez(tmp, key=np.array(key), images=np.concatenate(kept_img) if kept_img else np.zeros((0,), np.uint8),
+    save_partial(path, key, images=np.concatenate(kept_img) if kept_img else np.zeros((0,), np.uint8),
                  seeds=np.concatenate(kept_seed) if kept_seed else np.zeros(0, np.int64),
                  groups=np.concatenate(kept_grp) if kept_grp else np.zeros(0, np.int64),
                  have=have, per_group=per_group, outside=outside, drawn=drawn, batches=res.batches,
                  sample_seconds=res.sample_seconds, judge_seconds=res.judge_seconds,
                  log_drawn=np.array([e["drawn"] for e in res.log], np.int64),
                  log_kept=np.array([e["kept"] for e in res.log], np.int64).reshape(-1, k))
-
-
-def load_filter_state(path, key: str) -> dict | None:
-    """The state :func:`filter_to_target` saved at ``path`` for ``key``, or None (no file, another key, or a file
-    that cannot be read: the filter then starts from its first seed)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            return {name: z[name] for name in z.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None

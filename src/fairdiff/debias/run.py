@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fairdiff.errors import FairdiffError
+from fairdiff.utils.partial import partial_key
 
 from .clusters import cluster_method
 
@@ -93,10 +94,35 @@ def _drawer(unet, sched, vae, *, steps: int, eta: float, batch_size: int, device
     return draw
 
 
-def filter_state_file(out_dir: Path) -> Path:
-    """Where a filter toward ``out_dir`` keeps its state between batches (beside the folder, hidden), so that the
-    same command run again after an interruption continues where it stopped."""
-    return out_dir.with_name(f".{out_dir.name}.filter-state.npz")
+def partial_file(out_dir: Path) -> Path:
+    """Where a debias toward ``out_dir`` keeps what it has drawn so far (a filter's kept images after every batch,
+    guidance's images after every chunk; beside the folder, hidden), so that the same command run again after an
+    interruption continues where it stopped."""
+    return out_dir.with_name(f".{out_dir.name}.partial.npz")
+
+
+DRAW_CHUNK = 1024  # guided images between two saves of the final draw (rounded up to whole pilot batches)
+
+
+def _draw_in_chunks(draw, n: int, batch: int, assign, path: Path, key: str) -> tuple[np.ndarray, float]:
+    """``draw(a, b, assign)`` (images a..b-1 of the final draw; ``assign``: their group assignments, per-sample
+    mode) in chunks of whole batches of ``batch`` (so the same batches, and the same images, as one call), each
+    chunk saved at ``path`` under ``key``: a run stopped between chunks continues from the last one saved. Returns
+    the images and the seconds spent drawing them (an earlier, interrupted run's included)."""
+    from fairdiff.utils.partial import load_partial, save_partial
+
+    saved = load_partial(path, key)
+    parts = [] if saved is None else [saved["images"]]
+    seconds = 0.0 if saved is None else float(saved["seconds"])
+    chunk = batch * max(1, -(-DRAW_CHUNK // batch))
+    for a in range(sum(len(p) for p in parts), n, chunk):
+        b = min(a + chunk, n)
+        t = time.perf_counter()
+        parts.append(draw(a, b, None if assign is None else assign[a:b]))
+        seconds += time.perf_counter() - t
+        if b < n:
+            save_partial(path, key, images=np.concatenate(parts), seconds=seconds)
+    return np.concatenate(parts), seconds
 
 
 VERDICTS_FILE = "verdicts.csv"  # a filtered folder's kept images: seed,group (the keeping judge's verdict)
@@ -235,7 +261,7 @@ def debias_run(
         cluster_pilot_s = 0.0
 
     t0 = time.perf_counter()
-    state_file = filter_state_file(out_dir)
+    state_file = partial_file(out_dir)
     res = filter_to_target(draw, verdicts, tgt, n, seed=seed, batch_size=batch_size, max_draws=max_draws,
                            progress=progress, state_file=state_file, state_key={
                                "unet": sha256_arrays(unet.state_dict().items()), "judge": _judge_digest(clf),
@@ -1030,7 +1056,7 @@ def guide_run_to_target(
                 return DistributionGuidance(heads_obj, tgt.tolist(), scale, **how)
             return AssignedGuidance(heads_obj, assign, scale, **how)
 
-        def draw(seeds: list[int], scale: float, eta_: float | None = None) -> np.ndarray:
+        def draw(seeds: list[int], scale: float, eta_: float | None = None, assign=None) -> np.ndarray:
             t = time.perf_counter()
             if mode == "batch" or scale == 0:
                 g = guidance(scale) if scale else None
@@ -1039,7 +1065,7 @@ def guide_run_to_target(
                 if eta_ is not None:
                     return to_uint8(x)
             else:  # each batch gets its own guidance with the assignments of its images
-                assign = assignments(len(seeds), seeds[0])
+                assign = assignments(len(seeds), seeds[0]) if assign is None else assign
                 parts = []
                 for b in range(0, len(seeds), pilot_n):
                     g = guidance(scale, assign[b : b + pilot_n])
@@ -1077,21 +1103,24 @@ def guide_run_to_target(
                             reference_valid=None if reference is None else reference.valid_rate)
         pilot_s = time.perf_counter() - t1
         base_per_image = timing.get(0.0)
-        t2 = time.perf_counter()
         kept_cost = {"kept": n, "drawn": n, "drawn_per_kept": 1.0}
         if then_filter:  # the rest of the way by keeping to quota (never an image outside every group)
             from .filter import filter_to_target
 
             res = filter_to_target(lambda s: draw(s, search.scale), verdicts, tgt, n, seed=seed, batch_size=pilot_n,
-                                   max_draws=max_draws, progress=progress, state_file=filter_state_file(out_dir),
+                                   max_draws=max_draws, progress=progress, state_file=partial_file(out_dir),
                                    state_key={"pilots": cache.key, "scale": search.scale})
             images, kept_seeds = res.images, res.seeds
             per_image = res.sample_seconds / max(res.drawn, 1)
+            per_kept = (res.sample_seconds + res.judge_seconds) / n  # an interrupted run's batches included
             kept_cost = {**res.summary(), "then_filter": True}
         else:
-            images, kept_seeds = draw(list(range(seed, seed + n)), search.scale), np.arange(seed, seed + n)
-            per_image = (time.perf_counter() - t2) / n
-        per_kept = (time.perf_counter() - t2) / n
+            images, drawn_s = _draw_in_chunks(
+                lambda a, b, assign: draw(list(range(seed + a, seed + b)), search.scale, assign=assign), n, pilot_n,
+                assignments(n, seed) if mode == "sample" and search.scale else None, partial_file(out_dir),
+                partial_key(pilots=cache.key, scale=search.scale, n=n, seed=seed, mode=mode))
+            kept_seeds = np.arange(seed, seed + n)
+            per_image = per_kept = drawn_s / n
         record = {
             "method": "guide", "base": str(run_dir.resolve()), "target": tgt.tolist(), "n": n,
             "groups": list(cfg.data.groups), "seed": seed, "steps": steps, "scheduler": "ddim", "eta": eta,
@@ -1111,7 +1140,7 @@ def guide_run_to_target(
                               "scale": search.scale, "steps": steps, "eta": eta, "seed": seed,
                               "then_filter": then_filter},
                              {reader: work / reader} if (work / reader).is_dir() else None)
-        filter_state_file(out_dir).unlink(missing_ok=True)
+        partial_file(out_dir).unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if evaluate:

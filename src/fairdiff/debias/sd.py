@@ -30,7 +30,7 @@ import numpy as np
 
 from fairdiff.errors import FairdiffError
 
-from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, _verdict_fn, filter_state_file, staged_folder
+from .run import DEBIAS_FILE, DEBIAS_KIND, PILOT_SEED, _verdict_fn, partial_file, staged_folder
 
 ROLE = ("the same judge {what} and scores (a judge file has no validation / test pair): the scored shares "
         "are the ones it {aimed}; valid rate and the second judge are the independent checks")
@@ -112,7 +112,7 @@ def _finish(s: _Setup, out_dir: Path, record: dict, images, seeds, meta: dict, e
         if metrics is not None:
             write_json(tmp / "metrics.json", metrics)
         (tmp / "report.md").write_text(_report(record, metrics), encoding="utf-8")
-    filter_state_file(out_dir).unlink(missing_ok=True)  # the kept set is written
+    partial_file(out_dir).unlink(missing_ok=True)  # the kept set is written
     if metrics is not None:
         record["metrics"] = metrics
     return record
@@ -158,7 +158,7 @@ def filter_sd_prompt(
 
     t0 = time.perf_counter()
     res = filter_to_target(draw, s.verdicts, s.tgt, int(n), seed=seed, batch_size=max(batch_size, 8) * 4,
-                           max_draws=max_draws, progress=progress, state_file=filter_state_file(out_dir),
+                           max_draws=max_draws, progress=progress, state_file=partial_file(out_dir),
                            state_key=_state_key(s, prompt, steps, cfg_scale, batch=batch_size))
     record = {
         "method": "filter", "sd": str(sd.resolve()), "prompt": prompt, "target": s.tgt.tolist(), "n": int(n),
@@ -275,7 +275,7 @@ def guide_sd_prompt(
                          heads=sha256_arrays(h.state_dict().items()))
         res = filter_to_target(lambda sd_seeds: draw(sd_seeds, search.scale), s.verdicts, s.tgt, int(n), seed=seed,
                                batch_size=max(batch_size, 8) * 4, max_draws=max_draws, progress=progress,
-                               state_file=filter_state_file(out_dir), state_key=key)
+                               state_file=partial_file(out_dir), state_key=key)
         images, kept_seeds, cost = res.images, res.seeds, {**res.summary(), "then_filter": True}
     else:
         images, kept_seeds = draw(list(range(seed, seed + n)), search.scale), np.arange(seed, seed + n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -205,11 +204,12 @@ def sample_run(
 
     partial = out_dir.with_name(f".{out_dir.name}.partial.npz")
     from fairdiff.utils.io import sha256_arrays
+    from fairdiff.utils.partial import load_partial, partial_key, save_partial
 
-    key = json.dumps({**info, "n": n, "batch_size": batch_size,
-                      "vae": None if vae is None else sha256_arrays(vae.state_dict().items())},
-                     sort_keys=True, default=str)
-    done = _load_partial(partial, key)
+    key = partial_key(**{**info, "n": n, "batch_size": batch_size,
+                         "vae": None if vae is None else sha256_arrays(vae.state_dict().items())})
+    saved = load_partial(partial, key)
+    done = [] if saved is None else [saved["images"]]
     chunk = batch_size * max(1, -(-PARTIAL_CHUNK // batch_size))
     bar = tqdm(total=n, initial=sum(len(x) for x in done), desc="sampling", unit="img", disable=not progress,
                leave=False)
@@ -218,7 +218,7 @@ def sample_run(
             done.append(draw(a, min(a + chunk, n), False))
             bar.update(len(done[-1]))
             if a + chunk < n:
-                _save_partial(partial, key, done)
+                save_partial(partial, key, images=np.concatenate(done))
     finally:
         bar.close()
     out = write_samples(out_dir, np.concatenate(done), seeds, class_labels, info, png=png, inputs=inputs)
@@ -227,26 +227,6 @@ def sample_run(
 
 
 PARTIAL_CHUNK = 1024  # images between two saves of an unguided sample_run (rounded up to whole batches)
-
-
-def _save_partial(path: Path, key: str, done: list) -> None:
-    from fairdiff.utils.io import atomic_output
-
-    with atomic_output(path) as tmp:
-        np.savez(tmp, key=np.array(key), images=np.concatenate(done))
-
-
-def _load_partial(path: Path, key: str) -> list:
-    """The images an interrupted sample_run of the same ``key`` saved (a list of one array), else []."""
-    import zipfile
-
-    if not path.is_file():
-        return []
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return [z["images"]] if str(z["key"]) == key else []
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return []
 
 
 _SPEED_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False, "compile_mode": "default"}
