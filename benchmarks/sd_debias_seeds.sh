@@ -31,11 +31,13 @@ for s in $SEEDS; do
       --config p78.yaml --out $R-filter-p2-t0.5,0.5 -q
   [ -d $R-guide-p1-t0.5,0.5 ] || $F debias --sd $M --method guide --heads $M-heads-p1-val --prompt "$P1" \
       --target 0.5,0.5 --n $N --batch-size 50 $A --config p01.yaml --out $R-guide-p1-t0.5,0.5 -q
-  [ -d $R-guidef-p1-t0.3,0.7 ] || $F debias --sd $M --method guide --then-filter --heads $M-heads-p1-val \
-      --prompt "$P1" --target 0.3,0.7 --n $N --batch-size 50 $A --config p01.yaml --out $R-guidef-p1-t0.3,0.7 -q
+  for t in 0.3,0.7 0.5,0.5; do
+    [ -d $R-guidef-p1-t$t ] || $F debias --sd $M --method guide --then-filter --heads $M-heads-p1-val \
+        --prompt "$P1" --target $t --n $N --batch-size 50 $A --config p01.yaml --out $R-guidef-p1-t$t -q
+  done
   (cd "$ROOT" && $PY benchmarks/record_sd_debias.py --seed $s --setting "$NAME: $P1" base="$OUT/audits/$R-p1" \
       filter="$OUT/$R-filter-p1-t0.5,0.5" filter="$OUT/$R-filter-p1-t0.3,0.7" guide="$OUT/$R-guide-p1-t0.5,0.5" \
-      guide-filter="$OUT/$R-guidef-p1-t0.3,0.7")
+      guide-filter="$OUT/$R-guidef-p1-t0.3,0.7" guide-filter="$OUT/$R-guidef-p1-t0.5,0.5")
   (cd "$ROOT" && $PY benchmarks/record_sd_debias.py --seed $s --setting "$NAME: $P2" base="$OUT/audits/$R-p2" \
       filter="$OUT/$R-filter-p2-t0.5,0.5")
 done

@@ -28,13 +28,15 @@ for s in $SEEDS; do
     mkdir -p $RS/audits/$R-$p/prompts/$(basename $a)
     score "${a}samples" "$RS/audits/$R-$p/prompts/$(basename $a)" $RS/$c.yaml 0.5,0.5
   done
-  for d in $R-filter-p1-t0.5,0.5 $R-filter-p1-t0.3,0.7 $R-guide-p1-t0.5,0.5 $R-guidef-p1-t0.3,0.7; do
+  for d in $R-filter-p1-t0.5,0.5 $R-filter-p1-t0.3,0.7 $R-guide-p1-t0.5,0.5 $R-guidef-p1-t0.3,0.7 \
+           $R-guidef-p1-t0.5,0.5; do
     score "$d/samples" "$RS/$d" $RS/p01.yaml "${d##*-t}" "$d/debias.json"
   done
   d=$R-filter-p2-t0.5,0.5; score "$d/samples" "$RS/$d" $RS/p78.yaml 0.5,0.5 "$d/debias.json"
   (cd "$ROOT" && .venv/bin/python benchmarks/record_sd_debias.py --seed $s --setting "$NAME ($H-digit reference): $P1" \
       base="$OUT/$RS/audits/$R-p1" filter="$OUT/$RS/$R-filter-p1-t0.5,0.5" filter="$OUT/$RS/$R-filter-p1-t0.3,0.7" \
-      guide="$OUT/$RS/$R-guide-p1-t0.5,0.5" guide-filter="$OUT/$RS/$R-guidef-p1-t0.3,0.7")
+      guide="$OUT/$RS/$R-guide-p1-t0.5,0.5" guide-filter="$OUT/$RS/$R-guidef-p1-t0.3,0.7" \
+      guide-filter="$OUT/$RS/$R-guidef-p1-t0.5,0.5")
   (cd "$ROOT" && .venv/bin/python benchmarks/record_sd_debias.py --seed $s --setting "$NAME ($H-digit reference): $P2" \
       base="$OUT/$RS/audits/$R-p2" filter="$OUT/$RS/$R-filter-p2-t0.5,0.5")
 done
