@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 FIELDS = ["setting", "method", "target_0", "n", "steps", "seconds_per_kept_image", "cost_x_base", "drawn_per_kept",
-          "fit_s", "pilot_s", "threads", "note"]
+          "seconds_per_drawn_image", "drawn_cost_x_base", "fit_s", "pilot_s", "threads", "note"]
 METHOD = re.compile(r"(filter|guide(-clf)?(-filter)?)(-st(\d+))?")
 SEED = 7_000_000  # drawn images' seeds: apart from the protocol's (seed * 1e6) and the pilots'
 
@@ -68,7 +68,9 @@ def run_method(base: Path, method: str, target: list[float], n: int, out: Path, 
         reader = rec.get(rec.get("reader", "heads")) or {}
         fit_s = rec.get("heads_seconds", 0.0) if reader.get("fitted") else 0.0
     return {"steps": rec.get("steps"), "seconds_per_kept_image": rec["seconds_per_kept_image"],
-            "drawn_per_kept": rec.get("drawn_per_kept", 1.0), "fit_s": round(float(fit_s), 1),
+            "drawn_per_kept": rec.get("drawn_per_kept", 1.0),
+            "seconds_per_drawn_image": rec.get("seconds_per_drawn_image", rec["seconds_per_kept_image"]),
+            "fit_s": round(float(fit_s), 1),
             "pilot_s": round(float(rec.get("pilot_seconds", 0.0)), 1)}
 
 
@@ -114,10 +116,13 @@ def main() -> None:
         drift = abs(first[s] - last[s]) / max(first[s], last[s])
         row("base" if s == steps_cfg else f"base-st{s}", steps=s,
             seconds_per_kept_image=round((first[s] + last[s]) / 2, 5),
-            cost_x_base=round((first[s] + last[s]) / 2 / ref, 2), drawn_per_kept=1.0, fit_s=0.0, pilot_s=0.0,
+            cost_x_base=round((first[s] + last[s]) / 2 / ref, 2), drawn_per_kept=1.0,
+            seconds_per_drawn_image=round((first[s] + last[s]) / 2, 5),
+            drawn_cost_x_base=round((first[s] + last[s]) / 2 / ref, 2), fit_s=0.0, pilot_s=0.0,
             note=f"timed first and last: {first[s]:.5f} / {last[s]:.5f} s (drift {drift:.0%})")
     for m, v in measured:
-        row(m, **v, cost_x_base=round(v["seconds_per_kept_image"] / ref, 2))
+        row(m, **v, cost_x_base=round(v["seconds_per_kept_image"] / ref, 2),
+            drawn_cost_x_base=round(v["seconds_per_drawn_image"] / ref, 2))
     if args.results is not None:  # a rerun replaces the rows of the same setting, method, target and n
         key = ("setting", "method", "target_0", "n")
         new = {tuple(str(r[k]) for k in key) for r in rows}

@@ -41,6 +41,7 @@ def test_methods_reach_the_library_with_their_options(bench, tmp_path, monkeypat
     assert seen["fn"] == fn and {k: seen.get(k) for k in expected} == expected
     assert seen["n"] == 8 and seen["seed"] == bench.SEED and seen["evaluate"] is False
     assert v["seconds_per_kept_image"] == 0.3 and v["drawn_per_kept"] == 2.0
+    assert v["seconds_per_drawn_image"] == 0.3  # a record without it (guidance alone): every drawn image is kept
     assert v["fit_s"] == (9.0 if method in ("guide", "guide-filter") else 0.0)  # heads fitted here; clf reused
 
 
@@ -53,7 +54,8 @@ def test_cost_is_relative_to_the_base_at_its_own_steps(bench, tmp_path, monkeypa
     times = iter([0.10, 0.30, 0.14, 0.30])  # first: st20 st50, last: st20 st50 (sorted steps)
     monkeypatch.setattr(bench, "_base_seconds", lambda base, out, n, steps: next(times))
     monkeypatch.setattr(bench, "run_method", lambda *a: {"steps": 50, "seconds_per_kept_image": 0.6,
-                                                          "drawn_per_kept": 1.5, "fit_s": 0.0, "pilot_s": 0.0})
+                                                          "drawn_per_kept": 1.5, "seconds_per_drawn_image": 0.36,
+                                                          "fit_s": 0.0, "pilot_s": 0.0})
     monkeypatch.setattr("fairdiff.runs.read_run_config",
                         lambda base: type("C", (), {"sample": type("S", (), {"steps": 20})})())
     out = tmp_path / "cost.csv"
@@ -65,3 +67,4 @@ def test_cost_is_relative_to_the_base_at_its_own_steps(bench, tmp_path, monkeypa
     assert float(rows["base"]["cost_x_base"]) == 1.0 and float(rows["base"]["seconds_per_kept_image"]) == 0.12
     assert float(rows["base-st50"]["cost_x_base"]) == 2.5
     assert float(rows["guide-clf-filter-st50"]["cost_x_base"]) == 5.0  # 0.6 / mean(0.10, 0.14)
+    assert float(rows["guide-clf-filter-st50"]["drawn_cost_x_base"]) == 3.0  # 0.36 / 0.12
