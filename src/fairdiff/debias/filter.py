@@ -191,7 +191,6 @@ def filter_to_target(
     return res
 
 
-
 def _save_filter_state(path, key: str, kept_img, kept_seed, kept_grp, have, per_group, outside: int, drawn: int,
                        res: FilterResult) -> None:
     """The filter's state after a whole batch (:func:`fairdiff.utils.partial.save_partial`)."""

@@ -202,10 +202,10 @@ def sample_run(
     # command after an interruption draws on from the last saved chunk
     from tqdm.auto import tqdm
 
-    partial = out_dir.with_name(f".{out_dir.name}.partial.npz")
     from fairdiff.utils.io import sha256_arrays
     from fairdiff.utils.partial import load_partial, partial_key, save_partial
 
+    partial = out_dir.with_name(f".{out_dir.name}.partial.npz")
     key = partial_key(**{**info, "n": n, "batch_size": batch_size,
                          "vae": None if vae is None else sha256_arrays(vae.state_dict().items())})
     saved = load_partial(partial, key)
