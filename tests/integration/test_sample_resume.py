@@ -22,19 +22,25 @@ def run(tmp_path_factory):
 ARGS = ["--n", "20", "--batch-size", "4", "--steps", "2", "--no-png", "-q"]
 
 
+def _stopping_at(call: int, calls: list):
+    """files.sample that records each chunk's seeds and raises (as Ctrl-C would) on its call number ``call``."""
+    real = files.sample
+
+    def sample(*a, **k):
+        calls.append(list(a[2]))
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    return sample
+
+
 def test_interrupted_sampling_draws_on_from_its_last_saved_chunk(run, tmp_path, monkeypatch, capsys):
     whole = tmp_path / "whole"
     assert main(["sample", str(run), *ARGS, "--out", str(whole)]) == 0
     real, calls = files.sample, []
-
-    def stops_in_the_third_chunk(*a, **k):
-        calls.append(list(a[2]))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
     monkeypatch.setattr(files, "PARTIAL_CHUNK", 8)
-    monkeypatch.setattr(files, "sample", stops_in_the_third_chunk)
+    monkeypatch.setattr(files, "sample", _stopping_at(3, calls))
     out = tmp_path / "resumed"
     assert main(["sample", str(run), *ARGS, "--out", str(out)]) == 130
     assert "run the same command again to continue" in capsys.readouterr().err
@@ -52,15 +58,8 @@ def test_interrupted_sampling_draws_on_from_its_last_saved_chunk(run, tmp_path, 
 
 def test_a_partial_of_other_settings_is_not_used(run, tmp_path, monkeypatch):
     real, calls = files.sample, []
-
-    def stops_in_the_second_chunk(*a, **k):
-        calls.append(list(a[2]))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
     monkeypatch.setattr(files, "PARTIAL_CHUNK", 8)
-    monkeypatch.setattr(files, "sample", stops_in_the_second_chunk)
+    monkeypatch.setattr(files, "sample", _stopping_at(2, calls))
     out = tmp_path / "s"
     assert main(["sample", str(run), *ARGS, "--out", str(out)]) == 130
     calls.clear()
