@@ -96,9 +96,10 @@ def _drawer(unet, sched, vae, *, steps: int, eta: float, batch_size: int, device
 
 def partial_file(out_dir: Path) -> Path:
     """Where a debias toward ``out_dir`` keeps what it has drawn so far (a filter's kept images after every batch,
-    guidance's images after every chunk; beside the folder, hidden), so that the same command run again after an
-    interruption continues where it stopped."""
-    return out_dir.with_name(f".{out_dir.name}.partial.npz")
+    guidance's images after every chunk), so that the same command run again after an interruption continues."""
+    from fairdiff.utils.partial import partial_path
+
+    return partial_path(out_dir)
 
 
 DRAW_CHUNK = 1024  # guided images between two saves of the final draw (rounded up to whole pilot batches)
@@ -106,23 +107,11 @@ DRAW_CHUNK = 1024  # guided images between two saves of the final draw (rounded 
 
 def _draw_in_chunks(draw, n: int, batch: int, assign, path: Path, key: str) -> tuple[np.ndarray, float]:
     """``draw(a, b, assign)`` (images a..b-1 of the final draw; ``assign``: their group assignments, per-sample
-    mode) in chunks of whole batches of ``batch`` (so the same batches, and the same images, as one call), each
-    chunk saved at ``path`` under ``key``: a run stopped between chunks continues from the last one saved. Returns
-    the images and the seconds spent drawing them (an earlier, interrupted run's included)."""
-    from fairdiff.utils.partial import load_partial, save_partial
+    mode) by :func:`fairdiff.utils.partial.draw_in_chunks`: each chunk saved, an interrupted draw continued."""
+    from fairdiff.utils.partial import draw_in_chunks
 
-    saved = load_partial(path, key)
-    parts = [] if saved is None else [saved["images"]]
-    seconds = 0.0 if saved is None else float(saved["seconds"])
-    chunk = batch * max(1, -(-DRAW_CHUNK // batch))
-    for a in range(sum(len(p) for p in parts), n, chunk):
-        b = min(a + chunk, n)
-        t = time.perf_counter()
-        parts.append(draw(a, b, None if assign is None else assign[a:b]))
-        seconds += time.perf_counter() - t
-        if b < n:
-            save_partial(path, key, images=np.concatenate(parts), seconds=seconds)
-    return np.concatenate(parts), seconds
+    return draw_in_chunks(lambda a, b: draw(a, b, None if assign is None else assign[a:b]), n, batch, DRAW_CHUNK,
+                          path, key)
 
 
 VERDICTS_FILE = "verdicts.csv"  # a filtered folder's kept images: seed,group (the keeping judge's verdict)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fairdiff.errors import FairdiffError
@@ -203,25 +202,18 @@ def sample_run(
     from tqdm.auto import tqdm
 
     from fairdiff.utils.io import sha256_arrays
-    from fairdiff.utils.partial import load_partial, partial_key, save_partial
+    from fairdiff.utils.partial import draw_in_chunks, partial_key, partial_path
 
-    partial = out_dir.with_name(f".{out_dir.name}.partial.npz")
+    partial = partial_path(out_dir)
     key = partial_key(**{**info, "n": n, "batch_size": batch_size,
                          "vae": None if vae is None else sha256_arrays(vae.state_dict().items())})
-    saved = load_partial(partial, key)
-    done = [] if saved is None else [saved["images"]]
-    chunk = batch_size * max(1, -(-PARTIAL_CHUNK // batch_size))
-    bar = tqdm(total=n, initial=sum(len(x) for x in done), desc="sampling", unit="img", disable=not progress,
-               leave=False)
+    bar = tqdm(total=n, desc="sampling", unit="img", disable=not progress, leave=False)
     try:
-        for a in range(sum(len(x) for x in done), n, chunk):
-            done.append(draw(a, min(a + chunk, n), False))
-            bar.update(len(done[-1]))
-            if a + chunk < n:
-                save_partial(partial, key, images=np.concatenate(done))
+        images, _ = draw_in_chunks(lambda a, b: draw(a, b, False), n, batch_size, PARTIAL_CHUNK, partial, key,
+                                   on_chunk=bar.update)
     finally:
         bar.close()
-    out = write_samples(out_dir, np.concatenate(done), seeds, class_labels, info, png=png, inputs=inputs)
+    out = write_samples(out_dir, images, seeds, class_labels, info, png=png, inputs=inputs)
     partial.unlink(missing_ok=True)
     return out
 
