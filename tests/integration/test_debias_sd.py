@@ -176,3 +176,40 @@ def test_sd_filter_interrupted_continues_from_its_saved_state(world, tmp_path, m
     np.testing.assert_array_equal(a["seeds"], b["seeds"])
     np.testing.assert_array_equal(a["images"], b["images"])
     assert not (tmp_path / ".resumed.partial.npz").exists()
+
+
+def test_sd_guide_final_draw_interrupted_continues_from_its_saved_chunks(world, tmp_path, monkeypatch):
+    """``guide --sd`` without ``--then-filter`` draws its final images in chunks of whole batches, each saved: a
+    draw stopped in its second chunk continues there, and the images are those of one uninterrupted call."""
+    import fairdiff.debias.sd as dsd
+    import fairdiff.sampling.sd_guided as sg
+    from fairdiff.debias.run import PILOT_SEED
+
+    monkeypatch.setattr(dsd, "SD_DRAW_CHUNK", 16)
+    args = ["debias", "--sd", str(world["sd"]), "--method", "guide", "--heads", str(world["heads"]), "--prompt",
+            PROMPT, "--target", "0.4,0.6", "--n", "24", "--pilot-n", "16", "--max-pilots", "2", "--s0", "5",
+            "--batch-size", "8", "--judge", str(world["judge"]), "--no-eval", "-q"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--out", str(whole)]) == 0
+    real, calls = sg.sd_generate, []
+
+    def stops_in_the_second_chunk(pipe, prompt, seeds, **k):
+        calls.append(list(seeds))
+        if min(seeds) == 16:
+            raise KeyboardInterrupt
+        return real(pipe, prompt, seeds, **k)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(sg, "sd_generate", stops_in_the_second_chunk)
+    assert main([*args, "--out", str(out)]) == 130
+    assert (tmp_path / ".resumed.partial.npz").is_file() and not out.exists()
+    assert [min(c) for c in calls if min(c) < PILOT_SEED] == [0, 16]
+    calls.clear()
+    monkeypatch.setattr(sg, "sd_generate", lambda pipe, prompt, seeds, **k: (calls.append(list(seeds)),
+                                                                             real(pipe, prompt, seeds, **k))[1])
+    assert main([*args, "--out", str(out)]) == 0
+    assert [min(c) for c in calls if min(c) < PILOT_SEED] == [16]  # the first chunk was not drawn again
+    a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
+    np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert not (tmp_path / ".resumed.partial.npz").exists()

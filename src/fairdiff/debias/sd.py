@@ -38,6 +38,9 @@ PAIR_ROLE = ("validation domain CNN (seed eval.seed + 1) {what}; the test domain
              "judge is the independent check")
 
 
+SD_DRAW_CHUNK = 32  # guided SD images between two saves of the final draw (rounded up to whole batches)
+
+
 def _role(s, what: str, aimed: str) -> str:
     return PAIR_ROLE.format(what=what) if s.validation is not None else ROLE.format(what=what, aimed=aimed)
 
@@ -278,7 +281,15 @@ def guide_sd_prompt(
                                state_file=partial_file(out_dir), state_key=key)
         images, kept_seeds, cost = res.images, res.seeds, {**res.summary(), "then_filter": True}
     else:
-        images, kept_seeds = draw(list(range(seed, seed + n)), search.scale), np.arange(seed, seed + n)
+        from fairdiff.utils.io import sha256_arrays
+        from fairdiff.utils.partial import draw_in_chunks, partial_key
+
+        key = partial_key(**_state_key(s, prompt, steps, cfg, batch=batch_size, scale=search.scale, n=int(n),
+                                       seed=int(seed), heads=sha256_arrays(h.state_dict().items())))
+        images, seconds = draw_in_chunks(lambda a, b: draw(list(range(seed + a, seed + b)), search.scale), int(n),
+                                         batch_size, SD_DRAW_CHUNK, partial_file(out_dir), key)
+        timing[search.scale] = seconds / max(int(n), 1)
+        kept_seeds = np.arange(seed, seed + n)
         cost = {"kept": int(n), "drawn": int(n), "drawn_per_kept": 1.0}
     record = {
         "method": "guide", "sd": str(sd.resolve()), "prompt": prompt, "target": s.tgt.tolist(), "n": int(n),

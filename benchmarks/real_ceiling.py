@@ -1,0 +1,124 @@
+"""What real images score on the bases' bar: the same judges and quality metrics applied to real held-out digits.
+
+The bar for the MNIST bases (docs/bases.md: valid rate >= 0.95 under both judges, precision >= 0.90) is stated
+for generated images. This script asks what *real* images reach under the same evaluator, so that a base's
+shortfall can be read as the model's or as the bar's. For each base and each split seed, the balanced held-out
+images (never trained on by the base or the judges) are split in two halves per group: half B is the quality
+reference, and from half A a real set is drawn at the base's training shares (as many images as half A allows).
+The same number of the base's own samples (the shipped fp16 weights, seeds 0..) is scored beside it against the
+same half B, with the test judge and the second judge. Rows: one per base, split and source (``real`` /
+``base``) into ``--results`` (CSV).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/real_ceiling.py mnist-01 mnist-78 mnist-358 --splits 3 \\
+        --results docs/results/real_ceiling.csv
+    .venv/bin/python -m fairdiff.bench.published        # regenerate the docs' tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ["base", "split", "source", "n", "reference_n", "valid_rate", "valid_rate_j2", "share_0", "precision",
+          "recall", "domain_fid"]
+
+
+def halves(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two halves of every group (seeded), A and B."""
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for g in np.unique(groups):
+        idx = rng.permutation(np.flatnonzero(groups == g))
+        a.append(idx[: len(idx) // 2])
+        b.append(idx[len(idx) // 2 :])
+    return np.concatenate(a), np.concatenate(b)
+
+
+def draw_at_shares(pool: np.ndarray, groups: np.ndarray, shares: list[float], seed: int) -> np.ndarray:
+    """As many indices of ``pool`` as its groups allow, in the proportions ``shares`` (group i = shares[i])."""
+    rng = np.random.default_rng(seed + 10_000)
+    sizes = [int(np.sum(groups[pool] == g)) for g in range(len(shares))]
+    n = int(min(s / p for s, p in zip(sizes, shares) if p > 0))
+    counts = [int(np.floor(n * p)) for p in shares]
+    out = [rng.permutation(pool[groups[pool] == g])[:c] for g, c in enumerate(counts)]
+    return rng.permutation(np.concatenate(out))
+
+
+def row(base: str, split: int, source: str, m: dict) -> dict:
+    return {"base": base, "split": split, "source": source, "n": m["n"], "reference_n": m.get("reference_n"),
+            "valid_rate": m.get("valid_rate"), "valid_rate_j2": (m.get("judge2") or {}).get("valid_rate"),
+            "share_0": (m.get("valid_shares") or [None])[0], "precision": m.get("precision"),
+            "recall": m.get("recall"), "domain_fid": m.get("domain_fid")}
+
+
+def measure(name: str, splits: int, configs: Path, bootstrap: int) -> list[dict]:
+    from fairdiff.bench.bases import make_base
+    from fairdiff.config import load_config
+    from fairdiff.evaluation.evaluate import evaluate_images
+    from fairdiff.evaluation.judges import load_classifier, second_judge
+    from fairdiff.evaluation.samples import load_images, reference_uint8
+    from fairdiff.sampling import sample_run
+
+    cfg = load_config(configs / f"{name}.yaml")
+    folder = make_base(cfg, quiet=True)
+    real, groups = reference_uint8(cfg.data)
+    need = int(np.ceil(len(real) / 2))
+    samples = folder / "ceiling-samples"
+    if not (samples / "samples.npz").is_file():
+        sample_run(folder, need, out_dir=samples, seed=0, batch_size=cfg.sample.batch_size,
+                   steps=cfg.sample.steps, scheduler=cfg.sample.scheduler, eta=cfg.sample.eta, png=False,
+                   progress=False)
+    fake = load_images(samples)["images"]
+    clf = load_classifier(cfg.eval.classifier, cfg.data, cfg.eval)
+    second = second_judge(cfg.data)
+    rows = []
+    for s in range(splits):
+        a, b = halves(groups, s)
+        pick = draw_at_shares(a, groups, list(cfg.data.shares), s)
+        for source, imgs in (("real", real[pick]), ("base", fake[np.random.default_rng(s).permutation(
+                len(fake))[: len(pick)]])):
+            m = evaluate_images(imgs, clf, reference_images=real[b], reference_groups=groups[b],
+                                n_bootstrap=bootstrap, seed=s, second_judge=second, pr_k=cfg.eval.pr_k,
+                                target=cfg.eval.target)
+            rows.append(row(name, s, source, m))
+            r = rows[-1]
+            print(f"{name} split {s} {source:4s} n={r['n']}: valid {r['valid_rate']:.3f} / j2 "
+                  f"{r['valid_rate_j2']:.3f}, precision {r['precision']:.3f}, recall {r['recall']:.3f}, "
+                  f"domain FID {r['domain_fid']:.1f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bases", nargs="+", help="names of configs/bases/NAME.yaml")
+    ap.add_argument("--splits", type=int, default=3, help="split seeds (default 3)")
+    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--configs", type=Path, default=Path("configs/bases"))
+    ap.add_argument("--results", type=Path, default=None, help="CSV to write (rows of these bases replaced)")
+    args = ap.parse_args()
+    rows = [r for name in args.bases for r in measure(name, args.splits, args.configs, args.bootstrap)]
+    for name in args.bases:
+        for src in ("real", "base"):
+            sel = [r for r in rows if r["base"] == name and r["source"] == src]
+            mean = {k: float(np.mean([r[k] for r in sel])) for k in ("valid_rate", "valid_rate_j2", "precision",
+                                                                      "recall")}
+            print(f"{name} {src:4s} mean of {len(sel)} splits: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    if args.results:
+        old = []
+        if args.results.is_file():
+            with open(args.results, newline="") as f:
+                old = [r for r in csv.DictReader(f) if r["base"] not in set(args.bases)]
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in old + rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        print(f"{len(rows)} rows -> {args.results}")
+
+
+if __name__ == "__main__":
+    main()
