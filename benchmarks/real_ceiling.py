@@ -7,7 +7,7 @@ images (never trained on by the base or the judges) are split in two halves per 
 reference, and from half A a real set is drawn at the base's training shares (as many images as half A allows).
 The same number of the base's own samples (the shipped fp16 weights, seeds 0..) is scored beside it against the
 same half B, with the test judge and the second judge. Rows: one per base, split and source (``real`` /
-``base``) into ``--results`` (CSV).
+``base``; ``seed`` is the split's seed) into ``--results`` (CSV).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/real_ceiling.py mnist-01 mnist-78 mnist-358 --splits 3 \\
         --results docs/results/real_ceiling.csv
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-FIELDS = ["base", "split", "source", "n", "reference_n", "valid_rate", "valid_rate_j2", "share_0", "precision",
+FIELDS = ["base", "seed", "source", "n", "reference_n", "valid_rate", "valid_rate_j2", "share_0", "precision",
           "recall", "domain_fid"]
 
 
@@ -48,7 +48,7 @@ def draw_at_shares(pool: np.ndarray, groups: np.ndarray, shares: list[float], se
 
 
 def row(base: str, split: int, source: str, m: dict) -> dict:
-    return {"base": base, "split": split, "source": source, "n": m["n"], "reference_n": m.get("reference_n"),
+    return {"base": base, "seed": split, "source": source, "n": m["n"], "reference_n": m.get("reference_n"),
             "valid_rate": m.get("valid_rate"), "valid_rate_j2": (m.get("judge2") or {}).get("valid_rate"),
             "share_0": (m.get("valid_shares") or [None])[0], "precision": m.get("precision"),
             "recall": m.get("recall"), "domain_fid": m.get("domain_fid")}

@@ -44,7 +44,7 @@ HEADERS = {
     "model": "model", "shares": "shares (valid)", "outside_by_group": "outside rate by forced group",
     "valid_at_target": "valid rate at the target, same rates", "finetune_overrides": "fine-tune overrides",
     "steps": "steps", "seconds_per_drawn_image": "s / drawn image", "drawn_cost_x_base": "s / drawn image ÷ base's",
-    "seconds_per_kept_image": "s / kept image",
+    "seconds_per_kept_image": "s / kept image", "source": "images", "reference_n": "reference images",
 }
 BAR = {"share": 0.03, "valid_rate": 0.02, "precision": 0.03, "recall": 0.03}
 
