@@ -63,7 +63,7 @@ class DataConfig:
 class ModelConfig:
     """The denoiser: a diffusers U-Net preset and the noise schedule."""
 
-    preset: Literal["tiny", "small", "base"] = "tiny"
+    preset: Literal["tiny", "mid", "small", "base"] = "tiny"
     conditional: bool = False  # condition the U-Net on the group (the conditional scenario)
     pretrained: str | None = None  # a run or model folder whose U-Net initialises this one (fine-tuning)
     prediction_type: Literal["epsilon"] = "epsilon"

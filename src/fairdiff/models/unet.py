@@ -1,7 +1,8 @@
 """diffusers ``UNet2DModel`` presets and schedulers.
 
-``tiny`` is for tests and CPU runs; ``small`` (about 6.5 M parameters at 32x32: widths 64/128/128, attention at
-the middle level, 2 layers per block) and ``base`` are for GPU runs.
+``tiny`` is for tests and CPU runs, ``mid`` (tiny's layout at twice the width) the larger CPU base; ``small``
+(about 6.5 M parameters at 32x32: widths 64/128/128, attention at the middle level, 2 layers per block) and
+``base`` are for GPU runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
         norm_num_groups=8,
+    ),
+    "mid": dict(  # tiny's layout at twice the width (about 4.2 M parameters): the capacity step for 16x16 CPU bases
+        block_out_channels=(64, 128, 128),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=32,
     ),
     "small": dict(
         block_out_channels=(64, 128, 128),
