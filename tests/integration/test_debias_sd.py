@@ -147,35 +147,42 @@ def test_run_and_sd_are_exclusive(world, tmp_path):
     assert main(["debias", "--target", "0.5,0.5", "--out", str(tmp_path / "y"), "-q"]) == 2
 
 
-def test_sd_filter_interrupted_continues_from_its_saved_state(world, tmp_path, monkeypatch, capsys):
-    import fairdiff.sampling.sd as sdmod
+def _stopped_and_continued(monkeypatch, module, name: str, cmd: list[str], tmp_path, stop) -> tuple[list, list]:
+    """``cmd`` run whole, then stopped (KeyboardInterrupt from ``module.name``, the image generator, once
+    ``stop(calls)`` says so) and run again; checks that the stopped run left only its saved state and the continued
+    one the whole run's seeds and images. Returns the generator's seed lists before and after the stop."""
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    assert main([*cmd, "--out", str(whole)]) == 0
+    real, calls, stopping = getattr(module, name), [], [stop]
 
-    args = ["--prompt", PROMPT, "--target", "0.25,0.75", "--n", "40", "--steps", "2", "--cfg-scale", "2.0",
-            "--judge", str(world["judge"]), "--no-eval", "-q"]
-    whole = tmp_path / "whole"
-    assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(whole)]) == 0
-    real, calls = sdmod.generate_sd, []
-
-    def stops_on_the_second_batch(pipe, prompt, seeds, **k):
+    def recording(pipe, prompt, seeds, **k):
         calls.append(list(seeds))
-        if len(calls) == 2:
+        if stopping[0] is not None and stopping[0](calls):
             raise KeyboardInterrupt
         return real(pipe, prompt, seeds, **k)
 
-    out = tmp_path / "resumed"
-    monkeypatch.setattr(sdmod, "generate_sd", stops_on_the_second_batch)
-    assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(out)]) == 130
+    monkeypatch.setattr(module, name, recording)
+    assert main([*cmd, "--out", str(out)]) == 130
     assert (tmp_path / ".resumed.partial.npz").is_file() and not out.exists()
-    first_batch = len(calls[0])
+    before = list(calls)
     calls.clear()
-    monkeypatch.setattr(sdmod, "generate_sd", lambda pipe, prompt, seeds, **k: (calls.append(list(seeds)),
-                                                                               real(pipe, prompt, seeds, **k))[1])
-    assert main(["debias", "--sd", str(world["sd"]), *args, "--out", str(out)]) == 0
-    assert min(calls[0]) == first_batch  # seeds 0.. of the first batch were not drawn again
+    stopping[0] = None
+    assert main([*cmd, "--out", str(out)]) == 0
     a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
     np.testing.assert_array_equal(a["seeds"], b["seeds"])
     np.testing.assert_array_equal(a["images"], b["images"])
     assert not (tmp_path / ".resumed.partial.npz").exists()
+    return before, list(calls)
+
+
+def test_sd_filter_interrupted_continues_from_its_saved_state(world, tmp_path, monkeypatch):
+    import fairdiff.sampling.sd as sdmod
+
+    cmd = ["debias", "--sd", str(world["sd"]), "--prompt", PROMPT, "--target", "0.25,0.75", "--n", "40", "--steps",
+           "2", "--cfg-scale", "2.0", "--judge", str(world["judge"]), "--no-eval", "-q"]
+    before, after = _stopped_and_continued(monkeypatch, sdmod, "generate_sd", cmd, tmp_path,
+                                           lambda calls: len(calls) == 2)  # stopped on the second batch
+    assert min(after[0]) == len(before[0])  # seeds 0.. of the first batch were not drawn again
 
 
 def test_sd_guide_final_draw_interrupted_continues_from_its_saved_chunks(world, tmp_path, monkeypatch):
@@ -186,30 +193,10 @@ def test_sd_guide_final_draw_interrupted_continues_from_its_saved_chunks(world, 
     from fairdiff.debias.run import PILOT_SEED
 
     monkeypatch.setattr(dsd, "SD_DRAW_CHUNK", 16)
-    args = ["debias", "--sd", str(world["sd"]), "--method", "guide", "--heads", str(world["heads"]), "--prompt",
-            PROMPT, "--target", "0.4,0.6", "--n", "24", "--pilot-n", "16", "--max-pilots", "2", "--s0", "5",
-            "--batch-size", "8", "--judge", str(world["judge"]), "--no-eval", "-q"]
-    whole = tmp_path / "whole"
-    assert main([*args, "--out", str(whole)]) == 0
-    real, calls = sg.sd_generate, []
-
-    def stops_in_the_second_chunk(pipe, prompt, seeds, **k):
-        calls.append(list(seeds))
-        if min(seeds) == 16:
-            raise KeyboardInterrupt
-        return real(pipe, prompt, seeds, **k)
-
-    out = tmp_path / "resumed"
-    monkeypatch.setattr(sg, "sd_generate", stops_in_the_second_chunk)
-    assert main([*args, "--out", str(out)]) == 130
-    assert (tmp_path / ".resumed.partial.npz").is_file() and not out.exists()
-    assert [min(c) for c in calls if min(c) < PILOT_SEED] == [0, 16]
-    calls.clear()
-    monkeypatch.setattr(sg, "sd_generate", lambda pipe, prompt, seeds, **k: (calls.append(list(seeds)),
-                                                                             real(pipe, prompt, seeds, **k))[1])
-    assert main([*args, "--out", str(out)]) == 0
-    assert [min(c) for c in calls if min(c) < PILOT_SEED] == [16]  # the first chunk was not drawn again
-    a, b = np.load(whole / "samples" / "samples.npz"), np.load(out / "samples" / "samples.npz")
-    np.testing.assert_array_equal(a["seeds"], b["seeds"])
-    np.testing.assert_array_equal(a["images"], b["images"])
-    assert not (tmp_path / ".resumed.partial.npz").exists()
+    cmd = ["debias", "--sd", str(world["sd"]), "--method", "guide", "--heads", str(world["heads"]), "--prompt",
+           PROMPT, "--target", "0.4,0.6", "--n", "24", "--pilot-n", "16", "--max-pilots", "2", "--s0", "5",
+           "--batch-size", "8", "--judge", str(world["judge"]), "--no-eval", "-q"]
+    before, after = _stopped_and_continued(monkeypatch, sg, "sd_generate", cmd, tmp_path,
+                                           lambda calls: min(calls[-1]) == 16)  # stopped in the second chunk
+    assert [min(c) for c in before if min(c) < PILOT_SEED] == [0, 16]
+    assert [min(c) for c in after if min(c) < PILOT_SEED] == [16]  # the first chunk was not drawn again
