@@ -11,6 +11,7 @@ same half B, with the test judge and the second judge. Rows: one per base, split
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/real_ceiling.py mnist-01 mnist-78 mnist-358 --splits 3 \\
         --results docs/results/real_ceiling.csv
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/real_ceiling.py mnist-78-mid=runs/bases/mnist-78-mid  # a run folder
     .venv/bin/python -m fairdiff.bench.published        # regenerate the docs' tables
 """
 
@@ -54,19 +55,24 @@ def row(base: str, split: int, source: str, m: dict) -> dict:
             "recall": m.get("recall"), "domain_fid": m.get("domain_fid")}
 
 
-def measure(name: str, splits: int, configs: Path, bootstrap: int) -> list[dict]:
+def measure(name: str, splits: int, configs: Path, bootstrap: int, work: Path, folder: Path | None = None
+            ) -> list[dict]:
     from fairdiff.bench.bases import make_base
     from fairdiff.config import load_config
     from fairdiff.evaluation.evaluate import evaluate_images
     from fairdiff.evaluation.judges import load_classifier, second_judge
     from fairdiff.evaluation.samples import load_images, reference_uint8
+    from fairdiff.runs import read_run_config
     from fairdiff.sampling import sample_run
 
-    cfg = load_config(configs / f"{name}.yaml")
-    folder = make_base(cfg, quiet=True)
+    if folder is None:
+        cfg = load_config(configs / f"{name}.yaml")
+        folder = make_base(cfg, quiet=True)
+    else:
+        cfg = read_run_config(folder)
     real, groups = reference_uint8(cfg.data)
     need = int(np.ceil(len(real) / 2))
-    samples = folder / "ceiling-samples"
+    samples = work / name  # the base's own images (kept: a second call scores the same ones)
     if not (samples / "samples.npz").is_file():
         sample_run(folder, need, out_dir=samples, seed=0, batch_size=cfg.sample.batch_size,
                    steps=cfg.sample.steps, scheduler=cfg.sample.scheduler, eta=cfg.sample.eta, png=False,
@@ -93,14 +99,19 @@ def measure(name: str, splits: int, configs: Path, bootstrap: int) -> list[dict]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bases", nargs="+", help="names of configs/bases/NAME.yaml")
+    ap.add_argument("bases", nargs="+", help="names of configs/bases/NAME.yaml (made or installed), or NAME=RUN for "
+                    "a trained run folder scored under the label NAME")
     ap.add_argument("--splits", type=int, default=3, help="split seeds (default 3)")
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--configs", type=Path, default=Path("configs/bases"))
+    ap.add_argument("--work", type=Path, default=Path("runs/real_ceiling"), help="where the bases' samples go")
     ap.add_argument("--results", type=Path, default=None, help="CSV to write (rows of these bases replaced)")
     args = ap.parse_args()
-    rows = [r for name in args.bases for r in measure(name, args.splits, args.configs, args.bootstrap)]
-    for name in args.bases:
+    specs = [(b.partition("=")[0], Path(b.partition("=")[2]) if "=" in b else None) for b in args.bases]
+    rows = [r for name, folder in specs for r in measure(name, args.splits, args.configs, args.bootstrap, args.work,
+                                                          folder)]
+    names = [name for name, _ in specs]
+    for name in names:
         for src in ("real", "base"):
             sel = [r for r in rows if r["base"] == name and r["source"] == src]
             mean = {k: float(np.mean([r[k] for r in sel])) for k in ("valid_rate", "valid_rate_j2", "precision",
@@ -110,7 +121,7 @@ def main() -> None:
         old = []
         if args.results.is_file():
             with open(args.results, newline="") as f:
-                old = [r for r in csv.DictReader(f) if r["base"] not in set(args.bases)]
+                old = [r for r in csv.DictReader(f) if r["base"] not in set(names)]
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
