@@ -18,7 +18,6 @@ same half B, with the test judge and the second judge. Rows: one per base, split
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +48,11 @@ def draw_at_shares(pool: np.ndarray, groups: np.ndarray, shares: list[float], se
 
 
 def row(base: str, split: int, source: str, m: dict) -> dict:
-    return {"base": base, "seed": split, "source": source, "n": m["n"], "reference_n": m.get("reference_n"),
-            "valid_rate": m.get("valid_rate"), "valid_rate_j2": (m.get("judge2") or {}).get("valid_rate"),
-            "share_0": (m.get("valid_shares") or [None])[0], "precision": m.get("precision"),
-            "recall": m.get("recall"), "domain_fid": m.get("domain_fid")}
+    from fairdiff.bench.published import row_from_metrics
+
+    r = row_from_metrics(m, base, source, split)
+    return {**{k: r[k] for k in ("n", "valid_rate", "valid_rate_j2", "share_0", "precision", "recall", "domain_fid")},
+            "base": base, "seed": split, "source": source, "reference_n": m.get("reference_n")}
 
 
 def measure(name: str, splits: int, configs: Path, bootstrap: int, work: Path, folder: Path | None = None
@@ -118,18 +118,11 @@ def main() -> None:
                                                                       "recall")}
             print(f"{name} {src:4s} mean of {len(sel)} splits: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
     if args.results:
-        old = []
-        if args.results.is_file():
-            with open(args.results, newline="") as f:
-                old = [r for r in csv.DictReader(f) if r["base"] not in set(names)]
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.results, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for r in old + rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        print(f"{len(rows)} rows -> {args.results}")
+        from fairdiff.bench.published import read_rows, write_rows
 
+        old = [r for r in read_rows(args.results) if r["base"] not in set(names)]
+        write_rows(args.results, old + rows, FIELDS)
+        print(f"{len(rows)} rows -> {args.results}")
 
 if __name__ == "__main__":
     main()
